@@ -1,0 +1,5 @@
+"""``python -m gateway`` runs the ``didgw`` command."""
+
+from gateway.cli import main
+
+raise SystemExit(main())

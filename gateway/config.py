@@ -1,0 +1,295 @@
+"""The gateway's configuration: one TOML file, one schema, every key defaulted.
+
+The dataclasses below *are* the schema: each field has a type, a default, a
+line of documentation and, where a value can be impossible, a check. The same
+schema validates a file (:func:`load_config`), renders the commented example
+``configs/gateway.toml`` (:func:`render_example`, ``didgw config example``) and
+so cannot drift from it. Errors name the file, the key and the reason, and are
+raised before anything touches the gateway's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+Check = Callable[[Any], str | None]  # returns the reason a value is impossible, or None
+
+
+def _setting(default: Any, doc: str, check: Check | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _http_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "must be an http:// or https:// URL, or empty"
+    return None
+
+
+def _existing_file(value: str) -> str | None:
+    return None if not value or Path(value).is_file() else "file not found"
+
+
+def _between(low: int, high: int) -> Check:
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class _Section:
+    def cross_checks(self) -> list[tuple[str, str]]:
+        """(key, reason) for values that are impossible together; each key alone was fine."""
+        return []
+
+
+@dataclass(frozen=True)
+class GatewaySection(_Section):
+    """Where the gateway keeps its state."""
+
+    state_dir: str = _setting(
+        "",
+        "Directory for the gateway key and database. Empty: $STATE_DIRECTORY (set by "
+        "systemd's StateDirectory=), else ~/.local/state/didgw. The --state-dir option "
+        "and $DIDGW_STATE_DIR take precedence over this key.",
+    )
+
+
+@dataclass(frozen=True)
+class KeysSection(_Section):
+    """How the gateway's private keys are protected at rest."""
+
+    passphrase_file: str = _setting(
+        "",
+        "File whose content (one line) encrypts the gateway key. Empty: use "
+        "$DIDGW_KEY_PASSPHRASE if set, else the key is stored unencrypted, protected "
+        "by its 0600 file mode. Setting both is an error.",
+    )
+
+
+@dataclass(frozen=True)
+class ResolverSection(_Section):
+    """How DIDs other than did:key are resolved, and how long answers are trusted."""
+
+    did_web: bool = _setting(True, "Resolve did:web DIDs over HTTPS.")
+    universal_resolver: str = _setting(
+        "",
+        "Base URL of a DIF Universal Resolver (GET {base}/1.0/identifiers/{did}) used for "
+        "every method other than did:key and did:web. Empty: no other methods.",
+        _http_url,
+    )
+    timeout: float = _setting(5.0, "Seconds to wait for a did:web or resolver answer.", _positive)
+    max_document_bytes: int = _setting(
+        65536, "Largest DID document accepted, in bytes.", _between(1024, 16 * 1024 * 1024)
+    )
+    cache_ttl: float = _setting(
+        3600.0,
+        "Seconds a fetched DID document is used without asking its source again.",
+        _not_negative,
+    )
+    cache_max_stale: float = _setting(
+        86400.0,
+        "While the source is unreachable, a cached document is still used until it is "
+        "this many seconds old; after that resolution fails closed. Must be >= cache_ttl.",
+        _not_negative,
+    )
+    ca_file: str = _setting(
+        "",
+        "Extra PEM file of certificate authorities trusted for did:web and the resolver "
+        "(a building's private PKI). Empty: the system's trust store only.",
+        _existing_file,
+    )
+    allow_http_localhost: bool = _setting(
+        False,
+        "Fetch did:web documents of localhost / 127.0.0.1 / [::1] over plain HTTP. For "
+        "tests and demos; never needed in production.",
+    )
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        if self.cache_max_stale < self.cache_ttl:
+            return [("cache_max_stale", "must be greater than or equal to cache_ttl")]
+        return []
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, and the file it came from."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    keys: KeysSection = field(default_factory=KeysSection)
+    resolver: ResolverSection = field(default_factory=ResolverSection)
+    source: str = "(built-in defaults)"
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "gateway": GatewaySection,
+    "keys": KeysSection,
+    "resolver": ResolverSection,
+}
+
+CONFIG_ENV = "DIDGW_CONFIG"
+SYSTEM_CONFIG = Path("/etc/didgw/gateway.toml")
+
+
+def find_config(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """Which file to read: --config, $DIDGW_CONFIG, systemd's config dir, /etc/didgw, or none.
+
+    An explicitly named file must exist; the well-known locations are optional.
+    """
+    named = explicit or env.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    candidates = [
+        Path(d) / "gateway.toml" for d in env.get("CONFIGURATION_DIRECTORY", "").split(":") if d
+    ]
+    candidates.append(SYSTEM_CONFIG)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate ``path`` (None: all defaults). Raise :class:`ConfigError` on any fault."""
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
+    """Validate a parsed TOML document against the schema."""
+    errors: list[str] = []
+    sections: dict[str, Any] = {}
+    for name in data:
+        if name not in SECTIONS:
+            errors.append(f"unknown section [{name}] (known: {', '.join(SECTIONS)})")
+    for name, cls in SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            errors.append(f"[{name}] must be a table")
+            continue
+        values, section_errors = _parse_section(name, cls, table)
+        errors.extend(section_errors)
+        if not section_errors:
+            section = cls(**values)
+            errors.extend(f"[{name}] {key}: {reason}" for key, reason in section.cross_checks())
+            sections[name] = section
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
+    return Config(**sections, source=source)
+
+
+def _parse_section(
+    name: str, cls: type[Any], table: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in table.items():
+        if key not in fields:
+            errors.append(f"[{name}] {key}: unknown key (known: {', '.join(fields)})")
+            continue
+        expected = hints[key]
+        if not _has_type(value, expected):
+            got = f"{type(value).__name__} {value!r}"
+            errors.append(f"[{name}] {key}: must be {_type_name(expected)}, got {got}")
+            continue
+        check = fields[key].metadata.get("check")
+        reason = check(value) if check else None
+        if reason:
+            errors.append(f"[{name}] {key}: {reason}, got {value!r}")
+            continue
+        values[key] = float(value) if expected is float else value
+    return values, errors
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        expected, str(expected)
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def render_example() -> str:
+    """The commented example config: every key, its default and what it does."""
+    import textwrap
+
+    lines = [
+        "# didgw gateway configuration.",
+        "#",
+        "# Every key is optional: each line below shows the default, commented out.",
+        "# Uncomment and change what you need. Generated from the schema in",
+        "# gateway/config.py by `didgw config example`.",
+    ]
+    for name, cls in SECTIONS.items():
+        lines += ["", f"# {(cls.__doc__ or '').strip()}", f"[{name}]"]
+        for f in dataclasses.fields(cls):
+            lines.append("")
+            doc = textwrap.wrap(f.metadata["doc"], width=86)
+            lines += [f"# {line}" for line in doc]
+            lines.append(f"# {f.name} = {_toml_value(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """Where state lives when nothing says otherwise: systemd's, else the XDG state home."""
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = env.get("XDG_STATE_HOME")
+    base = (
+        Path(xdg) if xdg else Path(env.get("HOME") or os.path.expanduser("~")) / ".local" / "state"
+    )
+    return base / "didgw"
+
+
+def state_dir(config: Config, explicit: str | None, env: Mapping[str, str]) -> Path:
+    """The state directory: --state-dir, $DIDGW_STATE_DIR, [gateway] state_dir, then the default."""
+    chosen = explicit or env.get("DIDGW_STATE_DIR") or config.gateway.state_dir
+    return Path(chosen).expanduser() if chosen else default_state_dir(env)

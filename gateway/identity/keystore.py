@@ -1,0 +1,136 @@
+"""Ed25519 private keys on disk: PKCS#8 PEM, mode 0600, optionally passphrase-encrypted.
+
+Rules, all failing closed:
+
+* a key file is created with ``O_EXCL`` and mode 0600 and fsynced, so an
+  existing key is never overwritten and a crash never leaves half a key;
+* a key file readable by group or others is refused, as ssh does;
+* an encrypted key without its passphrase, or with the wrong one, is refused
+  with a message naming the file (never the passphrase).
+
+Nothing here logs or returns key material except the key object itself.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.errors import ConfigError, KeyStoreError
+
+PASSPHRASE_ENV = "DIDGW_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+
+def generate_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 key from the operating system's CSPRNG."""
+    return Ed25519PrivateKey.generate()
+
+
+def public_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The raw 32-byte public key."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def read_passphrase(passphrase_file: str, env: Mapping[str, str]) -> bytes | None:
+    """The key passphrase from ``passphrase_file`` or ``$DIDGW_KEY_PASSPHRASE``; None if neither.
+
+    Both at once is refused: which one wins would be a guess. A trailing newline
+    in the file is ignored (``echo secret > file`` is how people write it).
+    """
+    from_env = env.get(PASSPHRASE_ENV)
+    if passphrase_file and from_env is not None:
+        raise ConfigError(f"both keys.passphrase_file and ${PASSPHRASE_ENV} are set; set only one")
+    if passphrase_file:
+        try:
+            value = Path(passphrase_file).read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise KeyStoreError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from None
+        if not value:
+            raise KeyStoreError(f"passphrase file {passphrase_file} is empty")
+        return value
+    if from_env is not None:
+        if not from_env:
+            raise KeyStoreError(f"${PASSPHRASE_ENV} is set but empty")
+        return from_env.encode()
+    return None
+
+
+def write_private_key(path: Path, key: Ed25519PrivateKey, passphrase: bytes | None) -> None:
+    """Write ``key`` as PKCS#8 PEM to a new 0600 file; refuse if ``path`` exists."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
+    except FileExistsError:
+        raise KeyStoreError(f"{path} already exists; not overwriting a key") from None
+    except OSError as exc:
+        raise KeyStoreError(f"cannot create key file {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit
+        os.write(fd, pem)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise KeyStoreError(f"cannot write key file {path}: {exc.strerror}") from None
+    os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def load_private_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """Load an Ed25519 PKCS#8 PEM key, checking its permissions first."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise KeyStoreError(f"key file {path} does not exist") from None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise KeyStoreError(
+            f"key file {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+        )
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
+    encrypted = b"ENCRYPTED PRIVATE KEY" in pem
+    if encrypted and not passphrase:
+        raise KeyStoreError(
+            f"key file {path} is encrypted; give its passphrase in keys.passphrase_file "
+            f"or ${PASSPHRASE_ENV}"
+        )
+    if passphrase and not encrypted:
+        raise KeyStoreError(
+            f"key file {path} is not encrypted, but a passphrase is configured; "
+            "remove the passphrase setting or re-create the key encrypted"
+        )
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+    except ValueError:
+        what = "wrong passphrase for" if encrypted else "not a readable PKCS#8 PEM key:"
+        raise KeyStoreError(f"{what} key file {path}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyStoreError(f"key file {path} does not hold an Ed25519 key")
+    return key
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

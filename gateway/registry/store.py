@@ -1,0 +1,290 @@
+"""The registry in the gateway database: devices, and an append-only audit of every change.
+
+Every change and its audit record are written in one transaction, so the
+history can never disagree with the state. Inputs are checked, and the DID
+resolved, before the transaction starts: a refused command changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlite_utils import Database
+
+from gateway.errors import DidgwError, RegistryError
+from gateway.identity.document import check_did_syntax, ed25519_key_of, find_verification_method
+from gateway.identity.resolver import Resolver
+from gateway.registry.model import (
+    AuditRecord,
+    Device,
+    Status,
+    check_capability,
+    check_kind,
+    check_name,
+    check_topic,
+    next_status,
+)
+
+_DEVICE_COLUMNS = (
+    "did, name, kind, owner, topics, capabilities, metadata, status, "
+    "created_at, updated_at, replaces, replaced_by"
+)
+# Built once from the constant above; never from input.
+_SELECT_DEVICES = f"SELECT {_DEVICE_COLUMNS} FROM devices"  # noqa: S608
+_INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
+_INSERT_AUDIT = (
+    "INSERT INTO registry_audit (ts, actor, action, device, reason, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+class Registry:
+    """Register, look up and change devices; every change is audited."""
+
+    def __init__(self, db: Database, resolver: Resolver) -> None:
+        self._db = db
+        self._resolver = resolver
+
+    # -- reading -----------------------------------------------------------
+
+    def find(self, did: str) -> Device | None:
+        row = self._db.execute(_SELECT_DEVICES + " WHERE did = ?", [did]).fetchone()
+        return _device(row) if row else None
+
+    def get(self, did: str) -> Device:
+        check_did_syntax(did)
+        device = self.find(did)
+        if device is None:
+            raise RegistryError(f"no device {did} is registered")
+        return device
+
+    def devices(self, status: Status | None = None) -> list[Device]:
+        sql = _SELECT_DEVICES
+        args: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            args.append(status.value)
+        return [_device(row) for row in self._db.execute(sql + " ORDER BY created_at, did", args)]
+
+    def history(self, did: str) -> list[AuditRecord]:
+        rows = self._db.execute(
+            "SELECT id, ts, actor, action, device, reason, detail FROM registry_audit "
+            "WHERE device = ? ORDER BY id",
+            [did],
+        )
+        return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    # -- changing ----------------------------------------------------------
+
+    def register(
+        self,
+        did: str,
+        *,
+        name: str,
+        kind: str,
+        actor: str,
+        now: float,
+        owner: str | None = None,
+        topics: Iterable[str] = (),
+        capabilities: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        reason: str = "registered",
+    ) -> Device:
+        """Add a device. Its DID must resolve to a document with an Ed25519 authentication key."""
+        device = self._new_device(
+            did,
+            name=name,
+            kind=kind,
+            now=now,
+            owner=owner,
+            topics=topics,
+            capabilities=capabilities,
+            metadata=metadata,
+        )
+        _check_actor(actor, reason)
+        self._refuse_known(did)
+        self._check_resolvable(did, now)
+        with self._db.atomic():
+            self._insert(device)
+            detail = {"kind": device.kind, "name": device.name}
+            self._audit("register", did, actor=actor, reason=reason, now=now, detail=detail)
+        return device
+
+    def suspend(self, did: str, *, actor: str, reason: str, now: float) -> Device:
+        """Stop a device temporarily (a stolen sensor, a meter under repair)."""
+        return self._transition("suspend", did, actor=actor, reason=reason, now=now)
+
+    def resume(self, did: str, *, actor: str, reason: str, now: float) -> Device:
+        return self._transition("resume", did, actor=actor, reason=reason, now=now)
+
+    def revoke(self, did: str, *, actor: str, reason: str, now: float) -> Device:
+        """Remove a device for good. Its DID can never be registered again."""
+        return self._transition("revoke", did, actor=actor, reason=reason, now=now)
+
+    def rotate(self, old: str, new: str, *, actor: str, reason: str, now: float) -> Device:
+        """Move a device to a new DID (new key): the new one takes over, the old is revoked."""
+        _check_actor(actor, reason)
+        current = self.get(old)
+        next_status("rotate", old, current.status)
+        if new == old:
+            raise RegistryError("the new DID is the same as the old one")
+        replacement = self._new_device(
+            new,
+            name=current.name,
+            kind=current.kind,
+            now=now,
+            owner=current.owner,
+            topics=current.topics,
+            capabilities=current.capabilities,
+            metadata=current.metadata,
+        )
+        replacement = Device(**{**replacement.__dict__, "replaces": old})
+        self._refuse_known(new)
+        self._check_resolvable(new, now)
+        with self._db.atomic():
+            self._insert(replacement)
+            self._db.execute(
+                "UPDATE devices SET status = ?, replaced_by = ?, updated_at = ? WHERE did = ?",
+                [Status.REVOKED.value, new, now, old],
+            )
+            self._audit(
+                "rotate", old, actor=actor, reason=reason, now=now, detail={"replaced_by": new}
+            )
+            self._audit(
+                "register", new, actor=actor, reason=reason, now=now, detail={"replaces": old}
+            )
+        return replacement
+
+    # -- internals ---------------------------------------------------------
+
+    def _new_device(
+        self,
+        did: str,
+        *,
+        name: str,
+        kind: str,
+        now: float,
+        owner: str | None,
+        topics: Iterable[str],
+        capabilities: Iterable[str],
+        metadata: Mapping[str, Any] | None,
+    ) -> Device:
+        check_did_syntax(did)
+        if owner is not None:
+            check_did_syntax(owner)
+        return Device(
+            did=did,
+            name=check_name(name),
+            kind=check_kind(kind),
+            status=Status.ACTIVE,
+            created_at=now,
+            updated_at=now,
+            owner=owner,
+            topics=tuple(dict.fromkeys(check_topic(t) for t in topics)),
+            capabilities=tuple(dict.fromkeys(check_capability(c) for c in capabilities)),
+            metadata=dict(metadata or {}),
+        )
+
+    def _refuse_known(self, did: str) -> None:
+        existing = self.find(did)
+        if existing is not None:
+            hint = (
+                " (revoked DIDs cannot be registered again)"
+                if existing.status is Status.REVOKED
+                else ""
+            )
+            raise RegistryError(
+                f"{did} is already registered as {existing.name!r}, {existing.status.value}{hint}"
+            )
+
+    def _check_resolvable(self, did: str, now: float) -> None:
+        document = self._resolver.resolve(did, now=now).document
+        for entry in document.get("authentication") or []:
+            ref = (
+                entry
+                if isinstance(entry, str)
+                else entry.get("id")
+                if isinstance(entry, dict)
+                else None
+            )
+            if not isinstance(ref, str):
+                continue
+            vm_id = did + ref if ref.startswith("#") else ref
+            try:
+                ed25519_key_of(find_verification_method(document, vm_id))
+            except DidgwError:
+                continue  # not usable; another authentication method may be
+            return
+        raise RegistryError(
+            f"the DID document of {did} has no Ed25519 authentication key, "
+            "so the device could never authenticate"
+        )
+
+    def _transition(self, action: str, did: str, *, actor: str, reason: str, now: float) -> Device:
+        _check_actor(actor, reason)
+        device = self.get(did)
+        after = next_status(action, did, device.status)
+        with self._db.atomic():
+            self._db.execute(
+                "UPDATE devices SET status = ?, updated_at = ? WHERE did = ? AND status = ?",
+                [after.value, now, did, device.status.value],
+            )
+            detail = {"from": device.status.value, "to": after.value}
+            self._audit(action, did, actor=actor, reason=reason, now=now, detail=detail)
+        return self.get(did)
+
+    def _insert(self, device: Device) -> None:
+        try:
+            self._db.execute(
+                _INSERT_DEVICE,
+                [
+                    device.did,
+                    device.name,
+                    device.kind,
+                    device.owner,
+                    json.dumps(list(device.topics)),
+                    json.dumps(list(device.capabilities)),
+                    json.dumps(device.metadata, sort_keys=True),
+                    device.status.value,
+                    device.created_at,
+                    device.updated_at,
+                    device.replaces,
+                    device.replaced_by,
+                ],
+            )
+        except sqlite3.IntegrityError:
+            raise RegistryError(f"{device.did} is already registered") from None
+
+    def _audit(
+        self, action: str, did: str, *, actor: str, reason: str, now: float, detail: dict[str, Any]
+    ) -> None:
+        self._db.execute(
+            _INSERT_AUDIT, [now, actor, action, did, reason, json.dumps(detail, sort_keys=True)]
+        )
+
+
+def _check_actor(actor: str, reason: str) -> None:
+    if not actor.strip():
+        raise RegistryError("every registry change needs an actor (who is making it)")
+    if not reason.strip():
+        raise RegistryError("every registry change needs a reason")
+
+
+def _device(row: tuple[Any, ...]) -> Device:
+    return Device(
+        did=row[0],
+        name=row[1],
+        kind=row[2],
+        owner=row[3],
+        topics=tuple(json.loads(row[4])),
+        capabilities=tuple(json.loads(row[5])),
+        metadata=json.loads(row[6]),
+        status=Status(row[7]),
+        created_at=row[8],
+        updated_at=row[9],
+        replaces=row[10],
+        replaced_by=row[11],
+    )

@@ -1,0 +1,153 @@
+"""Composition root: the one place that builds the gateway's parts from its configuration.
+
+The CLI and (later) the long-running service call :func:`init_gateway` and
+:func:`open_gateway`; nothing else wires core objects to files, the network or
+the clock.
+
+State directory layout::
+
+    <state>/            0700
+      keys/             0700
+        gateway.pem     0600, PKCS#8, optionally encrypted
+      didgw.db          SQLite (WAL), named migrations
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from gateway import db as database
+from gateway.config import Config
+from gateway.errors import KeyStoreError, StateError
+from gateway.identity import keystore
+from gateway.identity.cache import SqliteResolutionCache
+from gateway.identity.did_key import did_from_public_key
+from gateway.identity.resolver import DidResolver, Freshness, MemoryCache, ResolutionCache
+from gateway.identity.signing import Signer
+from gateway.registry import Registry
+
+KEY_FILE = Path("keys") / "gateway.pem"
+
+
+@dataclass
+class Gateway:
+    """The parts of an initialised gateway that commands work with."""
+
+    config: Config
+    state_dir: Path
+    did: str
+    db: Database
+    resolver: DidResolver
+    registry: Registry
+
+    def signer(self, env: Mapping[str, str]) -> Signer:
+        """The gateway's own signing key (needs the passphrase if the key is encrypted)."""
+        passphrase = keystore.read_passphrase(self.config.keys.passphrase_file, env)
+        key = keystore.load_private_key(self.state_dir / KEY_FILE, passphrase)
+        signer = Signer.for_did_key(key)
+        if signer.did != self.did:
+            raise StateError(f"{self.state_dir / KEY_FILE} does not hold the key of {self.did}")
+        return signer
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass(frozen=True)
+class InitResult:
+    state_dir: Path
+    did: str
+    created_key: bool
+    migrations: list[str]
+    encrypted: bool
+
+
+def build_resolver(config: Config, cache: ResolutionCache | None = None) -> DidResolver:
+    """The DID resolver the configuration asks for; network fetching only if it can be used."""
+    from gateway.transports.http import make_fetch
+
+    r = config.resolver
+    return DidResolver(
+        fetch=make_fetch(timeout=r.timeout, max_bytes=r.max_document_bytes, ca_file=r.ca_file),
+        cache=cache or MemoryCache(),
+        freshness=Freshness(ttl=r.cache_ttl, max_stale=r.cache_max_stale),
+        did_web=r.did_web,
+        universal_resolver=r.universal_resolver,
+        allow_http_localhost=r.allow_http_localhost,
+    )
+
+
+def init_gateway(config: Config, state_dir: Path, env: Mapping[str, str]) -> InitResult:
+    """Create the state directory, the gateway key and the database; never overwrite a key."""
+    passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
+    _make_private_dir(state_dir)
+    _make_private_dir(state_dir / KEY_FILE.parent)
+    key_path = state_dir / KEY_FILE
+    created = not key_path.exists()
+    if created:
+        key = keystore.generate_key()
+        keystore.write_private_key(key_path, key, passphrase)
+    else:
+        key = keystore.load_private_key(key_path, passphrase)
+    did = did_from_public_key(keystore.public_bytes(key))
+    db = database.connect(state_dir / database.DB_NAME)
+    try:
+        now = time.time()
+        applied = database.migrate(db, now=now, backup_path=state_dir / database.DB_NAME)
+        recorded = _meta(db, "gateway_did")
+        if recorded is None:
+            with db.atomic():
+                db.execute("INSERT INTO meta (key, value) VALUES ('gateway_did', ?)", [did])
+        elif recorded != did:
+            raise StateError(
+                f"{state_dir}: the database belongs to gateway {recorded}, but {key_path} "
+                f"holds the key of {did}; refusing to mix them"
+            )
+    finally:
+        db.close()
+    return InitResult(state_dir, did, created, applied, encrypted=passphrase is not None)
+
+
+def open_gateway(config: Config, state_dir: Path) -> Gateway:
+    """Open an initialised gateway (upgrading its schema if needed); refuse anything else."""
+    db_path = state_dir / database.DB_NAME
+    if not (state_dir / KEY_FILE).exists() or not db_path.exists():
+        raise StateError(f"no gateway in {state_dir}; run: didgw init --state-dir {state_dir}")
+    db = database.connect(db_path)
+    try:
+        database.migrate(db, now=time.time(), backup_path=db_path)
+        did = _meta(db, "gateway_did")
+        if did is None:
+            raise StateError(f"{db_path} has no gateway DID; run didgw init again")
+    except BaseException:
+        db.close()
+        raise
+    resolver = build_resolver(config, SqliteResolutionCache(db))
+    return Gateway(config, state_dir, did, db, resolver, Registry(db, resolver))
+
+
+def _meta(db: Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _make_private_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise StateError(f"{path} exists and is not a directory")
+    if path.stat().st_mode & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise KeyStoreError(
+                f"{path} is readable by others and cannot be fixed: {exc.strerror}"
+            ) from None

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Set up everything didgw needs on Debian 12 / Raspberry Pi OS (bookworm), then stop.
+#   scripts/setup.sh          runtime: Python venv in .venv with the pinned dependencies
+#   scripts/setup.sh --dev    also the test tools and the interop test's npm packages
+# Idempotent: it installs only what is missing and skips pip/npm when nothing changed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEV=0
+if [[ "${1:-}" == "--dev" ]]; then DEV=1; fi
+
+say() { printf '==> %s\n' "$*"; }
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else echo "need root to run: $*  (install sudo or run as root)" >&2; exit 1
+    fi
+}
+
+# --- system packages: only those whose capability is missing ---------------
+apt_missing=()
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    || apt_missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
+if [[ $DEV -eq 1 ]]; then
+    command -v node >/dev/null || apt_missing+=(nodejs)
+    command -v npm >/dev/null || apt_missing+=(npm)
+fi
+if [[ ${#apt_missing[@]} -gt 0 ]]; then
+    say "installing system packages: ${apt_missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "didgw needs Python 3.11 or newer; $(python3 --version) found" >&2; exit 1; }
+
+# --- Python environment ----------------------------------------------------
+extras="" stamp=.venv/.didgw-setup
+if [[ $DEV -eq 1 ]]; then extras="[dev]" stamp=.venv/.didgw-setup-dev; fi
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python ]]; then
+    say "creating virtual environment in .venv"
+    python3 -m venv .venv
+fi
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    say "installing didgw and its pinned dependencies${extras:+ (with test tools)}"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".$extras"
+    rm -f .venv/.didgw-setup .venv/.didgw-setup-dev
+    echo "$want" > "$stamp"
+fi
+
+# --- npm packages for the did:key interoperability test ---------------------
+if [[ $DEV -eq 1 ]]; then
+    js=tests/interop/didkey-js
+    lock=$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)
+    if [[ "$(cat "$js/node_modules/.didgw-lock" 2>/dev/null)" != "$lock" ]]; then
+        say "installing the reference did:key implementation (npm ci)"
+        npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
+        echo "$lock" > "$js/node_modules/.didgw-lock"
+    fi
+fi
+say "ready: $ROOT/.venv/bin/didgw"

@@ -1,0 +1,38 @@
+"""Run the real ``didgw`` command in a clean environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import Run
+
+DIDGW = str(Path(sys.executable).with_name("didgw"))
+
+
+@pytest.fixture
+def didgw(tmp_path: Path) -> Run:
+    """``didgw(*args, env=…, cwd=…)``: run the installed command with HOME and state in tmp_path."""
+    base_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path / "home"),
+        "LANG": "C.UTF-8",
+    }
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [DIDGW, *args],
+            capture_output=True,
+            text=True,
+            env={**base_env, **(env or {})},
+            cwd=cwd or tmp_path,
+            timeout=60,
+            check=False,
+        )
+
+    return run

@@ -1,0 +1,117 @@
+"""The config schema: defaults, the shipped example, and errors that name file, key and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    Config,
+    find_config,
+    load_config,
+    parse_config,
+    render_example,
+    state_dir,
+)
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_no_file_means_all_defaults() -> None:
+    config = load_config(None)
+    assert config == Config()
+    assert config.resolver.did_web is True
+    assert config.resolver.cache_ttl == 3600.0
+
+
+def test_shipped_example_is_the_rendered_schema_and_parses_to_the_defaults() -> None:
+    shipped = ROOT / "configs" / "gateway.toml"
+    assert shipped.read_text() == render_example(), (
+        "run: didgw config example > configs/gateway.toml"
+    )
+    assert load_config(shipped) == Config(source=str(shipped))
+
+
+def test_every_key_of_the_example_uncommented_gives_the_defaults(tmp_path: Path) -> None:
+    uncommented = "\n".join(
+        line[2:] if line.startswith("# ") and " = " in line else line
+        for line in render_example().splitlines()
+    )
+    path = tmp_path / "all.toml"
+    path.write_text(uncommented)
+    assert load_config(path) == Config(source=str(path))
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[resolver]\ndid_web = false\ntimeout = 2\nuniversal_resolver = "https://r.example"\n'
+        "cache_ttl = 10\ncache_max_stale = 20\n"
+    )
+    resolver = load_config(path).resolver
+    assert resolver.did_web is False
+    assert resolver.timeout == 2.0 and isinstance(resolver.timeout, float)
+    assert resolver.universal_resolver == "https://r.example"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[resolvr]\n", "unknown section [resolvr]"),
+        ("[resolver]\ntimeot = 1\n", "[resolver] timeot: unknown key"),
+        ('[resolver]\ntimeout = "5"\n', "[resolver] timeout: must be a number, got str '5'"),
+        ("[resolver]\ndid_web = 1\n", "[resolver] did_web: must be true or false"),
+        ("[resolver]\ncache_ttl = true\n", "[resolver] cache_ttl: must be a number, got bool"),
+        ("[resolver]\nmax_document_bytes = 1.5\n", "max_document_bytes: must be an integer"),
+        ("[resolver]\ntimeout = 0\n", "[resolver] timeout: must be greater than 0, got 0"),
+        ("[resolver]\ncache_ttl = -1\n", "cache_ttl: must be 0 or more"),
+        ("[resolver]\nmax_document_bytes = 10\n", "must be between 1024 and"),
+        ('[resolver]\nuniversal_resolver = "ftp://x"\n', "universal_resolver: must be an http"),
+        ('[resolver]\nca_file = "/nonexistent/ca.pem"\n', "ca_file: file not found"),
+        ("[resolver]\ncache_ttl = 100\ncache_max_stale = 10\n", "cache_max_stale: must be greater"),
+        ("resolver = 3\n", "[resolver] must be a table"),
+        ("[gateway\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_file_the_key_and_the_reason(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(path) in str(exc.value)
+    assert message in str(exc.value)
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"resolver": {"timeout": -1, "bogus": 1}, "x": {}}, source="f.toml")
+    assert str(exc.value).count("f.toml:") == 3
+
+
+def test_config_file_discovery(tmp_path: Path) -> None:
+    named = tmp_path / "named.toml"
+    named.write_text("")
+    assert find_config(str(named), {}) == named
+    assert find_config(None, {"DIDGW_CONFIG": str(named)}) == named
+    with pytest.raises(ConfigError, match="config file not found"):
+        find_config(str(tmp_path / "missing.toml"), {})
+    confdir = tmp_path / "etc"
+    confdir.mkdir()
+    (confdir / "gateway.toml").write_text("")
+    assert find_config(None, {"CONFIGURATION_DIRECTORY": str(confdir)}) == confdir / "gateway.toml"
+
+
+def test_state_dir_precedence(tmp_path: Path) -> None:
+    from gateway.config import GatewaySection
+
+    configured = Config(gateway=GatewaySection(state_dir=str(tmp_path / "cfg")))
+    env = {"HOME": str(tmp_path), "STATE_DIRECTORY": "/var/lib/didgw"}
+    assert state_dir(configured, "/cli", {**env, "DIDGW_STATE_DIR": "/env"}) == Path("/cli")
+    assert state_dir(configured, None, {**env, "DIDGW_STATE_DIR": "/env"}) == Path("/env")
+    assert state_dir(configured, None, env) == tmp_path / "cfg"
+    assert state_dir(Config(), None, env) == Path("/var/lib/didgw")
+    assert state_dir(Config(), None, {"HOME": str(tmp_path)}) == tmp_path / ".local/state/didgw"
