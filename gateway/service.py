@@ -75,7 +75,7 @@ def build_resolver(config: Config, cache: ResolutionCache | None = None) -> DidR
     r = config.resolver
     return DidResolver(
         fetch=make_fetch(timeout=r.timeout, max_bytes=r.max_document_bytes, ca_file=r.ca_file),
-        cache=cache or MemoryCache(),
+        cache=cache if cache is not None else MemoryCache(),
         freshness=Freshness(ttl=r.cache_ttl, max_stale=r.cache_max_stale),
         did_web=r.did_web,
         universal_resolver=r.universal_resolver,

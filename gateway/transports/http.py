@@ -45,18 +45,21 @@ def make_fetch(*, timeout: float, max_bytes: int, ca_file: str = "") -> Fetch:
             with opener.open(request, timeout=timeout) as response:
                 body: bytes = response.read(max_bytes + 1)
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error holds the response: release the connection now
             if exc.code in (404, 410):
                 raise NotFound(f"{url} answered {exc.code} {exc.reason}") from None
             if exc.code >= 500 or exc.code == 429:
                 raise Unreachable(f"{url} answered {exc.code} {exc.reason}") from None
             raise ResolutionError(f"{url} answered {exc.code} {exc.reason}") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise ResolutionError(
-                f"{url}: TLS certificate not trusted: {exc.verify_message}"
-            ) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise Unreachable(f"{url} is unreachable: {reason}") from None
+        except urllib.error.URLError as exc:
+            # A certificate that does not verify is a refusal, not an outage: serving
+            # a cached copy would hide an impersonation attempt.
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                reason = exc.reason.verify_message
+                raise ResolutionError(f"{url}: TLS certificate not trusted: {reason}") from None
+            raise Unreachable(f"{url} is unreachable: {exc.reason}") from None
+        except OSError as exc:  # TimeoutError and resets while reading the body
+            raise Unreachable(f"{url} is unreachable: {exc}") from None
         if len(body) > max_bytes:
             raise ResolutionError(f"{url}: document larger than {max_bytes} bytes")
         return body
