@@ -41,12 +41,24 @@ def document_url(did: str, *, allow_http_localhost: bool = False) -> str:
     return f"{scheme}://{host}/{path}"
 
 
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """Parse an answer that must be a JSON object; ``what`` names it in the error."""
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResolutionError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ResolutionError(f"{what} is not a JSON object")
+    return value
+
+
 def parse_document(did: str, body: bytes) -> dict[str, Any]:
     """Parse a fetched DID document and check that it is the document of ``did``."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResolutionError(f"document for {did} is not JSON: {exc}") from None
+    return check_document(did, json_object(body, f"document for {did}"))
+
+
+def check_document(did: str, document: Any) -> dict[str, Any]:
+    """``document`` if it is a JSON object naming itself ``did``; refuse anything else."""
     if not isinstance(document, dict):
         raise ResolutionError(f"document for {did} is not a JSON object")
     if document.get("id") != did:

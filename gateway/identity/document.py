@@ -15,7 +15,7 @@ from typing import Any
 
 import base58
 
-from gateway.errors import DidError, SignatureError
+from gateway.errors import DidError, DidgwError, SignatureError
 from gateway.identity.did_key import ED25519_PUB, decode_multikey
 
 RELATIONSHIPS = (
@@ -79,22 +79,34 @@ def find_verification_method(document: dict[str, Any], vm_id: str) -> dict[str, 
     raise SignatureError(f"DID document {doc_id} has no verification method {vm_id}")
 
 
-def is_authorized(document: dict[str, Any], vm_id: str, relationship: str) -> bool:
-    """Whether ``vm_id`` is listed (by reference or embedded) under ``relationship``."""
+def relationship_ids(document: dict[str, Any], relationship: str) -> list[str]:
+    """Absolute ids of the methods listed (by reference or embedded) under ``relationship``."""
     if relationship not in RELATIONSHIPS:
         raise ValueError(f"unknown verification relationship {relationship!r}")
     doc_id = str(document.get("id"))
+    ids = []
     for entry in _entries(document, relationship):
-        ref = (
-            entry
-            if isinstance(entry, str)
-            else entry.get("id")
-            if isinstance(entry, dict)
-            else None
-        )
-        if isinstance(ref, str) and _absolute(doc_id, ref) == vm_id:
-            return True
-    return False
+        ref = entry.get("id") if isinstance(entry, dict) else entry
+        if isinstance(ref, str):
+            ids.append(_absolute(doc_id, ref))
+    return ids
+
+
+def is_authorized(document: dict[str, Any], vm_id: str, relationship: str) -> bool:
+    """Whether ``vm_id`` is listed (by reference or embedded) under ``relationship``."""
+    return vm_id in relationship_ids(document, relationship)
+
+
+def usable_ed25519_methods(document: dict[str, Any], relationship: str) -> list[str]:
+    """Ids of the methods under ``relationship`` that hold an Ed25519 key didgw can use."""
+    usable = []
+    for vm_id in relationship_ids(document, relationship):
+        try:
+            ed25519_key_of(find_verification_method(document, vm_id))
+        except DidgwError:
+            continue  # malformed or another key type; another method may still do
+        usable.append(vm_id)
+    return usable
 
 
 def ed25519_key_of(method: dict[str, Any]) -> bytes:

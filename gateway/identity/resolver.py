@@ -16,7 +16,6 @@ Fetching is injected (a :data:`Fetch` callable), so this module does no I/O.
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,20 +114,16 @@ def parse_universal_result(did: str, body: bytes) -> dict[str, Any]:
     The resolver answers with a DID resolution result (``didDocument`` plus
     metadata) or, depending on content negotiation, the bare document.
     """
-    try:
-        answer = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResolutionError(f"universal resolver answer for {did} is not JSON: {exc}") from None
-    if not isinstance(answer, dict):
-        raise ResolutionError(f"universal resolver answer for {did} is not a JSON object")
-    if "didDocument" in answer or "didResolutionMetadata" in answer:
-        error = (answer.get("didResolutionMetadata") or {}).get("error")
-        if error:
-            raise NotFound(f"universal resolver could not resolve {did}: {error}")
-        if (answer.get("didDocumentMetadata") or {}).get("deactivated") is True:
-            raise NotFound(f"{did} is deactivated")
-        answer = answer.get("didDocument")
-    return did_web.parse_document(did, json.dumps(answer).encode())
+    answer = did_web.json_object(body, f"universal resolver answer for {did}")
+    if "didDocument" not in answer and "didResolutionMetadata" not in answer:
+        return did_web.check_document(did, answer)  # a bare document
+    resolution_meta = answer.get("didResolutionMetadata")
+    document_meta = answer.get("didDocumentMetadata")
+    if isinstance(resolution_meta, dict) and resolution_meta.get("error"):
+        raise NotFound(f"universal resolver could not resolve {did}: {resolution_meta['error']}")
+    if isinstance(document_meta, dict) and document_meta.get("deactivated") is True:
+        raise NotFound(f"{did} is deactivated")
+    return did_web.check_document(did, answer.get("didDocument"))
 
 
 class DidResolver:

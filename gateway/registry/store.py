@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from gateway.errors import DidgwError, RegistryError
-from gateway.identity.document import check_did_syntax, ed25519_key_of, find_verification_method
+from gateway.errors import RegistryError
+from gateway.identity.document import check_did_syntax, usable_ed25519_methods
 from gateway.identity.resolver import Resolver
 from gateway.registry.model import (
     AuditRecord,
@@ -202,26 +202,11 @@ class Registry:
 
     def _check_resolvable(self, did: str, now: float) -> None:
         document = self._resolver.resolve(did, now=now).document
-        for entry in document.get("authentication") or []:
-            ref = (
-                entry
-                if isinstance(entry, str)
-                else entry.get("id")
-                if isinstance(entry, dict)
-                else None
+        if not usable_ed25519_methods(document, "authentication"):
+            raise RegistryError(
+                f"the DID document of {did} has no Ed25519 authentication key, "
+                "so the device could never authenticate"
             )
-            if not isinstance(ref, str):
-                continue
-            vm_id = did + ref if ref.startswith("#") else ref
-            try:
-                ed25519_key_of(find_verification_method(document, vm_id))
-            except DidgwError:
-                continue  # not usable; another authentication method may be
-            return
-        raise RegistryError(
-            f"the DID document of {did} has no Ed25519 authentication key, "
-            "so the device could never authenticate"
-        )
 
     def _transition(self, action: str, did: str, *, actor: str, reason: str, now: float) -> Device:
         _check_actor(actor, reason)
