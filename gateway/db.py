@@ -38,6 +38,18 @@ def connect(path: Path | str) -> Database:
     return Database(conn, execute_plugins=False)
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """Open a database file for reading only (verification must never change what it checks)."""
+    if not path.is_file():
+        raise StateError(f"no database at {path}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"cannot read database {path}: {exc}") from None
+    return conn
+
+
 def applied_migrations(db: Database) -> list[str]:
     if "_migrations" not in db.table_names():
         return []

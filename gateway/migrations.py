@@ -79,9 +79,66 @@ def _resolution_cache(db: Database) -> None:
     )
 
 
+def _chain(db: Database) -> None:
+    # The tamper-evident record (gateway/chain/store.py explains every column).
+    # Actors are stored once and referred to by number: a DID is ~56 bytes and
+    # the same few devices write most entries.
+    db.execute("CREATE TABLE chain_actors (id INTEGER PRIMARY KEY, did TEXT NOT NULL UNIQUE)")
+    db.execute(
+        """
+        CREATE TABLE chain_entries (
+            seq INTEGER PRIMARY KEY,
+            ts INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            actor INTEGER NOT NULL REFERENCES chain_actors(id),
+            commitment BLOB NOT NULL,
+            prev_hash BLOB NOT NULL,
+            hash BLOB NOT NULL,
+            salt BLOB,
+            payload BLOB,
+            erased_by INTEGER
+        )
+        """
+    )
+    # Hashes of perfect Merkle subtrees (level >= 4); the rest is recomputed from
+    # the entries when a proof needs it.
+    db.execute(
+        "CREATE TABLE chain_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
+        "hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE chain_checkpoints (size INTEGER PRIMARY KEY, root BLOB NOT NULL, "
+        "ts INTEGER NOT NULL, text TEXT NOT NULL)"
+    )
+    # The record only grows. The one permitted change is erasure: payload and
+    # salt become NULL and erased_by names the erasure entry.
+    db.execute(
+        "CREATE TRIGGER chain_entries_no_delete BEFORE DELETE ON chain_entries "
+        "BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER chain_entries_no_rewrite "
+        "BEFORE UPDATE OF seq, ts, kind, actor, commitment, prev_hash, hash ON chain_entries "
+        "BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER chain_entries_erase_only BEFORE UPDATE OF salt, payload, erased_by "
+        "ON chain_entries WHEN NEW.payload IS NOT NULL OR NEW.salt IS NOT NULL "
+        "OR NEW.erased_by IS NULL OR OLD.erased_by IS NOT NULL "
+        "BEGIN SELECT RAISE(ABORT, 'chain payloads can only be erased, once'); END"
+    )
+    for table in ("chain_nodes", "chain_checkpoints"):
+        for verb in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END"
+            )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
     ("0003_registry_audit", _registry_audit),
     ("0004_resolution_cache", _resolution_cache),
+    ("0005_chain", _chain),
 ]

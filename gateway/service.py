@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from gateway import db as database
+from gateway.chain.store import ChainStore
 from gateway.config import Config
 from gateway.errors import KeyStoreError, StateError
 from gateway.identity import keystore
@@ -54,6 +55,22 @@ class Gateway:
         if signer.did != self.did:
             raise StateError(f"{self.state_dir / KEY_FILE} does not hold the key of {self.did}")
         return signer
+
+    def chain(self) -> ChainStore:
+        """The record, on this gateway's database connection (for commands and tests)."""
+        return ChainStore(self.db)
+
+    def checkpoint(self, env: Mapping[str, str], *, now: float) -> str:
+        """Sign a checkpoint of the record as it is now, keep it, and return its text."""
+        from gateway.chain.checkpoint import checkpoint_body, sign_checkpoint
+
+        chain = self.chain()
+        root = chain.root()
+        text = sign_checkpoint(
+            checkpoint_body(self.did, chain.size, root, int(now)), self.signer(env)
+        )
+        chain.add_checkpoint(chain.size, root, int(now * 1000), text)
+        return text
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,162 @@
+"""The recorder: the gateway's single writer to the record, with group commit.
+
+Readings arrive from many producers at once (MQTT, CoAP, the meter, the
+market). Each must be told "accepted" only after its entry is durably
+committed, but one fsync per entry would cap the gateway at a few hundred
+entries a second on an SD card. The recorder runs the chain store on one
+thread: producers queue entries and wait on a future; the thread takes
+everything queued, appends it in *one* transaction (one fsync), and completes
+all the futures. Under load, batches grow by themselves; when idle, a lone entry
+is committed at once.
+
+This is an edge (it owns a thread and reads the clock); the store it drives is
+the sans-IO core in :mod:`gateway.chain.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from gateway.chain.store import ChainStore, Entry, NewEntry, check_new_entry
+from gateway.errors import DidgwError
+
+_STOP = object()
+
+#: Who waits for an entry: a thread (concurrent future) or a coroutine (its loop and future).
+Waiter = Future[Entry] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Entry]"]
+
+
+class RecorderClosed(DidgwError):
+    code = "recorder_closed"
+
+
+class Recorder:
+    """Group-committing appender; see the module docstring."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], ChainStore],
+        *,
+        clock_ms: Callable[[], int],
+        max_batch: int = 8192,
+    ) -> None:
+        self._open_store = open_store
+        self._clock_ms = clock_ms
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._closed = False
+        self._ready: Future[ChainStore] = Future()
+        self._thread = threading.Thread(target=self._run, name="didgw-recorder", daemon=True)
+        self._thread.start()
+        self._ready.result()  # surface an error opening the store to the caller
+        self.batches = 0  # how many transactions so far (for metrics and benchmarks)
+
+    def submit(self, kind: str, actor: str, payload: bytes) -> Future[Entry]:
+        """Queue an entry; the future completes once it is durably committed."""
+        if self._closed:
+            raise RecorderClosed("the recorder is closed; nothing more can be recorded")
+        item = NewEntry(kind, actor, payload)
+        check_new_entry(item)  # a bad entry must not fail the whole batch it would join
+        future: Future[Entry] = Future()
+        self._queue.put((item, future))
+        return future
+
+    def append(self, kind: str, actor: str, payload: bytes) -> Entry:
+        """Record one entry and wait until it is durable."""
+        return self.submit(kind, actor, payload).result()
+
+    async def append_async(self, kind: str, actor: str, payload: bytes) -> Entry:
+        """As :meth:`append`, for asyncio code.
+
+        The entry's asyncio future is completed from the recorder thread together
+        with every other future of the same batch and event loop: one loop wake-up
+        per batch instead of one per entry.
+        """
+        if self._closed:
+            raise RecorderClosed("the recorder is closed; nothing more can be recorded")
+        item = NewEntry(kind, actor, payload)
+        check_new_entry(item)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Entry] = loop.create_future()
+        self._queue.put((item, (loop, waiter)))
+        return await waiter
+
+    def close(self) -> None:
+        """Commit everything already queued, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            store = self._open_store()
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(store)
+        stopping = False
+        while not stopping:
+            batch: list[tuple[NewEntry, Waiter]] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                if stopping or len(batch) >= self._max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(store, batch)
+
+    def _commit(self, store: ChainStore, batch: list[tuple[NewEntry, Waiter]]) -> None:
+        live = [
+            (item, waiter)
+            for item, waiter in batch
+            if not isinstance(waiter, Future) or waiter.set_running_or_notify_cancel()
+        ]
+        if not live:
+            return
+        outcomes: list[Entry | BaseException]
+        try:
+            entries = store.append_batch([item for item, _ in live], now_ms=self._clock_ms())
+        except Exception as exc:  # every waiter learns why
+            outcomes = [exc] * len(live)
+        else:
+            self.batches += 1
+            outcomes = list(entries)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Entry], Outcome]]] = {}
+        for (_, waiter), outcome in zip(live, outcomes, strict=True):
+            if isinstance(waiter, Future):
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+            else:
+                by_loop.setdefault(waiter[0], []).append((waiter[1], outcome))
+        for loop, done in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle, done)
+
+
+Outcome = Entry | BaseException
+
+
+def _settle(done: list[tuple[asyncio.Future[Entry], Outcome]]) -> None:
+    """Complete asyncio futures, on their own loop."""
+    for future, outcome in done:
+        if future.done():
+            continue  # cancelled while waiting; the entry is recorded all the same
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
