@@ -14,7 +14,9 @@ migrations this one does not know) is refused rather than guessed at.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -36,6 +38,24 @@ def connect(path: Path | str) -> Database:
         raise StateError(f"cannot open database {path}: {exc}") from None
     # execute_plugins=False: no third-party sqlite-utils plugin runs in the gateway.
     return Database(conn, execute_plugins=False)
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error.
+
+    IMMEDIATE takes the write lock up front, so a transaction that reads and then
+    writes (the registry, the record) cannot be overtaken by another process in
+    between; it waits for the lock (busy timeout) instead of failing half-way.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:

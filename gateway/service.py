@@ -146,7 +146,8 @@ def open_gateway(config: Config, state_dir: Path) -> Gateway:
         db.close()
         raise
     resolver = build_resolver(config, SqliteResolutionCache(db))
-    return Gateway(config, state_dir, did, db, resolver, Registry(db, resolver))
+    registry = Registry(db, resolver, chain=ChainStore(db), gateway_did=did)
+    return Gateway(config, state_dir, did, db, resolver, registry)
 
 
 def _meta(db: Database, key: str) -> str | None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotently) and show didgw at work: a gateway for one household,
-# its devices registered by DID, one suspended, one re-keyed, and the registry.
+# its devices registered by DID, one suspended, one re-keyed, the registry, and
+# the tamper-evident record of it all, checked by a third party from an export.
 # Everything lives in ./demo-state, recreated on each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +42,17 @@ step didgw device register did:key:z6MkBAD0 --name "typo" --kind sensor || true
 step didgw device show "$inverter_new"
 step didgw did resolve "$meter"
 step didgw device list
+
+echo; echo "--- the tamper-evident record ---"
+step didgw chain note "P1 meter sealed by the grid operator" --by fm:demo
+step didgw chain show 0
+printf '\n\033[1m$ didgw chain checkpoint > demo-state/checkpoint.txt\033[0m\n'
+didgw chain checkpoint > demo-state/checkpoint.txt
+cat demo-state/checkpoint.txt
+step didgw chain proof 2
+step didgw chain consistency 3 7
+step didgw chain erase 6 --reason "household asked to delete the note" --by fm:demo
+step didgw chain export -o demo-state/record.jsonl
+step didgw chain verify
+echo; echo "A third party checks the export against the signed checkpoint, with no database:"
+step didgw chain verify --export demo-state/record.jsonl --checkpoint demo-state/checkpoint.txt

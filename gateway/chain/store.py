@@ -148,6 +148,32 @@ class ChainStore:
         with self._write():
             return self._append_locked(items, now_ms)
 
+    def append_within(self, items: Sequence[NewEntry], *, now_ms: int) -> list[Entry]:
+        """Append inside the caller's open write transaction (``BEGIN IMMEDIATE``).
+
+        For changes that must be on the record atomically with other tables (the
+        registry). If the caller rolls back, it must call :meth:`resync`.
+        """
+        if not self._conn.in_transaction:
+            raise ChainError("append_within needs an open write transaction")
+        for item in items:
+            check_new_entry(item)
+        self._sync_head()
+        return self._append_locked(items, now_ms)
+
+    def resync(self) -> None:
+        """Forget what is cached and reload the head from the database (after a rollback)."""
+        self._actor_ids.clear()
+        self._load()
+
+    def _sync_head(self) -> None:
+        row = self._conn.execute(
+            "SELECT seq, hash FROM chain_entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        size = 0 if row is None else row[0] + 1
+        if size != self.size or (row is not None and bytes(row[1]) != self.head_hash):
+            self.resync()  # another process appended, or a transaction was rolled back
+
     def _append_locked(self, items: Sequence[NewEntry], now_ms: int) -> list[Entry]:
         # The hot path: local names, one urandom call per batch, cached encodings.
         sha256, append_leaf = hashlib.sha256, self._frontier.append
@@ -329,12 +355,7 @@ class _WriteTransaction:
             store._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise ChainError(f"cannot write to the record: {exc}") from None
-        row = store._conn.execute(
-            "SELECT seq, hash FROM chain_entries ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        size = 0 if row is None else row[0] + 1
-        if size != store.size or (row is not None and bytes(row[1]) != store.head_hash):
-            store._load()  # another process appended since we last looked
+        store._sync_head()
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         store = self._store
@@ -346,8 +367,7 @@ class _WriteTransaction:
                 exc = commit_error
         if store._conn.in_transaction:
             store._conn.execute("ROLLBACK")
-        store._actor_ids.clear()
-        store._load()
+        store.resync()
         if isinstance(exc, sqlite3.Error):
             raise ChainError(
                 f"cannot write to the record: {_reason(exc)}; nothing was recorded"

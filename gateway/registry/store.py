@@ -7,13 +7,16 @@ resolved, before the transaction starts: a refused command changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlite_utils import Database
 
+from gateway.chain.store import ChainStore, NewEntry
+from gateway.db import write_transaction
 from gateway.errors import RegistryError
 from gateway.identity.document import check_did_syntax, usable_ed25519_methods
 from gateway.identity.resolver import Resolver
@@ -44,9 +47,20 @@ _INSERT_AUDIT = (
 class Registry:
     """Register, look up and change devices; every change is audited."""
 
-    def __init__(self, db: Database, resolver: Resolver) -> None:
+    def __init__(
+        self,
+        db: Database,
+        resolver: Resolver,
+        *,
+        chain: ChainStore | None = None,
+        gateway_did: str | None = None,
+    ) -> None:
+        """With ``chain`` (and the ``gateway_did`` that records), every change is also
+        appended to the record, in the same transaction as the change itself."""
         self._db = db
         self._resolver = resolver
+        self._chain = chain
+        self._gateway_did = gateway_did
 
     # -- reading -----------------------------------------------------------
 
@@ -107,7 +121,7 @@ class Registry:
         _check_actor(actor, reason)
         self._refuse_known(did)
         self._check_resolvable(did, now)
-        with self._db.atomic():
+        with self._transaction():
             self._insert(device)
             detail = {"kind": device.kind, "name": device.name}
             self._audit("register", did, actor=actor, reason=reason, now=now, detail=detail)
@@ -144,7 +158,7 @@ class Registry:
         replacement = Device(**{**replacement.__dict__, "replaces": old})
         self._refuse_known(new)
         self._check_resolvable(new, now)
-        with self._db.atomic():
+        with self._transaction():
             self._insert(replacement)
             self._db.execute(
                 "UPDATE devices SET status = ?, replaced_by = ?, updated_at = ? WHERE did = ?",
@@ -212,7 +226,7 @@ class Registry:
         _check_actor(actor, reason)
         device = self.get(did)
         after = next_status(action, did, device.status)
-        with self._db.atomic():
+        with self._transaction():
             self._db.execute(
                 "UPDATE devices SET status = ?, updated_at = ? WHERE did = ? AND status = ?",
                 [after.value, now, did, device.status.value],
@@ -243,12 +257,32 @@ class Registry:
         except sqlite3.IntegrityError:
             raise RegistryError(f"{device.did} is already registered") from None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        try:
+            with write_transaction(self._db.conn):
+                yield
+        except BaseException as exc:
+            if self._chain is not None:
+                self._chain.resync()
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise RegistryError(
+                    f"cannot write the registry: {exc}; nothing was changed"
+                ) from None
+            raise
+
     def _audit(
         self, action: str, did: str, *, actor: str, reason: str, now: float, detail: dict[str, Any]
     ) -> None:
         self._db.execute(
             _INSERT_AUDIT, [now, actor, action, did, reason, json.dumps(detail, sort_keys=True)]
         )
+        if self._chain is not None and self._gateway_did is not None:
+            record = {"action": action, "device": did, "by": actor, "reason": reason, **detail}
+            payload = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+            self._chain.append_within(
+                [NewEntry("registry", self._gateway_did, payload)], now_ms=int(now * 1000)
+            )
 
 
 def _check_actor(actor: str, reason: str) -> None:

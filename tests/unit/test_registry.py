@@ -266,3 +266,60 @@ def test_did_document_without_an_ed25519_authentication_key_is_refused(db: Datab
     with pytest.raises(RegistryError, match="no Ed25519 authentication key"):
         register(registry, "did:web:example.com")
     assert dump(db) == before
+
+
+# -- every change is also on the record, atomically ------------------------------
+
+GATEWAY_DID = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+
+
+def test_changes_are_recorded_on_the_chain_in_the_same_transaction(
+    db: Database, new_did: Any
+) -> None:
+    import json
+
+    from gateway.chain.store import ChainStore
+    from gateway.identity import offline_resolver
+
+    chain = ChainStore(db)
+    registry = Registry(db, offline_resolver(), chain=chain, gateway_did=GATEWAY_DID)
+    old, new = new_did().did, new_did().did
+    register(registry, old)
+    registry.suspend(old, actor="fm:bob", reason="stolen", now=T0 + 1)
+    registry.rotate(old, new, actor="fm:bob", reason="new key", now=T0 + 2)
+    entries = list(chain.entries())
+    assert [e.kind for e in entries] == ["registry"] * 4
+    assert all(e.actor == GATEWAY_DID for e in entries)
+    records = [json.loads(e.payload or b"") for e in entries]
+    assert [(r["action"], r["device"], r["by"]) for r in records] == [
+        ("register", old, "fm:alice"),
+        ("suspend", old, "fm:bob"),
+        ("rotate", old, "fm:bob"),
+        ("register", new, "fm:bob"),
+    ]
+    assert entries[1].ts == int((T0 + 1) * 1000)
+    before = chain.size
+    with pytest.raises(RegistryError):
+        registry.suspend(new_did().did, actor="fm", reason="unknown device", now=T0)
+    assert chain.size == before
+
+
+def test_if_the_record_cannot_be_written_the_change_is_not_made(db: Database, new_did: Any) -> None:
+    from gateway.chain.store import ChainStore
+    from gateway.identity import offline_resolver
+
+    chain = ChainStore(db)
+    registry = Registry(db, offline_resolver(), chain=chain, gateway_did=GATEWAY_DID)
+    did = new_did().did
+    register(registry, did)
+    before, size = dump(db), chain.size
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(RegistryError, match=r"disk is full; nothing was changed"):
+        registry.suspend(did, actor="fm", reason="r" * 20000, now=T0 + 1)
+    db.execute("PRAGMA max_page_count = 1000000")
+    assert dump(db) == before
+    assert registry.get(did).status is Status.ACTIVE
+    assert chain.size == size  # resynchronised after the rollback
+    registry.suspend(did, actor="fm", reason="battery", now=T0 + 2)
+    assert chain.size == size + 1
