@@ -75,6 +75,12 @@ class Gateway:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 @dataclass(frozen=True)
 class InitResult:

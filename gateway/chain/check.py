@@ -205,20 +205,28 @@ def check_database(conn: sqlite3.Connection) -> Report:
 # -- exports -----------------------------------------------------------------
 
 
+def entry_fields(entry: Entry) -> dict[str, Any]:
+    """The hashed fields of an entry, hashes as lowercase hex (export and ``chain show``)."""
+    return {
+        "seq": entry.seq,
+        "ts": entry.ts,
+        "kind": entry.kind,
+        "actor": entry.actor,
+        "commitment": entry.commitment.hex(),
+        "leaf_hash": entry.leaf_hash.hex(),
+        "prev_hash": entry.prev_hash.hex(),
+        "hash": entry.hash.hex(),
+    }
+
+
 def export_line(entry: Entry) -> str:
     """One entry as a JSON line (the export format documented in the README)."""
+    payload = None if entry.payload is None else base64.b64encode(entry.payload).decode()
     return json.dumps(
         {
-            "seq": entry.seq,
-            "ts": entry.ts,
-            "kind": entry.kind,
-            "actor": entry.actor,
-            "commitment": entry.commitment.hex(),
-            "leaf_hash": entry.leaf_hash.hex(),
-            "prev_hash": entry.prev_hash.hex(),
-            "hash": entry.hash.hex(),
+            **entry_fields(entry),
             "salt": None if entry.salt is None else entry.salt.hex(),
-            "payload": None if entry.payload is None else base64.b64encode(entry.payload).decode(),
+            "payload": payload,
             "erased_by": entry.erased_by,
         },
         separators=(",", ":"),

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +35,11 @@ def _payload_view(payload: bytes) -> Any:
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
+    from gateway.chain.check import entry_fields
+
     return {
-        "seq": entry.seq,
+        **entry_fields(entry),
         "time": when(entry.ts / 1000),
-        "ts": entry.ts,
-        "kind": entry.kind,
-        "actor": entry.actor,
-        "commitment": entry.commitment.hex(),
-        "leaf_hash": entry.leaf_hash.hex(),
-        "prev_hash": entry.prev_hash.hex(),
-        "hash": entry.hash.hex(),
         "payload": None if entry.payload is None else _payload_view(entry.payload),
         "erased": entry.erased,
         "erased_by": entry.erased_by,
@@ -114,32 +110,25 @@ def cmd_note(args: argparse.Namespace) -> int:
     text = _read_text(args.file) if args.file else args.text
     if not text or not text.strip():
         raise DidgwError("give the note as TEXT or --file FILE")
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         signer = gateway.signer(os.environ)
         now_ms = int(time.time() * 1000)
         body = json.dumps({"note": text, "by": actor(args), "ts": now_ms}).encode()
         token = sign_jws(body, signer, headers={"typ": "didgw-note"})
         entry = gateway.chain().append("note", gateway.did, token.encode(), now_ms=now_ms)
-    finally:
-        gateway.close()
     print(f"recorded note as entry {entry.seq}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         entry = gateway.chain().get(args.seq)
-    finally:
-        gateway.close()
     print_json(_entry_json(entry))
     return 0
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         chain = gateway.chain()
         size = args.size or chain.size
         path = chain.inclusion_proof(args.seq, size)
@@ -150,15 +139,12 @@ def cmd_proof(args: argparse.Namespace) -> int:
             "path": [h.hex() for h in path],
             "root": chain.root_at(size).hex(),
         }
-    finally:
-        gateway.close()
     print_json(result)
     return 0
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         chain = gateway.chain()
         path = chain.consistency_proof(args.first, args.second)
         result = {
@@ -168,18 +154,13 @@ def cmd_consistency(args: argparse.Namespace) -> int:
             "first_root": chain.root_at(args.first).hex(),
             "second_root": chain.root_at(args.second).hex(),
         }
-    finally:
-        gateway.close()
     print_json(result)
     return 0
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         text = gateway.checkpoint(os.environ, now=time.time())
-    finally:
-        gateway.close()
     print(text, end="")
     return 0
 
@@ -187,21 +168,17 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.chain.check import export_line
 
-    gateway = open_gateway(args)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    try:
+    with (
+        open_gateway(args) as gateway,  # first: a refused command must not create the file
+        open(args.out, "w", encoding="utf-8") if args.out else nullcontext(sys.stdout) as out,
+    ):
         for entry in gateway.chain().entries():
             out.write(export_line(entry) + "\n")
-    finally:
-        gateway.close()
-        if out is not sys.stdout:
-            out.close()
     return 0
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         record = gateway.chain().erase(
             args.seq,
             reason=args.reason,
@@ -209,8 +186,6 @@ def cmd_erase(args: argparse.Namespace) -> int:
             actor=gateway.did,
             now_ms=int(time.time() * 1000),
         )
-    finally:
-        gateway.close()
     print(f"payload of entry {args.seq} erased; erasure recorded as entry {record.seq}")
     return 0
 

@@ -53,8 +53,7 @@ def cmd_device_register(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise RegistryError(f"--meta takes KEY=VALUE, got {item!r}")
         metadata[key] = value
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         device = gateway.registry.register(
             args.did,
             name=args.name,
@@ -67,8 +66,6 @@ def cmd_device_register(args: argparse.Namespace) -> int:
             reason=args.reason or "registered",
             now=time.time(),
         )
-    finally:
-        gateway.close()
     print(f"registered {device.did} as {device.name!r} ({device.kind}, {device.status.value})")
     return 0
 
@@ -76,11 +73,8 @@ def cmd_device_register(args: argparse.Namespace) -> int:
 def cmd_device_list(args: argparse.Namespace) -> int:
     from gateway.registry import Status
 
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         devices = gateway.registry.devices(Status(args.status) if args.status else None)
-    finally:
-        gateway.close()
     if args.json:
         print_json([d.to_json() for d in devices])
         return 0
@@ -94,12 +88,9 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 
 
 def cmd_device_show(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         device = gateway.registry.get(args.did)
         history = gateway.registry.history(args.did)
-    finally:
-        gateway.close()
     if args.json:
         print_json({**device.to_json(), "history": [r.to_json() for r in history]})
     else:
@@ -109,13 +100,10 @@ def cmd_device_show(args: argparse.Namespace) -> int:
 
 def _transition(action: str) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        gateway = open_gateway(args)
-        try:
+        with open_gateway(args) as gateway:
             device = getattr(gateway.registry, action)(
                 args.did, actor=actor(args), reason=args.reason, now=time.time()
             )
-        finally:
-            gateway.close()
         print(f"{device.did}: {device.status.value}")
         return 0
 
@@ -123,13 +111,10 @@ def _transition(action: str) -> Handler:
 
 
 def cmd_device_rotate(args: argparse.Namespace) -> int:
-    gateway = open_gateway(args)
-    try:
+    with open_gateway(args) as gateway:
         device = gateway.registry.rotate(
             args.old_did, args.new_did, actor=actor(args), reason=args.reason, now=time.time()
         )
-    finally:
-        gateway.close()
     print(f"{args.old_did}: revoked, replaced by {device.did}")
     print(f"{device.did}: {device.status.value} as {device.name!r}")
     return 0
