@@ -135,10 +135,26 @@ def _chain(db: Database) -> None:
             )
 
 
+def _chain_keys(db: Database) -> None:
+    # Idempotent appends: an entry may carry a key unique per (actor, kind), such as
+    # a device's reading sequence number, so that a reading sent twice (its ack was
+    # lost) is found instead of recorded twice. Also answers "last seq of device X".
+    db.execute(
+        "CREATE TABLE chain_keys (actor INTEGER NOT NULL, kind TEXT NOT NULL, "
+        "key INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (actor, kind, key)) WITHOUT ROWID"
+    )
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER chain_keys_no_{verb.lower()} BEFORE {verb} ON chain_keys "
+            "BEGIN SELECT RAISE(ABORT, 'the chain is append-only'); END"
+        )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
     ("0003_registry_audit", _registry_audit),
     ("0004_resolution_cache", _resolution_cache),
     ("0005_chain", _chain),
+    ("0006_chain_keys", _chain_keys),
 ]

@@ -56,11 +56,13 @@ class Recorder:
         self._ready.result()  # surface an error opening the store to the caller
         self.batches = 0  # how many transactions so far (for metrics and benchmarks)
 
-    def submit(self, kind: str, actor: str, payload: bytes) -> Future[Entry]:
+    def submit(
+        self, kind: str, actor: str, payload: bytes, key: int | None = None
+    ) -> Future[Entry]:
         """Queue an entry; the future completes once it is durably committed."""
         if self._closed:
             raise RecorderClosed("the recorder is closed; nothing more can be recorded")
-        item = NewEntry(kind, actor, payload)
+        item = NewEntry(kind, actor, payload, key)
         check_new_entry(item)  # a bad entry must not fail the whole batch it would join
         future: Future[Entry] = Future()
         self._queue.put((item, future))
@@ -70,7 +72,9 @@ class Recorder:
         """Record one entry and wait until it is durable."""
         return self.submit(kind, actor, payload).result()
 
-    async def append_async(self, kind: str, actor: str, payload: bytes) -> Entry:
+    async def append_async(
+        self, kind: str, actor: str, payload: bytes, key: int | None = None
+    ) -> Entry:
         """As :meth:`append`, for asyncio code.
 
         The entry's asyncio future is completed from the recorder thread together
@@ -79,7 +83,7 @@ class Recorder:
         """
         if self._closed:
             raise RecorderClosed("the recorder is closed; nothing more can be recorded")
-        item = NewEntry(kind, actor, payload)
+        item = NewEntry(kind, actor, payload, key)
         check_new_entry(item)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Entry] = loop.create_future()

@@ -24,6 +24,9 @@ apt_missing=()
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || apt_missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
+# The MQTT broker with its dynamic-security plugin, and its command-line clients.
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
 if [[ $DEV -eq 1 ]]; then
     command -v node >/dev/null || apt_missing+=(nodejs)
     command -v npm >/dev/null || apt_missing+=(npm)

@@ -56,6 +56,13 @@ _ROW = (
 )
 
 
+_BY_KEY = (  # built from constants only
+    _ROW  # noqa: S608
+    + " JOIN chain_keys k ON k.seq = e.seq WHERE k.actor = "
+    "(SELECT id FROM chain_actors WHERE did = ?) AND k.kind = ? AND k.key = ?"
+)
+
+
 class ChainError(DidgwError):
     """An append, lookup or proof on the record was refused."""
 
@@ -63,11 +70,16 @@ class ChainError(DidgwError):
 
 
 class NewEntry(NamedTuple):
-    """What a caller asks to record: the payload is stored exactly as given."""
+    """What a caller asks to record: the payload is stored exactly as given.
+
+    ``key``, when given, is unique per (actor, kind): appending an entry whose key
+    is already recorded returns the recorded entry instead of a new one.
+    """
 
     kind: str
     actor: str
     payload: bytes
+    key: int | None = None
 
 
 class Entry(NamedTuple):
@@ -104,6 +116,7 @@ class ChainStore:
         self._random = random_bytes
         self._actor_ids: dict[str, int] = {}
         self._prefixes: dict[tuple[str, str], bytes] = {}
+        self.duplicates = 0  # appends answered with an entry already recorded under its key
         self._frontier = merkle.Frontier()
         self._head = GENESIS
         self._load()
@@ -183,7 +196,15 @@ class ChainStore:
         nodes: list[tuple[int, int, bytes]] = []
         entries: list[Entry] = []
         prev, seq = self._head, self._frontier.size
-        for i, (kind, actor, payload) in enumerate(items):
+        keys: list[tuple[int, str, int, int]] = []
+        known: dict[tuple[str, str, int], Entry] = {}
+        for i, (kind, actor, payload, key) in enumerate(items):
+            if key is not None:
+                existing = known.get((actor, kind, key)) or self.find_key(actor, kind, key)
+                if existing is not None:
+                    entries.append(existing)
+                    self.duplicates += 1
+                    continue
             salt = salts[i * SALT_BYTES : (i + 1) * SALT_BYTES]
             commitment = sha256(salt + payload).digest()
             prefix = self._prefixes.get((kind, actor))
@@ -198,9 +219,11 @@ class ChainStore:
                 nodes.extend(n for n in append_leaf(leaf) if n[0] >= MIN_STORED_LEVEL)
             else:
                 append_leaf(leaf)
-            entries.append(
-                Entry(seq, now_ms, kind, actor, commitment, prev, digest, salt, payload, None)
-            )
+            entry = Entry(seq, now_ms, kind, actor, commitment, prev, digest, salt, payload, None)
+            entries.append(entry)
+            if key is not None:
+                keys.append((self._actor_id(actor), kind, key, seq))
+                known[(actor, kind, key)] = entry
             prev, seq = digest, seq + 1
         self._conn.executemany(
             "INSERT INTO chain_entries (seq, ts, kind, actor, commitment, prev_hash, hash, salt, "
@@ -208,6 +231,10 @@ class ChainStore:
             rows,
         )
         self._conn.executemany("INSERT INTO chain_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        if keys:
+            self._conn.executemany(
+                "INSERT INTO chain_keys (actor, kind, key, seq) VALUES (?, ?, ?, ?)", keys
+            )
         self._head = prev
         return entries
 
@@ -253,6 +280,20 @@ class ChainStore:
         return record
 
     # -- reading -----------------------------------------------------------
+
+    def find_key(self, actor: str, kind: str, key: int) -> Entry | None:
+        """The entry recorded under ``key`` for (actor, kind), if any."""
+        row = self._conn.execute(_BY_KEY, [actor, kind, key]).fetchone()
+        return None if row is None else _entry(row)
+
+    def last_key(self, actor: str, kind: str) -> int | None:
+        """The highest key recorded for (actor, kind): a device's last accepted sequence number."""
+        row = self._conn.execute(
+            "SELECT max(k.key) FROM chain_keys k JOIN chain_actors a ON a.id = k.actor "
+            "WHERE a.did = ? AND k.kind = ?",
+            [actor, kind],
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def get(self, seq: int) -> Entry:
         row = self._conn.execute(_ROW + " WHERE e.seq = ?", [seq]).fetchone()
@@ -392,6 +433,8 @@ def check_new_entry(item: NewEntry) -> None:
     check_did_syntax(item.actor)
     if not isinstance(item.payload, bytes):
         raise ChainError("payload must be bytes")
+    if item.key is not None and (not isinstance(item.key, int) or isinstance(item.key, bool)):
+        raise ChainError("an entry key must be an integer")
     if len(item.payload) > MAX_PAYLOAD:
         raise ChainError(f"payload of {len(item.payload)} bytes exceeds {MAX_PAYLOAD}")
 

@@ -211,3 +211,25 @@ def test_two_stores_on_one_file_are_serialised_not_interleaved(path: Path) -> No
     with sqlite3.connect(path) as conn:
         assert check_database(conn).ok
     conn.close()
+
+
+def test_keyed_appends_are_idempotent(store: ChainStore) -> None:
+    first = store.append_batch([NewEntry("reading", DEVICE, b"r1", key=1)], now_ms=T0)[0]
+    again, new = store.append_batch(
+        [NewEntry("reading", DEVICE, b"r1", key=1), NewEntry("reading", DEVICE, b"r2", key=2)],
+        now_ms=T0 + 1,
+    )
+    assert again == first and new.seq == 1 and store.size == 2
+    twice = store.append_batch(
+        [NewEntry("reading", DEVICE, b"r3", key=3), NewEntry("reading", DEVICE, b"r3", key=3)],
+        now_ms=T0 + 2,
+    )
+    assert twice[0] == twice[1] and store.size == 3
+    assert store.duplicates == 2
+    assert store.find_key(DEVICE, "reading", 2) == new
+    assert store.find_key(DEVICE, "reading", 9) is None
+    assert store.find_key(GATEWAY, "reading", 1) is None
+    assert store.last_key(DEVICE, "reading") == 3
+    assert store.last_key(DEVICE, "note") is None
+    with pytest.raises(ChainError, match="integer"):
+        store.append_batch([NewEntry("reading", DEVICE, b"x", key="7")], now_ms=T0)  # type: ignore[arg-type]
