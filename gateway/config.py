@@ -132,6 +132,48 @@ class ResolverSection(_Section):
         return []
 
 
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a TCP port (1-65535)"
+
+
+def _topic_prefix(value: str) -> str | None:
+    from gateway.auth.broker import check_prefix  # the topic layout is defined there
+
+    try:
+        check_prefix(value)
+    except ConfigError:
+        return "must be one or more topic levels without '+', '#' or a leading '$'"
+    return None
+
+
+@dataclass(frozen=True)
+class MqttSection(_Section):
+    """The MQTT broker (mosquitto with its dynamic-security plugin) devices talk through."""
+
+    enabled: bool = _setting(True, "Serve devices over MQTT when the gateway runs.")
+    host: str = _setting("127.0.0.1", "Broker host the gateway connects to (its admin listener).")
+    port: int = _setting(1883, "Broker port.", _port)
+    username: str = _setting(
+        "didgw",
+        "The gateway's broker account: it administers dynamic security and reads devices' "
+        "topics (its set-up: configs/mosquitto/README.md).",
+    )
+    password_file: str = _setting(
+        "",
+        "File holding that account's password. Empty: $DIDGW_MQTT_PASSWORD.",
+        _existing_file,
+    )
+    prefix: str = _setting("didgw", "First level of every didgw topic.", _topic_prefix)
+    session_seconds: int = _setting(
+        3600,
+        "How long a device's broker account lasts after it authenticates.",
+        _between(60, 604800),
+    )
+    clock_skew_seconds: int = _setting(
+        300, "How far a device's clock may be from the gateway's.", _between(1, 86400)
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration, and the file it came from."""
@@ -139,6 +181,7 @@ class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     keys: KeysSection = field(default_factory=KeysSection)
     resolver: ResolverSection = field(default_factory=ResolverSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
     source: str = "(built-in defaults)"
 
 
@@ -146,6 +189,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "gateway": GatewaySection,
     "keys": KeysSection,
     "resolver": ResolverSection,
+    "mqtt": MqttSection,
 }
 
 CONFIG_ENV = "DIDGW_CONFIG"

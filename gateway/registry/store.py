@@ -38,6 +38,7 @@ _DEVICE_COLUMNS = (
 # Built once from the constant above; never from input.
 _SELECT_DEVICES = f"SELECT {_DEVICE_COLUMNS} FROM devices"  # noqa: S608
 _INSERT_DEVICE = f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
+_SELECT_AUDIT = "SELECT id, ts, actor, action, device, reason, detail FROM registry_audit"
 _INSERT_AUDIT = (
     "INSERT INTO registry_audit (ts, actor, action, device, reason, detail) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -84,12 +85,18 @@ class Registry:
         return [_device(row) for row in self._db.execute(sql + " ORDER BY created_at, did", args)]
 
     def history(self, did: str) -> list[AuditRecord]:
-        rows = self._db.execute(
-            "SELECT id, ts, actor, action, device, reason, detail FROM registry_audit "
-            "WHERE device = ? ORDER BY id",
-            [did],
-        )
-        return [AuditRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+        rows = self._db.execute(_SELECT_AUDIT + " WHERE device = ? ORDER BY id", [did])
+        return [_audit_record(row) for row in rows]
+
+    def last_change(self) -> int:
+        """The id of the newest audit record (0 when there is none)."""
+        row = self._db.execute("SELECT max(id) FROM registry_audit").fetchone()
+        return int(row[0] or 0)
+
+    def changes_since(self, audit_id: int) -> list[AuditRecord]:
+        """Audit records newer than ``audit_id``, oldest first (for a running gateway)."""
+        rows = self._db.execute(_SELECT_AUDIT + " WHERE id > ? ORDER BY id", [audit_id])
+        return [_audit_record(row) for row in rows]
 
     # -- changing ----------------------------------------------------------
 
@@ -290,6 +297,10 @@ def _check_actor(actor: str, reason: str) -> None:
         raise RegistryError("every registry change needs an actor (who is making it)")
     if not reason.strip():
         raise RegistryError("every registry change needs a reason")
+
+
+def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
+    return AuditRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
 
 
 def _device(row: tuple[Any, ...]) -> Device:

@@ -1,13 +1,15 @@
-"""Run the real ``didgw`` command in a clean environment."""
+"""Run the real ``didgw`` command in a clean environment; run a real mosquitto broker."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from broker import Mosquitto, missing_tools
 from support import Run
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
@@ -36,3 +38,16 @@ def didgw(tmp_path: Path) -> Run:
         )
 
     return run
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running mosquitto with dynamic security and the gateway's policy (see broker.py)."""
+    missing = missing_tools()
+    assert not missing, f"{missing}: run scripts/setup.sh"
+    broker = Mosquitto(tmp_path / "mosquitto")
+    try:
+        broker.setup()
+        yield broker
+    finally:
+        broker.stop()

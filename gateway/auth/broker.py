@@ -1,0 +1,297 @@
+"""The broker policy as data: who may publish and subscribe where, as dynamic-security commands.
+
+mosquitto enforces the topic layout of the README ("Devices over MQTT"); this module decides
+what it enforces. Every function returns the JSON commands for the dynamic-security plugin
+(sent by :mod:`gateway.transports.dynsec`), so the policy is plain data: tested without a
+broker, and the same for every broker the gateway talks to.
+
+- Anonymous clients land in the ``didgw-anonymous`` group, whose role allows only the auth
+  topics: publish ``<prefix>/auth/req``, subscribe to and receive ``<prefix>/auth/res/+``.
+- A device that passed the DID challenge-response gets an account named by its DID, with a
+  role of its own allowing exactly: publish ``<prefix>/d/<did>/readings``, subscribe to and
+  receive ``<prefix>/d/<did>/acks``.
+- The gateway's account may publish and subscribe under ``<prefix>/#`` and administer the
+  plugin.
+- Everything else is denied by default (:data:`DEFAULT_ACL_ACCESS`).
+
+A device's account is always deleted before its role: mosquitto 2.0 crashes when it
+delivers a message to a connected client whose role was deleted
+(eclipse-mosquitto/mosquitto#2660), and deleting the account disconnects the client.
+
+The registry is the source of truth for which device accounts may exist. The plugin keeps
+its own file and reloads it when the broker restarts, so an account the gateway failed to
+delete (broker down at revocation time, a restored backup) comes back; :func:`reconcile`
+lists the deletions that bring the broker back in line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from gateway.errors import ConfigError, DidError
+from gateway.identity.document import check_did_syntax
+
+#: One dynamic-security command, as sent in ``{"commands": [...]}``.
+Command = dict[str, Any]
+
+ANONYMOUS_GROUP = "didgw-anonymous"
+ANONYMOUS_ROLE = "didgw-anonymous"
+GATEWAY_ROLE = "didgw-gateway"
+DEVICE_ROLE_PREFIX = "didgw-device-"
+CONTROL_TOPICS = "$CONTROL/dynamic-security/#"
+
+#: What applies when no ACL of a client's roles matches. ``subscribe`` and
+#: ``publishClientSend`` are the plugin's defaults. ``publishClientReceive`` is turned from
+#: the plugin's default (allow) to deny: subscriptions are checked only when made, deliveries
+#: every time, so with deny a client receives only topics its roles name, even through a
+#: subscription made before its role changed. ``unsubscribe`` stays allowed: leaving a topic
+#: gives nothing away.
+DEFAULT_ACL_ACCESS: dict[str, bool] = {
+    "publishClientSend": False,
+    "publishClientReceive": False,
+    "subscribe": False,
+    "unsubscribe": True,
+}
+
+#: The plugin's answers (mosquitto 2.0) that mean a policy command found its work done:
+#: pass them as ``ok_errors`` with the policy commands, which are safe to apply repeatedly.
+POLICY_OK_ERRORS = frozenset(
+    {"Role already exists", "Group already exists", "Group is already in this role"}
+)
+#: … and the answers that mean a deletion found nothing to delete (for :func:`reconcile`).
+RECONCILE_OK_ERRORS = frozenset({"Client not found", "Role not found"})
+
+#: The ACL types the plugin knows; it silently drops an ACL of any other type.
+ACL_TYPES = frozenset(
+    {
+        "publishClientSend",
+        "publishClientReceive",
+        "subscribeLiteral",
+        "subscribePattern",
+        "unsubscribeLiteral",
+        "unsubscribePattern",
+    }
+)
+
+
+# -- topics ------------------------------------------------------------------------------
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it can head the gateway's topics: non-empty levels, no wildcards, no ``$``."""
+    levels = prefix.split("/")
+    bad = (
+        not prefix
+        or prefix.startswith("$")
+        or any(not level or any(c in level for c in "+#\x00") for level in levels)
+    )
+    if bad:
+        raise ConfigError(
+            f"MQTT topic prefix {prefix!r} is not usable: it must be one or more non-empty "
+            "topic levels without '+', '#' or a leading '$' (for example 'didgw' or 'site/didgw')"
+        )
+    return prefix
+
+
+def auth_request_topic(prefix: str) -> str:
+    return f"{check_prefix(prefix)}/auth/req"
+
+
+def auth_response_filter(prefix: str) -> str:
+    """The topic filter covering every ``<prefix>/auth/res/<reply>``."""
+    return f"{check_prefix(prefix)}/auth/res/+"
+
+
+def readings_topic(did: str, prefix: str) -> str:
+    return f"{check_prefix(prefix)}/d/{_checked_did(did)}/readings"
+
+
+def acks_topic(did: str, prefix: str) -> str:
+    return f"{check_prefix(prefix)}/d/{_checked_did(did)}/acks"
+
+
+def _checked_did(did: str) -> str:
+    """``did`` if it has the DID syntax, which has no '/', '+' or '#': one whole topic level."""
+    check_did_syntax(did)
+    return did
+
+
+# -- devices -----------------------------------------------------------------------------
+
+
+def device_role_name(did: str) -> str:
+    """The role of one device: a fixed-length name (role names are not DIDs, and DIDs are long)."""
+    digest = hashlib.sha256(_checked_did(did).encode()).hexdigest()
+    return DEVICE_ROLE_PREFIX + digest[:24]
+
+
+def device_acls(did: str, prefix: str) -> list[Command]:
+    """Publish its readings; subscribe to and receive its acks. Nothing else."""
+    readings, acks = readings_topic(did, prefix), acks_topic(did, prefix)
+    return [
+        _acl("publishClientSend", readings),
+        _acl("subscribeLiteral", acks),
+        _acl("publishClientReceive", acks),
+    ]
+
+
+def device_role_commands(did: str, prefix: str) -> list[Command]:
+    """Create the device's role (before its account, which refers to it)."""
+    return [
+        {
+            "command": "createRole",
+            "rolename": device_role_name(did),
+            "textname": did,
+            "acls": device_acls(did, prefix),
+        }
+    ]
+
+
+def device_client_commands(did: str, password: str, prefix: str) -> list[Command]:
+    """Create the device's account: username = its DID, with its own role only.
+
+    The role must exist: send :func:`device_role_commands` first (or in the same batch).
+    ``prefix`` is checked here too, so a bad configuration fails before anything is sent.
+    """
+    check_prefix(prefix)
+    if not password:
+        raise ValueError("a device account needs a password")
+    return [
+        {
+            "command": "createClient",
+            "username": did,
+            "password": password,
+            "roles": [{"rolename": device_role_name(did)}],
+        }
+    ]
+
+
+def device_removal_commands(did: str) -> list[Command]:
+    """Delete the device's account (the broker disconnects it) and then its role.
+
+    In this order, and never the role alone while the account exists (see the module's
+    docstring: the broker would crash).
+    """
+    return [
+        {"command": "deleteClient", "username": did},
+        {"command": "deleteRole", "rolename": device_role_name(did)},
+    ]
+
+
+# -- the anonymous clients and the gateway -----------------------------------------------
+
+
+def anonymous_policy_commands(prefix: str, *, anonymous_group: str = "") -> list[Command]:
+    """The anonymous group and role, and the default access; safe to apply again.
+
+    Apply with ``ok_errors=POLICY_OK_ERRORS``: creating what exists is then a no-op, and
+    ``modifyRole`` puts the role's ACLs back to exactly these. ``anonymous_group`` is the
+    broker's current one (``getAnonymousGroup``): when it is already ours, the command that
+    sets it is left out, because the plugin disconnects every anonymous client whenever it
+    is set, even to the group it already has (devices halfway through authenticating).
+    """
+    acls = [
+        _acl("publishClientSend", auth_request_topic(prefix)),
+        _acl("subscribePattern", auth_response_filter(prefix)),
+        _acl("publishClientReceive", auth_response_filter(prefix)),
+    ]
+    commands = [
+        *_role_commands(ANONYMOUS_ROLE, "didgw: unauthenticated devices", acls),
+        {"command": "createGroup", "groupname": ANONYMOUS_GROUP},
+        {"command": "addGroupRole", "groupname": ANONYMOUS_GROUP, "rolename": ANONYMOUS_ROLE},
+    ]
+    if anonymous_group != ANONYMOUS_GROUP:
+        commands.append({"command": "setAnonymousGroup", "groupname": ANONYMOUS_GROUP})
+    commands.append(
+        {
+            "command": "setDefaultACLAccess",
+            "acls": [{"acltype": t, "allow": allow} for t, allow in DEFAULT_ACL_ACCESS.items()],
+        }
+    )
+    return commands
+
+
+def gateway_role_commands(prefix: str) -> list[Command]:
+    """The gateway's role: everything under ``<prefix>/`` and the plugin's control topics.
+
+    Apply with ``ok_errors=POLICY_OK_ERRORS``; it is safe to apply again.
+    """
+    everything = f"{check_prefix(prefix)}/#"
+    acls = [
+        _acl(acltype, topic)
+        for topic in (everything, CONTROL_TOPICS)
+        for acltype in ("publishClientSend", "subscribePattern", "publishClientReceive")
+    ]
+    return _role_commands(GATEWAY_ROLE, "didgw: the gateway", acls)
+
+
+def gateway_client_commands(username: str, password: str) -> list[Command]:
+    """The gateway's own account, with :data:`GATEWAY_ROLE` (create that first)."""
+    if is_device_username(username):
+        raise ValueError("the gateway's broker username must not start with 'did:'")
+    if not password:
+        raise ValueError("the gateway's broker account needs a password")
+    return [
+        {
+            "command": "createClient",
+            "username": username,
+            "password": password,
+            "roles": [{"rolename": GATEWAY_ROLE}],
+        }
+    ]
+
+
+# -- reconciliation ----------------------------------------------------------------------
+
+
+def is_device_username(username: str) -> bool:
+    """Device accounts, and only they, are named by a DID; administrators never are."""
+    return username.startswith("did:")
+
+
+def reconcile(
+    wanted: Collection[str], broker_clients: Iterable[str], broker_roles: Iterable[str] = ()
+) -> list[Command]:
+    """The deletions that leave the broker with device accounts for ``wanted`` DIDs only.
+
+    ``wanted`` holds the DIDs whose accounts may exist (active in the registry, with a grant
+    that has not expired); a mapping keyed by DID will do. ``broker_clients`` and
+    ``broker_roles`` are what the broker has (``listClients``, ``listRoles``). Accounts not
+    named by a DID (the gateway's, the administrator's) are never touched. Device roles left
+    without an account (a deletion interrupted half-way) are deleted too, after the accounts.
+    Apply with ``ok_errors=RECONCILE_OK_ERRORS``.
+
+    Run it while no device account is being created (at start, before serving devices): an
+    account created after ``wanted`` was read would be deleted, and one created after
+    ``listClients`` but whose role was already listed would lose its role while it exists.
+    """
+    keep_roles = {device_role_name(did) for did in wanted}
+    commands: list[Command] = []
+    stale_roles: set[str] = set()
+    for username in sorted(set(broker_clients)):
+        if is_device_username(username) and username not in wanted:
+            commands.append({"command": "deleteClient", "username": username})
+            with contextlib.suppress(DidError):  # not a DID: an account without a role
+                stale_roles.add(device_role_name(username))
+    stale_roles.update(
+        role
+        for role in broker_roles
+        if role.startswith(DEVICE_ROLE_PREFIX) and role not in keep_roles
+    )
+    commands.extend({"command": "deleteRole", "rolename": r} for r in sorted(stale_roles))
+    return commands
+
+
+def _acl(acltype: str, topic: str) -> Command:
+    return {"acltype": acltype, "topic": topic, "allow": True}
+
+
+def _role_commands(name: str, textname: str, acls: list[Command]) -> list[Command]:
+    """Create the role, or put an existing one's ACLs back to ``acls``."""
+    return [
+        {"command": "createRole", "rolename": name, "textname": textname, "acls": acls},
+        {"command": "modifyRole", "rolename": name, "textname": textname, "acls": acls},
+    ]

@@ -1,0 +1,170 @@
+"""Devices over MQTT: authentication, their broker accounts, and their readings.
+
+Glue between the MQTT link (``transports/mqtt.py``), the sans-IO handshake and
+reading checks (``auth/``), the broker administration (``transports/dynsec.py``)
+and the reading pipeline (``ingest.py``). Everything runs on the event loop
+except broker administration, which blocks and so runs on a worker thread.
+
+Broker accounts are ephemeral: one is created when a device authenticates
+(before it is told its password) and deleted when its session expires, when the
+device is suspended, revoked or re-keyed (checked every half second against the
+registry, which is the source of truth), and, at start-up, for every device
+account this process did not create (the broker's own persistence is not trusted).
+Accounts are deleted before their roles: mosquitto 2.0.11 crashes when a role
+is deleted under a connected client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import broker as policy
+from gateway.auth.handshake import Authenticator, Grant
+from gateway.ingest import Ack, ReadingPipeline
+from gateway.registry import Registry
+from gateway.transports.dynsec import DynsecAdmin
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], None]
+
+
+@dataclass
+class _Session:
+    did: str
+    expires_ms: int
+
+
+class MqttDevices:
+    """Serve the auth and readings topics of one prefix."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        authenticator: Authenticator,
+        pipeline: ReadingPipeline,
+        registry: Registry,
+        broker: DynsecAdmin,
+        publish: Publish,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._prefix = prefix
+        self._auth = authenticator
+        self._pipeline = pipeline
+        self._registry = registry
+        self._broker = broker
+        self._publish = publish
+        self._clock_ms = clock_ms
+        self._sessions: dict[str, _Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._readings_prefix = f"{prefix}/d/"
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [f"{self._prefix}/auth/req", f"{self._prefix}/d/+/readings"]
+
+    # -- messages (called on the event loop) ------------------------------------
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == f"{self._prefix}/auth/req":
+            self._spawn(self._on_auth(payload))
+        elif topic.startswith(self._readings_prefix) and topic.endswith("/readings"):
+            did = topic[len(self._readings_prefix) : -len("/readings")]
+            self._spawn(self._on_reading(did, payload))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_auth(self, payload: bytes) -> None:
+        outgoing, grant = self._auth.on_request(payload, self._clock_ms())
+        if grant is not None:
+            try:
+                await asyncio.to_thread(self._open_account, grant)
+            except Exception as exc:  # the broker refused: the device gets no access
+                log.error("cannot create the broker account of %s: %s", grant.did, exc)
+                outgoing = self._auth.refuse_unavailable(grant)
+            else:
+                self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
+        elif self._auth.last_refusal is not None:
+            log.info("authentication refused: %s", self._auth.last_refusal)
+        if outgoing is not None:  # None: too broken to know where to answer
+            self._publish(outgoing.topic, outgoing.payload)
+
+    def _open_account(self, grant: Grant) -> None:
+        """A fresh account: any previous one (and its connection) goes first."""
+        did = grant.did
+        self._broker.execute(
+            policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
+        )
+        self._broker.execute(
+            policy.device_role_commands(did, self._prefix)
+            + policy.device_client_commands(did, grant.password, self._prefix)
+        )
+
+    def _close_account(self, did: str) -> None:
+        self._broker.execute(
+            policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
+        )
+
+    async def _on_reading(self, did: str, token: bytes) -> None:
+        ack: Ack = await self._pipeline.submit(did, token)
+        self._publish(f"{self._prefix}/d/{did}/acks", ack.payload())
+
+    # -- accounts ----------------------------------------------------------------
+
+    def prepare_broker(self) -> int:
+        """Apply the anonymous policy and remove every device account this process did not make.
+
+        Returns how many stale accounts were removed. Run before taking messages.
+        """
+        group = self._broker.execute([{"command": "getAnonymousGroup"}])[0]
+        current = str((group.get("data") or {}).get("group", {}).get("groupname", ""))
+        self._broker.execute(
+            policy.anonymous_policy_commands(self._prefix, anonymous_group=current),
+            ok_errors=policy.POLICY_OK_ERRORS,
+        )
+        clients = self._broker.list_clients()
+        commands = policy.reconcile(self._sessions, clients, self._broker.list_roles())
+        if commands:
+            self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
+        return sum(1 for c in commands if c["command"] == "deleteClient")
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Close accounts whose session expired or whose device is no longer active.
+
+        Registry changes are read from its audit trail (only what changed since
+        the last look), so a revocation made by ``didgw device revoke`` in another
+        process takes effect within ``interval``.
+        """
+        seen = self._registry.last_change()
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock_ms()
+            changed = self._registry.changes_since(seen)
+            if changed:
+                seen = changed[-1].id
+            closing = {r.device for r in changed if r.action in ("suspend", "revoke", "rotate")}
+            closing.update(did for did, s in self._sessions.items() if s.expires_ms <= now)
+            for did in closing:
+                session = self._sessions.pop(did, None)
+                if session is None:
+                    continue
+                try:
+                    await asyncio.to_thread(self._close_account, did)
+                    log.info("closed the broker account of %s", did)
+                except Exception as exc:  # retried on the next round
+                    log.error("cannot delete the broker account of %s: %s", did, exc)
+                    self._sessions[did] = _Session(did, 0)
+
+    async def drain(self) -> None:
+        """Wait for readings and authentications in progress (clean shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

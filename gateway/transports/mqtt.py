@@ -1,0 +1,113 @@
+"""The gateway's MQTT connection: paho-mqtt on its own thread, messages handed to asyncio.
+
+paho runs its network loop on a thread of its own (``loop_start``); nothing here
+touches asyncio state from that thread except through
+``loop.call_soon_threadsafe``. Subscriptions are made in ``on_connect`` so that
+every reconnect (broker restart, network loss) subscribes again; paho
+reconnects by itself with back-off. ``publish`` is thread-safe in paho and may
+be called from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from gateway.errors import DidgwError
+
+log = logging.getLogger(__name__)
+
+#: Called on the event loop with (topic, payload) for every message received.
+MessageHandler = Callable[[str, bytes], None]
+
+
+class MqttError(DidgwError):
+    code = "cannot_connect"
+
+
+class MqttLink:
+    """One MQTT client for the gateway, bridged to an asyncio event loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        client_id: str,
+        subscriptions: Sequence[str],
+        on_message: MessageHandler,
+        loop: asyncio.AbstractEventLoop,
+        keepalive: int = 30,
+        max_inflight: int = 1000,
+    ) -> None:
+        self._loop = loop
+        self._on_message = on_message
+        self._subscriptions = list(subscriptions)
+        self._host, self._port, self._keepalive = host, port, keepalive
+        self.connected = asyncio.Event()
+        self.connects = 0  # how many times the connection was (re)established
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,  # QoS 1 messages queued while we were away are delivered
+        )
+        client.username_pw_set(username, password)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)  # paho's own outgoing queue: unbounded
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_message = self._received
+        self._client = client
+
+    def start(self) -> None:
+        """Connect (retrying in the background if the broker is not there yet)."""
+        try:
+            self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        except (OSError, ValueError) as exc:
+            raise MqttError(
+                f"cannot connect to the broker at {self._host}:{self._port}: {exc}"
+            ) from None
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    # -- paho's thread ------------------------------------------------------
+
+    def _connected(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the gateway's connection: %s", reason)
+            return
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connects += 1
+        self._loop.call_soon_threadsafe(self.connected.set)
+
+    def _disconnected(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._loop.call_soon_threadsafe(self.connected.clear)
+        if reason.is_failure:
+            log.warning("lost the broker connection (%s); reconnecting", reason)
+
+    def _received(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: we are stopping
+            self._loop.call_soon_threadsafe(self._on_message, message.topic, bytes(message.payload))

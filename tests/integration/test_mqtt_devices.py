@@ -1,0 +1,191 @@
+"""Devices over MQTT, end to end: a real mosquitto, the real ``didgw run``, the simulated device.
+
+register → authenticate (DID challenge-response, broker account) → signed readings →
+durable entries on the record → acks. And the ways it must refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Mosquitto
+from support import Run, load_device_module
+
+from gateway.chain.store import ChainStore
+from gateway.db import connect
+from gateway.identity import offline_resolver, verify_jws
+
+pytestmark = pytest.mark.integration
+
+dev = load_device_module()
+
+
+class GatewayProcess:
+    """``didgw run`` as a subprocess, configured for one test broker."""
+
+    def __init__(self, state: Path, broker: Mosquitto, config: Path) -> None:
+        self.state, self.broker, self.config = state, broker, config
+        self.process: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "DIDGW_STATE_DIR": str(self.state),
+            "DIDGW_CONFIG": str(self.config),
+            "DIDGW_MQTT_PASSWORD": self.broker.gateway_password,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("didgw")), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output += line
+            if " running (state " in line:
+                return
+        raise AssertionError(f"the gateway did not start:\n{self.output}")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        rest, _ = self.process.communicate(timeout=30)
+        self.output += rest
+        return self.process.returncode
+
+
+@pytest.fixture
+def gateway(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[GatewayProcess]:
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
+    )
+    process = GatewayProcess(state, mosquitto, config)
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.process.kill()
+        process.process.wait()
+
+
+def gateway_did(didgw: Run, state: Path) -> str:
+    out = didgw("init", "--state-dir", str(state)).stdout
+    return out.split("Gateway DID: ")[1].strip()
+
+
+def make_device(tmp_path: Path, broker: Mosquitto, name: str, gw: str, **kwargs: Any) -> Any:
+    return dev.Device(
+        f"{broker.host}:{broker.port}",
+        key_path=tmp_path / f"{name}.pem",
+        state_dir=tmp_path / f"{name}-state",
+        prefix=broker.prefix,
+        gateway_did=gw,
+        **kwargs,
+    )
+
+
+def register(didgw: Run, state: Path, did: str, name: str) -> None:
+    result = didgw(
+        "device", "register", did, "--name", name, "--kind", "sensor", "--state-dir", str(state)
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def records(state: Path, kind: str = "reading") -> list[Any]:
+    store = ChainStore(connect(state / "didgw.db"))
+    try:
+        return [e for e in store.entries() if e.kind == kind]
+    finally:
+        store.close()
+
+
+def test_register_authenticate_read_record_ack(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    gw = gateway_did(didgw, gateway.state)
+    device = make_device(tmp_path, mosquitto, "meter", gw)
+    register(didgw, gateway.state, device.did, "meter")
+    gateway.start()
+    try:
+        device.start(timeout=15)
+        for i in range(20):
+            device.publish_reading("energy", {"import_kwh": {"value": 100 + i, "unit": "kWh"}})
+        assert device.wait_acked(timeout=20), device.stats
+        assert device.stats["accepted"] == 20 and device.stats["refused"] == 0
+    finally:
+        device.stop()
+        assert gateway.stop() == 0, gateway.output
+    recorded = records(gateway.state)
+    assert len(recorded) == 20
+    for entry in recorded:
+        assert entry.actor == device.did
+        verified = verify_jws(
+            entry.payload,
+            resolver=offline_resolver(),
+            relationship="assertionMethod",
+            now=time.time(),
+        )
+        assert verified.signer.did == device.did  # the device's own signed bytes
+    seqs = [
+        json.loads(
+            verify_jws(
+                e.payload,
+                resolver=offline_resolver(),
+                relationship="assertionMethod",
+                now=time.time(),
+            ).payload
+        )["seq"]
+        for e in recorded
+    ]
+    assert seqs == list(range(1, 21))
+    result = didgw("chain", "verify", "--state-dir", str(gateway.state))
+    assert result.returncode == 0, result.stderr
+
+
+def test_unregistered_and_revoked_devices_get_nothing(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    gw = gateway_did(didgw, gateway.state)
+    stranger = make_device(tmp_path, mosquitto, "stranger", gw)
+    member = make_device(tmp_path, mosquitto, "member", gw)
+    register(didgw, gateway.state, member.did, "member")
+    gateway.start()
+    try:
+        with pytest.raises(dev.AuthRefused, match="unknown_device"):
+            stranger.authenticate(timeout=10)
+        member.start(timeout=15)
+        member.publish_reading("temperature", {"t": {"value": 21.5, "unit": "Cel"}})
+        assert member.wait_acked(timeout=10)
+        revoked = didgw(
+            "device", "revoke", member.did, "--reason", "stolen", "--state-dir", str(gateway.state)
+        )
+        assert revoked.returncode == 0
+        deadline = time.monotonic() + 3
+        while member.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not member.connected, "the revoked device is still connected"
+        with pytest.raises(dev.AuthRefused, match="not_active"):
+            member.authenticate(timeout=10)
+    finally:
+        member.stop()
+        assert gateway.stop() == 0, gateway.output
+    assert len(records(gateway.state)) == 1
