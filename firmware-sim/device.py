@@ -558,7 +558,7 @@ class _Link:
         try:
             self.client.connect(self.host, self.port, keepalive=self.keepalive)
         except OSError as exc:
-            self.closed.set()
+            self.close()
             raise DeviceError(
                 f"cannot reach the broker at {self.host}:{self.port}: {exc}"
             ) from None
@@ -583,6 +583,11 @@ class _Link:
         with contextlib.suppress(Exception):
             self.client.disconnect()
         self.client.loop_stop()
+        # Drop the callbacks (bound methods of this link): without that reference cycle the
+        # client is freed as soon as the link is, and paho then closes its wake-up sockets.
+        client = self.client
+        client.on_connect = client.on_subscribe = client.on_message = None
+        client.on_disconnect = None
 
     # paho callbacks (paho's thread). An exception here would end paho's thread: none escape.
 
@@ -1174,6 +1179,7 @@ class Fleet:
                 device.open(timeout)
             except (DeviceError, OSError, TimeoutError) as exc:
                 failures[device.did] = exc  # the supervisor retries it
+                device._log(f"{exc}; will keep trying")
 
         with ThreadPoolExecutor(max_workers=self.parallel_auth) as pool:
             list(pool.map(open_one, self.devices))

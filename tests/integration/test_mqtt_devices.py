@@ -189,3 +189,130 @@ def test_unregistered_and_revoked_devices_get_nothing(
         member.stop()
         assert gateway.stop() == 0, gateway.output
     assert len(records(gateway.state)) == 1
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def refusals(device: Any) -> list[str]:
+    return [a.get("reason") for a in list(device.acks) if a.get("status") == "refused"]
+
+
+def test_replays_forgeries_and_garbage_are_refused_and_not_recorded(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    gw = gateway_did(didgw, gateway.state)
+    alice = make_device(tmp_path, mosquitto, "alice", gw)
+    bob = make_device(tmp_path, mosquitto, "bob", gw)
+    for device in (alice, bob):
+        register(didgw, gateway.state, device.did, device.did[-6:])
+    gateway.start()
+    try:
+        alice.start(timeout=15)
+        alice.publish_reading("energy", {"import_kwh": {"value": 1, "unit": "kWh"}})
+        assert alice.wait_acked(timeout=10)
+        now = int(time.time() * 1000)
+        first = dev.make_reading(
+            alice.identity,
+            seq=1,
+            ts_ms=now,
+            reading_type="energy",
+            values={"import_kwh": {"value": 999, "unit": "kWh"}},
+        )
+        bobs = dev.make_reading(
+            bob.identity,
+            seq=50,
+            ts_ms=now,
+            reading_type="energy",
+            values={"import_kwh": {"value": 5, "unit": "kWh"}},
+        )
+        stale = dev.make_reading(
+            alice.identity,
+            seq=2,
+            ts_ms=now - 3_600_000,
+            reading_type="energy",
+            values={"import_kwh": {"value": 2, "unit": "kWh"}},
+        )
+        garbage: list[bytes | str] = [
+            b"",
+            b"{}",
+            b"not a jws",
+            b"\xff\xfe\x00",
+            b"a.b.c",
+            bytes(100_000),
+            first,  # seq 1 again with other content: a replay
+            bobs,  # another registered device's reading, sent on alice's topic
+            stale,  # an hour old
+            "eyJhbGciOiJub25lIn0.eyJkaWQiOiJ4In0.",  # alg none
+        ]
+        for payload in garbage:
+            alice.publish_raw(payload)
+        assert wait_for(lambda: len(refusals(alice)) >= len(garbage)), list(alice.acks)
+        reasons = refusals(alice)
+        assert reasons.count("replay") == 1 and reasons.count("bad_signature") == 1
+        assert reasons.count("clock_skew") == 1 and reasons.count("malformed") == 7
+        # A foreign client publishing into alice's topic: the broker drops it (mosquitto 2.0
+        # does not tell a QoS 1 publisher), so it never reaches the record (checked below).
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-h",
+                mosquitto.host,
+                "-p",
+                str(mosquitto.port),
+                "-t",
+                alice.readings_topic,
+                "-m",
+                first,
+                "-q",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        time.sleep(0.5)
+    finally:
+        alice.stop()
+        assert gateway.stop() == 0, gateway.output
+    recorded = records(gateway.state)
+    assert len(recorded) == 1  # only alice's one real reading
+
+
+def test_broker_restart_mid_stream_records_every_reading_once(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    gw = gateway_did(didgw, gateway.state)
+    device = make_device(tmp_path, mosquitto, "meter", gw)
+    register(didgw, gateway.state, device.did, "meter")
+    gateway.start()
+    try:
+        device.start(timeout=15)
+        for i in range(30):
+            device.publish_reading("energy", {"import_kwh": {"value": i, "unit": "kWh"}})
+            if i == 10:
+                mosquitto.restart()
+        assert device.wait_acked(timeout=60), device.stats
+    finally:
+        device.stop()
+        assert gateway.stop() == 0, gateway.output
+    recorded = records(gateway.state)
+    seqs = sorted(
+        json.loads(
+            verify_jws(
+                e.payload,
+                resolver=offline_resolver(),
+                relationship="assertionMethod",
+                now=time.time(),
+            ).payload
+        )["seq"]
+        for e in recorded
+    )
+    assert seqs == list(range(1, 31))  # every reading, exactly once
