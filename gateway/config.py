@@ -172,6 +172,13 @@ class MqttSection(_Section):
     clock_skew_seconds: int = _setting(
         300, "How far a device's clock may be from the gateway's.", _between(1, 86400)
     )
+    verify_workers: int = _setting(
+        -1,
+        "Extra processes that verify readings' signatures, sharing the readings through an "
+        "MQTT shared subscription. -1: one per CPU core beyond the first; 0: verify in the "
+        "main process only.",
+        _between(-1, 64),
+    )
 
 
 @dataclass(frozen=True)

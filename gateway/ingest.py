@@ -5,10 +5,12 @@ A device is told ``accepted`` only after its signed bytes are on the record
 reading carries the device's sequence number, which is also the entry's key
 on the record, so:
 
-* a reading that is not newer than the last one accepted is refused as a
-  replay — unless it is byte for byte the reading already recorded under that
-  sequence number (the device did not get its ack and sent it again): then the
-  original entry is acknowledged again and nothing is recorded twice;
+* each sequence number is accepted once: a reading whose number is already on
+  the record is refused as a replay — unless it is byte for byte the reading
+  recorded under that number (the device did not get its ack and sent it
+  again): then the original entry is acknowledged again and nothing is
+  recorded twice. A number more than ``REORDER_WINDOW`` below the newest
+  accepted one is refused outright;
 * two copies racing through the pipeline at once are still recorded once
   (the record's keyed append finds the first).
 
@@ -23,12 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.auth.readings import ReadingChecker, ReadingRefused
+from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
 from gateway.chain.store import ChainStore
 from gateway.errors import DidgwError
 from gateway.recorder import Recorder
 
 READING = "reading"
+#: How far behind the newest accepted sequence number a reading may arrive and still be
+#: recorded (once). Readings of one device are verified in parallel and can overtake each
+#: other; like IPsec's anti-replay window (RFC 4303), each number is accepted at most once.
+REORDER_WINDOW = 1024
 
 
 @dataclass(frozen=True)
@@ -79,29 +85,44 @@ class ReadingPipeline:
 
     async def submit(self, did: str, token: bytes) -> Ack:
         """Handle one reading that arrived on ``did``'s own readings channel."""
-        last = self._last_seq(did)
         try:
-            reading = self._checker.check(did, token, self._clock_ms(), last)
+            reading = self._checker.check(did, token, self._clock_ms(), None)
         except ReadingRefused as refusal:
-            if refusal.reason == "replay" and refusal.seq is not None:
-                recorded = self._lookups.find_key(did, READING, refusal.seq)
-                if recorded is not None and recorded.payload == token:
-                    self._count("duplicate")
-                    return Ack(refusal.seq, True, entry=recorded.seq)
-            self._count(refusal.reason)
-            return Ack(refusal.seq, False, reason=refusal.reason)
+            return self.refused(refusal)
+        return await self.record(reading)
+
+    def refused(self, refusal: ReadingRefused) -> Ack:
+        """Count a refusal and say it to the device."""
+        self._count(refusal.reason)
+        return Ack(refusal.seq, False, reason=refusal.reason)
+
+    async def record(self, reading: Reading) -> Ack:
+        """The second half, for a reading whose signature, status, time and schema checked out
+        (here or in a verification worker): the sequence check, then the durable append."""
+        did, token = reading.did, reading.token
+        last = self._last_seq(did)
+        if last is not None and reading.seq <= last:
+            recorded = self._lookups.find_key(did, READING, reading.seq)
+            if recorded is not None and recorded.payload == token:
+                self._count("duplicate")
+                return Ack(reading.seq, True, entry=recorded.seq)
+            if recorded is not None or reading.seq <= last - REORDER_WINDOW:
+                return self.refused(ReadingRefused("replay", reading.seq))
         # Claim the sequence number now, so a copy arriving while this one is being
         # committed is seen as a replay (and then found as a duplicate).
-        self._last[did] = reading.seq
+        if last is None or reading.seq > last:
+            self._last[did] = reading.seq
         try:
             entry = await self._recorder.append_async(READING, did, token, key=reading.seq)
         except DidgwError:
-            if self._last.get(did) == reading.seq:
+            if self._last.get(did) == reading.seq and (last is None or reading.seq > last):
                 if last is None:
                     self._last.pop(did, None)
                 else:
                     self._last[did] = last
             self._count("unavailable")
             return Ack(reading.seq, False, reason="unavailable")
+        if entry.payload != token:  # another reading already holds this sequence number
+            return self.refused(ReadingRefused("replay", reading.seq))
         self._count("accepted")
         return Ack(reading.seq, True, entry=entry.seq)

@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.auth import broker as policy
 from gateway.auth.handshake import Authenticator, Grant
+from gateway.auth.readings import Reading
 from gateway.ingest import Ack, ReadingPipeline
 from gateway.registry import Registry
 from gateway.transports.dynsec import DynsecAdmin
@@ -52,6 +53,7 @@ class MqttDevices:
         registry: Registry,
         broker: DynsecAdmin,
         publish: Publish,
+        shared_readings: bool = False,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self._prefix = prefix
@@ -64,10 +66,17 @@ class MqttDevices:
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._readings_prefix = f"{prefix}/d/"
+        self._shared = shared_readings
 
     @property
     def subscriptions(self) -> list[str]:
-        return [f"{self._prefix}/auth/req", f"{self._prefix}/d/+/readings"]
+        """With verification workers, readings come through the shared subscription."""
+        readings = (
+            policy.shared_readings_filter(self._prefix)
+            if self._shared
+            else f"{self._prefix}/d/+/readings"
+        )
+        return [f"{self._prefix}/auth/req", readings]
 
     # -- messages (called on the event loop) ------------------------------------
 
@@ -117,6 +126,14 @@ class MqttDevices:
     async def _on_reading(self, did: str, token: bytes) -> None:
         ack: Ack = await self._pipeline.submit(did, token)
         self._publish(f"{self._prefix}/d/{did}/acks", ack.payload())
+
+    def on_verified(self, reading: Reading) -> None:
+        """A reading a verification worker checked: record it and acknowledge (event loop)."""
+        self._spawn(self._record_verified(reading))
+
+    async def _record_verified(self, reading: Reading) -> None:
+        ack = await self._pipeline.record(reading)
+        self._publish(f"{self._prefix}/d/{reading.did}/acks", ack.payload())
 
     # -- accounts ----------------------------------------------------------------
 

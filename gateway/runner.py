@@ -31,9 +31,10 @@ from gateway.ingest import ReadingPipeline
 from gateway.mqtt_devices import MqttDevices
 from gateway.recorder import Recorder
 from gateway.registry import Status
-from gateway.service import open_gateway
+from gateway.service import Gateway, open_gateway
 from gateway.transports.dynsec import DynsecAdmin
 from gateway.transports.mqtt import MqttLink
+from gateway.verifiers import VerifierPool, WorkerSettings
 
 log = logging.getLogger("didgw")
 
@@ -53,84 +54,123 @@ def mqtt_password(config: Config, env: Mapping[str, str]) -> str:
     return password
 
 
+class _MqttSide:
+    """Everything devices over MQTT need, started and stopped in the right order."""
+
+    def __init__(self) -> None:
+        self.devices: MqttDevices | None = None
+        self.link: MqttLink | None = None
+        self.broker: DynsecAdmin | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.pool: VerifierPool | None = None
+
+    async def start(
+        self,
+        config: Config,
+        state_dir: Path,
+        env: Mapping[str, str],
+        gateway: Gateway,
+        pipeline: ReadingPipeline,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        mqtt = config.mqtt
+        password = mqtt_password(config, env)
+        workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else (os.cpu_count() or 1) - 1
+        self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
+        await asyncio.to_thread(self.broker.connect)
+        authenticator = Authenticator(
+            gateway.signer(env),
+            lambda did: _status(gateway, did),
+            gateway.resolver,
+            prefix=mqtt.prefix,
+            clock_skew_ms=mqtt.clock_skew_seconds * 1000,
+            session_ms=mqtt.session_seconds * 1000,
+            random_bytes=secrets.token_bytes,
+        )
+        devices = self.devices = MqttDevices(
+            prefix=mqtt.prefix,
+            authenticator=authenticator,
+            pipeline=pipeline,
+            registry=gateway.registry,
+            broker=self.broker,
+            publish=lambda topic, payload: self.link.publish(topic, payload) if self.link else None,
+            shared_readings=workers > 0,
+        )
+        stale = await asyncio.to_thread(devices.prepare_broker)
+        log.info("removed %d device accounts left on the broker", stale)
+        if workers > 0:
+            self.pool = VerifierPool(
+                workers,
+                lambda index: WorkerSettings(config, state_dir, password, index),
+                loop,
+                devices.on_verified,
+            )
+            self.pool.start()
+            log.info("%d verification worker processes started", workers)
+        self.link = MqttLink(
+            host=mqtt.host,
+            port=mqtt.port,
+            username=mqtt.username,
+            password=password,
+            client_id=f"didgw-{gateway.did[-12:]}",
+            subscriptions=devices.subscriptions,
+            on_message=devices.on_message,
+            loop=loop,
+        )
+        self.link.start()
+        self.watcher = asyncio.ensure_future(devices.watch())
+        await asyncio.wait_for(self.link.connected.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        """Stop taking readings, then let the ones in flight finish."""
+        if self.pool is not None:
+            self.pool.stop()
+        if self.link is not None:
+            self.link.stop()
+        if self.watcher is not None:
+            self.watcher.cancel()
+        if self.devices is not None:
+            await self.devices.drain()
+        if self.broker is not None:
+            self.broker.close()
+
+
 async def serve(
     config: Config, state_dir: Path, env: Mapping[str, str], stop: asyncio.Event
 ) -> None:
     """Run until ``stop`` is set."""
-    loop = asyncio.get_running_loop()
     gateway = open_gateway(config, state_dir)
-    signer = gateway.signer(env)
     db_path = state_dir / DB_NAME
     recorder = Recorder(
         lambda: ChainStore(connect(db_path)), clock_ms=lambda: int(time.time() * 1000)
     )
     lookups = ChainStore(connect(db_path))
-
-    def status_of(did: str) -> Status | None:
-        device = gateway.registry.find(did)
-        return None if device is None else device.status
-
-    mqtt = config.mqtt
-    skew_ms = mqtt.clock_skew_seconds * 1000
-    devices: MqttDevices | None = None
-    link: MqttLink | None = None
-    broker: DynsecAdmin | None = None
-    watcher: asyncio.Task[None] | None = None
+    pipeline = ReadingPipeline(
+        ReadingChecker(
+            gateway.resolver,
+            lambda did: _status(gateway, did),
+            clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+        ),
+        recorder,
+        lookups,
+    )
+    mqtt = _MqttSide()
     try:
-        if mqtt.enabled:
-            password = mqtt_password(config, env)
-            broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
-            await asyncio.to_thread(broker.connect)
-            devices = MqttDevices(
-                prefix=mqtt.prefix,
-                authenticator=Authenticator(
-                    signer,
-                    status_of,
-                    gateway.resolver,
-                    prefix=mqtt.prefix,
-                    clock_skew_ms=skew_ms,
-                    session_ms=mqtt.session_seconds * 1000,
-                    random_bytes=secrets.token_bytes,
-                ),
-                pipeline=ReadingPipeline(
-                    ReadingChecker(gateway.resolver, status_of, clock_skew_ms=skew_ms),
-                    recorder,
-                    lookups,
-                ),
-                registry=gateway.registry,
-                broker=broker,
-                publish=lambda topic, payload: link.publish(topic, payload) if link else None,
-            )
-            stale = await asyncio.to_thread(devices.prepare_broker)
-            log.info("removed %d device accounts left on the broker", stale)
-            link = MqttLink(
-                host=mqtt.host,
-                port=mqtt.port,
-                username=mqtt.username,
-                password=password,
-                client_id=f"didgw-{gateway.did[-12:]}",
-                subscriptions=devices.subscriptions,
-                on_message=devices.on_message,
-                loop=loop,
-            )
-            link.start()
-            watcher = asyncio.ensure_future(devices.watch())
-            await asyncio.wait_for(link.connected.wait(), timeout=30)
+        if config.mqtt.enabled:
+            await mqtt.start(config, state_dir, env, gateway, pipeline)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
         await stop.wait()
     finally:
         log.info("stopping")
-        if link is not None:
-            link.stop()
-        if watcher is not None:
-            watcher.cancel()
-        if devices is not None:
-            await devices.drain()
+        await mqtt.stop()
         recorder.close()
         lookups.close()
-        if broker is not None:
-            broker.close()
         gateway.close()
+
+
+def _status(gateway: Gateway, did: str) -> Status | None:
+    device = gateway.registry.find(did)
+    return None if device is None else device.status
 
 
 def run(config: Config, state_dir: Path) -> None:

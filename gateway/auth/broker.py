@@ -58,6 +58,9 @@ DEFAULT_ACL_ACCESS: dict[str, bool] = {
 
 #: The plugin's answers (mosquitto 2.0) that mean a policy command found its work done:
 #: pass them as ``ok_errors`` with the policy commands, which are safe to apply repeatedly.
+#: The shared-subscription group of the gateway's reading verifiers (gateway/verifiers.py).
+VERIFY_SHARE_GROUP = "didgw-verify"
+
 POLICY_OK_ERRORS = frozenset(
     {"Role already exists", "Group already exists", "Group is already in this role"}
 )
@@ -214,10 +217,17 @@ def anonymous_policy_commands(prefix: str, *, anonymous_group: str = "") -> list
     return commands
 
 
+def shared_readings_filter(prefix: str) -> str:
+    """The shared subscription through which the gateway's processes split the readings."""
+    return f"$share/{VERIFY_SHARE_GROUP}/{check_prefix(prefix)}/d/+/readings"
+
+
 def gateway_role_commands(prefix: str) -> list[Command]:
     """The gateway's role: everything under ``<prefix>/`` and the plugin's control topics.
 
-    Apply with ``ok_errors=POLICY_OK_ERRORS``; it is safe to apply again.
+    mosquitto 2.0.11 checks a shared subscription against the whole ``$share/…`` filter,
+    so the verification workers' share is granted by name as well. Apply with
+    ``ok_errors=POLICY_OK_ERRORS``; it is safe to apply again.
     """
     everything = f"{check_prefix(prefix)}/#"
     acls = [
@@ -225,6 +235,7 @@ def gateway_role_commands(prefix: str) -> list[Command]:
         for topic in (everything, CONTROL_TOPICS)
         for acltype in ("publishClientSend", "subscribePattern", "publishClientReceive")
     ]
+    acls.append(_acl("subscribePattern", f"$share/{VERIFY_SHARE_GROUP}/{everything}"))
     return _role_commands(GATEWAY_ROLE, "didgw: the gateway", acls)
 
 

@@ -202,6 +202,7 @@ def test_the_gateway_may_use_its_prefix_and_administer_the_plugin() -> None:
     assert {a["topic"] for a in acls if a["acltype"] == "subscribePattern"} == {
         "didgw/#",
         "$CONTROL/dynamic-security/#",
+        "$share/didgw-verify/didgw/#",  # the verification workers' shared subscription
     }
 
 
