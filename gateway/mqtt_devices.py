@@ -35,6 +35,31 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], None]
 
 
+class _LogBudget:
+    """At most ``burst`` log lines per ``period_ms``: a flood of bad requests must not
+    become a flood of log lines (the counts in ``Authenticator.outcomes`` keep the rest)."""
+
+    def __init__(self, burst: int = 20, period_ms: int = 10_000) -> None:
+        self._burst, self._period = burst, period_ms
+        self._window_start, self._used, self.suppressed = 0, 0, 0
+
+    def take(self, now_ms: int) -> bool:
+        if now_ms - self._window_start >= self._period:
+            if self.suppressed:
+                log.info("%d more authentication refusals not logged", self.suppressed)
+            self._window_start, self._used, self.suppressed = now_ms, 0, 0
+        if self._used < self._burst:
+            self._used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+#: Readings and authentications being handled at once before the gateway says it is behind
+#: (the broker drops QoS 1 messages to a subscriber whose queue is full).
+BACKLOG_WARNING = 10_000
+
+
 @dataclass
 class _Session:
     did: str
@@ -67,6 +92,7 @@ class MqttDevices:
         self._tasks: set[asyncio.Task[None]] = set()
         self._readings_prefix = f"{prefix}/d/"
         self._shared = shared_readings
+        self._log_budget = _LogBudget()
 
     @property
     def subscriptions(self) -> list[str]:
@@ -102,7 +128,7 @@ class MqttDevices:
                 outgoing = self._auth.refuse_unavailable(grant)
             else:
                 self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
-        elif self._auth.last_refusal is not None:
+        elif self._auth.last_refusal is not None and self._log_budget.take(self._clock_ms()):
             log.info("authentication refused: %s", self._auth.last_refusal)
         if outgoing is not None:  # None: too broken to know where to answer
             self._publish(outgoing.topic, outgoing.payload)
@@ -168,6 +194,12 @@ class MqttDevices:
             changed = self._registry.changes_since(seen)
             if changed:
                 seen = changed[-1].id
+            if len(self._tasks) > BACKLOG_WARNING:
+                log.warning(
+                    "falling behind: %d messages in progress; the broker may drop readings "
+                    "(devices resend them until acknowledged)",
+                    len(self._tasks),
+                )
             closing = {r.device for r in changed if r.action in ("suspend", "revoke", "rotate")}
             closing.update(did for did, s in self._sessions.items() if s.expires_ms <= now)
             for did in closing:
