@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import queue
@@ -66,7 +65,14 @@ READING_TYP = "didgw-reading+jws"
 SECRET_INFO = b"didgw broker secret v1"
 JWS_ALGS = ("EdDSA", "Ed25519")  # the same signature under its old and its new name
 PASSPHRASE_ENV = "DIDGW_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
-MAX_INFLIGHT = 1_000  # paho refuses more than 65,535 unacknowledged QoS 1 publishes
+MAX_INFLIGHT = 1_000  # readings awaiting an ack, by default
+# The gateway takes a reading up to 1,024 below the newest it accepted (its anti-replay
+# window); with no more than that in flight, a reading lost and sent again is still taken.
+MAX_INFLIGHT_LIMIT = 1_024
+MAX_FLEET = 150  # devices per process; see Fleet
+# Refusals that answer a hello; any other refusal answers a response (maybe someone else's).
+HELLO_REFUSALS = frozenset({"unknown_device", "not_active", "rate_limited", "unavailable"})
+REFUSAL_GRACE = 2.0  # seconds a grant may still follow a refusal after our response
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 
 Log = Callable[[str], None]
@@ -418,24 +424,37 @@ def _verified_grant_payload(token: str | bytes, gateway_did: str) -> dict[str, A
 class Outbox:
     """The device's state: its last sequence number and the readings not yet acknowledged.
 
-    One SQLite file (WAL). ``durable=True`` syncs every change to disk before returning
+    One SQLite file in WAL mode, opened with exclusive locking: the open connection keeps
+    every other one out (a second process using the same state is refused), and the file
+    and its WAL are the only two file descriptors a device holds for its state. The file
+    is bound to one DID. ``durable=True`` syncs every change to disk before returning
     (survives power loss); ``durable=False`` survives the process dying, not the machine.
-    The file is bound to one DID, and a lock file keeps a second process out.
     """
 
     def __init__(self, path: Path, did: str, *, durable: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise DeviceError(f"{self.path} is in use by another device process") from None
         self._lock = threading.Lock()
+        self._closed = False
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(
+            self.path, timeout=0.5, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._setup(did, durable)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self, did: str, durable: bool) -> None:
+        # Exclusive before WAL: SQLite then keeps the WAL index in memory (no -shm file).
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            raise DeviceError(f"{self.path} is in use by another device process") from None
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         with self._transaction():
             self._db.execute(
@@ -498,11 +517,9 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            if self._lock_fd < 0:
-                return
-            self._db.close()
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            if not self._closed:
+                self._closed = True
+                self._db.close()
 
 
 # --------------------------------------------------------------------------- MQTT
@@ -545,7 +562,7 @@ class _Link:
             reconnect_on_failure=False,
         )
         if username is not None:
-            client.username_pw_set(username, password)  # type: ignore[arg-type]
+            client.username_pw_set(username, password)  # type: ignore[arg-type]  # bytes work
         client.max_inflight_messages_set(max_inflight)
         client.on_connect = self._connected
         client.on_subscribe = self._subscribed
@@ -674,8 +691,11 @@ class Device:
         auth_gate: threading.Semaphore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not 1 <= max_inflight <= 65_535:
-            raise DeviceError("max_inflight must be between 1 and 65,535")
+        if not 1 <= max_inflight <= MAX_INFLIGHT_LIMIT:
+            raise DeviceError(
+                f"max_inflight must be between 1 and {MAX_INFLIGHT_LIMIT:,} (the gateway's "
+                "anti-replay window)"
+            )
         self.host, self.port = parse_broker(broker) if isinstance(broker, str) else broker
         self.prefix = prefix
         self.gateway_did = gateway_did
@@ -794,27 +814,53 @@ class Device:
             link.close()
 
     def _expect(self, inbox: queue.Queue[bytes], deadline: float, link: _Link, what: str) -> Any:
-        """The next answer on the reply topic: a challenge (JSON) or a grant (compact JWS)."""
+        """The next answer on the reply topic: a challenge (JSON) or a grant (compact JWS).
+
+        Anyone can read the challenge on the public reply topics and send a forged response
+        with its nonce and reply token; the gateway then answers *that* response on this
+        reply topic. So, as the protocol advises, a refusal of a response is ignored while
+        no response of ours is out, and after ours a refusal ends the wait only if no grant
+        follows within :data:`REFUSAL_GRACE` seconds. A second challenge (a hello someone
+        else sent with this reply token) is ignored too.
+        """
+        refusal: str | None = None
+        refusal_until = deadline
+        ignored: list[str] = []
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if refusal is not None and now >= refusal_until:
+                raise AuthRefused(refusal, self.did)
+            if now >= deadline:
+                also = f"; ignored answers: {', '.join(ignored)}" if ignored else ""
                 raise AuthError(
                     f"no {what} from the gateway in time (is it running, and subscribed to "
-                    f"{self.prefix}/auth/req with this prefix?)"
+                    f"{self.prefix}/auth/req with this prefix?){also}"
                 )
             if link.closed.is_set() and inbox.empty():
                 raise AuthError(f"the broker closed the connection while waiting for a {what}")
             try:
-                payload = inbox.get(timeout=min(remaining, 0.1))
+                payload = inbox.get(timeout=min(deadline, refusal_until, now + 0.1) - now)
             except queue.Empty:
                 continue
             message = _json_object(payload)
-            if message is not None and message.get("type") == "refused":
-                raise AuthRefused(str(message.get("reason")), self.did)
-            if what == "challenge" and message is not None and message.get("type") == what:
+            kind = message.get("type") if message is not None else None
+            if kind == "refused" and message is not None:
+                reason = str(message.get("reason"))
+                if what == "grant":
+                    refusal = reason
+                    refusal_until = min(deadline, now + REFUSAL_GRACE)
+                elif reason in HELLO_REFUSALS:
+                    raise AuthRefused(reason, self.did)
+                else:
+                    ignored.append(f"refused ({reason})")
+                continue
+            if what == "challenge" and kind == "challenge":
                 return message
             if what == "grant" and message is None and payload.count(b".") == 2:
                 return payload
+            if what == "grant" and kind == "challenge":
+                ignored.append("a second challenge")
+                continue
             raise AuthError(f"expected a {what}, got {payload[:80]!r}")
 
     # ---------------------------------------------------------------- connection
@@ -1069,6 +1115,8 @@ class Device:
                 self.connect()
             self._backoff = 1.0
         except (DeviceError, OSError, TimeoutError) as exc:
+            if self._stopped:
+                return
             delay = self._backoff * (1 + secrets.randbelow(25) / 100)
             self._backoff = min(self._backoff * 2, 30.0)
             self._retry_at = self._clock() + delay
@@ -1122,6 +1170,10 @@ class Fleet:
     ``<state_dir>/dids.txt`` lists the DIDs, one a line, for registering them. Each device has
     its own MQTT connection (paho thread); one supervisor thread serves them all; at most
     ``parallel_auth`` authenticate at once.
+
+    At most :data:`MAX_FLEET` devices: paho's network loop uses ``select()``, which cannot
+    watch a file descriptor numbered 1024 or above, and each device holds five (its socket,
+    paho's wake-up socket pair, its state file and WAL). Run several processes for more.
     """
 
     def __init__(
@@ -1134,8 +1186,11 @@ class Fleet:
         log: Log | None = None,
         **device_options: Any,
     ) -> None:
-        if size < 1:
-            raise DeviceError("a fleet has at least one device")
+        if not 1 <= size <= MAX_FLEET:
+            raise DeviceError(
+                f"a fleet has 1 to {MAX_FLEET} devices per process (paho's select() loop "
+                "cannot use file descriptors above 1023); run several processes for more"
+            )
         root = Path(state_dir)
         self.parallel_auth = parallel_auth
         self._log = log
@@ -1181,8 +1236,12 @@ class Fleet:
                 failures[device.did] = exc  # the supervisor retries it
                 device._log(f"{exc}; will keep trying")
 
-        with ThreadPoolExecutor(max_workers=self.parallel_auth) as pool:
-            list(pool.map(open_one, self.devices))
+        pool = ThreadPoolExecutor(max_workers=self.parallel_auth)
+        try:
+            for future in [pool.submit(open_one, device) for device in self.devices]:
+                future.result()
+        finally:  # on Ctrl-C, do not start the ones still waiting
+            pool.shutdown(wait=True, cancel_futures=True)
         self._supervisor = threading.Thread(target=self._supervise, name="fleet", daemon=True)
         self._supervisor.start()
         return failures

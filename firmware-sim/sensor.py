@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, help="readings per device, then wait for acks, exit")
     parser.add_argument("--gateway-did", help="accept only this gateway (did:key)")
     parser.add_argument("--prefix", default="didgw", help="topic prefix [default: didgw]")
-    parser.add_argument("--fleet", type=int, metavar="N", help="run N devices in STATE/dev-*/")
+    parser.add_argument(
+        "--fleet", type=int, metavar="N", help="run N devices (at most 150) in STATE/dev-*/"
+    )
     parser.add_argument(
         "--type",
         dest="reading_type",
@@ -87,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         default="energy",
         help="what to simulate [default: energy]",
     )
-    parser.add_argument("--max-inflight", type=int, default=1000, help="unacked readings on air")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=1000,
+        help="readings awaiting an ack, at most (1 to 1024)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per network step")
     parser.add_argument("--print-did", action="store_true", help="print the DID and exit")
     parser.add_argument("--quiet", action="store_true", help="do not print every reading")

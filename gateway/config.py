@@ -172,6 +172,12 @@ class MqttSection(_Section):
     clock_skew_seconds: int = _setting(
         300, "How far a device's clock may be from the gateway's.", _between(1, 86400)
     )
+    max_reading_age_seconds: int = _setting(
+        86400,
+        "Oldest reading accepted: devices queue readings while the broker or the gateway is "
+        "down and deliver them late. At least clock_skew_seconds.",
+        _between(60, 31 * 86400),
+    )
     verify_workers: int = _setting(
         -1,
         "Extra processes that verify readings' signatures, sharing the readings through an "

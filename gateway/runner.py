@@ -150,6 +150,7 @@ async def serve(
             gateway.resolver,
             lambda did: _status(gateway, did),
             clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+            max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
         ),
         recorder,
         lookups,

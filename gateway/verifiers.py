@@ -116,7 +116,10 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
         return None if device is None else device.status
 
     checker = ReadingChecker(
-        resolver, status_of, clock_skew_ms=mqtt_config.clock_skew_seconds * 1000
+        resolver,
+        status_of,
+        clock_skew_ms=mqtt_config.clock_skew_seconds * 1000,
+        max_age_ms=mqtt_config.max_reading_age_seconds * 1000,
     )
     prefix = mqtt_config.prefix
     readings_prefix, sending = f"{prefix}/d/", threading.Lock()

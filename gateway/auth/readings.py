@@ -14,7 +14,8 @@ everything is checked again here, in this order (the first failure is the answer
   ``assertionMethod``, or the signature fails (``unavailable`` instead when the DID
   document cannot be fetched right now: the device is not at fault);
 * ``replay``: ``seq`` not above ``last_seq``;
-* ``clock_skew``: ``ts`` outside ± ``clock_skew_ms`` of ``now_ms``.
+* ``clock_skew``: ``ts`` more than ``clock_skew_ms`` ahead of ``now_ms``, or more than
+  ``max_age_ms`` behind it (a device delivers readings it queued during an outage late).
 
 The replay window belongs to the caller: the readings pipeline keeps, per device,
 the ``seq`` of the last reading it accepted for the record and passes it as
@@ -105,11 +106,15 @@ class ReadingChecker:
         registry_lookup: RegistryLookup,
         *,
         clock_skew_ms: int = 300_000,
+        max_age_ms: int = 86_400_000,
         max_bytes: int = 16384,
     ) -> None:
         self._resolver = resolver
         self._lookup = registry_lookup
         self._skew = clock_skew_ms
+        # A device keeps readings it could not deliver (broker or gateway down), so a
+        # reading may be old; it must not come from the future beyond the clock skew.
+        self._max_age = max(max_age_ms, clock_skew_ms)
         self._max_bytes = max_bytes
 
     def check(self, topic_did: str, token: bytes, now_ms: int, last_seq: int | None) -> Reading:
@@ -139,8 +144,10 @@ class ReadingChecker:
             raise ReadingRefused(exc.reason, seq, exc.detail) from None
         if last_seq is not None and reading.seq <= last_seq:
             raise ReadingRefused("replay", seq, f"seq {reading.seq} is not above {last_seq}")
-        if abs(reading.ts - now_ms) > self._skew:
-            raise ReadingRefused("clock_skew", seq, f"ts is {reading.ts - now_ms} ms off")
+        if reading.ts - now_ms > self._skew:
+            raise ReadingRefused("clock_skew", seq, f"ts is {reading.ts - now_ms} ms ahead")
+        if now_ms - reading.ts > self._max_age:
+            raise ReadingRefused("clock_skew", seq, f"ts is {now_ms - reading.ts} ms old")
         return reading
 
 

@@ -237,7 +237,7 @@ def test_replays_forgeries_and_garbage_are_refused_and_not_recorded(
         stale = dev.make_reading(
             alice.identity,
             seq=2,
-            ts_ms=now - 3_600_000,
+            ts_ms=now - 2 * 86_400_000,
             reading_type="energy",
             values={"import_kwh": {"value": 2, "unit": "kWh"}},
         )
@@ -250,7 +250,7 @@ def test_replays_forgeries_and_garbage_are_refused_and_not_recorded(
             bytes(100_000),
             first,  # seq 1 again with other content: a replay
             bobs,  # another registered device's reading, sent on alice's topic
-            stale,  # an hour old
+            stale,  # two days old: older than the gateway accepts
             "eyJhbGciOiJub25lIn0.eyJkaWQiOiJ4In0.",  # alg none
         ]
         for payload in garbage:

@@ -471,6 +471,7 @@ def test_outbox_belongs_to_one_did_and_one_process(tmp_path: Path) -> None:
     outbox = dev.Outbox(path, "did:key:z6Mkone")
     with pytest.raises(dev.DeviceError, match="in use"):
         dev.Outbox(path, "did:key:z6Mkone")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device.db", "device.db-wal"]
     outbox.close()
     with pytest.raises(dev.DeviceError, match="not of did:key:z6Mktwo"):
         dev.Outbox(path, "did:key:z6Mktwo")
@@ -698,6 +699,60 @@ def test_fleet_keeps_each_device_in_its_own_directory(tmp_path: Path) -> None:
         assert again.pending() == 3
     for i in (1, 2, 3):
         assert stat.S_IMODE((tmp_path / f"dev-000{i}" / "key.pem").stat().st_mode) == 0o600
+
+
+def refused(reason: str) -> bytes:
+    return json.dumps({"type": "refused", "reason": reason}).encode()
+
+
+CHALLENGE = json.dumps({"type": "challenge", "nonce": "x"}).encode()
+GRANT_JWS = b"header.payload.signature"
+
+
+def expect(device: object, messages: list[bytes], what: str, timeout: float = 0.5) -> object:
+    import queue
+    import time
+
+    inbox: queue.Queue[bytes] = queue.Queue()
+    for message in messages:
+        inbox.put(message)
+    return device._expect(inbox, time.monotonic() + timeout, FakeLink(), what)
+
+
+def test_a_refused_hello_ends_authentication_at_once(make_device) -> None:
+    device = make_device()
+    with pytest.raises(dev.AuthRefused) as refusal:
+        expect(device, [refused("unknown_device")], "challenge", timeout=5)
+    assert refusal.value.reason == "unknown_device"
+    assert "didgw device register" in str(refusal.value)
+
+
+def test_refusals_of_someone_elses_response_are_ignored(make_device) -> None:
+    # Before our response is out, a refusal of a response answers a forged one.
+    device = make_device()
+    assert expect(device, [refused("bad_signature"), CHALLENGE], "challenge") == json.loads(
+        CHALLENGE
+    )
+    with pytest.raises(dev.AuthError, match=r"ignored answers: refused \(bad_nonce\)"):
+        expect(device, [refused("bad_nonce")], "challenge", timeout=0.2)
+    # After it, a grant that follows a refusal still wins; so does one after a 2nd challenge.
+    assert expect(device, [refused("bad_signature"), GRANT_JWS], "grant") == GRANT_JWS
+    assert expect(device, [CHALLENGE, GRANT_JWS], "grant") == GRANT_JWS
+
+
+def test_a_refusal_without_a_grant_after_it_is_final(make_device, monkeypatch) -> None:
+    monkeypatch.setattr(dev, "REFUSAL_GRACE", 0.05)
+    device = make_device()
+    with pytest.raises(dev.AuthRefused, match="clock_skew"):
+        expect(device, [refused("clock_skew")], "grant", timeout=5)
+    with pytest.raises(dev.AuthError, match="expected a grant"):
+        expect(device, [b'{"type": "grant"}'], "grant")
+
+
+def test_a_fleet_is_bounded(tmp_path: Path) -> None:
+    with pytest.raises(dev.DeviceError, match="several processes"):
+        dev.Fleet(dev.MAX_FLEET + 1, "127.0.0.1:1", state_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_sensor_print_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
