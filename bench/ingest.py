@@ -771,6 +771,7 @@ def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
     config.write_text(
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
         f'username = "{broker.gateway_username}"\nprefix = "{broker.prefix}"\n'
+        + ("" if s["verify_workers"] is None else f"verify_workers = {s['verify_workers']}\n")
     )
     subprocess.run(
         [DIDGW, "init", "--state-dir", str(state)], check=True, capture_output=True, timeout=60
@@ -881,6 +882,7 @@ def result(s: dict, out: dict, raw: dict, auth: dict, readings: dict) -> dict:
         "reading_devices": s["devices"],
         "window_per_device": s["window"],
         "load_processes": s["workers"],
+        "verify_workers": s["verify_workers"],
         "gateway_seconds": readings["seconds"],
         "gateway_accepted": readings["accepted"],
         "gateway_cpu_pct": readings["cpu_pct"],
@@ -911,6 +913,11 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=int, default=1000, help="paced load, readings/s in all")
     parser.add_argument("--registered", type=int, default=10_000, help="devices in the registry")
+    parser.add_argument(
+        "--verify-workers",
+        type=int,
+        help="the gateway's [mqtt] verify_workers (default: the gateway's own default)",
+    )
     args = parser.parse_args()
     quick = args.quick
     s = {

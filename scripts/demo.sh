@@ -56,3 +56,49 @@ step didgw chain export -o demo-state/record.jsonl
 step didgw chain verify
 echo; echo "A third party checks the export against the signed checkpoint, with no database:"
 step didgw chain verify --export demo-state/record.jsonl --checkpoint demo-state/checkpoint.txt
+
+echo; echo "--- a sensor over MQTT, through a real mosquitto with dynamic security ---"
+broker="$PWD/demo-state/mosquitto"
+mkdir -p "$broker"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+plugin=""
+for f in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so; do
+    if [[ -e $f ]]; then plugin=$f; break; fi
+done
+admin_pw=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')
+gateway_pw=$(python3 -c 'import secrets; print(secrets.token_urlsafe(16))')
+cat > "$broker/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+plugin $plugin
+plugin_opt_config_file $broker/dynamic-security.json
+persistence false
+max_queued_messages 1000000
+user $(id -un)
+log_dest file $broker/mosquitto.log
+CONF
+mosquitto_ctrl dynsec init "$broker/dynamic-security.json" admin "$admin_pw" >/dev/null
+mosquitto -c "$broker/mosquitto.conf" 2>>"$broker/mosquitto.log" & broker_pid=$!
+gateway_pid=""
+trap 'kill $gateway_pid $broker_pid 2>/dev/null; wait 2>/dev/null' EXIT
+for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+# The operator's one-time set-up (configs/mosquitto/README.md): the policy and the gateway's account.
+python -c 'import json; from gateway.auth import broker
+print(json.dumps({"commands": broker.anonymous_policy_commands("didgw")
+                               + broker.gateway_role_commands("didgw")}))' \
+  | mosquitto_pub -h 127.0.0.1 -p "$port" -u admin -P "$admin_pw" -t '$CONTROL/dynamic-security/v1' -s
+mosquitto_ctrl -h 127.0.0.1 -p "$port" -u admin -P "$admin_pw" dynsec createClient didgw -p "$gateway_pw" >/dev/null 2>&1
+mosquitto_ctrl -h 127.0.0.1 -p "$port" -u admin -P "$admin_pw" dynsec addClientRole didgw didgw-gateway >/dev/null 2>&1
+printf '[mqtt]\nport = %s\n' "$port" > demo-state/gateway.toml
+echo "mosquitto listens on 127.0.0.1:$port; starting the gateway:"
+DIDGW_MQTT_PASSWORD="$gateway_pw" didgw run --config demo-state/gateway.toml 2>&1 | sed 's/^/  [gateway] /' &
+gateway_pid=$!
+sleep 3
+sensor=$(python firmware-sim/sensor.py --key "$keys/p1-meter.pem" --state demo-state/meter --print-did)
+echo "the P1 meter ($sensor) authenticates and sends 5 signed readings:"
+step python firmware-sim/sensor.py --broker "127.0.0.1:$port" --key "$keys/p1-meter.pem" \
+    --state demo-state/meter --rate 5 --count 5 --gateway-did "$(didgw init | sed -n 's/^Gateway DID: //p')"
+pkill -TERM -f "didgw run --config demo-state/gateway.toml" 2>/dev/null || true
+wait $gateway_pid 2>/dev/null || true
+step didgw chain verify
+didgw chain show "$(($(didgw chain export | wc -l) - 1))" | sed -n '1,12p'
