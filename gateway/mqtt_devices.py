@@ -180,6 +180,18 @@ class MqttDevices:
             self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
         return sum(1 for c in commands if c["command"] == "deleteClient")
 
+    def spawn_reconcile(self) -> None:
+        """After the broker came back: put the policy back and remove accounts we did not make."""
+        self._spawn(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        try:
+            removed = await asyncio.to_thread(self.prepare_broker)
+        except Exception as exc:  # the next reconnect tries again
+            log.error("cannot reconcile the broker after a reconnect: %s", exc)
+        else:
+            log.info("broker reconnected; removed %d device accounts it should not have", removed)
+
     async def watch(self, interval: float = 0.5) -> None:
         """Close accounts whose session expired or whose device is no longer active.
 

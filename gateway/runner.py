@@ -116,6 +116,7 @@ class _MqttSide:
             subscriptions=devices.subscriptions,
             on_message=devices.on_message,
             loop=loop,
+            on_reconnect=devices.spawn_reconcile,
         )
         self.link.start()
         self.watcher = asyncio.ensure_future(devices.watch())

@@ -47,9 +47,11 @@ class MqttLink:
         loop: asyncio.AbstractEventLoop,
         keepalive: int = 30,
         max_inflight: int = 1000,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self._on_message = on_message
+        self._on_reconnect = on_reconnect
         self._subscriptions = list(subscriptions)
         self._host, self._port, self._keepalive = host, port, keepalive
         self.connected = asyncio.Event()
@@ -100,6 +102,8 @@ class MqttLink:
             client.subscribe(topic, qos=1)
         self.connects += 1
         self._loop.call_soon_threadsafe(self.connected.set)
+        if self.connects > 1 and self._on_reconnect is not None:
+            self._loop.call_soon_threadsafe(self._on_reconnect)
 
     def _disconnected(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any

@@ -302,10 +302,17 @@ def test_broker_restart_mid_stream_records_every_reading_once(
             if i == 10:
                 mosquitto.restart()
         assert device.wait_acked(timeout=60), device.stats
+        newcomer = make_device(tmp_path, mosquitto, "newcomer", gw)
+        register(didgw, gateway.state, newcomer.did, "newcomer")
+        newcomer.start(timeout=15)  # the gateway administers the restarted broker again
+        newcomer.publish_reading("energy", {"import_kwh": {"value": 1, "unit": "kWh"}})
+        assert newcomer.wait_acked(timeout=15)
+        newcomer.stop()
     finally:
         device.stop()
         assert gateway.stop() == 0, gateway.output
-    recorded = records(gateway.state)
+    assert "broker reconnected" in gateway.output
+    recorded = [e for e in records(gateway.state) if e.actor == device.did]
     seqs = sorted(
         json.loads(
             verify_jws(
