@@ -1,33 +1,43 @@
 """Devices over MQTT, end to end: broker rate, gateway rate, ack latency, auth rate, memory.
 
-    python bench/ingest.py [--quick] [--devices N] [--workers N] [--rate R]
+    python bench/ingest.py [--quick] [--devices N] [--workers N] [--window N] [--rate R]
+                           [--registered N] [--verify-workers N] [--tcp-nodelay]
 
 Everything runs on loopback: a real mosquitto with dynamic security (the test
-suite's broker helper), ``didgw run`` started as a user starts it, and load
-generator processes that speak the wire protocol of the README ("Devices over
-MQTT") with the device simulator's message builders (``firmware-sim/device.py``).
+suite's broker helper, tests/integration/broker.py), ``didgw run`` started as a
+user starts it (the gateway's own defaults, unless ``--verify-workers``), and
+load generator processes that speak the wire protocol of the README ("Devices
+over MQTT") with the device simulator's message builders
+(``firmware-sim/device.py``). ``--quick`` takes about half a minute, the full
+run about a minute and a half.
 
 * ``raw_qos1_per_s``: what the broker alone carries: one paho client publishes
-  a signed reading (QoS 1, at most 1,000 unacknowledged) to one paho
-  subscriber (QoS 1); messages received per second;
+  signed readings (QoS 1, at most 1,000 unacknowledged) to one paho subscriber
+  (QoS 1); messages received per second (after a warm-up);
 * ``gateway_per_s``: signed readings per second through the gateway: devices
-  that authenticated through the protocol publish pre-signed readings (QoS 1,
-  a window of readings awaiting their ack per device); ``accepted`` acks
-  received per second (publish → verified → on the record → ack received);
+  (20) that authenticated through the protocol publish readings signed
+  beforehand (QoS 1, each with a window of readings awaiting their ack);
+  ``accepted`` acks received per second after a warm-up (publish → verified →
+  on the record → ack received);
 * ``ratio``: ``gateway_per_s / raw_qos1_per_s``;
 * ``p99_ack_ms_at_1000``: publish → ack latency, 99th percentile, at a paced
-  offered load of 1,000 readings/s spread over the devices;
-* ``auth_per_s``: authentications per second, hello to grant received and its
-  broker password decrypted, many devices at once (the gateway creates a
-  broker account for each before it grants);
+  offered load of 1,000 readings/s spread evenly over the same devices;
+* ``auth_per_s``: authentications per second, from the first hello to the last
+  grant received and its broker password decrypted, 200 (``--quick``) or 1,000
+  devices at once over a few anonymous connections; the gateway creates each
+  device's broker account before it grants;
 * ``rss_mb_10k_devices``: the gateway process's resident memory (VmRSS) with
-  10,000 registered devices: the largest of after start-up, after the
-  authentications and after the readings.
+  10,000 registered devices (registered through the library before the gateway
+  starts): the largest of after start-up, after the authentications and after
+  the readings. The PSS of all the gateway's processes is reported beside it.
 
 The record is durable as always (SQLite WAL, ``synchronous=FULL``). The load
-generators share the machine with the broker and the gateway; the CPU each
-used is printed and reported. Temporary files go to ``$DIDGW_BENCH_DIR`` if
-set. The last line is one JSON object with the figures.
+generators share the machine with the broker and the gateway: the CPU each one
+used (percent of one core) is printed and reported, the gateway's per process
+and per thread of its main process. ``--tcp-nodelay`` turns on the broker's
+``set_tcp_nodelay`` and TCP_NODELAY on the load generators' sockets (the
+gateway's own sockets are as the gateway makes them). Temporary files go to
+``$DIDGW_BENCH_DIR`` if set. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import os
 import queue
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -76,7 +87,7 @@ dev = _load("firmware_device", ROOT / "firmware-sim" / "device.py")
 brokers = _load("didgw_test_broker", ROOT / "tests" / "integration" / "broker.py")
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
-WINDOW = dev.MAX_INFLIGHT  # unacknowledged QoS 1 publishes per client at most (paho: 65,535)
+WINDOW = 1_000  # unacknowledged QoS 1 publishes per client at most (paho allows 65,535)
 VALUES = {"import_kwh": {"value": 1234.567, "unit": "kWh"}, "power_w": {"value": 812, "unit": "W"}}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -100,6 +111,14 @@ def children(pid: int) -> list[int]:
     return tree
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def cpu_s(stat_path: Path) -> float:
     """utime + stime of one process or thread, in seconds (0 once it is gone)."""
     try:
@@ -115,6 +134,20 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages split between the processes sharing them."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return rss_mb(pid)
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """The process's VmRSS, and the PSS of it and all its child processes, in MB."""
+    return rss_mb(pid), sum(pss_mb(p) for p in children(pid))
 
 
 class CpuMeter:
@@ -216,7 +249,7 @@ def new_client(name: str, username: str | None = None, password: str | bytes | N
     return client
 
 
-def open_client(client, host: str, port: int, topics: list[str], timeout: float = 10.0) -> None:
+def open_client(client, conn: dict, topics: list[str], timeout: float = 10.0) -> None:
     """Connect, subscribe (QoS 1, 100 topics a packet) and wait for every SUBACK."""
     ready, failed = threading.Event(), []
     waiting: set[int] = set()
@@ -243,10 +276,12 @@ def open_client(client, host: str, port: int, topics: list[str], timeout: float 
                 ready.set()
 
     client.on_connect, client.on_subscribe = on_connect, on_subscribe
-    client.connect(host, port, keepalive=60)
+    client.connect(conn["host"], conn["port"], keepalive=60)
+    if conn.get("nodelay"):
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.loop_start()
     if not ready.wait(timeout) or failed:
-        raise RuntimeError(f"broker {host}:{port}: {failed or 'no answer'}")
+        raise RuntimeError(f"broker {conn['host']}:{conn['port']}: {failed or 'no answer'}")
 
 
 def close_client(client) -> None:
@@ -279,7 +314,7 @@ def raw_subscriber(ready, go, conn):
     stamps: list[float] = []
     client = new_client("raw-sub", conn["username"], conn["password"])
     client.on_message = lambda _c, _u, _m: stamps.append(time.monotonic())
-    open_client(client, conn["host"], conn["port"], [conn["topic"]])
+    open_client(client, conn, [conn["topic"]])
     ready(None)
     _, start, end = go()
     sleep_until(end + 1.0)  # what was in flight at the end arrives (and is not counted)
@@ -304,7 +339,7 @@ def raw_publisher(ready, go, conn):
         send()  # one PUBACK frees one place in the window
 
     client.on_publish = on_publish
-    open_client(client, conn["host"], conn["port"], [])
+    open_client(client, conn, [])
     ready(None)
     _, start, end = go()
     state["end"] = end
@@ -340,7 +375,7 @@ class Authenticator:
             topics = [
                 f"{prefix}/auth/res/{r}" for r, a in self.auths.items() if a["client"] is client
             ]
-            open_client(client, conn["host"], conn["port"], topics, timeout=30)
+            open_client(client, conn, topics, timeout=30)
 
     def run(self, start: float, timeout: float) -> list[dict]:
         sleep_until(start)
@@ -431,7 +466,7 @@ class LoadDevice:
         self.refused: Counter[str] = Counter()
         self.client = new_client("dev", grant.username, grant.password)
         self.client.on_message = self._ack
-        open_client(self.client, conn["host"], conn["port"], [grant.acks])
+        open_client(self.client, conn, [grant.acks])
 
     def burst(self, stop_at: int, deadline: float) -> None:
         """Send up to ``stop_at`` as fast as the window allows until ``deadline``."""
@@ -497,10 +532,7 @@ def readings_worker(ready, go, conn, plan):
         for d in devices:
             d.burst(burst_n, deadline)
         wait_drained(devices, deadline + 30)
-        burst = {
-            "ack_times": [t for d in devices for t in d.ack_times],
-            "refused": sum((d.refused for d in devices), Counter()),
-        }
+        burst = {"ack_times": [t for d in devices for t in d.ack_times]}
         ready(None)
         _, start, rate, first_slot, slots = go()
         sent = paced(devices, start, rate, (first_slot, slots), (burst_n, paced_n))
@@ -565,15 +597,27 @@ class Workers:
         self.controls.append(control)
         self.processes.append(process)
 
-    def gather(self, kind: str, timeout: float) -> list:
-        """One ``kind`` message from every worker, in worker order; raise on an error."""
+    def gather(self, kind: str, timeout: float, alive=lambda: None) -> list:
+        """One ``kind`` message from every worker, in worker order; raise on an error.
+
+        ``alive`` is called twice a second and raises when something the workers need
+        (the broker, the gateway) is gone.
+        """
         got: dict[int, object] = {}
         deadline = time.monotonic() + timeout
         while len(got) < len(self.processes):
             try:
-                what, wid, value = self.results.get(timeout=max(0.1, deadline - time.monotonic()))
+                what, wid, value = self.results.get(timeout=0.5)
             except queue.Empty:
-                raise RuntimeError(f"workers not {kind} within {timeout:.0f} s") from None
+                alive()
+                gone = [
+                    i for i, p in enumerate(self.processes) if i not in got and not p.is_alive()
+                ]
+                if gone:
+                    raise RuntimeError(f"load generator {gone[0]} ended without a result") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"workers not {kind} within {timeout:.0f} s") from None
+                continue
             if what == "error":
                 raise RuntimeError(f"load generator {wid} failed:\n{value}")
             if what != kind:
@@ -589,9 +633,14 @@ class Workers:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
-    def close(self) -> None:
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        """Let finished workers exit; on an error or Ctrl-C, end them at once."""
         for process in self.processes:
-            process.join(timeout=5)
+            if exc_type is None:
+                process.join(timeout=5)
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
@@ -628,8 +677,10 @@ class Gateway:
         return self.process.pid
 
     def stop(self) -> int | None:
+        """SIGTERM (as systemd stops it), SIGKILL after 30 s; then any of its processes left."""
         if self.process is None:
             return None
+        helpers = children(self.process.pid)[1:]
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -637,6 +688,10 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        for pid in helpers:
+            with contextlib.suppress(OSError):
+                if running(pid) and os.getsid(pid) == os.getsid(0):  # still one of ours
+                    os.kill(pid, signal.SIGKILL)
         return self.process.returncode
 
 
@@ -670,9 +725,9 @@ def bench_raw(broker, payload: bytes, s: dict) -> tuple[float, dict]:
         "password": broker.gateway_password,
         "topic": f"{broker.prefix}/bench/raw",
         "payload": payload,
+        "nodelay": s["tcp_nodelay"],
     }
-    workers = Workers()
-    try:
+    with Workers() as workers:
         workers.start(raw_subscriber, conn)
         workers.start(raw_publisher, conn)
         workers.gather("ready", 60)
@@ -684,26 +739,21 @@ def bench_raw(broker, payload: bytes, s: dict) -> tuple[float, dict]:
         workers.go(start, start + s["raw_seconds"])
         sub, pub = workers.gather("done", s["raw_seconds"] + 30)
         cpu = meter.stop()
-    finally:
-        workers.close()
     counted = [t for t in sub["times"] if t >= start + s["warmup"]]
     rate = len(counted) / (s["raw_seconds"] - s["warmup"])
     return rate, {"sent": pub["sent"], "received": sub["received"], "cpu_pct": cpu}
 
 
-def bench_auth(conn: dict, pids: dict, keys: list[bytes], s: dict) -> tuple[float, dict]:
-    workers = Workers()
-    try:
+def bench_auth(conn: dict, pids: dict, keys: list[bytes], s: dict, alive) -> tuple[float, dict]:
+    with Workers() as workers:
         for i in range(s["workers"]):
             workers.start(auth_worker, conn, keys[i :: s["workers"]], 120)
-        workers.gather("ready", 120)
+        workers.gather("ready", 120, alive)
         start = time.monotonic() + 0.3
         meter = CpuMeter({**pids, "load generators": workers.pids}, detail=pids["gateway"][0])
         workers.go(start)
-        outcomes = [o for part in workers.gather("done", 180) for o in part]
+        outcomes = [o for part in workers.gather("done", 180, alive) for o in part]
         cpu = meter.stop()
-    finally:
-        workers.close()
     ok = [o for o in outcomes if o["error"] is None and o["end"] is not None]
     errors = Counter(o["error"] or "no answer" for o in outcomes if o not in ok)
     elapsed = max(o["end"] for o in ok) - min(o["hello"] for o in outcomes) if ok else math.inf
@@ -719,13 +769,12 @@ def bench_auth(conn: dict, pids: dict, keys: list[bytes], s: dict) -> tuple[floa
     }
 
 
-def bench_readings(conn: dict, pids: dict, keys: list[bytes], s: dict) -> dict:
+def bench_readings(conn: dict, pids: dict, keys: list[bytes], s: dict, alive) -> dict:
     """The throughput phase, then the paced phase, with the same authenticated devices."""
     n = len(keys)
     every = s["workers"]
     slices = [part for part in (list(range(n))[i::every] for i in range(every)) if part]
-    workers = Workers()
-    try:
+    with Workers() as workers:
         for indices in slices:
             plan = {
                 "keys": [keys[i] for i in indices],
@@ -734,20 +783,18 @@ def bench_readings(conn: dict, pids: dict, keys: list[bytes], s: dict) -> dict:
                 "window": s["window"],
             }
             workers.start(readings_worker, conn, plan)
-        workers.gather("ready", 180)  # authenticated, connected, readings signed
+        workers.gather("ready", 180, alive)  # authenticated, connected, readings signed
         start = time.monotonic() + 0.3
         deadline = start + s["burst_seconds"]
         meter = CpuMeter({**pids, "load generators": workers.pids}, detail=pids["gateway"][0])
         workers.go(start, deadline)
-        workers.gather("ready", s["burst_seconds"] + 60)
+        workers.gather("ready", s["burst_seconds"] + 60, alive)
         cpu = meter.stop()
         paced_start, first = time.monotonic() + 0.5, 0
         for control, indices in zip(workers.controls, slices, strict=True):
             control.put(("go", paced_start, s["rate"], first, n))
             first += len(indices)
-        results = workers.gather("done", s["paced_per_device"] * n / s["rate"] + 90)
-    finally:
-        workers.close()
+        results = workers.gather("done", s["paced_per_device"] * n / s["rate"] + 90, alive)
     ack_times = sorted(t for r in results for t in r["burst"]["ack_times"])
     end = min(deadline, ack_times[-1]) if ack_times else deadline
     counted = [t for t in ack_times if start + s["warmup"] <= t <= end]
@@ -755,14 +802,26 @@ def bench_readings(conn: dict, pids: dict, keys: list[bytes], s: dict) -> dict:
     return {
         "rate": len(counted) / max(end - start - s["warmup"], 1e-9),
         "accepted": len(ack_times),
-        "seconds": round(end - start, 2),
+        "counted": len(counted),
+        "seconds": round(end - start - s["warmup"], 2),
         "cpu_pct": cpu,
         "latencies_ms": [t * 1000 for r in results for t in r["paced_latencies"]],
         "offered": (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0,
         "paced_sent": len(sent),
         "paced_lost": sum(r["paced_lost"] for r in results),
-        "refused": dict(sum((r["refused"] + r["burst"]["refused"] for r in results), Counter())),
+        "refused": dict(sum((r["refused"] for r in results), Counter())),
     }
+
+
+class Broker(brokers.Mosquitto):
+    """The test suite's broker, optionally with ``set_tcp_nodelay true``."""
+
+    def __init__(self, directory: Path, *, nodelay: bool) -> None:
+        super().__init__(directory)
+        self.nodelay = nodelay
+
+    def _config(self) -> str:
+        return super()._config() + ("set_tcp_nodelay true\n" if self.nodelay else "")
 
 
 def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
@@ -783,7 +842,7 @@ def run(s: dict, tmp: Path) -> dict:
     missing = brokers.missing_tools()
     if missing:
         raise SystemExit(f"{missing}: run scripts/setup.sh")
-    broker = brokers.Mosquitto(tmp / "mosquitto")
+    broker = Broker(tmp / "mosquitto", nodelay=s["tcp_nodelay"])
     gateway: Gateway | None = None
     out: dict = {}
     try:
@@ -807,7 +866,8 @@ def run(s: dict, tmp: Path) -> dict:
         gateway = Gateway(state, config, broker.gateway_password, tmp / "gateway.log")
         started = time.monotonic()
         gateway.start()
-        rss = out["rss"] = {"after_start": rss_mb(gateway.pid)}
+        time.sleep(1.0)  # its verification processes finish starting
+        memories = {"after start": memory(gateway.pid)}
         print(f"didgw run up in {time.monotonic() - started:.1f} s")
 
         conn = {
@@ -815,38 +875,58 @@ def run(s: dict, tmp: Path) -> dict:
             "port": broker.port,
             "prefix": broker.prefix,
             "gateway_did": gateway_did_of(state, config),
+            "nodelay": s["tcp_nodelay"],
         }
         pids = {"gateway": [gateway.pid], "mosquitto": [broker.pid]}
-        auth_keys = keys[s["devices"] : s["devices"] + s["auth_devices"]]
-        out["auth"], auth = bench_auth(conn, pids, auth_keys, s)
-        rss["after_auth"] = rss_mb(gateway.pid)
-        print(
-            f"authentications: {out['auth']:,.0f}/s ({auth['granted']:,} of {auth['devices']:,} "
-            f"granted in {auth['seconds']} s; hello → grant p50 {auth['p50_ms']} ms, "
-            f"max {auth['max_ms']} ms)"
-        )
-        print(f"  CPU, % of one core: {cpu_text(auth['cpu_pct'])}")
-        if auth["errors"]:
-            print(f"  authentication errors: {auth['errors']}")
 
-        readings = bench_readings(conn, pids, keys[: s["devices"]], s)
-        rss["after_readings"] = rss_mb(gateway.pid)
-        out["tree_rss"] = sum(rss_mb(pid) for pid in children(gateway.pid))
-        report_readings(s, readings, rss, out["tree_rss"])
+        def alive() -> None:
+            for name, pid in (("didgw run", gateway.pid), ("mosquitto", broker.pid)):
+                if not running(pid):
+                    raise RuntimeError(f"{name} is gone")
+
+        auth_keys = keys[s["devices"] : s["devices"] + s["auth_devices"]]
+        out["auth"], auth = bench_auth(conn, pids, auth_keys, s, alive)
+        memories["after authentications"] = memory(gateway.pid)
+        report_auth(out["auth"], auth)
+
+        readings = bench_readings(conn, pids, keys[: s["devices"]], s, alive)
+        memories["after readings"] = memory(gateway.pid)
+        report_readings(s, readings)
+        out["rss"] = {k: v[0] for k, v in memories.items()}
+        out["pss_tree"] = {k: v[1] for k, v in memories.items()}
+        print(
+            f"gateway memory with {s['registered']:,} devices registered, MB: "
+            + "; ".join(f"{k} RSS {v[0]:.1f} (all its processes: PSS {v[1]:.1f})"
+                        for k, v in memories.items())
+        )  # fmt: skip
     finally:
         code = gateway.stop() if gateway is not None else None
         broker.stop()
-    if code not in (0, None):
-        print(f"warning: didgw run exited with status {code}; its log: {tmp / 'gateway.log'}")
+    log = (tmp / "gateway.log").read_text(errors="replace").splitlines()
+    out["log_warnings"] = sum(" WARNING " in line or " ERROR " in line for line in log)
+    if code not in (0, None) or out["log_warnings"]:
+        print(f"didgw run exited with status {code}; the end of its log:")
+        print("\n".join(f"  {line}" for line in log[-10:]))
     return result(s, out, raw, auth, readings)
 
 
-def report_readings(s: dict, readings: dict, rss: dict, tree_rss: float) -> None:
+def report_auth(rate: float, auth: dict) -> None:
+    print(
+        f"authentications: {rate:,.0f}/s ({auth['granted']:,} of {auth['devices']:,} "
+        f"granted in {auth['seconds']} s; hello → grant p50 {auth['p50_ms']} ms, "
+        f"max {auth['max_ms']} ms)"
+    )
+    print(f"  CPU, % of one core: {cpu_text(auth['cpu_pct'])}")
+    if auth["errors"]:
+        print(f"  authentication errors: {auth['errors']}")
+
+
+def report_readings(s: dict, readings: dict) -> None:
     p50, p99 = (percentile(readings["latencies_ms"], p) for p in (50, 99))
     print(
         f"gateway, {s['devices']} devices, window {s['window']} each: "
         f"{readings['rate']:,.0f} accepted readings/s "
-        f"({readings['accepted']:,} acks in {readings['seconds']} s)"
+        f"({readings['counted']:,} acks in {readings['seconds']} s after {s['warmup']} s warm-up)"
     )
     print(f"  CPU, % of one core: {cpu_text(readings['cpu_pct'])}")
     print(
@@ -856,12 +936,6 @@ def report_readings(s: dict, readings: dict, rss: dict, tree_rss: float) -> None
     )
     if readings["refused"]:
         print(f"  refused readings: {readings['refused']}")
-    print(
-        "gateway RSS with "
-        f"{s['registered']:,} devices registered (MB): "
-        + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in rss.items())
-        + f" (process tree now {tree_rss:.1f})"
-    )
 
 
 def result(s: dict, out: dict, raw: dict, auth: dict, readings: dict) -> dict:
@@ -883,7 +957,9 @@ def result(s: dict, out: dict, raw: dict, auth: dict, readings: dict) -> dict:
         "window_per_device": s["window"],
         "load_processes": s["workers"],
         "verify_workers": s["verify_workers"],
+        "tcp_nodelay": s["tcp_nodelay"],
         "gateway_seconds": readings["seconds"],
+        "gateway_counted": readings["counted"],
         "gateway_accepted": readings["accepted"],
         "gateway_cpu_pct": readings["cpu_pct"],
         "paced_rate": s["rate"],
@@ -898,7 +974,8 @@ def result(s: dict, out: dict, raw: dict, auth: dict, readings: dict) -> dict:
         "auth_p50_ms": auth["p50_ms"],
         "auth_cpu_pct": auth["cpu_pct"],
         "rss_mb": {k: round(v, 1) for k, v in out["rss"].items()},
-        "rss_mb_process_tree": round(out["tree_rss"], 1),
+        "pss_mb_all_processes": {k: round(v, 1) for k, v in out["pss_tree"].items()},
+        "gateway_log_warnings": out["log_warnings"],
         "cpus": os.cpu_count(),
     }
 
@@ -918,6 +995,11 @@ def main() -> None:
         type=int,
         help="the gateway's [mqtt] verify_workers (default: the gateway's own default)",
     )
+    parser.add_argument(
+        "--tcp-nodelay",
+        action="store_true",
+        help="broker with set_tcp_nodelay, and TCP_NODELAY on the load generators' sockets",
+    )
     args = parser.parse_args()
     quick = args.quick
     s = {
@@ -926,7 +1008,8 @@ def main() -> None:
         "warmup": 0.5 if quick else 1.0,
         "auth_devices": 200 if quick else 1000,
         "burst_seconds": 5.0 if quick else 20.0,
-        "burst_per_device": (8_000 if quick else 30_000) // args.devices,
+        # enough for the time above at 2,400/s; the phase ends at whichever comes first
+        "burst_per_device": (15_000 if quick else 60_000) // args.devices,
         "paced_per_device": math.ceil(args.rate * (3 if quick else 10) / args.devices),
     }
     if not 1 <= args.window <= WINDOW:
@@ -934,8 +1017,12 @@ def main() -> None:
     if args.registered < args.devices + s["auth_devices"]:
         parser.error(f"--registered must be at least {args.devices + s['auth_devices']}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
-    with tempfile.TemporaryDirectory(dir=os.environ.get("DIDGW_BENCH_DIR")) as tmp:
-        summary = run(s, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("DIDGW_BENCH_DIR")) as tmp:
+            summary = run(s, Path(tmp))
+    except KeyboardInterrupt:
+        print("interrupted; the broker and the gateway were stopped", file=sys.stderr)
+        sys.exit(130)
     print(json.dumps(summary))
 
 
