@@ -180,9 +180,9 @@ class MqttSection(_Section):
     )
     verify_workers: int = _setting(
         -1,
-        "Extra processes that verify readings' signatures, sharing the readings through an "
-        "MQTT shared subscription. -1: one per CPU core beyond the first; 0: verify in the "
-        "main process only.",
+        "Processes that verify readings' signatures, sharing the readings through an MQTT "
+        "shared subscription while the main process records and acknowledges. -1: one per "
+        "CPU core (none on a single core); 0: the main process verifies everything.",
         _between(-1, 64),
     )
 

@@ -75,7 +75,7 @@ class _MqttSide:
         loop = asyncio.get_running_loop()
         mqtt = config.mqtt
         password = mqtt_password(config, env)
-        workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else (os.cpu_count() or 1) - 1
+        workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else default_verify_workers()
         self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
         await asyncio.to_thread(self.broker.connect)
         authenticator = Authenticator(
@@ -134,6 +134,12 @@ class _MqttSide:
             await self.devices.drain()
         if self.broker is not None:
             self.broker.close()
+
+
+def default_verify_workers() -> int:
+    """One verifier per core; none on a single core (the main process verifies there)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else cores
 
 
 async def serve(

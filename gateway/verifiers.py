@@ -105,6 +105,7 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     from gateway.ingest import Ack
     from gateway.registry import Registry
     from gateway.service import build_resolver
+    from gateway.transports.mqtt import set_nodelay
 
     config, mqtt_config = settings.config, settings.config.mqtt
     db = connect(settings.state_dir / DB_NAME)
@@ -129,6 +130,7 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     client.username_pw_set(mqtt_config.username, settings.password)
 
     def connected(client: mqtt.Client, *_: Any) -> None:
+        set_nodelay(client)
         client.subscribe(shared_readings_filter(prefix), qos=1)
 
     def received(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

@@ -74,6 +74,7 @@ plugin $plugin
 plugin_opt_config_file $broker/dynamic-security.json
 persistence false
 max_queued_messages 1000000
+set_tcp_nodelay true
 user $(id -un)
 log_dest file $broker/mosquitto.log
 CONF

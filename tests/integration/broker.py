@@ -135,6 +135,7 @@ class Mosquitto:
                 # The stock 1000 silently drops QoS 1 messages queued for a slow subscriber.
                 "max_queued_messages 1000000",
                 "max_inflight_messages 100",
+                "set_tcp_nodelay true",
                 f"user {user}",
                 f"log_dest file {self.log_file}",
                 "log_type error",
