@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from support import WebResolver
 
 from gateway.auth import Authenticator, Grant, Outgoing, open_secret
 from gateway.auth.messages import (
@@ -23,10 +24,9 @@ from gateway.auth.messages import (
     ResponsePayload,
 )
 from gateway.errors import ConfigError
-from gateway.identity import Resolution, offline_resolver, sign_jws, verify_jws
+from gateway.identity import offline_resolver, sign_jws, verify_jws
 from gateway.identity.did_key import ed25519_multikey
 from gateway.identity.keystore import generate_key, public_bytes
-from gateway.identity.resolver import Unreachable
 from gateway.identity.signing import Signer
 from gateway.registry import Status
 
@@ -71,22 +71,6 @@ class Device:
         }
         payload = ResponsePayload(**fields).encode()
         return sign_jws(payload, signer or self.signer, headers={"typ": AUTH_TYP}).encode()
-
-
-class WebResolver:
-    """did:key offline; one did:web document, or the network down."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        self.down = False
-        self._offline = offline_resolver()
-
-    def resolve(self, did: str, *, now: float) -> Resolution:
-        if did.startswith("did:key:"):
-            return self._offline.resolve(did, now=now)
-        if self.down:
-            raise Unreachable(f"cannot fetch {did}: network is unreachable")
-        return Resolution(did, self.document, "https://device.example/.well-known/did.json", now)
 
 
 def web_document(signer: Signer, relationships: list[str]) -> dict[str, Any]:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from support import WebResolver
 
 from gateway.auth import Measurement, ReadingChecker, ReadingRefused
 from gateway.auth.readings import READING_TYP
-from gateway.identity import Resolution, offline_resolver, sign_jws
+from gateway.identity import offline_resolver, sign_jws
 from gateway.identity.did_key import ed25519_multikey
 from gateway.identity.keystore import generate_key, public_bytes
-from gateway.identity.resolver import Unreachable
 from gateway.identity.signing import Signer
 from gateway.registry import Status
 
@@ -36,22 +36,6 @@ def token(signer: Signer, *, typ: Any = READING_TYP, **change: Any) -> bytes:
 def sign_raw(payload: bytes, signer: Signer, *, typ: Any = READING_TYP) -> bytes:
     headers = {} if typ is DROP else {"typ": typ}
     return sign_jws(payload, signer, headers=headers).encode()
-
-
-class WebResolver:
-    """did:key offline; one did:web document, or the network down."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        self.down = False
-        self._offline = offline_resolver()
-
-    def resolve(self, did: str, *, now: float) -> Resolution:
-        if did.startswith("did:key:"):
-            return self._offline.resolve(did, now=now)
-        if self.down:
-            raise Unreachable(f"cannot fetch {did}: network is unreachable")
-        return Resolution(did, self.document, "https://meter.example/.well-known/did.json", now)
 
 
 def web_meter(relationships: list[str]) -> tuple[Signer, WebResolver]:
