@@ -27,8 +27,11 @@ from typing import Any
 
 from gateway.auth.broker import shared_readings_filter
 from gateway.auth.readings import Reading
+from gateway.errors import DidgwError
 
 log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0  # seconds a worker may take to start and subscribe
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,19 @@ class VerifierPool:
             )
             process.start()
             child.close()
-            self._loop.add_reader(parent.fileno(), self._drain, parent)
             self._workers.append((process, parent))
+        for _, parent in self._workers:  # each says "ready" once subscribed to the share
+            if not parent.poll(READY_TIMEOUT) or parent.recv() != "ready":
+                self.stop()
+                raise DidgwError("a verification worker did not subscribe to the readings in time")
+            self._loop.add_reader(parent.fileno(), self._drain, parent)
 
     def _drain(self, conn: Connection) -> None:
         try:
             while conn.poll():
-                self._on_reading(conn.recv())
+                message = conn.recv()
+                if isinstance(message, Reading):  # "ready" again after a reconnect
+                    self._on_reading(message)
         except (EOFError, OSError):
             self._loop.remove_reader(conn.fileno())
             log.error("a verification worker stopped; its share of readings goes to the others")
@@ -99,29 +108,12 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from gateway.auth.readings import ReadingChecker, ReadingRefused
-    from gateway.db import DB_NAME, connect
-    from gateway.identity.cache import SqliteResolutionCache
+    from gateway.auth.readings import ReadingRefused
     from gateway.ingest import Ack
-    from gateway.registry import Registry
-    from gateway.service import build_resolver
     from gateway.transports.mqtt import set_nodelay
 
-    config, mqtt_config = settings.config, settings.config.mqtt
-    db = connect(settings.state_dir / DB_NAME)
-    resolver = build_resolver(config, SqliteResolutionCache(db))
-    registry = Registry(db, resolver)
-
-    def status_of(did: str) -> Any:
-        device = registry.find(did)
-        return None if device is None else device.status
-
-    checker = ReadingChecker(
-        resolver,
-        status_of,
-        clock_skew_ms=mqtt_config.clock_skew_seconds * 1000,
-        max_age_ms=mqtt_config.max_reading_age_seconds * 1000,
-    )
+    mqtt_config = settings.config.mqtt
+    checker, db = _worker_checker(settings)
     prefix = mqtt_config.prefix
     readings_prefix, sending = f"{prefix}/d/", threading.Lock()
     client = mqtt.Client(
@@ -132,6 +124,11 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     def connected(client: mqtt.Client, *_: Any) -> None:
         set_nodelay(client)
         client.subscribe(shared_readings_filter(prefix), qos=1)
+
+    def subscribed(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if not any(r.is_failure for r in reasons):
+            with sending:
+                conn.send("ready")
 
     def received(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
@@ -148,6 +145,7 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
             conn.send(reading)
 
     client.on_connect = connected
+    client.on_subscribe = subscribed
     client.on_message = received
     client.reconnect_delay_set(1, 30)
     client.connect_async(mqtt_config.host, mqtt_config.port, keepalive=30)
@@ -160,3 +158,29 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
         client.disconnect()
         client.loop_stop()
         db.close()
+
+
+def _worker_checker(settings: WorkerSettings) -> tuple[Any, Any]:
+    """A worker's own reading checker, on its own database connection (and the database)."""
+    from gateway.auth.readings import ReadingChecker
+    from gateway.db import DB_NAME, connect
+    from gateway.identity.cache import SqliteResolutionCache
+    from gateway.registry import Registry
+    from gateway.service import build_resolver
+
+    config = settings.config
+    db = connect(settings.state_dir / DB_NAME)
+    resolver = build_resolver(config, SqliteResolutionCache(db))
+    registry = Registry(db, resolver)
+
+    def status_of(did: str) -> Any:
+        device = registry.find(did)
+        return None if device is None else device.status
+
+    checker = ReadingChecker(
+        resolver,
+        status_of,
+        clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+        max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
+    )
+    return checker, db

@@ -29,8 +29,8 @@ from typing import Any, Self
 
 from gateway.errors import DidgwError, SignatureError
 from gateway.identity.document import check_did_syntax
-from gateway.identity.resolver import Resolver, Unreachable
-from gateway.identity.signing import VerifiedJws, verify_jws
+from gateway.identity.resolver import Resolver
+from gateway.identity.signing import SignerUnavailable, VerifiedJws, verify_jws
 from gateway.registry import Status
 
 #: The reasons a ``refused`` message may give, as the README lists them.
@@ -231,15 +231,12 @@ def verify_signed(
     kid = header.get("kid")
     if not isinstance(kid, str) or kid.partition("#")[0] != did:
         raise AuthRefused("bad_signature", f"JWS kid {kid!r} is not a key of {did}")
-    now = now_ms / 1000
     try:
-        resolver.resolve(did, now=now)
-    except Unreachable as exc:
+        verified = verify_jws(
+            token, resolver=resolver, relationship=relationship, now=now_ms / 1000
+        )
+    except SignerUnavailable as exc:
         raise AuthRefused("unavailable", str(exc)) from None
-    except DidgwError as exc:
-        raise AuthRefused("bad_signature", str(exc)) from None
-    try:
-        verified = verify_jws(token, resolver=resolver, relationship=relationship, now=now)
     except SignatureError as exc:
         raise AuthRefused("bad_signature", str(exc)) from None
     if verified.payload != payload or verified.signer.did != did:

@@ -35,7 +35,7 @@ from gateway.identity.document import (
     split_did_url,
 )
 from gateway.identity.keystore import public_bytes
-from gateway.identity.resolver import Resolution, Resolver
+from gateway.identity.resolver import Resolution, Resolver, Unreachable
 
 # The product signs JWS with alg "EdDSA" (RFC 8037), which every JOSE stack
 # deployed on devices understands. RFC 9864 deprecates it in favour of the
@@ -44,6 +44,14 @@ from gateway.identity.resolver import Resolution, Resolver
 warnings.filterwarnings("ignore", message="EdDSA is deprecated via RFC 9864")
 
 JWS_ALGORITHMS = ("EdDSA", "Ed25519")
+
+
+class SignerUnavailable(SignatureError):
+    """The signature could not be checked because the signer's DID document cannot be
+    fetched now (and no fresh-enough copy is cached). Nothing is proven either way: a
+    caller may answer "try again later" rather than "forged"."""
+
+    code = "signer_unavailable"
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,8 @@ def verify_jws(
         signer = resolve_key(kid, resolver=resolver, relationship=relationship, now=now)
     except SignatureError:
         raise
+    except Unreachable as exc:
+        raise SignerUnavailable(f"cannot check JWS by {kid}: {exc}") from None
     except DidgwError as exc:
         raise SignatureError(f"cannot check JWS by {kid}: {exc}") from None
     try:

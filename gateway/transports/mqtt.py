@@ -69,7 +69,9 @@ class MqttLink:
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)  # paho's own outgoing queue: unbounded
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._subscribe_mid: int | None = None
         client.on_connect = self._connected
+        client.on_subscribe = self._subscribed
         client.on_disconnect = self._disconnected
         client.on_message = self._received
         self._client = client
@@ -102,8 +104,19 @@ class MqttLink:
             log.error("broker refused the gateway's connection: %s", reason)
             return
         set_nodelay(client)
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+        # ``connected`` is set once the broker has acknowledged the subscriptions: before
+        # that, a message published to us would be lost (a device's hello, a reading).
+        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
+
+    def _subscribed(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("the broker refused the gateway's subscriptions: %s", refused)
+            return
         self.connects += 1
         self._loop.call_soon_threadsafe(self.connected.set)
         if self.connects > 1 and self._on_reconnect is not None:
