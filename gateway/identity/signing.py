@@ -11,20 +11,31 @@ calls these, never raw Ed25519:
   verifies the Ed25519 signature. Any failure raises :class:`SignatureError`
   with the reason;
 * :func:`sign_jws` / :func:`verify_jws` wrap the same in a compact JWS.
+
+Verification is the ingest hot path (every reading), so two things are done
+once rather than per signature: a ``did:key`` key is resolved once per process
+(its document is a pure function of the DID, so the result cannot go stale),
+and the Ed25519 check itself runs on libsodium (PyNaCl), which verifies about
+twice as fast as OpenSSL through ``cryptography`` (bench/jws_verify.py).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from joserfc.jwa import JWSAlgModel
+from joserfc.jwk import OKPKey
+from joserfc.jws import JWSRegistry
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from gateway.errors import DidgwError, SignatureError
 from gateway.identity.did_key import did_from_public_key, ed25519_multikey
@@ -83,17 +94,45 @@ class VerifiedKey:
     did: str
     public_key: Ed25519PublicKey
     resolution: Resolution
+    raw: bytes = b""  # the 32-byte public key, for libsodium
+
+    @functools.cached_property
+    def jwk(self) -> OKPKey:
+        """The key as joserfc takes it (made once per key, not per signature)."""
+        return OKPKey.import_key(self.public_key)
+
+    @functools.cached_property
+    def sodium(self) -> VerifyKey:
+        """The key as libsodium takes it."""
+        return VerifyKey(self.raw)
+
+    def verifies(self, signature: bytes, message: bytes) -> bool:
+        """True when ``signature`` over ``message`` is this key's."""
+        return _sodium_verifies(self.sodium, signature, message)
+
+
+#: did:key keys already resolved, by (kid, relationship). Bounded: cleared when full.
+_DID_KEY_CACHE: dict[tuple[str, str], VerifiedKey] = {}
+_DID_KEY_CACHE_MAX = 65_536
 
 
 def resolve_key(kid: str, *, resolver: Resolver, relationship: str, now: float) -> VerifiedKey:
     """Resolve ``kid`` (a DID URL) to an Ed25519 key authorised for ``relationship``."""
+    cached = _DID_KEY_CACHE.get((kid, relationship))
+    if cached is not None:
+        return cached
     did, _ = split_did_url(kid)
     resolution = resolver.resolve(did, now=now)
     method = find_verification_method(resolution.document, kid)
     if not is_authorized(resolution.document, kid, relationship):
         raise SignatureError(f"{kid} is not authorised for {relationship} in the DID document")
-    key = Ed25519PublicKey.from_public_bytes(ed25519_key_of(method))
-    return VerifiedKey(kid, did, key, resolution)
+    raw = ed25519_key_of(method)
+    verified = VerifiedKey(kid, did, Ed25519PublicKey.from_public_bytes(raw), resolution, raw)
+    if did.startswith("did:key:") and resolution.source == "did:key":
+        if len(_DID_KEY_CACHE) >= _DID_KEY_CACHE_MAX:
+            _DID_KEY_CACHE.clear()
+        _DID_KEY_CACHE[(kid, relationship)] = verified
+    return verified
 
 
 def verify_detached(
@@ -107,10 +146,8 @@ def verify_detached(
 ) -> VerifiedKey:
     """Check that ``signature`` over ``message`` was made by ``kid``; return the key."""
     verified = resolve_key(kid, resolver=resolver, relationship=relationship, now=now)
-    try:
-        verified.public_key.verify(signature, message)
-    except InvalidSignature:
-        raise SignatureError(f"signature by {kid} does not verify") from None
+    if not verified.verifies(signature, message):
+        raise SignatureError(f"signature by {kid} does not verify")
     return verified
 
 
@@ -134,13 +171,49 @@ def sign_jws(payload: bytes, signer: Signer, *, headers: Mapping[str, Any] | Non
     )
 
 
+class _SodiumEd25519(JWSAlgModel):
+    """joserfc's Ed25519 JWS algorithm with the check done by libsodium (signing stays
+    with joserfc's own). Registered under both names, "EdDSA" and "Ed25519"."""
+
+    description = "Ed25519 (libsodium)"
+    key_type = "OKP"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        raise NotImplementedError("didgw signs with joserfc's own algorithm")
+
+    def verify(self, msg: bytes, sig: bytes, key: Any) -> bool:
+        public = key.raw_value if isinstance(key, OKPKey) else None
+        if not isinstance(public, Ed25519PublicKey):
+            return False
+        return _sodium_verifies(VerifyKey(public.public_bytes_raw()), sig, msg)
+
+
+def _sodium_verifies(key: VerifyKey, signature: bytes, message: bytes) -> bool:
+    if len(signature) != 64:  # libsodium would read a shorter one as part of the message
+        return False
+    try:
+        key.verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+class _VerifyRegistry(JWSRegistry):
+    algorithms = {name: _SodiumEd25519(name) for name in JWS_ALGORITHMS}  # noqa: RUF012
+
+
+_REGISTRY = _VerifyRegistry(algorithms=JWS_ALGORITHMS)
+
+
 def verify_jws(
     token: str | bytes, *, resolver: Resolver, relationship: str, now: float
 ) -> VerifiedJws:
     """Verify a compact JWS whose ``kid`` is a DID URL; refuse anything unexpected."""
     from joserfc import jws
     from joserfc.errors import JoseError
-    from joserfc.jwk import OKPKey
 
     try:
         obj = jws.extract_compact(_as_bytes(token))
@@ -164,7 +237,7 @@ def verify_jws(
     except DidgwError as exc:
         raise SignatureError(f"cannot check JWS by {kid}: {exc}") from None
     try:
-        valid = jws.validate_compact(obj, OKPKey.import_key(signer.public_key), algorithms=[alg])
+        valid = jws.validate_compact(obj, signer.jwk, registry=_REGISTRY)
     except JoseError as exc:
         raise SignatureError(f"JWS by {kid} refused: {exc.description or exc}") from None
     if not valid:
