@@ -20,13 +20,15 @@ from the record on first use, so a restart does not reopen the replay window.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
-from gateway.chain.store import ChainStore
+from gateway.chain.store import ChainStore, Entry
 from gateway.errors import DidgwError
 from gateway.recorder import Recorder
 
@@ -47,15 +49,26 @@ class Ack:
     reason: str | None = None
 
     def payload(self) -> bytes:
-        if self.accepted:
-            body = {"seq": self.seq, "status": "accepted", "entry": self.entry}
+        if self.accepted:  # one per reading: formatted directly (two integers)
+            return b'{"seq":%d,"status":"accepted","entry":%d}' % (self.seq or 0, self.entry or 0)
         else:
             body = {"seq": self.seq, "status": "refused", "reason": self.reason}
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+#: Told what happened to one reading, exactly once: at once for a refusal, from the
+#: recorder's thread once the entry is committed for an accepted one.
+Reply = Callable[[Ack], None]
+
+
 class ReadingPipeline:
-    """Check a reading, append it through the recorder, and say what happened."""
+    """Check a reading, append it through the recorder, and say what happened.
+
+    Callback-driven, so that the hot path needs no event loop: a verification
+    worker calls :meth:`handle` on its MQTT thread and the recorder's thread
+    publishes the ack. The state it keeps (the newest sequence number per
+    device, the counts) is guarded by a lock; :meth:`submit` is the asyncio form.
+    """
 
     def __init__(
         self,
@@ -70,59 +83,96 @@ class ReadingPipeline:
         self._lookups = lookups  # a read connection: last seq and already-recorded readings
         self._clock_ms = clock_ms
         self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.counts: dict[str, int] = {}  # outcome ("accepted", "duplicate", reasons) -> count
 
     def _count(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        with self._lock:
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
-    def _last_seq(self, did: str) -> int | None:
-        last = self._last.get(did)
-        if last is None:
-            last = self._lookups.last_key(did, READING)
-            if last is not None:
-                self._last[did] = last
-        return last
-
-    async def submit(self, did: str, token: bytes) -> Ack:
+    def handle(self, did: str, token: bytes, reply: Reply) -> None:
         """Handle one reading that arrived on ``did``'s own readings channel."""
         try:
             reading = self._checker.check(did, token, self._clock_ms(), None)
         except ReadingRefused as refusal:
-            return self.refused(refusal)
-        return await self.record(reading)
+            reply(self.refused(refusal))
+            return
+        self.record(reading, reply)
+
+    async def submit(self, did: str, token: bytes) -> Ack:
+        """:meth:`handle` for asyncio code."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Ack] = loop.create_future()
+
+        def reply(ack: Ack) -> None:
+            loop.call_soon_threadsafe(_settle, answer, ack)
+
+        self.handle(did, token, reply)
+        return await answer
 
     def refused(self, refusal: ReadingRefused) -> Ack:
         """Count a refusal and say it to the device."""
         self._count(refusal.reason)
         return Ack(refusal.seq, False, reason=refusal.reason)
 
-    async def record(self, reading: Reading) -> Ack:
-        """The second half, for a reading whose signature, status, time and schema checked out
-        (here or in a verification worker): the sequence check, then the durable append."""
-        did, token = reading.did, reading.token
-        last = self._last_seq(did)
-        if last is not None and reading.seq <= last:
-            recorded = self._lookups.find_key(did, READING, reading.seq)
-            if recorded is not None and recorded.payload == token:
-                self._count("duplicate")
-                return Ack(reading.seq, True, entry=recorded.seq)
-            if recorded is not None or reading.seq <= last - REORDER_WINDOW:
-                return self.refused(ReadingRefused("replay", reading.seq))
-        # Claim the sequence number now, so a copy arriving while this one is being
-        # committed is seen as a replay (and then found as a duplicate).
-        if last is None or reading.seq > last:
-            self._last[did] = reading.seq
+    def record(self, reading: Reading, reply: Reply) -> None:
+        """The second half, for a reading whose signature, status, time and schema checked out:
+        the sequence check, then the durable append; ``reply`` is called once it is settled."""
+        early, previous = self._claim(reading)
+        if early is not None:
+            reply(early)
+            return
         try:
-            entry = await self._recorder.append_async(READING, did, token, key=reading.seq)
+            future = self._recorder.submit(READING, reading.did, reading.token, key=reading.seq)
         except DidgwError:
-            if self._last.get(did) == reading.seq and (last is None or reading.seq > last):
-                if last is None:
-                    self._last.pop(did, None)
-                else:
+            reply(self._settle(reading, previous, None))
+            return
+        future.add_done_callback(
+            lambda done: reply(
+                self._settle(reading, previous, None if done.exception() else done.result())
+            )
+        )
+
+    def _claim(self, reading: Reading) -> tuple[Ack | None, int | None]:
+        """Refuse or re-acknowledge a number already seen; otherwise claim it, so a copy
+        arriving while this one is being committed is seen as a replay (then found as a
+        duplicate). Returns the answer if there is one already, and the previous newest."""
+        did, seq = reading.did, reading.seq
+        with self._lock:
+            last = self._last.get(did)
+            if last is None:
+                last = self._lookups.last_key(did, READING)
+                if last is not None:
                     self._last[did] = last
+            if last is None or seq > last:
+                self._last[did] = seq
+                return None, last
+        recorded = self._lookups.find_key(did, READING, seq)
+        if recorded is not None and recorded.payload == reading.token:
+            self._count("duplicate")
+            return Ack(seq, True, entry=recorded.seq), last
+        if recorded is not None or seq <= last - REORDER_WINDOW:
+            return self.refused(ReadingRefused("replay", seq)), last
+        return None, last  # a late number inside the window, not seen before
+
+    def _settle(self, reading: Reading, previous: int | None, entry: Entry | None) -> Ack:
+        """The ack for a reading the recorder took (``entry``) or could not take (None)."""
+        did, seq = reading.did, reading.seq
+        if entry is None:
+            with self._lock:  # give the number back, unless a newer one was claimed since
+                if self._last.get(did) == seq and (previous is None or seq > previous):
+                    if previous is None:
+                        self._last.pop(did, None)
+                    else:
+                        self._last[did] = previous
             self._count("unavailable")
-            return Ack(reading.seq, False, reason="unavailable")
-        if entry.payload != token:  # another reading already holds this sequence number
-            return self.refused(ReadingRefused("replay", reading.seq))
+            return Ack(seq, False, reason="unavailable")
+        if entry.payload != reading.token:  # another reading already holds this number
+            return self.refused(ReadingRefused("replay", seq))
         self._count("accepted")
-        return Ack(reading.seq, True, entry=entry.seq)
+        return Ack(seq, True, entry=entry.seq)
+
+
+def _settle(future: asyncio.Future[Ack], ack: Ack) -> None:
+    if not future.done():
+        future.set_result(ack)

@@ -25,8 +25,7 @@ from typing import Any
 
 from gateway.auth import broker as policy
 from gateway.auth.handshake import Authenticator, Grant
-from gateway.auth.readings import Reading
-from gateway.ingest import Ack, ReadingPipeline
+from gateway.ingest import ReadingPipeline
 from gateway.registry import Registry
 from gateway.transports.dynsec import DynsecAdmin
 
@@ -93,25 +92,26 @@ class MqttDevices:
         self._readings_prefix = f"{prefix}/d/"
         self._shared = shared_readings
         self._log_budget = _LogBudget()
+        self.closing = False  # set when stopping: readings are no longer taken
 
     @property
     def subscriptions(self) -> list[str]:
-        """With verification workers, readings come through the shared subscription."""
-        readings = (
-            policy.shared_readings_filter(self._prefix)
-            if self._shared
-            else f"{self._prefix}/d/+/readings"
-        )
-        return [f"{self._prefix}/auth/req", readings]
+        """With reading workers, readings go to them (``verifiers.py``), not to us."""
+        if self._shared:
+            return [f"{self._prefix}/auth/req"]
+        return [f"{self._prefix}/auth/req", f"{self._prefix}/d/+/readings"]
 
     # -- messages (called on the event loop) ------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
         if topic == f"{self._prefix}/auth/req":
             self._spawn(self._on_auth(payload))
+        elif self.closing:
+            return  # not acknowledged: the device sends it again to the next gateway run
         elif topic.startswith(self._readings_prefix) and topic.endswith("/readings"):
             did = topic[len(self._readings_prefix) : -len("/readings")]
-            self._spawn(self._on_reading(did, payload))
+            acks = f"{self._prefix}/d/{did}/acks"
+            self._pipeline.handle(did, payload, lambda ack: self._publish(acks, ack.payload()))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -148,18 +148,6 @@ class MqttDevices:
         self._broker.execute(
             policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
         )
-
-    async def _on_reading(self, did: str, token: bytes) -> None:
-        ack: Ack = await self._pipeline.submit(did, token)
-        self._publish(f"{self._prefix}/d/{did}/acks", ack.payload())
-
-    def on_verified(self, reading: Reading) -> None:
-        """A reading a verification worker checked: record it and acknowledge (event loop)."""
-        self._spawn(self._record_verified(reading))
-
-    async def _record_verified(self, reading: Reading) -> None:
-        ack = await self._pipeline.record(reading)
-        self._publish(f"{self._prefix}/d/{reading.did}/acks", ack.payload())
 
     # -- accounts ----------------------------------------------------------------
 

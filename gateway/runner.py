@@ -31,6 +31,7 @@ from gateway.ingest import ReadingPipeline
 from gateway.mqtt_devices import MqttDevices
 from gateway.recorder import Recorder
 from gateway.registry import Status
+from gateway.registry.status_cache import StatusCache
 from gateway.service import Gateway, open_gateway
 from gateway.transports.dynsec import DynsecAdmin
 from gateway.transports.mqtt import MqttLink
@@ -103,10 +104,9 @@ class _MqttSide:
                 workers,
                 lambda index: WorkerSettings(config, state_dir, password, index),
                 loop,
-                devices.on_verified,
             )
             self.pool.start()
-            log.info("%d verification worker processes started", workers)
+            log.info("%d reading worker processes started", workers)
         self.link = MqttLink(
             host=mqtt.host,
             port=mqtt.port,
@@ -122,10 +122,15 @@ class _MqttSide:
         self.watcher = asyncio.ensure_future(devices.watch())
         await asyncio.wait_for(self.link.connected.wait(), timeout=30)
 
-    async def stop(self) -> None:
-        """Stop taking readings, then let the ones in flight finish."""
+    def stop_taking(self) -> None:
+        """Take no more readings; the workers finish theirs (committed and acknowledged)."""
         if self.pool is not None:
             self.pool.stop()
+        if self.devices is not None:
+            self.devices.closing = True
+
+    async def stop(self) -> None:
+        """After the recorder has committed the rest: close everything."""
         if self.link is not None:
             self.link.stop()
         if self.watcher is not None:
@@ -155,7 +160,7 @@ async def serve(
     pipeline = ReadingPipeline(
         ReadingChecker(
             gateway.resolver,
-            lambda did: _status(gateway, did),
+            StatusCache(gateway.registry),
             clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
             max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
         ),
@@ -170,8 +175,9 @@ async def serve(
         await stop.wait()
     finally:
         log.info("stopping")
+        mqtt.stop_taking()
+        recorder.close()  # commits what is queued; the acks go out before the link closes
         await mqtt.stop()
-        recorder.close()
         lookups.close()
         gateway.close()
 

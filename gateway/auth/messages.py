@@ -29,8 +29,8 @@ from typing import Any, Self
 
 from gateway.errors import DidgwError, SignatureError
 from gateway.identity.document import check_did_syntax
-from gateway.identity.resolver import Resolver
-from gateway.identity.signing import SignerUnavailable, VerifiedJws, verify_jws
+from gateway.identity.resolver import Resolver, Unreachable
+from gateway.identity.signing import JWS_ALGORITHMS, VerifiedJws, verify_detached
 from gateway.registry import Status
 
 #: The reasons a ``refused`` message may give, as the README lists them.
@@ -222,26 +222,44 @@ def verify_signed(
     relationship: str,
     now_ms: int,
 ) -> VerifiedJws:
-    """Check that ``token`` is signed by a key of ``did`` allowed for ``relationship``.
+    """Check that ``token`` (already split by :func:`split_jws`) is signed by a key of ``did``
+    allowed for ``relationship``.
 
     A kid of another DID, a key outside the relationship or a bad signature is
     ``bad_signature``; a DID document that cannot be fetched now is ``unavailable``
     (the device should try again later, its key is not at fault).
+
+    This is every reading's check, so the token is not parsed a second time: the
+    signature is checked over the JWS signing input (RFC 7515 §5.2: the ASCII of
+    header and payload as sent, up to the last dot) by the detached-signature
+    recipe, with the same header rules as :func:`~gateway.identity.signing.verify_jws`.
     """
     kid = header.get("kid")
     if not isinstance(kid, str) or kid.partition("#")[0] != did:
         raise AuthRefused("bad_signature", f"JWS kid {kid!r} is not a key of {did}")
+    alg = header.get("alg")
+    if alg not in JWS_ALGORITHMS:
+        raise AuthRefused("bad_signature", f"JWS alg {alg!r} refused; expected EdDSA")
+    if "crit" in header:
+        raise AuthRefused("bad_signature", "JWS has critical header parameters; refused")
+    signing_input, _, encoded = token.rpartition(b".")
+    signature = base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
     try:
-        verified = verify_jws(
-            token, resolver=resolver, relationship=relationship, now=now_ms / 1000
+        key = verify_detached(
+            kid,
+            signing_input,
+            signature,
+            resolver=resolver,
+            relationship=relationship,
+            now=now_ms / 1000,
         )
-    except SignerUnavailable as exc:
-        raise AuthRefused("unavailable", str(exc)) from None
     except SignatureError as exc:
         raise AuthRefused("bad_signature", str(exc)) from None
-    if verified.payload != payload or verified.signer.did != did:
-        raise AuthRefused("bad_signature", "the verified JWS is not the one parsed")
-    return verified
+    except Unreachable as exc:
+        raise AuthRefused("unavailable", f"cannot check the JWS by {kid}: {exc}") from None
+    except DidgwError as exc:
+        raise AuthRefused("bad_signature", f"cannot check the JWS by {kid}: {exc}") from None
+    return VerifiedJws(payload, dict(header), key)
 
 
 # -- the messages --------------------------------------------------------------

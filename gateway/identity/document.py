@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from typing import Any
 
@@ -47,6 +48,17 @@ _DID_RE = re.compile(
 
 def check_did_syntax(did: str) -> str:
     """Return the DID's method name if ``did`` has the DID Core syntax ``did:method:id``."""
+    if type(did) is str and len(did) <= 4096:
+        return _checked_did(did)  # every reading names its DID twice: remember valid ones
+    return _check_did_syntax(did)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_did(did: str) -> str:
+    return _check_did_syntax(did)
+
+
+def _check_did_syntax(did: str) -> str:
     match = _DID_RE.fullmatch(did)
     if match is None or not match.group(2) or match.group(2).endswith(":"):
         raise DidError(
