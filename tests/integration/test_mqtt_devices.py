@@ -327,3 +327,60 @@ def test_broker_restart_mid_stream_records_every_reading_once(
         for e in recorded
     )
     assert seqs == list(range(1, 31))  # every reading, exactly once
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_several_writers_keep_one_chain_and_a_killed_worker_is_replaced(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    gateway.config.write_text(gateway.config.read_text() + "verify_workers = 3\n")
+    gw = gateway_did(didgw, gateway.state)
+    devices = [make_device(tmp_path, mosquitto, f"meter{i}", gw) for i in range(4)]
+    for i, device in enumerate(devices):
+        register(didgw, gateway.state, device.did, f"meter{i}")
+    gateway.start()
+    assert gateway.process is not None
+    try:
+        for device in devices:
+            device.start(timeout=15)
+        workers = [p for p in _children(gateway.process.pid) if p != gateway.process.pid]
+        for i in range(40):
+            for device in devices:
+                device.publish_reading("energy", {"import_kwh": {"value": i, "unit": "kWh"}})
+            if i == 15:
+                os.kill(max(workers), signal.SIGKILL)  # a worker dies mid-stream
+        for device in devices:
+            assert device.wait_acked(timeout=60), device.stats
+    finally:
+        for device in devices:
+            device.stop()
+        assert gateway.stop() == 0, gateway.output
+    assert "starting another" in gateway.output
+    for device in devices:
+        recorded = [e for e in records(gateway.state) if e.actor == device.did]
+        seqs = sorted(
+            json.loads(
+                verify_jws(
+                    e.payload,
+                    resolver=offline_resolver(),
+                    relationship="assertionMethod",
+                    now=time.time(),
+                ).payload
+            )["seq"]
+            for e in recorded
+        )
+        assert seqs == list(range(1, 41))  # every reading, exactly once
+    result = didgw("chain", "verify", "--state-dir", str(gateway.state))
+    assert result.returncode == 0, result.stderr  # three writers, one unbroken chain
