@@ -166,8 +166,8 @@ class MqttSection(_Section):
     prefix: str = _setting("didgw", "First level of every didgw topic.", _topic_prefix)
     session_seconds: int = _setting(
         3600,
-        "How long a device's broker account lasts after it authenticates.",
-        _between(60, 604800),
+        "How long a device's broker account lasts after it authenticates (devices renew before).",
+        _between(10, 604800),
     )
     clock_skew_seconds: int = _setting(
         300, "How far a device's clock may be from the gateway's.", _between(1, 86400)

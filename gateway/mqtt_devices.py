@@ -12,26 +12,34 @@ registry, which is the source of truth), and, at start-up, for every device
 account this process did not create (the broker's own persistence is not trusted).
 Accounts are deleted before their roles: mosquitto 2.0.11 crashes when a role
 is deleted under a connected client.
+
+mosquitto's plugin rewrites its whole file on every change, so the number of
+changes per authentication sets the authentication rate. A first session costs
+two (the device's role and its account); a renewal while the account exists,
+one (its new password); a session after an expired one, one (the role outlives
+the account until the device is suspended, revoked or re-keyed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
 from gateway.auth.handshake import Authenticator, Grant
 from gateway.ingest import ReadingPipeline
 from gateway.registry import Registry
-from gateway.transports.dynsec import DynsecAdmin
+from gateway.transports.dynsec import DynsecAdmin, DynsecError
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
+T = TypeVar("T")
 
 
 class _LogBudget:
@@ -65,6 +73,26 @@ class _Session:
     expires_ms: int
 
 
+class _AccountLock:
+    """An asyncio lock per DID, kept only while someone holds or waits for it."""
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], did: str) -> None:
+        self._locks, self._did = locks, did
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._did) or (asyncio.Lock(), 0)
+        self._locks[self._did] = (lock, users + 1)
+        await lock.acquire()
+
+    async def __aexit__(self, *_: object) -> None:
+        lock, users = self._locks[self._did]
+        lock.release()
+        if users == 1:
+            del self._locks[self._did]
+        else:
+            self._locks[self._did] = (lock, users - 1)
+
+
 class MqttDevices:
     """Serve the auth and readings topics of one prefix."""
 
@@ -88,6 +116,8 @@ class MqttDevices:
         self._publish = publish
         self._clock_ms = clock_ms
         self._sessions: dict[str, _Session] = {}
+        self._roles: set[str] = set()  # devices whose broker role exists (we created it)
+        self._account_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._readings_prefix = f"{prefix}/d/"
         self._shared = shared_readings
@@ -121,33 +151,60 @@ class MqttDevices:
     async def _on_auth(self, payload: bytes) -> None:
         outgoing, grant = self._auth.on_request(payload, self._clock_ms())
         if grant is not None:
-            try:
-                await asyncio.to_thread(self._open_account, grant)
-            except Exception as exc:  # the broker refused: the device gets no access
-                log.error("cannot create the broker account of %s: %s", grant.did, exc)
-                outgoing = self._auth.refuse_unavailable(grant)
-            else:
-                self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
+            async with self._account_lock(grant.did):
+                live = grant.did in self._sessions
+                try:
+                    await self._administer(
+                        self._open_account, grant, live, grant.did in self._roles
+                    )
+                except Exception as exc:  # the broker refused: the device gets no access
+                    log.error("cannot create the broker account of %s: %s", grant.did, exc)
+                    outgoing = self._auth.refuse_unavailable(grant)
+                else:
+                    self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
+                    self._roles.add(grant.did)
         elif self._auth.last_refusal is not None and self._log_budget.take(self._clock_ms()):
             log.info("authentication refused: %s", self._auth.last_refusal)
         if outgoing is not None:  # None: too broken to know where to answer
             self._publish(outgoing.topic, outgoing.payload)
 
-    def _open_account(self, grant: Grant) -> None:
-        """A fresh account: any previous one (and its connection) goes first."""
-        did = grant.did
-        self._broker.execute(
-            policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
-        )
-        self._broker.execute(
-            policy.device_role_commands(did, self._prefix)
-            + policy.device_client_commands(did, grant.password, self._prefix)
-        )
+    def _open_account(self, grant: Grant, live: bool, has_role: bool) -> None:
+        """The fewest changes that give the device an account with this password (see the
+        module docstring); if the broker does not hold what we expect, start clean."""
+        did, password = grant.did, grant.password
+        if live:
+            commands = policy.device_password_commands(did, password)
+        else:
+            commands = policy.device_client_commands(did, password, self._prefix)
+            if not has_role:
+                commands = policy.device_role_commands(did, self._prefix) + commands
+        try:
+            self._broker.execute(commands)
+        except DynsecError as exc:
+            log.info("broker account of %s not as expected (%s); creating it again", did, exc)
+            self._broker.execute(
+                policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
+            )
+            self._broker.execute(
+                policy.device_role_commands(did, self._prefix)
+                + policy.device_client_commands(did, password, self._prefix)
+            )
 
-    def _close_account(self, did: str) -> None:
-        self._broker.execute(
-            policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
+    def _close_account(self, did: str, *, keep_role: bool) -> None:
+        commands = (
+            policy.device_account_removal_commands(did)
+            if keep_role
+            else policy.device_removal_commands(did)
         )
+        self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
+
+    async def _administer(self, work: Callable[..., T], *args: Any) -> T:
+        """Run blocking broker administration off the event loop."""
+        return await asyncio.to_thread(work, *args)
+
+    def _account_lock(self, did: str) -> _AccountLock:
+        """Changes to one device's account, one at a time (a renewal racing its expiry)."""
+        return _AccountLock(self._account_locks, did)
 
     # -- accounts ----------------------------------------------------------------
 
@@ -164,6 +221,7 @@ class MqttDevices:
         )
         clients = self._broker.list_clients()
         commands = policy.reconcile(self._sessions, clients, self._broker.list_roles())
+        self._roles &= set(self._sessions)  # the others' roles are deleted with them
         if commands:
             self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
         return sum(1 for c in commands if c["command"] == "deleteClient")
@@ -174,7 +232,7 @@ class MqttDevices:
 
     async def _reconcile(self) -> None:
         try:
-            removed = await asyncio.to_thread(self.prepare_broker)
+            removed = await self._administer(self.prepare_broker)
         except Exception as exc:  # the next reconnect tries again
             log.error("cannot reconcile the broker after a reconnect: %s", exc)
         else:
@@ -200,18 +258,32 @@ class MqttDevices:
                     "(devices resend them until acknowledged)",
                     len(self._tasks),
                 )
-            closing = {r.device for r in changed if r.action in ("suspend", "revoke", "rotate")}
-            closing.update(did for did, s in self._sessions.items() if s.expires_ms <= now)
-            for did in closing:
-                session = self._sessions.pop(did, None)
-                if session is None:
-                    continue
-                try:
-                    await asyncio.to_thread(self._close_account, did)
-                    log.info("closed the broker account of %s", did)
-                except Exception as exc:  # retried on the next round
-                    log.error("cannot delete the broker account of %s: %s", did, exc)
-                    self._sessions[did] = _Session(did, 0)
+            barred = {r.device for r in changed if r.action in ("suspend", "revoke", "rotate")}
+            expired = {did for did, s in self._sessions.items() if s.expires_ms <= now}
+            for did in barred | expired:
+                await self._close(did, barred=did in barred, now=now)
+
+    async def _close(self, did: str, *, barred: bool, now: int) -> None:
+        """End a session: the account goes; the role too when the device may not return."""
+        async with self._account_lock(did):
+            session = self._sessions.get(did)
+            if session is None and not (barred and did in self._roles):
+                return
+            if not barred and session is not None and session.expires_ms > now:
+                return  # renewed while we waited for the lock
+            try:
+                await self._administer(
+                    functools.partial(self._close_account, did, keep_role=not barred)
+                )
+            except Exception as exc:  # retried on the next round
+                log.error("cannot delete the broker account of %s: %s", did, exc)
+                self._sessions[did] = _Session(did, 0)
+                return
+            self._sessions.pop(did, None)
+            if barred:
+                self._roles.discard(did)
+            if session is not None:
+                log.info("closed the broker account of %s", did)
 
     async def drain(self) -> None:
         """Wait for readings and authentications in progress (clean shutdown)."""

@@ -172,6 +172,23 @@ def device_client_commands(did: str, password: str, prefix: str) -> list[Command
     ]
 
 
+def device_password_commands(did: str, password: str) -> list[Command]:
+    """A new password for an existing account (a device renewing its session).
+
+    One change instead of four: mosquitto's plugin rewrites its whole file on every
+    change, which is what limits authentications per second. The device's current
+    connection stays up until it reconnects with the new password.
+    """
+    if not password:
+        raise ValueError("a device account needs a password")
+    return [{"command": "setClientPassword", "username": did, "password": password}]
+
+
+def device_account_removal_commands(did: str) -> list[Command]:
+    """Delete the device's account only (its session ended); its role stays for the next one."""
+    return [{"command": "deleteClient", "username": did}]
+
+
 def device_removal_commands(did: str) -> list[Command]:
     """Delete the device's account (the broker disconnects it) and then its role.
 

@@ -384,3 +384,48 @@ def test_several_writers_keep_one_chain_and_a_killed_worker_is_replaced(
         assert seqs == list(range(1, 41))  # every reading, exactly once
     result = didgw("chain", "verify", "--state-dir", str(gateway.state))
     assert result.returncode == 0, result.stderr  # three writers, one unbroken chain
+
+
+def test_sessions_expire_unless_renewed(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """With 10 s sessions: a supervised device renews in time and never loses a reading; a
+    device that does not renew is cut off when its session ends, its password stops
+    working, and it gets back in by authenticating again."""
+    gateway.config.write_text(gateway.config.read_text() + "session_seconds = 10\n")
+    gw = gateway_did(didgw, gateway.state)
+    renewing = make_device(tmp_path, mosquitto, "renewing", gw)
+    lapsing = make_device(tmp_path, mosquitto, "lapsing", gw)
+    register(didgw, gateway.state, renewing.did, "renewing")
+    register(didgw, gateway.state, lapsing.did, "lapsing")
+    gateway.start()
+    try:
+        renewing.start(timeout=15)
+        lapsing.open(timeout=15)  # authenticated and connected, but nobody renews for it
+        expired_grant = lapsing.grant
+        deadline = time.monotonic() + 13
+        count = 0
+        while time.monotonic() < deadline:
+            renewing.publish_reading("energy", {"import_kwh": {"value": count, "unit": "kWh"}})
+            count += 1
+            time.sleep(0.5)
+        assert renewing.wait_acked(timeout=20), renewing.stats
+        assert not lapsing.connected  # the broker dropped it when its account was deleted
+        with pytest.raises(dev.ConnectRefused):
+            lapsing.connect(timeout=10)  # the old password is gone with the account
+        lapsing.grant = None
+        lapsing.open(timeout=15)  # a new session (its broker role was kept: one change)
+        assert lapsing.grant is not None and lapsing.grant.password != expired_grant.password
+        lapsing.publish_reading("energy", {"import_kwh": {"value": 1, "unit": "kWh"}})
+        deadline = time.monotonic() + 15
+        while lapsing.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lapsing.pending() == 0
+    finally:
+        renewing.stop()
+        lapsing.stop()
+        assert gateway.stop() == 0, gateway.output
+    assert f"closed the broker account of {lapsing.did}" in gateway.output
+    assert f"closed the broker account of {renewing.did}" not in gateway.output
+    renewed = [e for e in records(gateway.state) if e.actor == renewing.did]
+    assert len(renewed) == count  # every reading across the renewal, once

@@ -135,6 +135,17 @@ def test_device_removal_deletes_the_account_before_its_role() -> None:
     ]
 
 
+def test_a_renewal_changes_the_password_only_and_an_expiry_keeps_the_role() -> None:
+    assert broker.device_password_commands(DID, "s3cret") == [
+        {"command": "setClientPassword", "username": DID, "password": "s3cret"}
+    ]
+    assert broker.device_account_removal_commands(DID) == [
+        {"command": "deleteClient", "username": DID}
+    ]
+    with pytest.raises(ValueError):
+        broker.device_password_commands(DID, "")
+
+
 def test_anonymous_clients_get_the_auth_topics_and_nothing_else() -> None:
     commands = broker.anonymous_policy_commands("didgw")
     acls = role_acls(commands)
