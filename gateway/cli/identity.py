@@ -30,7 +30,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         print("existing key kept, not overwritten.")
     if result.migrations:
         print(f"Database schema: applied {', '.join(result.migrations)}")
+    if result.created_ledger_key:
+        print(f"Ledger account key: {result.state_dir / 'keys' / 'ledger.pem'} (created)")
     print(f"Gateway DID: {result.did}")
+    print(f"Ledger account: {result.ledger_address}")
     return 0
 
 
