@@ -163,7 +163,13 @@ async def serve(
         lookups,
     )
     mqtt = _MqttSide()
+    anchoring = None
     try:
+        if config.anchor.enabled:  # its own thread and connection; never blocks readings
+            from gateway.anchoring import AnchorLoop, build_anchorer
+
+            anchoring = AnchorLoop(build_anchorer(config, state_dir, env, gateway))
+            anchoring.start()
         if config.mqtt.enabled:
             await mqtt.start(config, state_dir, env, gateway, pipeline)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
@@ -171,6 +177,8 @@ async def serve(
     finally:
         log.info("stopping")
         await mqtt.stop()
+        if anchoring is not None:
+            await anchoring.stop()
         recorder.close()
         lookups.close()
         gateway.close()

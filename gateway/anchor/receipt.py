@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from gateway.anchor.queue import Anchor
+from gateway.anchor.queue import Anchor, AnchorQueue
 from gateway.anchor.verify_receipt import RECEIPT_TYPE, RECEIPT_VERSION
-from gateway.chain.store import Entry
+from gateway.chain.store import ChainError, ChainStore, Entry
 
-__all__ = ["build_receipt"]
+__all__ = ["build_receipt", "receipt_for"]
 
 ERASED_NOTE = (
     "the payload was erased from the record (personal data); its commitment, and so "
@@ -64,3 +64,22 @@ def _payload(payload: bytes) -> dict[str, str]:
         return {"encoding": "utf-8", "data": payload.decode("utf-8")}
     except UnicodeDecodeError:
         return {"encoding": "base64", "data": base64.b64encode(payload).decode("ascii")}
+
+
+def receipt_for(
+    chain: ChainStore, queue: AnchorQueue, *, gateway: str, binding: str | None, seq: int
+) -> dict[str, Any]:
+    """The receipt of entry ``seq`` from the gateway's database, or the reason there is none yet."""
+    entry = chain.get(seq)
+    anchor = queue.anchored_for(seq)
+    if anchor is None:
+        last = queue.last_confirmed()
+        anchored = 0 if last is None else last.size
+        raise ChainError(
+            f"entry {seq} is not anchored yet (anchored so far: entries 0 to {anchored - 1}); "
+            "try again after the next anchor is confirmed (didgw anchor status)"
+        )
+    if binding is None:
+        raise ChainError("this gateway has no ledger binding statement; run didgw init again")
+    path = chain.inclusion_proof(seq, anchor.size)
+    return build_receipt(gateway=gateway, entry=entry, anchor=anchor, path=path, binding=binding)
