@@ -74,9 +74,9 @@ def receipt_for(
     anchor = queue.anchored_for(seq)
     if anchor is None:
         last = queue.last_confirmed()
-        anchored = 0 if last is None else last.size
+        so_far = "nothing" if last is None else f"entries 0 to {last.size - 1}"
         raise ChainError(
-            f"entry {seq} is not anchored yet (anchored so far: entries 0 to {anchored - 1}); "
+            f"entry {seq} is not anchored yet (anchored so far: {so_far}); "
             "try again after the next anchor is confirmed (didgw anchor status)"
         )
     if binding is None:

@@ -12,6 +12,7 @@ already mined, is not an error, so re-sending after a crash is always safe.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.anchor.ledger import LedgerError, LedgerUnavailable, TxReceipt
@@ -105,6 +106,17 @@ class EvmLedger:
             )
         except TransactionNotFound:
             return False
+
+
+def _reason(exc: Exception) -> str:
+    """The root cause in a few words ("Connection refused"), not urllib3's retry story."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "timed out"
+    return text[:200]
 
 
 def _rpc_message(exc: Exception) -> str:
