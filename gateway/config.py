@@ -216,8 +216,8 @@ class AnchorSection(_Section):
     )
     every_seconds: float = _setting(
         60.0,
-        "... or once this many seconds passed since the last one, if anything is new. "
-        "Nothing new: nothing is sent.",
+        "Or once this many seconds have passed since the last checkpoint, if any entry is "
+        "new. Nothing new: nothing is sent.",
         _positive,
     )
     confirmations: int = _setting(
