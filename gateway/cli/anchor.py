@@ -114,7 +114,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if k == "health"
             }.get("health"),
         }
-    status["ledger"] = _probe(config, status["address"]) if not args.offline else None
+    probe = config.anchor.enabled and not args.offline
+    status["ledger"] = _probe(config, status["address"]) if probe else None
     if args.json:
         print_json(status)
     else:
@@ -252,7 +253,9 @@ def register(tree: CommandTree) -> None:
         group=anchor,
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--offline", action="store_true", help="do not ask the ledger")
+    p.add_argument(
+        "--offline", action="store_true", help="do not ask the ledger (not asked when disabled)"
+    )
     p = tree.command(
         "list",
         cmd_list,

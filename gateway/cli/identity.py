@@ -32,8 +32,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"Database schema: applied {', '.join(result.migrations)}")
     if result.created_ledger_key:
         print(f"Ledger account key: {result.state_dir / 'keys' / 'ledger.pem'} (created)")
-    print(f"Gateway DID: {result.did}")
     print(f"Ledger account: {result.ledger_address}")
+    print(f"Gateway DID: {result.did}")  # last: scripts read it from the end
     return 0
 
 
