@@ -188,6 +188,63 @@ class MqttSection(_Section):
 
 
 @dataclass(frozen=True)
+class AnchorSection(_Section):
+    """Anchoring the record's checkpoints to a ledger (an EVM chain over JSON-RPC)."""
+
+    enabled: bool = _setting(
+        False,
+        "Anchor checkpoints while the gateway runs. The ledger account (keys/ledger.pem, "
+        "created by didgw init) must hold enough for the fees.",
+    )
+    backend: str = _setting(
+        "evm",
+        "Ledger backend. evm: any EVM chain over JSON-RPC (Ethereum, Besu, Quorum, anvil).",
+        lambda v: None if v == "evm" else "must be evm",
+    )
+    rpc_url: str = _setting(
+        "http://127.0.0.1:8545",
+        "JSON-RPC endpoint of a ledger node (the node needs no keys: the gateway signs).",
+        lambda v: None if v and _http_url(v) is None else "must be an http:// or https:// URL",
+    )
+    chain_id: int = _setting(
+        31337,
+        "Chain id the node must report; anything else is refused (31337: a local anvil).",
+        _positive,
+    )
+    every_entries: int = _setting(
+        10000, "Take and anchor a checkpoint once this many entries are new.", _positive
+    )
+    every_seconds: float = _setting(
+        60.0,
+        "Or once this many seconds have passed since the last checkpoint, if any entry is "
+        "new. Nothing new: nothing is sent.",
+        _positive,
+    )
+    confirmations: int = _setting(
+        2,
+        "Blocks (the including block counts as 1) before an anchor counts as anchored.",
+        _between(1, 1000),
+    )
+    max_fee_gwei: float = _setting(
+        50.0,
+        "Cap on the fee per gas (EIP-1559 max fee), in gwei: above it anchors wait.",
+        _positive,
+    )
+    priority_fee_gwei: float = _setting(
+        1.0, "Tip per gas offered to the block producer, in gwei.", _not_negative
+    )
+    rpc_timeout: float = _setting(5.0, "Seconds to wait for the node's answer.", _positive)
+    poll_seconds: float = _setting(
+        1.0, "How often the anchoring loop looks at the record and the ledger.", _positive
+    )
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        if self.priority_fee_gwei > self.max_fee_gwei:
+            return [("priority_fee_gwei", "must not be above max_fee_gwei")]
+        return []
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the file it came from."""
 
@@ -195,6 +252,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     resolver: ResolverSection = field(default_factory=ResolverSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    anchor: AnchorSection = field(default_factory=AnchorSection)
     source: str = "(built-in defaults)"
 
 
@@ -203,6 +261,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "keys": KeysSection,
     "resolver": ResolverSection,
     "mqtt": MqttSection,
+    "anchor": AnchorSection,
 }
 
 CONFIG_ENV = "DIDGW_CONFIG"

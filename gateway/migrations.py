@@ -150,6 +150,43 @@ def _chain_keys(db: Database) -> None:
         )
 
 
+def _anchors(db: Database) -> None:
+    # Checkpoints on their way to the ledger (gateway/anchor/queue.py explains the
+    # states). A row is written before its transaction is broadcast, so a crash
+    # between the two re-sends the same signed bytes rather than a second anchor.
+    db.execute(
+        """
+        CREATE TABLE anchors (
+            id INTEGER PRIMARY KEY,
+            size INTEGER NOT NULL UNIQUE,
+            root BLOB NOT NULL,
+            checkpoint TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'sent', 'confirmed', 'superseded')),
+            covered_by INTEGER REFERENCES anchors(id),
+            chain_id INTEGER,
+            address TEXT,
+            nonce INTEGER,
+            tx_hash BLOB,
+            raw_tx BLOB,
+            sent_ms INTEGER,
+            sends INTEGER NOT NULL DEFAULT 0,
+            block_number INTEGER,
+            block_hash BLOB,
+            confirmed_ms INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX anchors_state ON anchors(state, size)")
+    # Health of the anchoring loop as the last attempt left it: read by
+    # `didgw anchor status` from another process.
+    db.execute(
+        "CREATE TABLE anchor_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+        "updated_ms INTEGER NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -157,4 +194,5 @@ MIGRATIONS: list[Migration] = [
     ("0004_resolution_cache", _resolution_cache),
     ("0005_chain", _chain),
     ("0006_chain_keys", _chain_keys),
+    ("0007_anchors", _anchors),
 ]

@@ -168,7 +168,13 @@ async def serve(
         lookups,
     )
     mqtt = _MqttSide()
+    anchoring = None
     try:
+        if config.anchor.enabled:  # its own thread and connection; never blocks readings
+            from gateway.anchoring import AnchorLoop, build_anchorer
+
+            anchoring = AnchorLoop(build_anchorer(config, state_dir, env, gateway))
+            anchoring.start()
         if config.mqtt.enabled:
             await mqtt.start(config, state_dir, env, gateway, pipeline)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
@@ -178,6 +184,8 @@ async def serve(
         mqtt.stop_taking()
         recorder.close()  # commits what is queued; the acks go out before the link closes
         await mqtt.stop()
+        if anchoring is not None:
+            await anchoring.stop()
         lookups.close()
         gateway.close()
 

@@ -9,6 +9,7 @@ State directory layout::
     <state>/            0700
       keys/             0700
         gateway.pem     0600, PKCS#8, optionally encrypted
+        ledger.pem      0600, PKCS#8 secp256k1: the ledger account that signs anchors
       didgw.db          SQLite (WAL), named migrations
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlite_utils import Database
 
 from gateway import db as database
@@ -34,6 +36,7 @@ from gateway.identity.signing import Signer
 from gateway.registry import Registry
 
 KEY_FILE = Path("keys") / "gateway.pem"
+LEDGER_KEY_FILE = Path("keys") / "ledger.pem"
 
 
 @dataclass
@@ -55,6 +58,21 @@ class Gateway:
         if signer.did != self.did:
             raise StateError(f"{self.state_dir / KEY_FILE} does not hold the key of {self.did}")
         return signer
+
+    def ledger_key(self, env: Mapping[str, str]) -> ec.EllipticCurvePrivateKey:
+        """The ledger account key (same passphrase as the gateway key)."""
+        path = self.state_dir / LEDGER_KEY_FILE
+        if not path.exists():
+            raise StateError(
+                f"{path} does not exist: this gateway has no ledger account yet; "
+                f"run: didgw init --state-dir {self.state_dir}"
+            )
+        passphrase = keystore.read_passphrase(self.config.keys.passphrase_file, env)
+        return keystore.load_ledger_key(path, passphrase)
+
+    def ledger_binding(self) -> str | None:
+        """The signed statement binding the gateway DID to its ledger address, if made."""
+        return _meta(self.db, "ledger_binding")
 
     def chain(self) -> ChainStore:
         """The record, on this gateway's database connection (for commands and tests)."""
@@ -89,6 +107,8 @@ class InitResult:
     created_key: bool
     migrations: list[str]
     encrypted: bool
+    ledger_address: str = ""
+    created_ledger_key: bool = False
 
 
 def build_resolver(config: Config, cache: ResolutionCache | None = None) -> DidResolver:
@@ -119,6 +139,7 @@ def init_gateway(config: Config, state_dir: Path, env: Mapping[str, str]) -> Ini
     else:
         key = keystore.load_private_key(key_path, passphrase)
     did = did_from_public_key(keystore.public_bytes(key))
+    ledger_key, created_ledger = _ledger_key(state_dir / LEDGER_KEY_FILE, passphrase)
     db = database.connect(state_dir / database.DB_NAME)
     try:
         now = time.time()
@@ -132,9 +153,47 @@ def init_gateway(config: Config, state_dir: Path, env: Mapping[str, str]) -> Ini
                 f"{state_dir}: the database belongs to gateway {recorded}, but {key_path} "
                 f"holds the key of {did}; refusing to mix them"
             )
+        address = _bind_ledger_account(db, Signer.for_did_key(key), ledger_key, now)
     finally:
         db.close()
-    return InitResult(state_dir, did, created, applied, encrypted=passphrase is not None)
+    return InitResult(
+        state_dir, did, created, applied, passphrase is not None, address, created_ledger
+    )
+
+
+def _ledger_key(path: Path, passphrase: bytes | None) -> tuple[ec.EllipticCurvePrivateKey, bool]:
+    """The ledger account key, created if this state directory has none yet (never replaced)."""
+    if path.exists():
+        return keystore.load_ledger_key(path, passphrase), False
+    key = keystore.generate_ledger_key()
+    keystore.write_private_key(path, key, passphrase)
+    return key, True
+
+
+def _bind_ledger_account(
+    db: Database, signer: Signer, key: ec.EllipticCurvePrivateKey, now: float
+) -> str:
+    """Sign and keep the DID-to-address statement, unless one for this address is kept."""
+    import base64
+    import json
+
+    from gateway.anchor.account import binding_statement, ledger_address
+
+    address = ledger_address(key)
+    kept = _meta(db, "ledger_binding")
+    if kept is not None:
+        part = kept.split(".")[1]
+        body = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        if body.get("address") == address and body.get("did") == signer.did:
+            return address
+    statement = binding_statement(signer, address, issued=int(now))
+    with db.atomic():
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('ledger_binding', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [statement],
+        )
+    return address
 
 
 def open_gateway(config: Config, state_dir: Path) -> Gateway:

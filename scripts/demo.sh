@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (idempotently) and show didgw at work: a gateway for one household,
 # its devices registered by DID, one suspended, one re-keyed, the registry, and
-# the tamper-evident record of it all, checked by a third party from an export.
+# the tamper-evident record of it all, checked by a third party from an export, and
+# anchored to a local ledger, with a receipt a household can verify on its own.
 # Everything lives in ./demo-state, recreated on each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,7 +91,21 @@ print(json.dumps({"commands": broker.anonymous_policy_commands("didgw")
   | mosquitto_pub -h 127.0.0.1 -p "$port" -u admin -P "$admin_pw" -t '$CONTROL/dynamic-security/v1' -s
 mosquitto_ctrl -h 127.0.0.1 -p "$port" -u admin -P "$admin_pw" dynsec createClient didgw -p "$gateway_pw" >/dev/null 2>&1
 mosquitto_ctrl -h 127.0.0.1 -p "$port" -u admin -P "$admin_pw" dynsec addClientRole didgw didgw-gateway >/dev/null 2>&1
-printf '[mqtt]\nport = %s\n' "$port" > demo-state/gateway.toml
+# The ledger: a local anvil dev chain (one block a second), its state kept in a file.
+anvil_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+scripts/anvil/node_modules/.bin/anvil --host 127.0.0.1 --port "$anvil_port" --block-time 1 \
+    --state demo-state/anvil-state.json --silent & anvil_pid=$!
+trap 'kill $gateway_pid $broker_pid $anvil_pid 2>/dev/null; wait 2>/dev/null' EXIT
+rpc="http://127.0.0.1:$anvil_port"
+ledger=$(didgw init | sed -n 's/^Ledger account: //p')
+for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$anvil_port") 2>/dev/null && break; sleep 0.1; done
+echo "anvil listens on $rpc; the gateway's ledger account $ledger gets 1 ETH (anvil_setBalance)"
+python -c 'import json, sys, urllib.request
+body = {"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance", "params": [sys.argv[2], hex(10**18)]}
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], json.dumps(body).encode(),
+                       {"Content-Type": "application/json"}), timeout=10).read()' "$rpc" "$ledger"
+printf '[mqtt]\nport = %s\n[anchor]\nenabled = true\nrpc_url = "%s"\nevery_seconds = 2.0\nconfirmations = 1\n' \
+    "$port" "$rpc" > demo-state/gateway.toml
 echo "mosquitto listens on 127.0.0.1:$port; starting the gateway:"
 DIDGW_MQTT_PASSWORD="$gateway_pw" didgw run --config demo-state/gateway.toml 2>&1 | sed 's/^/  [gateway] /' &
 gateway_pid=$!
@@ -99,7 +114,15 @@ sensor=$(python firmware-sim/sensor.py --key "$keys/p1-meter.pem" --state demo-s
 echo "the P1 meter ($sensor) authenticates and sends 5 signed readings:"
 step python firmware-sim/sensor.py --broker "127.0.0.1:$port" --key "$keys/p1-meter.pem" \
     --state demo-state/meter --rate 5 --count 5 --gateway-did "$(didgw init | sed -n 's/^Gateway DID: //p')"
+echo; echo "--- the record on the ledger ---"
+sleep 4   # one anchoring cadence (2 s) and a block
+step didgw anchor status --config demo-state/gateway.toml
+step didgw anchor list
 pkill -TERM -f "didgw run --config demo-state/gateway.toml" 2>/dev/null || true
 wait $gateway_pid 2>/dev/null || true
 step didgw chain verify
 didgw chain show "$(($(didgw chain export | wc -l) - 1))" | sed -n '1,12p'
+last=$(($(didgw chain export | wc -l) - 1))
+step didgw receipt "$last" -o demo-state/receipt.json
+echo "A household checks the receipt against the ledger, with no gateway and no database:"
+step didgw verify-receipt demo-state/receipt.json --rpc "$rpc"

@@ -2,6 +2,7 @@
 # Set up everything didgw needs on Debian 12 / Raspberry Pi OS (bookworm), then stop.
 #   scripts/setup.sh          runtime: Python venv in .venv with the pinned dependencies
 #   scripts/setup.sh --dev    also the test tools and the interop test's npm packages
+# Both install the local EVM dev chain (anvil, npm @foundry-rs/anvil) for the demo and tests.
 # Idempotent: it installs only what is missing and skips pip/npm when nothing changed.
 set -euo pipefail
 
@@ -27,10 +28,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 # The MQTT broker with its dynamic-security plugin, and its command-line clients.
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
-if [[ $DEV -eq 1 ]]; then
-    command -v node >/dev/null || apt_missing+=(nodejs)
-    command -v npm >/dev/null || apt_missing+=(npm)
-fi
+# node and npm install anvil, the local ledger of the demo and the tests.
+command -v node >/dev/null || apt_missing+=(nodejs)
+command -v npm >/dev/null || apt_missing+=(npm)
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"
     as_root apt-get update -qq
@@ -63,5 +63,16 @@ if [[ $DEV -eq 1 ]]; then
         npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
         echo "$lock" > "$js/node_modules/.didgw-lock"
     fi
+fi
+# --- the local EVM dev chain (anvil): a static binary shipped in npm packages ----------
+# package.json pins @foundry-rs/anvil exactly, and it pins its per-platform binary package
+# exactly, so no lock file is kept: one would list only the platform it was made on.
+anvil_dir=scripts/anvil
+pin=$(sha256sum "$anvil_dir/package.json" | cut -d' ' -f1)
+if [[ "$(cat "$anvil_dir/node_modules/.didgw-pin" 2>/dev/null)" != "$pin" ]] \
+    || [[ ! -x "$anvil_dir/node_modules/.bin/anvil" ]]; then
+    say "installing the local dev chain, anvil (npm install)"
+    npm install --prefix "$anvil_dir" --no-package-lock --no-audit --no-fund --loglevel=error
+    echo "$pin" > "$anvil_dir/node_modules/.didgw-pin"
 fi
 say "ready: $ROOT/.venv/bin/didgw"

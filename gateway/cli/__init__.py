@@ -1,6 +1,6 @@
 """The ``didgw`` command: each subcommand is a few lines over a library call.
 
-One module per command group (``identity``, ``devices``, ``chain``,
+One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
 ``running``, ``settings``), each declaring its parsers next to its handlers. Start-up must
 stay fast (``didgw --help`` well under 0.3 s on a Pi), so only the standard
 library is imported until a command runs. Exit status: 0 done, 1 refused (the
@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import chain, devices, identity, running, settings
+from gateway.cli import anchor, chain, devices, identity, running, settings
 from gateway.cli._base import CommandTree
 
 DESCRIPTION = """\
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"didgw {__version__}")
     tree = CommandTree(parser)
-    for module in (identity, devices, chain, running, settings):
+    for module in (identity, devices, chain, anchor, running, settings):
         module.register(tree)
     return parser
 

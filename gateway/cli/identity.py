@@ -30,7 +30,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         print("existing key kept, not overwritten.")
     if result.migrations:
         print(f"Database schema: applied {', '.join(result.migrations)}")
-    print(f"Gateway DID: {result.did}")
+    if result.created_ledger_key:
+        print(f"Ledger account key: {result.state_dir / 'keys' / 'ledger.pem'} (created)")
+    print(f"Ledger account: {result.ledger_address}")
+    print(f"Gateway DID: {result.did}")  # last: scripts read it from the end
     return 0
 
 

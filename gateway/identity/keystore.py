@@ -1,4 +1,7 @@
-"""Ed25519 private keys on disk: PKCS#8 PEM, mode 0600, optionally passphrase-encrypted.
+"""Private keys on disk: PKCS#8 PEM, mode 0600, optionally passphrase-encrypted.
+
+Two kinds live here under the same rules: the gateway's Ed25519 identity key
+and its secp256k1 ledger account key (the one that signs anchor transactions).
 
 Rules, all failing closed:
 
@@ -19,7 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from gateway.errors import ConfigError, KeyStoreError
 
@@ -29,6 +34,11 @@ PASSPHRASE_ENV = "DIDGW_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not
 def generate_key() -> Ed25519PrivateKey:
     """A fresh Ed25519 key from the operating system's CSPRNG."""
     return Ed25519PrivateKey.generate()
+
+
+def generate_ledger_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh secp256k1 key (an EVM account) from the operating system's CSPRNG."""
+    return ec.generate_private_key(ec.SECP256K1())
 
 
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
@@ -62,7 +72,9 @@ def read_passphrase(passphrase_file: str, env: Mapping[str, str]) -> bytes | Non
     return None
 
 
-def write_private_key(path: Path, key: Ed25519PrivateKey, passphrase: bytes | None) -> None:
+def write_private_key(
+    path: Path, key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey, passphrase: bytes | None
+) -> None:
     """Write ``key`` as PKCS#8 PEM to a new 0600 file; refuse if ``path`` exists."""
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase)
@@ -94,6 +106,21 @@ def write_private_key(path: Path, key: Ed25519PrivateKey, passphrase: bytes | No
 
 def load_private_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     """Load an Ed25519 PKCS#8 PEM key, checking its permissions first."""
+    key = _load_pem(path, passphrase)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyStoreError(f"key file {path} does not hold an Ed25519 key")
+    return key
+
+
+def load_ledger_key(path: Path, passphrase: bytes | None) -> ec.EllipticCurvePrivateKey:
+    """Load the secp256k1 ledger account key, under the same rules as the gateway key."""
+    key = _load_pem(path, passphrase)
+    if not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256K1)):
+        raise KeyStoreError(f"key file {path} does not hold a secp256k1 key")
+    return key
+
+
+def _load_pem(path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -123,8 +150,6 @@ def load_private_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     except ValueError:
         what = "wrong passphrase for" if encrypted else "not a readable PKCS#8 PEM key:"
         raise KeyStoreError(f"{what} key file {path}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyStoreError(f"key file {path} does not hold an Ed25519 key")
     return key
 
 

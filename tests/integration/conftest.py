@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from anvil import Anvil, missing_anvil
 from broker import Mosquitto, missing_tools
 from support import Run
 
@@ -51,3 +52,16 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def anvil(tmp_path: Path) -> Iterator[Anvil]:
+    """A running anvil dev chain, mining each transaction at once (see anvil.py)."""
+    missing = missing_anvil()
+    assert not missing, f"{missing}: run scripts/setup.sh --dev"
+    chain = Anvil(tmp_path / "anvil")
+    try:
+        chain.start()
+        yield chain
+    finally:
+        chain.stop()

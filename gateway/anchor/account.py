@@ -1,0 +1,136 @@
+"""The gateway's ledger account: its address, its transactions, and the statement binding it.
+
+The account is a secp256k1 key kept beside the gateway key (``keys/ledger.pem``,
+same rules: 0600, never overwritten, optionally encrypted). It only ever signs
+anchor transactions, locally: the ledger node holds no keys. The gateway DID
+states, in a compact JWS signed by its own Ed25519 key, that this address is its
+ledger account; receipts carry that statement so a verifier can tie the
+transaction's sender to the DID that signed the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.anchor.encoding import anchor_gas
+from gateway.errors import DidgwError
+from gateway.identity.signing import Signer, sign_jws
+
+BINDING_TYPE = "didgw-ledger-binding"
+BINDING_JWS_TYP = "didgw-ledger-binding+jws"
+
+__all__ = [
+    "BINDING_TYPE",
+    "FeeCapError",
+    "Fees",
+    "LedgerAccount",
+    "SignedTx",
+    "binding_statement",
+    "ledger_address",
+]
+
+
+class FeeCapError(DidgwError):
+    """The network's fees are above what the gateway is configured to pay."""
+
+    code = "fee_cap"
+
+
+@dataclass(frozen=True)
+class Fees:
+    """EIP-1559 fees for one transaction, in wei per gas."""
+
+    max_fee: int
+    priority_fee: int
+
+    @classmethod
+    def for_base_fee(cls, base_fee: int, *, priority_fee: int, cap: int) -> Fees:
+        """Fees that survive the base fee doubling for a few blocks, never above ``cap``.
+
+        Refuses (:class:`FeeCapError`) when even the current base fee plus the tip
+        is above the cap: the anchor waits rather than overpays.
+        """
+        if base_fee + priority_fee > cap:
+            raise FeeCapError(
+                f"ledger base fee {base_fee / 1e9:.3f} gwei plus tip {priority_fee / 1e9:.3f} "
+                f"gwei is above the cap of {cap / 1e9:.3f} gwei ([anchor] max_fee_gwei); "
+                "waiting for fees to fall"
+            )
+        return cls(min(2 * base_fee + priority_fee, cap), priority_fee)
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    """A transaction signed and ready to broadcast; ``raw`` is kept so it can be re-sent as is."""
+
+    raw: bytes
+    tx_hash: bytes
+    nonce: int
+
+
+def ledger_address(key: ec.EllipticCurvePrivateKey) -> str:
+    """The EVM address of a secp256k1 key: the last 20 bytes of Keccak-256 of the public point.
+
+    EIP-55 checksummed (mixed case). Computed here rather than through eth_account
+    so that ``didgw init`` and ``didgw anchor status`` start fast.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from eth_hash.auto import keccak
+
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    plain = keccak(point[1:])[-20:].hex()
+    mask = keccak(plain.encode("ascii")).hex()[:40]
+    return "0x" + "".join(
+        c.upper() if int(m, 16) >= 8 else c for c, m in zip(plain, mask, strict=True)
+    )
+
+
+class LedgerAccount:
+    """Signs anchor transactions with the ledger key; never shows the key itself."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        from eth_account import Account
+
+        if not isinstance(key.curve, ec.SECP256K1):
+            raise DidgwError("the ledger account key must be secp256k1")
+        self._secret = key.private_numbers().private_value.to_bytes(32, "big")
+        self._account = Account.from_key(self._secret)
+        self.address: str = str(self._account.address)  # EIP-55 checksummed
+        if self.address != ledger_address(key):  # pragma: no cover - two derivations agree
+            raise DidgwError("ledger address derivation disagrees with eth_account")
+
+    def __repr__(self) -> str:  # keep the key out of logs and tracebacks
+        return f"LedgerAccount({self.address})"
+
+    def sign_anchor(self, data: bytes, *, chain_id: int, nonce: int, fees: Fees) -> SignedTx:
+        """A 0-value EIP-1559 transaction to the account itself carrying ``data``."""
+        tx: dict[str, Any] = {
+            "type": 2,
+            "chainId": chain_id,
+            "nonce": nonce,
+            "to": self.address,
+            "value": 0,
+            "data": data,
+            "gas": anchor_gas(data),
+            "maxFeePerGas": fees.max_fee,
+            "maxPriorityFeePerGas": fees.priority_fee,
+        }
+        signed = self._account.sign_transaction(tx)
+        return SignedTx(bytes(signed.raw_transaction), bytes(signed.hash), nonce)
+
+
+def binding_statement(signer: Signer, address: str, *, issued: int) -> str:
+    """The gateway DID's signed statement that ``address`` is its ledger account.
+
+    A compact JWS (``typ`` ``didgw-ledger-binding+jws``, ``kid`` the gateway's
+    DID URL) over ``{"type", "did", "address", "issued"}``; ``issued`` is Unix seconds.
+    """
+    body = {"type": BINDING_TYPE, "did": signer.did, "address": address, "issued": issued}
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return sign_jws(payload, signer, headers={"typ": BINDING_JWS_TYP})
