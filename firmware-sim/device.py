@@ -28,6 +28,7 @@ import os
 import queue
 import re
 import secrets
+import socket
 import sqlite3
 import stat
 import threading
@@ -613,6 +614,10 @@ class _Link:
             self.refused = str(reason_code)
             self.closed.set()
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # send each small reading at once (no Nagle)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(self.topic, qos=1)
 
     def _subscribed(self, client, _userdata, _mid, reason_codes, _properties) -> None:

@@ -1,4 +1,4 @@
-"""The recorder: the gateway's single writer to the record, with group commit.
+"""The recorder: a process's one writer to the record, with group commit.
 
 Readings arrive from many producers at once (MQTT, CoAP, the meter, the
 market). Each must be told "accepted" only after its entry is durably
