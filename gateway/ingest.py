@@ -86,6 +86,11 @@ class ReadingPipeline:
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}  # outcome ("accepted", "duplicate", reasons) -> count
 
+    @property
+    def backlog(self) -> int:
+        """Readings accepted for recording and not yet in a transaction."""
+        return self._recorder.backlog
+
     def _count(self, outcome: str) -> None:
         with self._lock:
             self.counts[outcome] = self.counts.get(outcome, 0) + 1

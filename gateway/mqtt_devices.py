@@ -252,11 +252,12 @@ class MqttDevices:
             changed = self._registry.changes_since(seen)
             if changed:
                 seen = changed[-1].id
-            if len(self._tasks) > BACKLOG_WARNING:
+            backlog = len(self._tasks) + self._pipeline.backlog
+            if backlog > BACKLOG_WARNING:
                 log.warning(
                     "falling behind: %d messages in progress; the broker may drop readings "
                     "(devices resend them until acknowledged)",
-                    len(self._tasks),
+                    backlog,
                 )
             barred = {r.device for r in changed if r.action in ("suspend", "revoke", "rotate")}
             expired = {did for did, s in self._sessions.items() if s.expires_ms <= now}

@@ -62,6 +62,11 @@ class Recorder:
         self._ready.result()  # surface an error opening the store to the caller
         self.batches = 0  # how many transactions so far (for metrics and benchmarks)
 
+    @property
+    def backlog(self) -> int:
+        """Entries queued and not yet taken into a transaction (approximate)."""
+        return self._queue.qsize()
+
     def submit(
         self, kind: str, actor: str, payload: bytes, key: int | None = None
     ) -> Future[Entry]:

@@ -39,6 +39,8 @@ from gateway.ingest import ReadingPipeline
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0  # seconds a worker may take to start and subscribe
+#: Readings waiting for the recorder before a worker says it is behind (at most every 10 s).
+BACKLOG_WARNING = 10_000
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,11 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from gateway import logs
     from gateway.ingest import Ack
     from gateway.transports.mqtt import set_nodelay
 
+    logs.configure()
     mqtt_config = settings.config.mqtt
     pipeline, close = _worker_pipeline(settings)
     prefix = mqtt_config.prefix
@@ -167,14 +171,30 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     client.connect_async(mqtt_config.host, mqtt_config.port, keepalive=30)
     client.loop_start()
     try:
-        conn.recv()  # blocks until the parent says stop (or goes away)
-    except (EOFError, OSError):
-        pass
+        _watch_until_stopped(conn, pipeline, settings.index)
     finally:
         client.unsubscribe(shared_readings_filter(prefix))
         close()  # commits what is queued; its acks are published before we disconnect
         client.disconnect()
         client.loop_stop()
+
+
+def _watch_until_stopped(conn: Connection, pipeline: ReadingPipeline, index: int) -> None:
+    """Until the parent says stop (or goes away): say so when readings pile up."""
+    warned = 0.0
+    try:
+        while not conn.poll(1.0):
+            now = time.monotonic()
+            if pipeline.backlog > BACKLOG_WARNING and now - warned >= 10:
+                warned = now
+                log.warning(
+                    "reading worker %d is falling behind: %d readings wait to be recorded; "
+                    "the broker may drop readings (devices send them again until acknowledged)",
+                    index,
+                    pipeline.backlog,
+                )
+    except (EOFError, OSError):
+        pass
 
 
 def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callable[[], None]]:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 
 from gateway.cli._base import CommandTree, load_config, state_dir
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway import logs
     from gateway.runner import run
 
     config = load_config(args)
-    # One line per event; journald adds its own timestamps.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=logging.INFO, format=stamp + "%(levelname)s %(name)s: %(message)s")
+    logs.configure()
     run(config, state_dir(args, config))
     return 0
 
