@@ -62,6 +62,8 @@ ED25519_MULTICODEC = b"\xed\x01"
 DID_KEY_PREFIX = "did:key:"
 AUTH_TYP = "didgw-auth+jws"
 GRANT_TYP = "didgw-grant+jws"
+#: Refusals that are not the reading's fault: the device keeps the reading and sends it again.
+TRANSIENT_REASONS = frozenset({"unavailable", "storage_full"})
 READING_TYP = "didgw-reading+jws"
 SECRET_INFO = b"didgw broker secret v1"
 JWS_ALGS = ("EdDSA", "Ed25519")  # the same signature under its old and its new name
@@ -688,6 +690,7 @@ class Device:
         max_inflight: int = MAX_INFLIGHT,
         ack_timeout: float = 10.0,
         stall_after: float = 3.0,
+        retry_after: float = 5.0,
         renew_before: float = 60.0,
         timeout: float = 10.0,
         durable: bool = True,
@@ -707,6 +710,7 @@ class Device:
         self.max_inflight = max_inflight
         self.ack_timeout = ack_timeout
         self.stall_after = stall_after
+        self.retry_after = retry_after
         self.renew_before = renew_before
         self.timeout = timeout
         self._log_fn = log
@@ -724,7 +728,8 @@ class Device:
         #: the last acks received (the gateway's JSON objects), newest last
         self.acks: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.stats = dict.fromkeys(
-            ("published", "sent", "resent", "accepted", "refused", "auths", "connects"), 0
+            ("published", "sent", "resent", "accepted", "refused", "deferred", "auths", "connects"),
+            0,
         )
         self._lock = threading.RLock()  # link, in-flight window, cursor, counters
         self._send_lock = threading.Lock()  # keeps publishes in seq order
@@ -732,6 +737,7 @@ class Device:
         self._link: _Link | None = None
         self._inflight: dict[int, float] = {}  # seq -> when sent on the current link
         self._cursor = 0  # highest seq sent on the current link
+        self._paused_until = 0.0  # after a transient refusal, nothing is sent before this
         self._window = 1  # how many may await an ack now: 1 on a new link, + 1 per ack
         self._high_sent = 0  # highest seq ever sent by this process
         self._renew_at = float("inf")
@@ -963,6 +969,16 @@ class Device:
             self._log(f"gateway could not parse a reading: {ack.get('reason')}")
         elif not isinstance(seq, int) or isinstance(seq, bool):
             raise DeviceError(f"ack with a malformed seq: {seq!r}")
+        elif status == "refused" and ack.get("reason") in TRANSIENT_REASONS:
+            # Not the reading's fault (the gateway's disk is full, or it cannot check now):
+            # keep it, and send it again from there after a pause.
+            with self._lock:
+                self._inflight.pop(seq, None)
+                self._cursor = min(self._cursor, seq - 1)
+                self._paused_until = self._clock() + self.retry_after
+                self.stats["deferred"] += 1
+                self._acked.notify_all()
+            self._log(f"reading {seq} deferred: {ack.get('reason')}; sending it again later")
         elif status in ("accepted", "refused"):
             removed = self.outbox.remove(seq)
             with self._lock:
@@ -993,6 +1009,8 @@ class Device:
             with self._lock:
                 link = self._link
                 if link is None or not link.ready.is_set() or link.closed.is_set():
+                    return
+                if self._clock() < self._paused_until:
                     return
                 room = self._window - len(self._inflight)
                 if self._inflight:

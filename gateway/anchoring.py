@@ -199,6 +199,11 @@ class Anchorer:
             "sent anchor of size %d (tx 0x%s, nonce %d)", anchor.size, signed.tx_hash.hex(), nonce
         )
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the ledger answered as expected in the last round."""
+        return self._health == "ok"
+
     def _report(self, health: str, now_ms: int) -> None:
         if health == self._health:
             return

@@ -74,6 +74,18 @@ class GatewaySection(_Section):
         "systemd's StateDirectory=), else ~/.local/state/didgw. The --state-dir option "
         "and $DIDGW_STATE_DIR take precedence over this key.",
     )
+    quota_mb: int = _setting(
+        0,
+        "Largest size of the database (with its write-ahead log), in MB, before readings are "
+        "refused (storage_full; devices keep them and send them again). 0: no quota.",
+        _between(0, 10_000_000),
+    )
+    min_free_mb: int = _setting(
+        64,
+        "Refuse readings (storage_full) when the state directory's file system has less free "
+        "space than this, in MB, so the card never fills up under the database.",
+        _between(0, 10_000_000),
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +257,17 @@ class AnchorSection(_Section):
 
 
 @dataclass(frozen=True)
+class MetricsSection(_Section):
+    """Prometheus metrics of the running gateway (also what ``didgw status`` reads)."""
+
+    enabled: bool = _setting(True, "Serve metrics over HTTP while the gateway runs.")
+    host: str = _setting(
+        "127.0.0.1", "Address to serve them on (loopback: only this machine may read them)."
+    )
+    port: int = _setting(9464, "Port to serve them on.", _port)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the file it came from."""
 
@@ -253,6 +276,7 @@ class Config:
     resolver: ResolverSection = field(default_factory=ResolverSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     source: str = "(built-in defaults)"
 
 
@@ -262,6 +286,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "resolver": ResolverSection,
     "mqtt": MqttSection,
     "anchor": AnchorSection,
+    "metrics": MetricsSection,
 }
 
 CONFIG_ENV = "DIDGW_CONFIG"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,9 @@ from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
 from gateway.chain.store import ChainStore, Entry
 from gateway.errors import DidgwError
 from gateway.recorder import Recorder
+from gateway.storage import StorageGuard
+
+log = logging.getLogger(__name__)
 
 READING = "reading"
 #: How far behind the newest accepted sequence number a reading may arrive and still be
@@ -77,8 +81,11 @@ class ReadingPipeline:
         lookups: ChainStore,
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        storage: StorageGuard | None = None,
     ) -> None:
         self._checker = checker
+        self._storage = storage
+        self._storage_full = False
         self._recorder = recorder
         self._lookups = lookups  # a read connection: last seq and already-recorded readings
         self._clock_ms = clock_ms
@@ -90,6 +97,11 @@ class ReadingPipeline:
     def backlog(self) -> int:
         """Readings accepted for recording and not yet in a transaction."""
         return self._recorder.backlog
+
+    def snapshot_counts(self) -> dict[str, int]:
+        """A copy of the counts, consistent at one moment (another thread may be counting)."""
+        with self._lock:
+            return dict(self.counts)
 
     def _count(self, outcome: str) -> None:
         with self._lock:
@@ -123,6 +135,9 @@ class ReadingPipeline:
     def record(self, reading: Reading, reply: Reply) -> None:
         """The second half, for a reading whose signature, status, time and schema checked out:
         the sequence check, then the durable append; ``reply`` is called once it is settled."""
+        if self._storage is not None and self._storage_is_full(self._storage):
+            reply(self.refused(ReadingRefused("storage_full", reading.seq, self._storage.why)))
+            return
         early, previous = self._claim(reading)
         if early is not None:
             reply(early)
@@ -137,6 +152,16 @@ class ReadingPipeline:
                 self._settle(reading, previous, None if done.exception() else done.result())
             )
         )
+
+    def _storage_is_full(self, storage: StorageGuard) -> bool:
+        full = storage.full()
+        if full != self._storage_full:
+            self._storage_full = full
+            if full:
+                log.warning("refusing readings: %s", storage.why)
+            else:
+                log.info("taking readings again: there is room on the disk")
+        return full
 
     def _claim(self, reading: Reading) -> tuple[Ack | None, int | None]:
         """Refuse or re-acknowledge a number already seen; otherwise claim it, so a copy

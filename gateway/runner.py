@@ -14,6 +14,7 @@ accepted reading is committed and acknowledged), close everything, exit 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -21,18 +22,22 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway import metrics
 from gateway.auth.handshake import Authenticator
 from gateway.auth.readings import ReadingChecker
 from gateway.chain.store import ChainStore
-from gateway.config import Config
+from gateway.config import SECTIONS, Config, load_config
 from gateway.db import DB_NAME, connect
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DidgwError
+from gateway.health import Health
 from gateway.ingest import ReadingPipeline
 from gateway.mqtt_devices import MqttDevices
 from gateway.recorder import Recorder
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
+from gateway.sdnotify import Notifier
 from gateway.service import Gateway, open_gateway
+from gateway.storage import StorageGuard
 from gateway.transports.dynsec import DynsecAdmin
 from gateway.transports.mqtt import MqttLink
 from gateway.verifiers import VerifierPool, WorkerSettings
@@ -64,6 +69,18 @@ class _MqttSide:
         self.broker: DynsecAdmin | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.pool: VerifierPool | None = None
+        self.authenticator: Authenticator | None = None
+
+    def report_to(self, health: Health, pipeline: ReadingPipeline) -> None:
+        """Name this side's live figures: readings, authentications, the broker connection."""
+        pool, link, auth = self.pool, self.link, self.authenticator
+        health.readings.append(
+            ("mqtt", (lambda: pool.counts) if pool is not None else pipeline.snapshot_counts)
+        )
+        if auth is not None:
+            health.authentications.append(("mqtt", lambda: auth.outcomes))
+        if link is not None:
+            health.connections["broker"] = link.connected.is_set
 
     async def start(
         self,
@@ -79,7 +96,7 @@ class _MqttSide:
         workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else default_verify_workers()
         self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
         await asyncio.to_thread(self.broker.connect)
-        authenticator = Authenticator(
+        authenticator = self.authenticator = Authenticator(
             gateway.signer(env),
             lambda did: _status(gateway, did),
             gateway.resolver,
@@ -148,46 +165,162 @@ def default_verify_workers() -> int:
 
 
 async def serve(
-    config: Config, state_dir: Path, env: Mapping[str, str], stop: asyncio.Event
+    config: Config,
+    state_dir: Path,
+    env: Mapping[str, str],
+    stop: asyncio.Event,
+    reload: asyncio.Event | None = None,
 ) -> None:
-    """Run until ``stop`` is set."""
+    """Run until ``stop`` is set; ``reload`` (SIGHUP) re-reads the configuration."""
+    notifier = Notifier(env)
     gateway = open_gateway(config, state_dir)
     db_path = state_dir / DB_NAME
     recorder = Recorder(
         lambda: ChainStore(connect(db_path)), clock_ms=lambda: int(time.time() * 1000)
     )
     lookups = ChainStore(connect(db_path))
+    storage = StorageGuard(
+        db_path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
+    )
+    statuses = StatusCache(gateway.registry)
     pipeline = ReadingPipeline(
         ReadingChecker(
             gateway.resolver,
-            StatusCache(gateway.registry),
+            statuses,
             clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
             max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
         ),
         recorder,
         lookups,
+        storage=storage,
     )
+    health = Health()
+    health.gauges["storage_full"] = lambda: float(storage.full())
     mqtt = _MqttSide()
     anchoring = None
+    exporter = None
+    chores: list[asyncio.Task[None]] = []
     try:
         if config.anchor.enabled:  # its own thread and connection; never blocks readings
             from gateway.anchoring import AnchorLoop, build_anchorer
 
             anchoring = AnchorLoop(build_anchorer(config, state_dir, env, gateway))
             anchoring.start()
+            anchorer = anchoring.anchorer
+            health.connections["ledger"] = lambda: anchorer.healthy
         if config.mqtt.enabled:
             await mqtt.start(config, state_dir, env, gateway, pipeline)
+            mqtt.report_to(health, pipeline)
+        if config.metrics.enabled:
+            where = f"{config.metrics.host}:{config.metrics.port}"
+            try:
+                exporter = metrics.serve(health, db_path, config.metrics.host, config.metrics.port)
+            except OSError as exc:  # readings matter more than their metrics
+                log.error("cannot serve metrics on %s (%s); running without them", where, exc)
+            else:
+                log.info("metrics on http://%s/metrics", where)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
+        notifier.ready(status_line(health))
+        chores.append(asyncio.ensure_future(_keep_telling(notifier, health)))
+        if reload is not None:
+            chores.append(asyncio.ensure_future(_reloads(reload, config, mqtt, notifier, health)))
         await stop.wait()
     finally:
         log.info("stopping")
+        notifier.stopping()
+        for chore in chores:
+            chore.cancel()
         mqtt.stop_taking()
         recorder.close()  # commits what is queued; the acks go out before the link closes
         await mqtt.stop()
         if anchoring is not None:
             await anchoring.stop()
+        if exporter is not None:
+            exporter.shutdown()
         lookups.close()
         gateway.close()
+        notifier.close()
+
+
+def status_line(health: Health) -> str:
+    """One line for ``systemctl status``: readings, refusals, connections."""
+    counts: dict[str, int] = {}
+    for _, source in health.readings:
+        for outcome, n in source().items():
+            counts[outcome] = counts.get(outcome, 0) + n
+    accepted = counts.pop("accepted", 0) + counts.pop("duplicate", 0)
+    refused = sum(counts.values())
+    links = ", ".join(
+        f"{peer} {'up' if is_up() else 'DOWN'}"
+        for peer, is_up in sorted(health.connections.items())
+    )
+    return f"{accepted} readings accepted, {refused} refused" + (f"; {links}" if links else "")
+
+
+async def _keep_telling(notifier: Notifier, health: Health) -> None:
+    """From the event loop (a hung loop stops it, and systemd's watchdog restarts us):
+    ``WATCHDOG=1`` twice per watchdog interval, and the status line every 10 s."""
+    interval = min(10.0, notifier.watchdog_seconds / 2) if notifier.watchdog_seconds else 10.0
+    last_status = 0.0
+    while True:
+        notifier.watchdog()
+        now = time.monotonic()
+        if now - last_status >= 10.0:
+            last_status = now
+            notifier.status(status_line(health))
+        await asyncio.sleep(interval)
+
+
+async def _reloads(
+    reload: asyncio.Event, config: Config, mqtt: _MqttSide, notifier: Notifier, health: Health
+) -> None:
+    """SIGHUP: check the configuration file again; apply what can change without dropping
+    a connection; name what needs a restart. An invalid file changes nothing."""
+    running = config
+    while True:
+        await reload.wait()
+        reload.clear()
+        notifier.reloading()
+        try:
+            running = apply_reload(running, mqtt)
+        finally:
+            notifier.ready(status_line(health))
+
+
+def apply_reload(running: Config, mqtt: _MqttSide) -> Config:
+    """Reload from ``running.source``; returns the configuration now in force."""
+    if not Path(running.source).is_file():
+        log.warning("reload: no configuration file to read (running on built-in defaults)")
+        return running
+    try:
+        new = load_config(Path(running.source))
+    except DidgwError as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return running
+    changed = config_changes(running, new)
+    live = {"mqtt.session_seconds", "mqtt.clock_skew_seconds"}
+    if mqtt.authenticator is not None and changed & live:
+        mqtt.authenticator.retime(
+            session_ms=new.mqtt.session_seconds * 1000,
+            clock_skew_ms=new.mqtt.clock_skew_seconds * 1000,
+        )
+    for key in sorted(changed):
+        how = "applied" if key in live else "takes effect at the next restart"
+        log.info("reload: %s changed; %s", key, how)
+    if not changed:
+        log.info("reload: configuration unchanged")
+    return new
+
+
+def config_changes(old: Config, new: Config) -> set[str]:
+    """``section.key`` for every setting whose value differs."""
+    changed = set()
+    for name in SECTIONS:
+        before, after = getattr(old, name), getattr(new, name)
+        for item in dataclasses.fields(before):
+            if getattr(before, item.name) != getattr(after, item.name):
+                changed.add(f"{name}.{item.name}")
+    return changed
 
 
 def _status(gateway: Gateway, did: str) -> Status | None:
@@ -196,14 +329,15 @@ def _status(gateway: Gateway, did: str) -> Status | None:
 
 
 def run(config: Config, state_dir: Path) -> None:
-    """Blocking entry point for ``didgw run``: serve until SIGTERM or SIGINT."""
+    """Blocking entry point for ``didgw run``: serve until SIGTERM or SIGINT; SIGHUP reloads."""
     import signal
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(config, state_dir, os.environ, stop)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        await serve(config, state_dir, os.environ, stop, reload)
 
     asyncio.run(main())

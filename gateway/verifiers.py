@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -66,6 +67,17 @@ class VerifierPool:
         self._settings = settings
         self._loop = loop
         self._workers: list[tuple[Any, Connection]] = []
+        self._counts: dict[int, dict[str, int]] = {}  # each worker's latest reading counts
+        self._retired: Counter[str] = Counter()  # the last counts of workers that died
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Reading outcomes ("accepted", "duplicate", refusal reasons) over all workers ever
+        started (a replaced worker's counts are kept), as of their last report (each second)."""
+        total = Counter(self._retired)
+        for counts in self._counts.values():
+            total.update(counts)
+        return dict(total)
 
     def start(self) -> None:
         """Start every worker; return once each has subscribed to the readings."""
@@ -94,8 +106,11 @@ class VerifierPool:
         process, conn = self._workers[index]
         try:
             while conn.poll():
-                conn.recv()  # "ready" again after the worker reconnected to the broker
+                message = conn.recv()  # "ready" again after a reconnect, or its counts
+                if isinstance(message, dict):
+                    self._counts[index] = message
         except (EOFError, OSError):
+            self._retired.update(self._counts.pop(index, {}))
             self._loop.remove_reader(conn.fileno())
             conn.close()
             process.join(1.0)
@@ -135,7 +150,7 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     mqtt_config = settings.config.mqtt
     pipeline, close = _worker_pipeline(settings)
     prefix = mqtt_config.prefix
-    readings_prefix, sending = f"{prefix}/d/", threading.Lock()
+    readings_prefix, sending = f"{prefix}/d/", threading.Lock()  # the pipe, for two threads
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"didgw-verify-{settings.index}-{time.time_ns()}"
     )
@@ -171,7 +186,7 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     client.connect_async(mqtt_config.host, mqtt_config.port, keepalive=30)
     client.loop_start()
     try:
-        _watch_until_stopped(conn, pipeline, settings.index)
+        _watch_until_stopped(conn, sending, pipeline, settings.index)
     finally:
         client.unsubscribe(shared_readings_filter(prefix))
         close()  # commits what is queued; its acks are published before we disconnect
@@ -179,11 +194,16 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
         client.loop_stop()
 
 
-def _watch_until_stopped(conn: Connection, pipeline: ReadingPipeline, index: int) -> None:
-    """Until the parent says stop (or goes away): say so when readings pile up."""
+def _watch_until_stopped(
+    conn: Connection, sending: threading.Lock, pipeline: ReadingPipeline, index: int
+) -> None:
+    """Until the parent says stop (or goes away): report the counts every second, and say
+    so when readings pile up."""
     warned = 0.0
     try:
         while not conn.poll(1.0):
+            with sending:
+                conn.send(pipeline.snapshot_counts())
             now = time.monotonic()
             if pipeline.backlog > BACKLOG_WARNING and now - warned >= 10:
                 warned = now
@@ -207,6 +227,7 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
     from gateway.registry import Registry
     from gateway.registry.status_cache import StatusCache
     from gateway.service import build_resolver
+    from gateway.storage import StorageGuard
 
     config = settings.config
     path = settings.state_dir / DB_NAME
@@ -226,4 +247,7 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
         lookups.close()
         db.close()
 
-    return ReadingPipeline(checker, recorder, lookups), close
+    storage = StorageGuard(
+        path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
+    )
+    return ReadingPipeline(checker, recorder, lookups, storage=storage), close

@@ -198,6 +198,12 @@ class Authenticator:
         """The gateway's DID, to which every nonce is bound."""
         return self._signer.did
 
+    def retime(self, *, session_ms: int, clock_skew_ms: int) -> None:
+        """New session length and clock tolerance, for grants from now on (a config reload)."""
+        if min(session_ms, clock_skew_ms) < 1:
+            raise ValueError("lifetimes must be positive")
+        self._session, self._skew = session_ms, clock_skew_ms
+
     @property
     def outcomes(self) -> dict[str, int]:
         """How many challenges, grants and refusals (by reason) so far."""

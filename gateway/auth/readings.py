@@ -56,6 +56,7 @@ READING_REASONS = (
     "not_active",
     "replay",
     "clock_skew",
+    "storage_full",
 )
 MAX_VALUES = 64
 _MEMBERS = frozenset({"did", "seq", "ts", "type", "values"})

@@ -17,10 +17,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The health summary: the running gateway's live figures (from its metrics endpoint)
+    and what the database holds. Exit 0 when the gateway answers and every connection is
+    up, 1 otherwise (for scripts and monitoring)."""
+    from gateway.db import DB_NAME, open_read_only
+    from gateway.health import stored_health
+    from gateway.status import live_health, render_status
+
+    config = load_config(args)
+    directory = state_dir(args, config)
+    conn = open_read_only(directory / DB_NAME)
+    try:
+        stored = stored_health(conn)
+    finally:
+        conn.close()
+    live = live_health(config.metrics.host, config.metrics.port) if config.metrics.enabled else None
+    text, healthy = render_status(stored, live, anchoring=config.anchor.enabled)
+    print(text)
+    return 0 if healthy else 1
+
+
 def register(tree: CommandTree) -> None:
     tree.command(
         "run",
         cmd_run,
         "run the gateway: serve devices over MQTT until SIGTERM or Ctrl-C",
         "didgw run --config /etc/didgw/gateway.toml",
+    )
+    tree.command(
+        "status",
+        cmd_status,
+        "the gateway's health: readings, refusals, connections, record, anchors",
+        "didgw status --config /etc/didgw/gateway.toml",
     )

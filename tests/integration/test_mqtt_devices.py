@@ -10,14 +10,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto
+from broker import Mosquitto, free_port
+from gateway_process import GatewayProcess
 from support import Run, load_device_module
 
 from gateway.chain.store import ChainStore
@@ -29,62 +29,19 @@ pytestmark = pytest.mark.integration
 dev = load_device_module()
 
 
-class GatewayProcess:
-    """``didgw run`` as a subprocess, configured for one test broker."""
-
-    def __init__(self, state: Path, broker: Mosquitto, config: Path) -> None:
-        self.state, self.broker, self.config = state, broker, config
-        self.process: subprocess.Popen[str] | None = None
-        self.output = ""
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "DIDGW_STATE_DIR": str(self.state),
-            "DIDGW_CONFIG": str(self.config),
-            "DIDGW_MQTT_PASSWORD": self.broker.gateway_password,
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("didgw")), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.output += line
-            if " running (state " in line:
-                return
-        raise AssertionError(f"the gateway did not start:\n{self.output}")
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        rest, _ = self.process.communicate(timeout=30)
-        self.output += rest
-        return self.process.returncode
-
-
 @pytest.fixture
 def gateway(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[GatewayProcess]:
     state = tmp_path / "state"
     assert didgw("init", "--state-dir", str(state)).returncode == 0
     config = tmp_path / "gateway.toml"
     config.write_text(
+        f"[metrics]\nport = {free_port()}\n\n"  # [mqtt] last: tests append keys to it
         f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
         f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
     )
     process = GatewayProcess(state, mosquitto, config)
     yield process
-    if process.process is not None and process.process.poll() is None:
-        process.process.kill()
-        process.process.wait()
+    process.kill()
 
 
 def gateway_did(didgw: Run, state: Path) -> str:

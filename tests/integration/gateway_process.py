@@ -1,0 +1,84 @@
+"""``didgw run`` as a subprocess for the integration tests, configured for one test broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from broker import Mosquitto
+
+
+class GatewayProcess:
+    """``didgw run`` as a subprocess, configured for one test broker."""
+
+    def __init__(self, state: Path, broker: Mosquitto, config: Path) -> None:
+        self.state, self.broker, self.config = state, broker, config
+        self.process: subprocess.Popen[str] | None = None
+        self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    @property
+    def output(self) -> str:
+        """Everything the gateway printed so far (read continuously: its pipe never fills)."""
+        return "".join(self._lines)
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self._lines = []
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("didgw")), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "DIDGW_STATE_DIR": str(self.state),
+                "DIDGW_CONFIG": str(self.config),
+                "DIDGW_MQTT_PASSWORD": self.broker.gateway_password,
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+            },
+        )
+        stdout = self.process.stdout
+        assert stdout is not None
+        self._reader = threading.Thread(target=lambda: self._lines.extend(stdout), daemon=True)
+        self._reader.start()
+        if not self.wait_for(" running (state ", timeout=30):
+            raise AssertionError(f"the gateway did not start:\n{self.output}")
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> bool:
+        """Whether ``text`` appears in the output within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output:
+                return True
+            if self.process is not None and self.process.poll() is not None:
+                time.sleep(0.2)  # let the reader take the last lines
+                return text in self.output
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL if still running (a test's clean-up, or a crash it causes)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
