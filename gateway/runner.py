@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from gateway import metrics
 from gateway.auth.handshake import Authenticator
@@ -212,13 +213,7 @@ async def serve(
             await mqtt.start(config, state_dir, env, gateway, pipeline)
             mqtt.report_to(health, pipeline)
         if config.metrics.enabled:
-            where = f"{config.metrics.host}:{config.metrics.port}"
-            try:
-                exporter = metrics.serve(health, db_path, config.metrics.host, config.metrics.port)
-            except OSError as exc:  # readings matter more than their metrics
-                log.error("cannot serve metrics on %s (%s); running without them", where, exc)
-            else:
-                log.info("metrics on http://%s/metrics", where)
+            exporter = _serve_metrics(config, health, db_path)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
         notifier.ready(status_line(health))
         chores.append(asyncio.ensure_future(_keep_telling(notifier, health)))
@@ -240,6 +235,18 @@ async def serve(
         lookups.close()
         gateway.close()
         notifier.close()
+
+
+def _serve_metrics(config: Config, health: Health, db_path: Path) -> Any:
+    """The metrics exporter, or None when its port cannot be had (readings matter more)."""
+    where = f"{config.metrics.host}:{config.metrics.port}"
+    try:
+        exporter = metrics.serve(health, db_path, config.metrics.host, config.metrics.port)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s (%s); running without them", where, exc)
+        return None
+    log.info("metrics on http://%s/metrics", where)
+    return exporter
 
 
 def status_line(health: Health) -> str:

@@ -31,6 +31,10 @@ command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
 # node and npm install anvil, the local ledger of the demo and the tests.
 command -v node >/dev/null || apt_missing+=(nodejs)
 command -v npm >/dev/null || apt_missing+=(npm)
+# The tests check the shipped systemd units with systemd-analyze.
+if [[ $DEV -eq 1 ]]; then
+    command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+fi
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"
     as_root apt-get update -qq
