@@ -70,6 +70,28 @@ class GatewayProcess:
         self._close()
         return code
 
+    def memory_kb(self) -> int:
+        """Resident memory of the gateway and its child processes, in kB."""
+        assert self.process is not None
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        total = 0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
+
     def kill(self) -> None:
         """SIGKILL if still running (a test's clean-up, or a crash it causes)."""
         if self.process is not None and self.process.poll() is None:
