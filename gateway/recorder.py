@@ -12,6 +12,13 @@ PostgreSQL's ``commit_delay``): on a fast disk, entries otherwise trickle in
 one or two per transaction while producers are still verifying the next ones,
 and the cost per transaction, not the disk, becomes the limit.
 
+Several recorders (one per reading worker process) may write one database. SQLite
+serialises them, but a writer that finds the database locked sleeps in steps
+(1, 2, 5, 10, … ms) and is not woken when the lock is released: with two busy
+writers that put tens of milliseconds on the slowest acks. So recorders given a
+``lock_path`` take an exclusive ``flock`` on that file around each transaction
+first; the kernel wakes the next one the moment the lock is released.
+
 This is an edge (it owns a thread and reads the clock); the store it drives is
 the sans-IO core in :mod:`gateway.chain.store`.
 """
@@ -20,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 
 from gateway.chain.store import ChainStore, Entry, NewEntry, check_new_entry
 from gateway.errors import DidgwError
@@ -33,6 +43,11 @@ _STOP = object()
 
 #: Who waits for an entry: a thread (concurrent future) or a coroutine (its loop and future).
 Waiter = Future[Entry] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Entry]"]
+
+
+def writer_lock_path(db_path: Path) -> Path:
+    """The lock file the gateway's recorders share for the database at ``db_path``."""
+    return db_path.with_name(db_path.name + "-writer.lock")
 
 
 class RecorderClosed(DidgwError):
@@ -49,11 +64,13 @@ class Recorder:
         clock_ms: Callable[[], int],
         max_batch: int = 8192,
         linger: float = 0.002,
+        lock_path: Path | None = None,
     ) -> None:
         self._open_store = open_store
         self._clock_ms = clock_ms
         self._max_batch = max_batch
         self._linger = linger
+        self._lock_path = lock_path
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
         self._ready: Future[ChainStore] = Future()
@@ -115,34 +132,41 @@ class Recorder:
             self._ready.set_exception(exc)
             return
         self._ready.set_result(store)
+        lock = contextlib.nullcontext() if self._lock_path is None else _WriterLock(self._lock_path)
         stopping = False
         while not stopping:
-            batch: list[tuple[NewEntry, Waiter]] = []
+            batch, stopping = self._take_batch()
+            if batch:
+                with lock:
+                    self._commit(store, batch)
+        if isinstance(lock, _WriterLock):
+            lock.close()
+
+    def _take_batch(self) -> tuple[list[tuple[NewEntry, Waiter]], bool]:
+        """The next batch (waiting for a first entry), and whether to stop after it."""
+        batch: list[tuple[NewEntry, Waiter]] = []
+        try:
+            item = self._queue.get_nowait()
+            busy = True  # entries were waiting: more are likely on their way
+        except queue.Empty:
+            item, busy = self._queue.get(), False
+        deadline = time.monotonic() + self._linger if busy else 0.0
+        while True:
+            if item is _STOP:
+                return batch, True
+            batch.append(item)  # type: ignore[arg-type]
+            if len(batch) >= self._max_batch:
+                return batch, False
             try:
                 item = self._queue.get_nowait()
-                busy = True  # entries were waiting: more are likely on their way
             except queue.Empty:
-                item, busy = self._queue.get(), False
-            deadline = time.monotonic() + self._linger if busy else 0.0
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    batch.append(item)  # type: ignore[arg-type]
-                if stopping or len(batch) >= self._max_batch:
-                    break
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return batch, False
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait)
                 except queue.Empty:
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=wait)
-                    except queue.Empty:
-                        break
-            if batch:
-                self._commit(store, batch)
+                    return batch, False
 
     def _commit(self, store: ChainStore, batch: list[tuple[NewEntry, Waiter]]) -> None:
         live = [
@@ -175,6 +199,22 @@ class Recorder:
 
 
 Outcome = Entry | BaseException
+
+
+class _WriterLock:
+    """An exclusive ``flock`` shared by the recorders of several processes (see above)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _settle(done: list[tuple[asyncio.Future[Entry], Outcome]]) -> None:

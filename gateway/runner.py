@@ -33,7 +33,7 @@ from gateway.errors import ConfigError, DidgwError
 from gateway.health import Health
 from gateway.ingest import ReadingPipeline
 from gateway.mqtt_devices import MqttDevices
-from gateway.recorder import Recorder
+from gateway.recorder import Recorder, writer_lock_path
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
 from gateway.sdnotify import Notifier
@@ -177,7 +177,9 @@ async def serve(
     gateway = open_gateway(config, state_dir)
     db_path = state_dir / DB_NAME
     recorder = Recorder(
-        lambda: ChainStore(connect(db_path)), clock_ms=lambda: int(time.time() * 1000)
+        lambda: ChainStore(connect(db_path)),
+        clock_ms=lambda: int(time.time() * 1000),
+        lock_path=writer_lock_path(db_path),
     )
     lookups = ChainStore(connect(db_path))
     storage = StorageGuard(

@@ -223,7 +223,7 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
     from gateway.chain.store import ChainStore
     from gateway.db import DB_NAME, connect
     from gateway.identity.cache import SqliteResolutionCache
-    from gateway.recorder import Recorder
+    from gateway.recorder import Recorder, writer_lock_path
     from gateway.registry import Registry
     from gateway.registry.status_cache import StatusCache
     from gateway.service import build_resolver
@@ -239,7 +239,11 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
         clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
         max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
     )
-    recorder = Recorder(lambda: ChainStore(connect(path)), clock_ms=lambda: int(time.time() * 1000))
+    recorder = Recorder(
+        lambda: ChainStore(connect(path)),
+        clock_ms=lambda: int(time.time() * 1000),
+        lock_path=writer_lock_path(path),
+    )
     lookups = ChainStore(connect(path))
 
     def close() -> None:
