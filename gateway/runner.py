@@ -26,7 +26,9 @@ from gateway.auth.readings import ReadingChecker
 from gateway.chain.store import ChainStore
 from gateway.config import Config
 from gateway.db import DB_NAME, connect
+from gateway.energy_running import MarketSide, MeterSide
 from gateway.errors import ConfigError
+from gateway.identity import keystore
 from gateway.ingest import ReadingPipeline
 from gateway.mqtt_devices import MqttDevices
 from gateway.recorder import Recorder
@@ -72,6 +74,8 @@ class _MqttSide:
         env: Mapping[str, str],
         gateway: Gateway,
         pipeline: ReadingPipeline,
+        *,
+        market: MarketSide | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         mqtt = config.mqtt
@@ -107,20 +111,34 @@ class _MqttSide:
             )
             self.pool.start()
             log.info("%d reading worker processes started", workers)
+        on_message = devices.on_message
+        subscriptions = devices.subscriptions
+        if market is not None:
+            subscriptions = subscriptions + market.subscriptions
+
+            def on_message(topic: str, payload: bytes) -> None:
+                if market.handles(topic):
+                    market.on_message(topic, payload)
+                else:
+                    devices.on_message(topic, payload)
+
         self.link = MqttLink(
             host=mqtt.host,
             port=mqtt.port,
             username=mqtt.username,
             password=password,
             client_id=f"didgw-{gateway.did[-12:]}",
-            subscriptions=devices.subscriptions,
-            on_message=devices.on_message,
+            subscriptions=subscriptions,
+            on_message=on_message,
             loop=loop,
             on_reconnect=devices.spawn_reconcile,
         )
         self.link.start()
         self.watcher = asyncio.ensure_future(devices.watch())
         await asyncio.wait_for(self.link.connected.wait(), timeout=30)
+        if market is not None:
+            link = self.link
+            market.start(link.publish)
 
     def stop_taking(self) -> None:
         """Take no more readings; the workers finish theirs (committed and acknowledged)."""
@@ -169,21 +187,35 @@ async def serve(
     )
     mqtt = _MqttSide()
     anchoring = None
+    meters: MeterSide | None = None
+    market: MarketSide | None = None
     try:
+        if config.meter.enabled:
+            passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
+            meters = MeterSide(config, state_dir, gateway, passphrase)
+            meters.start()
+        if config.market.enabled:
+            if not config.mqtt.enabled:
+                raise ConfigError(f"{config.source}: [market] needs [mqtt] enabled")
+            market = MarketSide(config, state_dir, gateway, gateway.signer(env))
         if config.anchor.enabled:  # its own thread and connection; never blocks readings
             from gateway.anchoring import AnchorLoop, build_anchorer
 
             anchoring = AnchorLoop(build_anchorer(config, state_dir, env, gateway))
             anchoring.start()
         if config.mqtt.enabled:
-            await mqtt.start(config, state_dir, env, gateway, pipeline)
+            await mqtt.start(config, state_dir, env, gateway, pipeline, market=market)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
         await stop.wait()
     finally:
         log.info("stopping")
         mqtt.stop_taking()
         recorder.close()  # commits what is queued; the acks go out before the link closes
+        if market is not None:
+            await market.stop()
         await mqtt.stop()
+        if meters is not None:
+            meters.stop()
         if anchoring is not None:
             await anchoring.stop()
         lookups.close()
