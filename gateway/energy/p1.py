@@ -164,7 +164,9 @@ class P1Error(Exception):
 
 
 _IDENT = re.compile(rb"/[A-Za-z]{3}\d[\x21-\x7e]{1,96}\r\n\r\n")
-_LINE = re.compile(rb"(\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3})((?:\([^()\r\n]*\))+)\r\n")
+# Every line of the body: an OBIS code, one or more (values), CRLF. One C-level match
+# checks the shape of the whole body; the lines are then split without regular expressions.
+_LINES = re.compile(r"(?:\d{1,3}-\d{1,3}:\d{1,3}\.\d{1,3}\.\d{1,3}(?:\([^()\r\n]*\))+\r\n)*")
 _ENERGY = re.compile(r"(\d{1,9})\.(\d{3})\*kWh")
 _POWER = re.compile(r"(\d{1,6})\.(\d{3})\*kW")
 _VOLT = re.compile(r"(\d{1,4}(?:\.\d{1,2})?)\*V")
@@ -243,53 +245,49 @@ def parse_telegram(data: bytes) -> Telegram:  # noqa: PLR0912, PLR0915 - one pas
     ident = _IDENT.match(body)
     if ident is None:
         raise P1Error("garbled", "identification line is not '/XXXn…' and a blank line")
-    lines = body[ident.end() : end]
-    pos = 0
-    objects: dict[str, str] = {}
+    try:
+        text = body[ident.end() : end].decode("ascii")
+    except UnicodeDecodeError:
+        raise P1Error("garbled", "non-ASCII bytes in the telegram") from None
+    shape = _LINES.match(text)
+    if shape is None or shape.end() != len(text):
+        bad = 0 if shape is None else shape.end()
+        raise P1Error("garbled", f"not a COSEM line at byte {ident.end() + bad}")
     unknown = 0
-    tel: dict[str, object] = {}
+    tel: dict[str, str] = {}
     voltage: dict[str, float] = {}
     current: dict[str, float] = {}
     phase_imp: dict[str, int] = {}
     phase_exp: dict[str, int] = {}
-    for m in _LINE.finditer(lines):
-        if m.start() != pos:
-            raise P1Error("garbled", f"not a COSEM line at byte {ident.end() + pos}")
-        pos = m.end()
-        try:
-            obis, value = m[1].decode("ascii"), m[2].decode("ascii")
-        except UnicodeDecodeError:
-            raise P1Error("garbled", "non-ASCII bytes in a line") from None
-        if obis in objects:
+    seen: set[str] = set()
+    for line in text.split("\r\n")[:-1]:
+        obis, _, value = line.partition("(")
+        if obis in seen:
             raise P1Error("garbled", f"{obis} appears twice")
-        objects[obis] = value
-        inner = value[1:-1]
-        if obis.startswith("1-0:") and obis.endswith(".7.0"):
-            group = obis[4:].split(".")[0]
-            if group in _PHASES:
-                v = _VOLT.fullmatch(inner)
-                if v is None:
-                    raise P1Error("garbled", f"{obis}: {inner!r} is not a voltage")
-                voltage[_PHASES[group]] = float(v[1])
-                continue
-            if group in _CURRENTS:
-                a = _AMP.fullmatch(inner)
-                if a is None:
-                    raise P1Error("garbled", f"{obis}: {inner!r} is not a current")
-                current[_CURRENTS[group]] = float(a[1])
-                continue
-            if group in _PHASE_IMPORT:
-                phase_imp[_PHASE_IMPORT[group]] = _milli(_POWER.fullmatch(inner), obis)
-                continue
-            if group in _PHASE_EXPORT:
-                phase_exp[_PHASE_EXPORT[group]] = _milli(_POWER.fullmatch(inner), obis)
-                continue
-        if obis in _KNOWN:
-            tel[_KNOWN[obis]] = inner
-        elif obis not in _IGNORED:
-            unknown += 1
-    if pos != len(lines):
-        raise P1Error("garbled", f"not a COSEM line at byte {ident.end() + pos}")
+        seen.add(obis)
+        handler = _HANDLERS.get(obis)
+        if handler is None:
+            if obis not in _IGNORED:
+                unknown += 1
+            continue
+        kind, name = handler
+        inner = value[:-1]
+        if kind == "tel":
+            tel[name] = inner
+        elif kind == "V":
+            v = _VOLT.fullmatch(inner)
+            if v is None:
+                raise P1Error("garbled", f"{obis}: {inner!r} is not a voltage")
+            voltage[name] = float(v[1])
+        elif kind == "A":
+            amps = _AMP.fullmatch(inner)
+            if amps is None:
+                raise P1Error("garbled", f"{obis}: {inner!r} is not a current")
+            current[name] = float(amps[1])
+        elif kind == "+P":
+            phase_imp[name] = _milli(_POWER.fullmatch(inner), obis)
+        else:
+            phase_exp[name] = _milli(_POWER.fullmatch(inner), obis)
     missing = [name for name in _REQUIRED if name not in tel]
     if missing:
         raise P1Error("garbled", f"missing {', '.join(missing)}")
@@ -341,6 +339,13 @@ _KNOWN = {
     "1-0:2.7.0": "power_export",
 }
 _REQUIRED = tuple(_KNOWN.values())
+_HANDLERS: dict[str, tuple[str, str]] = {
+    **{obis: ("tel", name) for obis, name in _KNOWN.items()},
+    **{f"1-0:{g}.7.0": ("V", p) for g, p in _PHASES.items()},
+    **{f"1-0:{g}.7.0": ("A", p) for g, p in _CURRENTS.items()},
+    **{f"1-0:{g}.7.0": ("+P", p) for g, p in _PHASE_IMPORT.items()},
+    **{f"1-0:{g}.7.0": ("-P", p) for g, p in _PHASE_EXPORT.items()},
+}
 
 
 class P1Splitter:
