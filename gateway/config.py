@@ -268,6 +268,85 @@ class MetricsSection(_Section):
 
 
 @dataclass(frozen=True)
+class MeterSection(_Section):
+    """Smart meters on a serial line (DSMR 5.0 P1), read by the gateway and vouched for."""
+
+    enabled: bool = _setting(
+        False,
+        "Read every enrolled meter (didgw meter enroll) while the gateway runs, and put its "
+        "readings on the record signed by the meter key the gateway holds.",
+    )
+    baudrate: int = _setting(
+        115200, "Serial speed; DSMR 5.0 says 115200.", _between(300, 4_000_000)
+    )
+    bytesize: int = _setting(8, "Data bits per character; DSMR 5.0 says 8.", _between(5, 8))
+    parity: str = _setting(
+        "N",
+        "Parity: N (none, DSMR 5.0), E (even, DSMR 2.2-4 meters at 9600 7E1) or O (odd).",
+        lambda v: None if v in ("N", "E", "O") else "must be N, E or O",
+    )
+    stopbits: int = _setting(1, "Stop bits; DSMR 5.0 says 1.", _between(1, 2))
+    read_timeout: float = _setting(
+        0.1, "Seconds a read waits for bytes before looking again.", _positive
+    )
+    reconnect_seconds: float = _setting(
+        2.0,
+        "After the port fails or vanishes (cable unplugged, USB adapter gone), seconds "
+        "between attempts to open it again.",
+        _positive,
+    )
+    record_every_seconds: float = _setting(
+        10.0,
+        "At most one reading per meter on the record this often (a meter sends a telegram "
+        "every second). 0: every telegram.",
+        _not_negative,
+    )
+
+
+@dataclass(frozen=True)
+class MarketSection(_Section):
+    """The local market where households trade solar surplus, settled against their meters."""
+
+    enabled: bool = _setting(
+        False,
+        "Take households' orders over MQTT, clear every interval, settle it against the "
+        "meters once their readings are in.",
+    )
+    interval_seconds: int = _setting(
+        900,
+        "Length of a trading interval (orders name its start; it clears at its start).",
+        _between(1, 86400),
+    )
+    max_ahead_intervals: int = _setting(
+        96, "How many intervals ahead an order may be placed.", _between(1, 10000)
+    )
+    retail_price: int = _setting(
+        300,
+        "Grid import price in milli-euro per kWh (300: EUR 0.30/kWh): what a shortfall and "
+        "any import beyond what was bought cost.",
+        _not_negative,
+    )
+    feed_in_price: int = _setting(
+        80,
+        "Feed-in tariff in milli-euro per kWh: what export beyond what was sold, and energy "
+        "bought but not used, earn.",
+        _not_negative,
+    )
+    max_order_wh: int = _setting(100_000, "Largest order quantity, in Wh.", _between(1, 10**9))
+    max_price: int = _setting(
+        5000, "Highest order price, in milli-euro per kWh.", _between(1, 10**7)
+    )
+    tick_seconds: float = _setting(
+        0.2, "How often the market looks for intervals to clear and settle.", _positive
+    )
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        if self.feed_in_price > self.retail_price:
+            return [("feed_in_price", "must not be above retail_price")]
+        return []
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the file it came from."""
 
@@ -277,6 +356,8 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    meter: MeterSection = field(default_factory=MeterSection)
+    market: MarketSection = field(default_factory=MarketSection)
     source: str = "(built-in defaults)"
 
 
@@ -287,6 +368,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "mqtt": MqttSection,
     "anchor": AnchorSection,
     "metrics": MetricsSection,
+    "meter": MeterSection,
+    "market": MarketSection,
 }
 
 CONFIG_ENV = "DIDGW_CONFIG"

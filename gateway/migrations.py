@@ -187,6 +187,63 @@ def _anchors(db: Database) -> None:
     )
 
 
+def _energy_market(db: Database) -> None:
+    # Meters the gateway vouches for (gateway/energy/meter.py): their key is the gateway's
+    # to hold; port and equipment id as enrolled and as first seen on the wire.
+    db.execute(
+        """
+        CREATE TABLE meters (
+            did TEXT PRIMARY KEY REFERENCES devices(did),
+            household TEXT NOT NULL REFERENCES devices(did),
+            port TEXT NOT NULL,
+            key_file TEXT NOT NULL,
+            equipment_id TEXT,
+            peak_export_w INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX meters_household ON meters(household)")
+    # The registers of every vouched reading, for settlement (the reading itself, signed,
+    # is chain entry `entry`).
+    db.execute(
+        "CREATE TABLE meter_readings (meter TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "ts INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, "
+        "power_export_w INTEGER NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (meter, seq)) "
+        "WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX meter_readings_ts ON meter_readings(meter, ts)")
+    # The market (gateway/market/): accepted orders, cleared intervals, trades, statements;
+    # each row names the chain entry that records it.
+    db.execute(
+        "CREATE TABLE market_orders (household TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "interval INTEGER NOT NULL, side TEXT NOT NULL CHECK (side IN ('sell', 'buy')), "
+        "wh INTEGER NOT NULL, price INTEGER NOT NULL, entry INTEGER NOT NULL, "
+        "received_ms INTEGER NOT NULL, PRIMARY KEY (household, seq))"
+    )
+    db.execute("CREATE INDEX market_orders_interval ON market_orders(interval)")
+    db.execute(
+        "CREATE TABLE market_intervals (interval INTEGER PRIMARY KEY, cleared_ms INTEGER, "
+        "price INTEGER, volume_wh INTEGER NOT NULL DEFAULT 0, settled_ms INTEGER)"
+    )
+    db.execute(
+        "CREATE TABLE market_trades (interval INTEGER NOT NULL, idx INTEGER NOT NULL, "
+        "seller TEXT NOT NULL, offer_seq INTEGER NOT NULL, buyer TEXT NOT NULL, "
+        "bid_seq INTEGER NOT NULL, wh INTEGER NOT NULL, price INTEGER NOT NULL, "
+        "entry INTEGER NOT NULL, PRIMARY KEY (interval, idx))"
+    )
+    db.execute(
+        "CREATE TABLE market_statements (interval INTEGER NOT NULL, household TEXT NOT NULL, "
+        "body TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (interval, household))"
+    )
+    for table in ("meter_readings", "market_orders", "market_trades", "market_statements"):
+        for verb in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -195,4 +252,5 @@ MIGRATIONS: list[Migration] = [
     ("0005_chain", _chain),
     ("0006_chain_keys", _chain_keys),
     ("0007_anchors", _anchors),
+    ("0008_energy_market", _energy_market),
 ]

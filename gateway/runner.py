@@ -29,8 +29,10 @@ from gateway.auth.readings import ReadingChecker
 from gateway.chain.store import ChainStore
 from gateway.config import SECTIONS, Config, load_config
 from gateway.db import DB_NAME, connect
+from gateway.energy_running import MarketSide, MeterSide
 from gateway.errors import ConfigError, DidgwError
 from gateway.health import Health
+from gateway.identity import keystore
 from gateway.ingest import ReadingPipeline
 from gateway.mqtt_devices import MqttDevices
 from gateway.recorder import Recorder, writer_lock_path
@@ -90,6 +92,8 @@ class _MqttSide:
         env: Mapping[str, str],
         gateway: Gateway,
         pipeline: ReadingPipeline,
+        *,
+        market: MarketSide | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         mqtt = config.mqtt
@@ -125,20 +129,34 @@ class _MqttSide:
             )
             self.pool.start()
             log.info("%d reading worker processes started", workers)
+        on_message = devices.on_message
+        subscriptions = devices.subscriptions
+        if market is not None:
+            subscriptions = subscriptions + market.subscriptions
+
+            def on_message(topic: str, payload: bytes) -> None:
+                if market.handles(topic):
+                    market.on_message(topic, payload)
+                else:
+                    devices.on_message(topic, payload)
+
         self.link = MqttLink(
             host=mqtt.host,
             port=mqtt.port,
             username=mqtt.username,
             password=password,
             client_id=f"didgw-{gateway.did[-12:]}",
-            subscriptions=devices.subscriptions,
-            on_message=devices.on_message,
+            subscriptions=subscriptions,
+            on_message=on_message,
             loop=loop,
             on_reconnect=devices.spawn_reconcile,
         )
         self.link.start()
         self.watcher = asyncio.ensure_future(devices.watch())
         await asyncio.wait_for(self.link.connected.wait(), timeout=30)
+        if market is not None:
+            link = self.link
+            market.start(link.publish)
 
     def stop_taking(self) -> None:
         """Take no more readings; the workers finish theirs (committed and acknowledged)."""
@@ -165,6 +183,83 @@ def default_verify_workers() -> int:
     return 0 if cores < 2 else cores
 
 
+class _Parts:
+    """Every part of one ``didgw run``: made here, started in order, stopped in reverse."""
+
+    def __init__(self, config: Config, state_dir: Path, env: Mapping[str, str]) -> None:
+        self.config, self.state_dir, self.env = config, state_dir, env
+        self.gateway = gateway = open_gateway(config, state_dir)
+        self.db_path = db_path = state_dir / DB_NAME
+        self.recorder = Recorder(
+            lambda: ChainStore(connect(db_path)),
+            clock_ms=lambda: int(time.time() * 1000),
+            lock_path=writer_lock_path(db_path),
+        )
+        self.lookups = ChainStore(connect(db_path))
+        storage = StorageGuard(
+            db_path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
+        )
+        self.pipeline = ReadingPipeline(
+            ReadingChecker(
+                gateway.resolver,
+                StatusCache(gateway.registry),
+                clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+                max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
+            ),
+            self.recorder,
+            self.lookups,
+            storage=storage,
+        )
+        self.health = Health()
+        self.health.gauges["storage_full"] = lambda: float(storage.full())
+        self.mqtt = _MqttSide()
+        self.meters: MeterSide | None = None
+        self.market: MarketSide | None = None
+        self.anchoring: Any = None
+        self.exporter: Any = None
+
+    async def start(self) -> None:
+        config, env, gateway = self.config, self.env, self.gateway
+        if config.meter.enabled:
+            passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
+            self.meters = MeterSide(config, self.state_dir, gateway, passphrase)
+            self.meters.start()
+        if config.market.enabled:
+            if not config.mqtt.enabled:
+                raise ConfigError(f"{config.source}: [market] needs [mqtt] enabled")
+            self.market = MarketSide(config, self.state_dir, gateway, gateway.signer(env))
+        if config.anchor.enabled:  # its own thread and connection; never blocks readings
+            from gateway.anchoring import AnchorLoop, build_anchorer
+
+            self.anchoring = AnchorLoop(build_anchorer(config, self.state_dir, env, gateway))
+            self.anchoring.start()
+            anchorer = self.anchoring.anchorer
+            self.health.connections["ledger"] = lambda: anchorer.healthy
+        if config.mqtt.enabled:
+            await self.mqtt.start(
+                config, self.state_dir, env, gateway, self.pipeline, market=self.market
+            )
+            self.mqtt.report_to(self.health, self.pipeline)
+        if config.metrics.enabled:
+            self.exporter = _serve_metrics(config, self.health, self.db_path)
+
+    async def stop(self) -> None:
+        """Stop taking work, commit and acknowledge what is in flight, close everything."""
+        self.mqtt.stop_taking()
+        self.recorder.close()  # commits what is queued; the acks go out before the link closes
+        if self.market is not None:
+            await self.market.stop()
+        await self.mqtt.stop()
+        if self.meters is not None:
+            self.meters.stop()
+        if self.anchoring is not None:
+            await self.anchoring.stop()
+        if self.exporter is not None:
+            self.exporter.shutdown()
+        self.lookups.close()
+        self.gateway.close()
+
+
 async def serve(
     config: Config,
     state_dir: Path,
@@ -174,68 +269,25 @@ async def serve(
 ) -> None:
     """Run until ``stop`` is set; ``reload`` (SIGHUP) re-reads the configuration."""
     notifier = Notifier(env)
-    gateway = open_gateway(config, state_dir)
-    db_path = state_dir / DB_NAME
-    recorder = Recorder(
-        lambda: ChainStore(connect(db_path)),
-        clock_ms=lambda: int(time.time() * 1000),
-        lock_path=writer_lock_path(db_path),
-    )
-    lookups = ChainStore(connect(db_path))
-    storage = StorageGuard(
-        db_path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
-    )
-    statuses = StatusCache(gateway.registry)
-    pipeline = ReadingPipeline(
-        ReadingChecker(
-            gateway.resolver,
-            statuses,
-            clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
-            max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
-        ),
-        recorder,
-        lookups,
-        storage=storage,
-    )
-    health = Health()
-    health.gauges["storage_full"] = lambda: float(storage.full())
-    mqtt = _MqttSide()
-    anchoring = None
-    exporter = None
+    parts = _Parts(config, state_dir, env)
+    health = parts.health
     chores: list[asyncio.Task[None]] = []
     try:
-        if config.anchor.enabled:  # its own thread and connection; never blocks readings
-            from gateway.anchoring import AnchorLoop, build_anchorer
-
-            anchoring = AnchorLoop(build_anchorer(config, state_dir, env, gateway))
-            anchoring.start()
-            anchorer = anchoring.anchorer
-            health.connections["ledger"] = lambda: anchorer.healthy
-        if config.mqtt.enabled:
-            await mqtt.start(config, state_dir, env, gateway, pipeline)
-            mqtt.report_to(health, pipeline)
-        if config.metrics.enabled:
-            exporter = _serve_metrics(config, health, db_path)
-        log.info("gateway %s running (state %s)", gateway.did, state_dir)
+        await parts.start()
+        log.info("gateway %s running (state %s)", parts.gateway.did, state_dir)
         notifier.ready(status_line(health))
         chores.append(asyncio.ensure_future(_keep_telling(notifier, health)))
         if reload is not None:
-            chores.append(asyncio.ensure_future(_reloads(reload, config, mqtt, notifier, health)))
+            chores.append(
+                asyncio.ensure_future(_reloads(reload, config, parts.mqtt, notifier, health))
+            )
         await stop.wait()
     finally:
         log.info("stopping")
         notifier.stopping()
         for chore in chores:
             chore.cancel()
-        mqtt.stop_taking()
-        recorder.close()  # commits what is queued; the acks go out before the link closes
-        await mqtt.stop()
-        if anchoring is not None:
-            await anchoring.stop()
-        if exporter is not None:
-            exporter.shutdown()
-        lookups.close()
-        gateway.close()
+        await parts.stop()
         notifier.close()
 
 

@@ -8,8 +8,10 @@ broker, and the same for every broker the gateway talks to.
 - Anonymous clients land in the ``didgw-anonymous`` group, whose role allows only the auth
   topics: publish ``<prefix>/auth/req``, subscribe to and receive ``<prefix>/auth/res/+``.
 - A device that passed the DID challenge-response gets an account named by its DID, with a
-  role of its own allowing exactly: publish ``<prefix>/d/<did>/readings``, subscribe to and
-  receive ``<prefix>/d/<did>/acks``.
+  role of its own allowing exactly: publish ``<prefix>/d/<did>/readings`` and
+  ``<prefix>/d/<did>/orders`` (a household's market orders), subscribe to and receive
+  ``<prefix>/d/<did>/acks`` and ``<prefix>/d/<did>/market`` (its order answers, trades and
+  statements). mosquitto 2.0.11 has no ACL substitution, so each device has its own role.
 - The gateway's account may publish and subscribe under ``<prefix>/#`` and administer the
   plugin.
 - Everything else is denied by default (:data:`DEFAULT_ACL_ACCESS`).
@@ -116,6 +118,14 @@ def acks_topic(did: str, prefix: str) -> str:
     return f"{check_prefix(prefix)}/d/{_checked_did(did)}/acks"
 
 
+def orders_topic(did: str, prefix: str) -> str:
+    return f"{check_prefix(prefix)}/d/{_checked_did(did)}/orders"
+
+
+def market_topic(did: str, prefix: str) -> str:
+    return f"{check_prefix(prefix)}/d/{_checked_did(did)}/market"
+
+
 def _checked_did(did: str) -> str:
     """``did`` if it has the DID syntax, which has no '/', '+' or '#': one whole topic level."""
     check_did_syntax(did)
@@ -132,12 +142,17 @@ def device_role_name(did: str) -> str:
 
 
 def device_acls(did: str, prefix: str) -> list[Command]:
-    """Publish its readings; subscribe to and receive its acks. Nothing else."""
+    """Publish its readings and orders; subscribe to and receive its acks and market
+    results. Nothing else."""
     readings, acks = readings_topic(did, prefix), acks_topic(did, prefix)
+    orders, market = orders_topic(did, prefix), market_topic(did, prefix)
     return [
         _acl("publishClientSend", readings),
         _acl("subscribeLiteral", acks),
         _acl("publishClientReceive", acks),
+        _acl("publishClientSend", orders),
+        _acl("subscribeLiteral", market),
+        _acl("publishClientReceive", market),
     ]
 
 

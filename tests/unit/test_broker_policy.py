@@ -54,7 +54,7 @@ def test_device_role_name_is_short_stable_and_distinct() -> None:
     assert broker.device_role_name(OTHER) != name
 
 
-def test_device_role_allows_exactly_its_own_readings_and_acks() -> None:
+def test_device_role_allows_exactly_its_own_readings_acks_orders_and_market() -> None:
     (command,) = broker.device_role_commands(DID, "didgw")
     assert command["command"] == "createRole"
     assert command["rolename"] == broker.device_role_name(DID)
@@ -62,6 +62,9 @@ def test_device_role_allows_exactly_its_own_readings_and_acks() -> None:
         {"acltype": "publishClientSend", "topic": f"didgw/d/{DID}/readings", "allow": True},
         {"acltype": "subscribeLiteral", "topic": f"didgw/d/{DID}/acks", "allow": True},
         {"acltype": "publishClientReceive", "topic": f"didgw/d/{DID}/acks", "allow": True},
+        {"acltype": "publishClientSend", "topic": f"didgw/d/{DID}/orders", "allow": True},
+        {"acltype": "subscribeLiteral", "topic": f"didgw/d/{DID}/market", "allow": True},
+        {"acltype": "publishClientReceive", "topic": f"didgw/d/{DID}/market", "allow": True},
     ]
 
 
@@ -70,6 +73,11 @@ def test_device_role_allows_exactly_its_own_readings_and_acks() -> None:
     [
         ("publishClientSend", f"site/gw/d/{DID}/readings", True),
         ("publishClientSend", f"site/gw/d/{OTHER}/readings", False),
+        ("publishClientSend", f"site/gw/d/{DID}/orders", True),
+        ("publishClientSend", f"site/gw/d/{OTHER}/orders", False),
+        ("publishClientSend", f"site/gw/d/{DID}/market", False),
+        ("publishClientReceive", f"site/gw/d/{DID}/market", True),
+        ("publishClientReceive", f"site/gw/d/{OTHER}/market", False),
         ("publishClientSend", f"site/gw/d/{DID}/acks", False),
         ("publishClientSend", "site/gw/auth/req", False),
         ("publishClientReceive", f"site/gw/d/{DID}/acks", True),

@@ -1,0 +1,182 @@
+"""The meters and the market inside ``didgw run``.
+
+* :class:`MeterSide`: one serial reader thread per enrolled, active meter; each telegram
+  that checks out is recorded as a vouched reading (``gateway/energy/meter.py``).
+* :class:`MarketSide`: orders arrive on ``<prefix>/d/+/orders`` in the main process (they
+  are few: a household sends a handful per interval), are checked and recorded on one
+  market thread, and the answers, trades and statements go to ``<prefix>/d/<did>/market``.
+  A timer clears each interval at its start and settles it once the meters' readings
+  covering it are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gateway.auth.broker import market_topic
+from gateway.config import Config
+from gateway.db import DB_NAME, connect
+from gateway.energy.meter import MeterRecorder, meters
+from gateway.energy.p1 import P1Splitter, Telegram
+from gateway.identity import keystore
+from gateway.identity.signing import Signer
+from gateway.market.service import Market, MarketSettings, Message
+from gateway.registry import Registry, Status
+from gateway.service import Gateway, build_resolver
+from gateway.transports.serial import SerialReader, SerialSettings
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MeterSide:
+    def __init__(
+        self, config: Config, state_dir: Path, gateway: Gateway, passphrase: bytes | None
+    ) -> None:
+        self._readers: list[SerialReader] = []
+        self.recorders: list[MeterRecorder] = []
+        self.splitters: list[P1Splitter] = []
+        settings = config.meter
+        serial_settings = SerialSettings(
+            settings.baudrate,
+            settings.bytesize,
+            settings.parity,
+            settings.stopbits,
+            settings.read_timeout,
+            settings.reconnect_seconds,
+        )
+        for meter in meters(gateway.db):
+            device = gateway.registry.find(meter.did)
+            if device is None or device.status is not Status.ACTIVE:
+                continue
+            key = keystore.load_private_key(Path(meter.key_file), passphrase)
+            recorder = MeterRecorder(
+                meter,
+                connect(state_dir / DB_NAME),
+                Signer.for_did_key(key),
+                gateway.did,
+                every_ms=int(settings.record_every_seconds * 1000),
+            )
+            splitter = P1Splitter()
+            self.recorders.append(recorder)
+            self.splitters.append(splitter)
+            self._readers.append(
+                SerialReader(
+                    meter.port,
+                    serial_settings,
+                    functools.partial(_feed, recorder, splitter),
+                    name=f"didgw-meter-{meter.did[-8:]}",
+                )
+            )
+
+    def start(self) -> None:
+        for reader in self._readers:
+            reader.start()
+        log.info("reading %d meters", len(self._readers))
+
+    def stop(self) -> None:
+        for reader in self._readers:
+            reader.stop()
+        for recorder, splitter in zip(self.recorders, self.splitters, strict=True):
+            log.info(
+                "meter %s: %s, %s",
+                recorder.meter.did,
+                json.dumps(splitter.counts),
+                json.dumps(recorder.counts),
+            )
+            recorder.close()
+
+
+def _feed(recorder: MeterRecorder, splitter: P1Splitter, chunk: bytes) -> None:
+    for item in splitter.feed(chunk):
+        if isinstance(item, Telegram):
+            try:
+                recorder.record(item, _now_ms())
+            except Exception as exc:  # the record is unavailable: the next telegram tries again
+                log.error("%s", exc)
+        else:
+            log.debug("telegram rejected (%s): %s", item.reason, item.detail)
+
+
+class MarketSide:
+    def __init__(self, config: Config, state_dir: Path, gateway: Gateway, signer: Signer) -> None:
+        m = config.market
+        db = connect(state_dir / DB_NAME)
+        self._prefix = config.mqtt.prefix
+        self._orders = (f"{self._prefix}/d/", "/orders")
+        self.market = Market(
+            db,
+            Registry(db, gateway.resolver),
+            build_resolver(config),
+            signer,
+            MarketSettings(
+                interval_ms=m.interval_seconds * 1000,
+                max_ahead=m.max_ahead_intervals,
+                max_wh=m.max_order_wh,
+                max_price=m.max_price,
+                retail=m.retail_price,
+                feed_in=m.feed_in_price,
+            ),
+        )
+        self._tick = m.tick_seconds
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-market")
+        self._publish: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [f"{self._prefix}/d/+/orders"]
+
+    def handles(self, topic: str) -> bool:
+        head, tail = self._orders
+        return topic.startswith(head) and topic.endswith(tail)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        head, tail = self._orders
+        did = topic[len(head) : -len(tail)]
+        future = self._pool.submit(self.market.submit, payload, _now_ms(), topic_did=did)
+        future.add_done_callback(self._answered)
+
+    def _answered(self, done: Any) -> None:
+        try:
+            answer = done.result()
+        except Exception as exc:  # not the household's fault; it sends the order again
+            log.error("market: cannot take an order: %s", exc)
+            return
+        if answer is not None:
+            self._send([answer])
+
+    def start(self, publish: Any) -> None:
+        self._publish = publish
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                messages = await loop.run_in_executor(self._pool, self.market.tick, _now_ms())
+                self._send(messages)
+            except Exception as exc:  # the next tick tries again
+                log.error("market: %s", exc)
+            await asyncio.sleep(self._tick)
+
+    def _send(self, messages: list[Message]) -> None:
+        for did, body in messages:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            self._publish(market_topic(did, self._prefix), payload)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._pool.shutdown(wait=True)
+        self.market.close()

@@ -1,0 +1,1 @@
+"""The local solar-surplus market: orders, clearing, settlement, and its service."""
