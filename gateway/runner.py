@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from gateway.auth.handshake import Authenticator
 from gateway.auth.readings import ReadingChecker
@@ -141,6 +142,68 @@ class _MqttSide:
             self.broker.close()
 
 
+class _CoapSide:
+    """Devices over CoAP: one aiocoap server context on the event loop (readings are
+    verified in this process; see the README's CoAP benchmark)."""
+
+    def __init__(self) -> None:
+        self.devices: Any = None
+        self.server: Any = None
+        self.sweeper: asyncio.Task[None] | None = None
+
+    async def start(
+        self, config: Config, env: Mapping[str, str], gateway: Gateway, pipeline: ReadingPipeline
+    ) -> None:
+        from gateway.auth.coap_auth import CoapAuthenticator
+        from gateway.coap_devices import READINGS_PATH, CoapDevices
+        from gateway.transports.coap import CoapServer
+
+        coap = config.coap
+        self.devices = CoapDevices(
+            authenticator=CoapAuthenticator(
+                gateway.signer(env),
+                lambda did: _status(gateway, did),
+                gateway.resolver,
+                readings_path="/" + "/".join(READINGS_PATH),
+                clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+                session_ms=coap.session_seconds * 1000,
+                random_bytes=secrets.token_bytes,
+            ),
+            checker=pipeline.checker,
+            pipeline=pipeline,
+            peer_rate=coap.peer_rate,
+            peer_burst=coap.peer_burst,
+            max_in_flight=coap.max_in_flight,
+            retry_after_seconds=coap.retry_after_seconds,
+        )
+        self.server = CoapServer(
+            coap.host,
+            coap.port,
+            self.devices.routes(),
+            admit=self.devices.admit,
+            max_request_bytes=coap.max_request_bytes,
+            receive_buffer_bytes=coap.receive_buffer_bytes,
+        )
+        await self.server.start()
+        self.sweeper = asyncio.ensure_future(self.devices.sweep())
+        log.info(
+            "CoAP on %s port %d (receive buffer %d bytes)",
+            coap.host,
+            coap.port,
+            self.server.receive_buffer,
+        )
+
+    def stop_taking(self) -> None:
+        if self.devices is not None:
+            self.devices.closing = True
+
+    async def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        if self.server is not None:
+            await self.server.stop()
+
+
 def default_verify_workers() -> int:
     """One verifier per core; none on a single core (the main process verifies there)."""
     cores = os.cpu_count() or 1
@@ -168,6 +231,7 @@ async def serve(
         lookups,
     )
     mqtt = _MqttSide()
+    coap = _CoapSide()
     anchoring = None
     try:
         if config.anchor.enabled:  # its own thread and connection; never blocks readings
@@ -177,13 +241,18 @@ async def serve(
             anchoring.start()
         if config.mqtt.enabled:
             await mqtt.start(config, state_dir, env, gateway, pipeline)
+        if config.coap.enabled:
+            await coap.start(config, env, gateway, pipeline)
         log.info("gateway %s running (state %s)", gateway.did, state_dir)
         await stop.wait()
     finally:
         log.info("stopping")
         mqtt.stop_taking()
+        coap.stop_taking()
         recorder.close()  # commits what is queued; the acks go out before the link closes
+        await asyncio.sleep(0)  # let the CoAP answers settled by the recorder go out
         await mqtt.stop()
+        await coap.stop()
         if anchoring is not None:
             await anchoring.stop()
         lookups.close()
