@@ -189,8 +189,7 @@ class MqttSection(_Section):
 
 @dataclass(frozen=True)
 class CoapSection(_Section):
-    """Constrained devices over CoAP (UDP): DID authentication and COSE-signed readings.
-    Readings keep the clock window of [mqtt] (clock_skew_seconds, max_reading_age_seconds)."""
+    """Constrained devices over CoAP (UDP); readings use [mqtt]'s clock window settings."""
 
     enabled: bool = _setting(False, "Serve devices over CoAP when the gateway runs.")
     host: str = _setting(
