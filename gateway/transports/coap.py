@@ -122,8 +122,12 @@ def _endpoint_class() -> type[Any]:
                     early = CoapResponse((4, 13), b"too_large", size1=self._max)
             if early is not None:
                 pipe.add_response(_message(early), is_last=True)
-                return
-            await super().render_to_pipe(pipe)
+            elif block1 is None and request.opt.block2 is None:
+                # One datagram each way (every answer of ours fits): no block-wise
+                # bookkeeping, which costs aiocoap a cache key per request.
+                pipe.add_response(await self.render(request), is_last=True)
+            else:
+                await super().render_to_pipe(pipe)
 
         async def render(self, request: Any) -> Any:
             method = str(request.code)
@@ -138,6 +142,33 @@ def _endpoint_class() -> type[Any]:
             return _message(response)
 
     return Endpoint
+
+
+def _site_class() -> type[Any]:
+    from aiocoap import resource
+
+    class FastSite(resource.Site):  # type: ignore[misc]
+        """aiocoap's Site, with our few fixed paths found by a dictionary look-up instead of
+        its general dispatch (which copies every request to strip its path)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._exact: dict[tuple[str, ...], Any] = {}
+
+        def add_endpoint(self, path: tuple[str, ...], endpoint: Any) -> None:
+            self.add_resource(list(path), endpoint)
+            self._exact[path] = endpoint
+
+        async def render_to_pipe(self, pipe: Any) -> None:
+            options = pipe.request.opt
+            if getattr(options, "uri_path_abbrev", None) is None:
+                endpoint = self._exact.get(tuple(options.uri_path))
+                if endpoint is not None:
+                    await endpoint.render_to_pipe(pipe)
+                    return
+            await super().render_to_pipe(pipe)
+
+    return FastSite
 
 
 class CoapServer:
@@ -167,13 +198,13 @@ class CoapServer:
 
         check_port_free(self.host, self.port)
         endpoint = _endpoint_class()
-        site = resource.Site()
+        site = _site_class()()
         site.add_resource(
             [".well-known", "core"],
             resource.WKCResource(site.get_resources_as_linkheader, impl_info=None),
         )
         for route in self._routes:
-            site.add_resource(list(route.path), endpoint(route, self._admit, self._max))
+            site.add_endpoint(route.path, endpoint(route, self._admit, self._max))
         try:
             self._context = await aiocoap.Context.create_server_context(
                 site, bind=(self.host, self.port), transports=["udp6"]
