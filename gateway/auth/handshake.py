@@ -1,4 +1,9 @@
-"""The DID challenge-response over MQTT, sans-IO: payloads and the time in, what to publish out.
+"""The DID challenge-response, sans-IO: payloads and the time in, what to answer out.
+
+:class:`Handshake` is the part every transport shares: nonces and their transition
+table, the checks and their order, the counts. :class:`Authenticator` is MQTT's
+(JSON and JWS, reply topics); ``coap_auth.CoapAuthenticator`` is CoAP's (CBOR and
+COSE_Sign1, request/response). Below, MQTT's.
 
 The MQTT transport hands in what arrived on ``<prefix>/auth/req`` with the current
 time in milliseconds; :class:`Authenticator` answers with an :class:`Outgoing`
