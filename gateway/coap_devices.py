@@ -186,6 +186,13 @@ class CoapDevices:
         self._pipeline.record(reading, reply)
         return await answer
 
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until the readings in progress are answered (clean shutdown)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # their responses go out on the next turns of the loop
+
     async def sweep(self, interval: float = 60.0) -> None:
         """Forget expired sessions now and then."""
         while True:

@@ -200,6 +200,8 @@ class _CoapSide:
     async def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.cancel()
+        if self.devices is not None:
+            await self.devices.drain()
         if self.server is not None:
             await self.server.stop()
 
@@ -250,7 +252,6 @@ async def serve(
         mqtt.stop_taking()
         coap.stop_taking()
         recorder.close()  # commits what is queued; the acks go out before the link closes
-        await asyncio.sleep(0)  # let the CoAP answers settled by the recorder go out
         await mqtt.stop()
         await coap.stop()
         if anchoring is not None:
