@@ -150,6 +150,8 @@ def test_discovery_lists_the_auth_and_readings_resources(gateway: CoapGateway) -
     links = coap_client("-m", "get", f"{gateway.uri}/.well-known/core")
     assert '</auth>;ct="60";rt="didgw.auth"' in links
     assert '</r>;ct="18";rt="didgw.readings"' in links
+    non = coap_client("-N", "-m", "get", f"{gateway.uri}/.well-known/core")  # non-confirmable
+    assert '</auth>;ct="60";rt="didgw.auth"' in non
 
 
 def test_garbage_and_unsigned_readings_are_refused_with_their_codes(
@@ -186,6 +188,7 @@ def test_a_simulator_reading_posted_by_libcoap_is_recorded_acked_and_not_replaye
     assert entry.payload == file.read_bytes()  # the device's signed bytes, as sent
     assert ack == {"seq": 1, "entry": entry.seq}
     assert "4.03 replay" in coap_client("-m", "post", f"{gateway.uri}/r", payload=file)
+    assert "4.03 replay" in coap_client("-N", "-m", "post", f"{gateway.uri}/r", payload=file)
     assert len(readings(gateway.state)) == 1
 
 

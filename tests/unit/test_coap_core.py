@@ -313,3 +313,20 @@ def test_fuzz_the_coap_auth_resource_refuses_typed(data: bytes) -> None:
         auth.on_request(data, NOW)
     except AuthRefused as exc:
         assert exc.reason in ("malformed", "unknown_device", "bad_nonce", "bad_signature")
+
+
+class _BusyPipeline:
+    backlog = 5
+
+
+def test_an_overloaded_gateway_answers_5_03_with_max_age(device: Signer) -> None:
+    gateway = Signer.for_did_key(generate_key())
+    devices = CoapDevices(
+        authenticator=authenticator(device, gateway),
+        checker=checker(device),
+        pipeline=_BusyPipeline(),  # type: ignore[arg-type]
+        max_in_flight=5,
+        retry_after_seconds=7,
+    )
+    answer = asyncio.run(devices.on_reading(CoapRequest("POST", reading(device), "p")))
+    assert (answer.code, answer.payload, answer.max_age) == ((5, 3), b"overloaded", 7)
