@@ -3,9 +3,13 @@ and hypothesis fuzzing of every decoder that sees untrusted bytes."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import importlib.util
 import itertools
+import sys
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -330,3 +334,41 @@ def test_an_overloaded_gateway_answers_5_03_with_max_age(device: Signer) -> None
     )
     answer = asyncio.run(devices.on_reading(CoapRequest("POST", reading(device), "p")))
     assert (answer.code, answer.payload, answer.max_age) == ((5, 3), b"overloaded", 7)
+
+
+# -- the CoAP sensor of firmware-sim and the gateway agree ----------------------------
+
+FIRMWARE_SIM = Path(__file__).resolve().parents[2] / "firmware-sim"
+
+
+@pytest.fixture
+def coap_sensor(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(FIRMWARE_SIM))
+    monkeypatch.delitem(sys.modules, "device", raising=False)
+    spec = importlib.util.spec_from_file_location("coap_sensor", FIRMWARE_SIM / "coap_sensor.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "coap_sensor", module)
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("device", None)
+
+
+def test_the_coap_sensor_imports_nothing_from_the_gateway() -> None:
+    tree = ast.parse((FIRMWARE_SIM / "coap_sensor.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] == "gateway"]
+
+
+def test_what_the_sensor_signs_the_gateway_verifies_and_back(coap_sensor: Any) -> None:
+    key = generate_key()
+    identity = coap_sensor.Identity.from_key(key)
+    data = coap_sensor.make_reading(identity, 5, NOW)
+    device = Signer.for_did_key(key)
+    assert checker(device).check_cose(data, NOW, None).seq == 5
+    gateway = Signer.for_did_key(generate_key())
+    grant = sign1(cbor2.dumps({"type": "grant"}), gateway, typ=GRANT_COSE_TYP)
+    assert coap_sensor.open_cose_sign1(grant, GRANT_COSE_TYP, gateway.did) == {"type": "grant"}
+    with pytest.raises(coap_sensor.DeviceError, match="not by"):
+        coap_sensor.open_cose_sign1(grant, GRANT_COSE_TYP, device.did)
