@@ -139,7 +139,9 @@ def _endpoint_class() -> type[Any]:
                     request.opt.content_format,
                 )
             )
-            return _message(response)
+            message = _message(response)
+            message.opt.no_response = request.opt.no_response  # RFC 7967, as aiocoap does
+            return message
 
     return Endpoint
 
