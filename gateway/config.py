@@ -200,6 +200,54 @@ class MqttSection(_Section):
 
 
 @dataclass(frozen=True)
+class CoapSection(_Section):
+    """Constrained devices over CoAP (UDP); readings use [mqtt]'s clock window settings."""
+
+    enabled: bool = _setting(False, "Serve devices over CoAP when the gateway runs.")
+    host: str = _setting(
+        "127.0.0.1",
+        "Address the CoAP server listens on. Loopback unless you say otherwise: set the "
+        "gateway's LAN address (or :: for every interface) for real devices.",
+        lambda v: None if v else "must not be empty",
+    )
+    port: int = _setting(5683, "UDP port (5683 is CoAP's).", _port)
+    session_seconds: int = _setting(
+        3600,
+        "How long a device's CoAP session lasts after it authenticates; readings outside a "
+        "session are refused with 4.01.",
+        _between(10, 604800),
+    )
+    max_request_bytes: int = _setting(
+        16384,
+        "Largest request body accepted, block-wise transfers reassembled; larger: 4.13.",
+        _between(256, 1024 * 1024),
+    )
+    peer_rate: float = _setting(
+        50.0,
+        "Requests per second each peer address may make (a token bucket); more: 4.29 with Max-Age.",
+        _positive,
+    )
+    peer_burst: int = _setting(
+        100, "How many requests a peer may make at once above peer_rate.", _between(1, 1_000_000)
+    )
+    max_in_flight: int = _setting(
+        2000,
+        "Readings being verified or recorded at once before the gateway answers 5.03 "
+        "(Service Unavailable) with Max-Age: devices come back later.",
+        _between(1, 1_000_000),
+    )
+    retry_after_seconds: int = _setting(
+        2, "Max-Age of a 5.03 or 4.29: when the device should try again.", _between(1, 3600)
+    )
+    receive_buffer_bytes: int = _setting(
+        4 * 1024 * 1024,
+        "Kernel receive buffer of the server socket, so that bursts from many devices are "
+        "not dropped (raised above net.core.rmem_max only when running as root).",
+        _between(65536, 256 * 1024 * 1024),
+    )
+
+
+@dataclass(frozen=True)
 class AnchorSection(_Section):
     """Anchoring the record's checkpoints to a ledger (an EVM chain over JSON-RPC)."""
 
@@ -354,6 +402,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     resolver: ResolverSection = field(default_factory=ResolverSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    coap: CoapSection = field(default_factory=CoapSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     meter: MeterSection = field(default_factory=MeterSection)
@@ -366,6 +415,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "keys": KeysSection,
     "resolver": ResolverSection,
     "mqtt": MqttSection,
+    "coap": CoapSection,
     "anchor": AnchorSection,
     "metrics": MetricsSection,
     "meter": MeterSection,

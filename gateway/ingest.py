@@ -51,6 +51,7 @@ class Ack:
     accepted: bool
     entry: int | None = None
     reason: str | None = None
+    duplicate: bool = False  # accepted earlier: these exact bytes were already on the record
 
     def payload(self) -> bytes:
         if self.accepted:  # one per reading: formatted directly (two integers)
@@ -92,6 +93,12 @@ class ReadingPipeline:
         self._last: dict[str, int] = {}
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}  # outcome ("accepted", "duplicate", reasons) -> count
+
+    @property
+    def checker(self) -> ReadingChecker:
+        """The reading checks this pipeline applies (a CoAP reading is checked by its
+        ``check_cose`` and then :meth:`record`-ed)."""
+        return self._checker
 
     @property
     def backlog(self) -> int:
@@ -180,7 +187,7 @@ class ReadingPipeline:
         recorded = self._lookups.find_key(did, READING, seq)
         if recorded is not None and recorded.payload == reading.token:
             self._count("duplicate")
-            return Ack(seq, True, entry=recorded.seq), last
+            return Ack(seq, True, entry=recorded.seq, duplicate=True), last
         if recorded is not None or seq <= last - REORDER_WINDOW:
             return self.refused(ReadingRefused("replay", seq)), last
         return None, last  # a late number inside the window, not seen before

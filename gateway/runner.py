@@ -177,6 +177,72 @@ class _MqttSide:
             self.broker.close()
 
 
+class _CoapSide:
+    """Devices over CoAP: one aiocoap server context on the event loop (readings are
+    verified in this process; see the README's CoAP benchmark)."""
+
+    def __init__(self) -> None:
+        self.authenticator: Any = None
+        self.devices: Any = None
+        self.server: Any = None
+        self.sweeper: asyncio.Task[None] | None = None
+
+    async def start(
+        self, config: Config, env: Mapping[str, str], gateway: Gateway, pipeline: ReadingPipeline
+    ) -> None:
+        from gateway.auth.coap_auth import CoapAuthenticator
+        from gateway.coap_devices import READINGS_PATH, CoapDevices
+        from gateway.transports.coap import CoapServer
+
+        coap = config.coap
+        self.authenticator = authenticator = CoapAuthenticator(
+            gateway.signer(env),
+            lambda did: _status(gateway, did),
+            gateway.resolver,
+            readings_path="/" + "/".join(READINGS_PATH),
+            clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+            session_ms=coap.session_seconds * 1000,
+            random_bytes=secrets.token_bytes,
+        )
+        self.devices = CoapDevices(
+            authenticator=authenticator,
+            checker=pipeline.checker,
+            pipeline=pipeline,
+            peer_rate=coap.peer_rate,
+            peer_burst=coap.peer_burst,
+            max_in_flight=coap.max_in_flight,
+            retry_after_seconds=coap.retry_after_seconds,
+        )
+        self.server = CoapServer(
+            coap.host,
+            coap.port,
+            self.devices.routes(),
+            admit=self.devices.admit,
+            max_request_bytes=coap.max_request_bytes,
+            receive_buffer_bytes=coap.receive_buffer_bytes,
+        )
+        await self.server.start()
+        self.sweeper = asyncio.ensure_future(self.devices.sweep())
+        log.info(
+            "CoAP on %s port %d (receive buffer %d bytes)",
+            coap.host,
+            coap.port,
+            self.server.receive_buffer,
+        )
+
+    def stop_taking(self) -> None:
+        if self.devices is not None:
+            self.devices.closing = True
+
+    async def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        if self.devices is not None:
+            await self.devices.drain()
+        if self.server is not None:
+            await self.server.stop()
+
+
 def default_verify_workers() -> int:
     """One verifier per core; none on a single core (the main process verifies there)."""
     cores = os.cpu_count() or 1
@@ -212,7 +278,13 @@ class _Parts:
         )
         self.health = Health()
         self.health.gauges["storage_full"] = lambda: float(storage.full())
+        # CoAP readings are checked in this process: a pipeline of their own (the same
+        # recorder), so that their counts are told apart from MQTT's.
+        self.coap_pipeline = ReadingPipeline(
+            self.pipeline.checker, self.recorder, self.lookups, storage=storage
+        )
         self.mqtt = _MqttSide()
+        self.coap = _CoapSide()
         self.meters: MeterSide | None = None
         self.market: MarketSide | None = None
         self.anchoring: Any = None
@@ -240,16 +312,23 @@ class _Parts:
                 config, self.state_dir, env, gateway, self.pipeline, market=self.market
             )
             self.mqtt.report_to(self.health, self.pipeline)
+        if config.coap.enabled:
+            await self.coap.start(config, env, gateway, self.coap_pipeline)
+            self.health.readings.append(("coap", self.coap_pipeline.snapshot_counts))
+            handshake = self.coap.authenticator.core
+            self.health.authentications.append(("coap", lambda: handshake.outcomes))
         if config.metrics.enabled:
             self.exporter = _serve_metrics(config, self.health, self.db_path)
 
     async def stop(self) -> None:
         """Stop taking work, commit and acknowledge what is in flight, close everything."""
         self.mqtt.stop_taking()
+        self.coap.stop_taking()
         self.recorder.close()  # commits what is queued; the acks go out before the link closes
         if self.market is not None:
             await self.market.stop()
         await self.mqtt.stop()
+        await self.coap.stop()
         if self.meters is not None:
             self.meters.stop()
         if self.anchoring is not None:

@@ -28,6 +28,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 # The MQTT broker with its dynamic-security plugin, and its command-line clients.
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
+# libcoap's CoAP client: the tests' peer that nobody here wrote (coap-client-notls).
+command -v coap-client-notls >/dev/null || apt_missing+=(libcoap3-bin)
 # node and npm install anvil, the local ledger of the demo and the tests.
 command -v node >/dev/null || apt_missing+=(nodejs)
 command -v npm >/dev/null || apt_missing+=(npm)

@@ -1,4 +1,9 @@
-"""The DID challenge-response over MQTT, sans-IO: payloads and the time in, what to publish out.
+"""The DID challenge-response, sans-IO: payloads and the time in, what to answer out.
+
+:class:`Handshake` is the part every transport shares: nonces and their transition
+table, the checks and their order, the counts. :class:`Authenticator` is MQTT's
+(JSON and JWS, reply topics); ``coap_auth.CoapAuthenticator`` is CoAP's (CBOR and
+COSE_Sign1, request/response). Below, MQTT's.
 
 The MQTT transport hands in what arrived on ``<prefix>/auth/req`` with the current
 time in milliseconds; :class:`Authenticator` answers with an :class:`Outgoing`
@@ -32,8 +37,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 from gateway.auth.broker import acks_topic, check_prefix, readings_topic
 from gateway.auth.messages import (
@@ -111,7 +117,7 @@ TRANSITIONS: dict[Phase, dict[Event, Phase]] = {
 @dataclass
 class _Pending:
     did: str
-    reply: str
+    reply: str | None
     expires_ms: int
     phase: Phase = Phase.CHALLENGED
 
@@ -160,8 +166,123 @@ class _Nonces:
                 del self._per_did[pending.did]
 
 
+class Claim(Protocol):
+    """What a device's signed response says, whatever its encoding (JWS over MQTT,
+    COSE over CoAP): the nonce it answers, who it is, which gateway, when, and the
+    reply token of its hello (None where the transport needs none)."""
+
+    @property
+    def nonce(self) -> bytes: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def gateway(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def reply(self) -> str | None: ...
+
+
+T = TypeVar("T")
+
+
+class Handshake:
+    """The transport-independent half of the challenge-response: nonces and their
+    table, the checks and their order, the counts. Each transport's authenticator
+    parses and encodes its own messages and calls :meth:`challenge` for a hello and
+    :meth:`answer` for a response; a refusal is an :class:`AuthRefused` it encodes."""
+
+    def __init__(
+        self,
+        gateway_did: str,
+        registry_lookup: RegistryLookup,
+        *,
+        nonce_ttl_ms: int = 30_000,
+        clock_skew_ms: int = 300_000,
+        max_pending: int = 4096,
+        max_pending_per_did: int = 4,
+        random_bytes: RandomBytes,
+    ) -> None:
+        if min(nonce_ttl_ms, clock_skew_ms, max_pending, max_pending_per_did) < 1:
+            raise ValueError("lifetimes and limits must be positive")
+        self.did = gateway_did
+        self._lookup = registry_lookup
+        self._nonce_ttl = nonce_ttl_ms
+        self._skew = clock_skew_ms
+        self._per_did = max_pending_per_did
+        self.random = random_bytes
+        self._nonces = _Nonces(max_pending)
+        self._outcomes: Counter[str] = Counter()
+        self.last_refusal: AuthRefused | None = None
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return dict(self._outcomes)
+
+    @property
+    def pending(self) -> int:
+        return len(self._nonces)
+
+    def challenge(self, did: str, reply: str | None, now_ms: int) -> Challenge:
+        """A new nonce for a registered, active ``did``, or :class:`AuthRefused`."""
+        self.last_refusal = None
+        check_registered(self._lookup, did)
+        self._nonces.expire(now_ms)
+        if self._nonces.outstanding(did) >= self._per_did:
+            raise AuthRefused("rate_limited", f"{did} has {self._per_did} challenges outstanding")
+        nonce = self.random(NONCE_BYTES)
+        if len(nonce) != NONCE_BYTES or self._nonces.get(nonce) is not None:
+            raise ValueError("random_bytes gave a short or repeated nonce")
+        expires = now_ms + self._nonce_ttl
+        self._nonces.issue(nonce, _Pending(did, reply, expires))
+        self._outcomes["challenge"] += 1
+        return Challenge(nonce, self.did, did, expires)
+
+    def answer(
+        self, claim: Claim, now_ms: int, verify: Callable[[], None], grant: Callable[[], T]
+    ) -> T:
+        """Check a response against its nonce, then ``verify()`` its signature (raising
+        :class:`AuthRefused`), then its time, then make the grant with ``grant()`` (which
+        may refuse too). The nonce moves through :data:`TRANSITIONS` accordingly."""
+        self.last_refusal = None
+        check_registered(self._lookup, claim.device)
+        self._check_nonce(claim, now_ms)
+        verified = False
+        try:
+            verify()
+            verified = True
+            if abs(claim.ts - now_ms) > self._skew:
+                raise AuthRefused("clock_skew", f"ts {claim.ts} is {claim.ts - now_ms} ms off")
+            result = grant()
+        except AuthRefused:
+            self._nonces.advance(claim.nonce, Event.REFUSED if verified else Event.UNVERIFIED)
+            raise
+        self._nonces.advance(claim.nonce, Event.GRANTED)
+        self._outcomes["grant"] += 1
+        return result
+
+    def count(self, refusal: AuthRefused) -> None:
+        """Count a refusal (by reason) and remember it for the log."""
+        self._outcomes[refusal.reason] += 1
+        self.last_refusal = refusal
+
+    def _check_nonce(self, claim: Claim, now_ms: int) -> None:
+        pending = self._nonces.get(claim.nonce)
+        if pending is None:
+            raise AuthRefused("bad_nonce", "unknown or already used nonce")
+        if pending.expires_ms <= now_ms:
+            self._nonces.advance(claim.nonce, Event.EXPIRED)
+            raise AuthRefused("bad_nonce", "the nonce has expired")
+        if pending.did != claim.device:
+            raise AuthRefused("bad_nonce", f"the nonce was issued to {pending.did}")
+        if claim.gateway != self.did:
+            raise AuthRefused("bad_nonce", f"the response is for gateway {claim.gateway}")
+        if claim.reply != pending.reply:
+            raise AuthRefused("bad_nonce", "the reply token is not the hello's")
+
+
 class Authenticator:
-    """The gateway's side of the DID challenge-response (see the module docstring)."""
+    """The gateway's side of the DID challenge-response over MQTT (see the module docstring)."""
 
     def __init__(
         self,
@@ -177,21 +298,22 @@ class Authenticator:
         max_pending_per_did: int = 4,
         random_bytes: RandomBytes,
     ) -> None:
-        if min(nonce_ttl_ms, clock_skew_ms, session_ms, max_pending, max_pending_per_did) < 1:
+        if session_ms < 1:
             raise ValueError("lifetimes and limits must be positive")
+        self._core = Handshake(
+            gateway_signer.did,
+            registry_lookup,
+            nonce_ttl_ms=nonce_ttl_ms,
+            clock_skew_ms=clock_skew_ms,
+            max_pending=max_pending,
+            max_pending_per_did=max_pending_per_did,
+            random_bytes=random_bytes,
+        )
         self._signer = gateway_signer
-        self._lookup = registry_lookup
         self._resolver = resolver
         self._prefix = check_prefix(prefix)
-        self._nonce_ttl = nonce_ttl_ms
-        self._skew = clock_skew_ms
         self._session = session_ms
-        self._per_did = max_pending_per_did
         self._random = random_bytes
-        self._nonces = _Nonces(max_pending)
-        self._outcomes: Counter[str] = Counter()
-        self.last_refusal: AuthRefused | None = None
-        """The refusal behind the last answer (its ``detail`` is for the log), else None."""
 
     @property
     def did(self) -> str:
@@ -205,14 +327,19 @@ class Authenticator:
         self._session, self._skew = session_ms, clock_skew_ms
 
     @property
+    def last_refusal(self) -> AuthRefused | None:
+        """The refusal behind the last answer (its ``detail`` is for the log), else None."""
+        return self._core.last_refusal
+
+    @property
     def outcomes(self) -> dict[str, int]:
         """How many challenges, grants and refusals (by reason) so far."""
-        return dict(self._outcomes)
+        return self._core.outcomes
 
     @property
     def pending(self) -> int:
         """How many nonces are outstanding."""
-        return len(self._nonces)
+        return self._core.pending
 
     def on_request(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, Grant | None]:
         """Anything from ``<prefix>/auth/req``: a JSON hello or a compact-JWS response."""
@@ -222,32 +349,20 @@ class Authenticator:
 
     def on_hello(self, payload: bytes, now_ms: int) -> Outgoing | None:
         """Answer a hello with a challenge or a refusal (None: no reply token to answer to)."""
-        self.last_refusal = None
+        self._core.last_refusal = None
         try:
             hello = Hello.decode(payload)
         except AuthRefused as exc:
             return self._refuse(exc.reply, exc)
         try:
-            check_registered(self._lookup, hello.did)
-            self._nonces.expire(now_ms)
-            if self._nonces.outstanding(hello.did) >= self._per_did:
-                raise AuthRefused(
-                    "rate_limited", f"{hello.did} has {self._per_did} challenges outstanding"
-                )
+            challenge = self._core.challenge(hello.did, hello.reply, now_ms)
         except AuthRefused as exc:
             return self._refuse(hello.reply, exc)
-        nonce = self._random(NONCE_BYTES)
-        if len(nonce) != NONCE_BYTES or self._nonces.get(nonce) is not None:
-            raise ValueError("random_bytes gave a short or repeated nonce")
-        expires = now_ms + self._nonce_ttl
-        self._nonces.issue(nonce, _Pending(hello.did, hello.reply, expires))
-        self._outcomes["challenge"] += 1
-        challenge = Challenge(nonce, self.did, hello.did, expires)
         return Outgoing(reply_topic(self._prefix, hello.reply), challenge.encode())
 
     def on_response(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, Grant | None]:
         """Answer a signed response with a grant (and its :class:`Grant`) or a refusal."""
-        self.last_refusal = None
+        self._core.last_refusal = None
         try:
             header, body = split_jws(payload, "response")
             response = ResponsePayload.decode(body)
@@ -255,12 +370,10 @@ class Authenticator:
             return self._refuse(exc.reply, exc), None
         try:
             check_typ(header, AUTH_TYP, "response")
-            check_registered(self._lookup, response.device)
-            self._check_nonce(response, now_ms)
         except AuthRefused as exc:
             return self._refuse(response.reply, exc), None
-        verified = False
-        try:
+
+        def verify() -> None:
             verify_signed(
                 payload,
                 header,
@@ -270,14 +383,13 @@ class Authenticator:
                 relationship="authentication",
                 now_ms=now_ms,
             )
-            verified = True
-            outgoing, grant = self._grant(response, now_ms)
+
+        try:
+            outgoing, grant = self._core.answer(
+                response, now_ms, verify, lambda: self._grant(response, now_ms)
+            )
         except AuthRefused as exc:
-            event = Event.REFUSED if verified else Event.UNVERIFIED
-            self._nonces.advance(response.nonce, event)
             return self._refuse(response.reply, exc), None
-        self._nonces.advance(response.nonce, Event.GRANTED)
-        self._outcomes["grant"] += 1
         return outgoing, grant
 
     def refuse_unavailable(self, grant: Grant) -> Outgoing:
@@ -289,23 +401,7 @@ class Authenticator:
             grant.reply_topic, AuthRefused("unavailable", "broker account not created")
         )
 
-    def _check_nonce(self, response: ResponsePayload, now_ms: int) -> None:
-        pending = self._nonces.get(response.nonce)
-        if pending is None:
-            raise AuthRefused("bad_nonce", "unknown or already used nonce")
-        if pending.expires_ms <= now_ms:
-            self._nonces.advance(response.nonce, Event.EXPIRED)
-            raise AuthRefused("bad_nonce", "the nonce has expired")
-        if pending.did != response.device:
-            raise AuthRefused("bad_nonce", f"the nonce was issued to {pending.did}")
-        if response.gateway != self.did:
-            raise AuthRefused("bad_nonce", f"the response is for gateway {response.gateway}")
-        if response.reply != pending.reply:
-            raise AuthRefused("bad_nonce", "the reply token is not the hello's")
-
     def _grant(self, response: ResponsePayload, now_ms: int) -> tuple[Outgoing, Grant]:
-        if abs(response.ts - now_ms) > self._skew:
-            raise AuthRefused("clock_skew", f"ts {response.ts} is {response.ts - now_ms} ms off")
         did = response.device
         password = b64u(self._random(PASSWORD_BYTES))
         try:
@@ -344,5 +440,4 @@ class Authenticator:
         return Outgoing(topic, Refusal(refusal.reason).encode())
 
     def _count(self, refusal: AuthRefused) -> None:
-        self._outcomes[refusal.reason] += 1
-        self.last_refusal = refusal
+        self._core.count(refusal)

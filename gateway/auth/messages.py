@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from gateway.errors import DidgwError, SignatureError
+from gateway.identity.cose import CoseError, Sign1, decode_cbor
 from gateway.identity.document import check_did_syntax
 from gateway.identity.resolver import Resolver, Unreachable
 from gateway.identity.signing import JWS_ALGORITHMS, VerifiedJws, verify_detached
@@ -260,6 +261,55 @@ def verify_signed(
     except DidgwError as exc:
         raise AuthRefused("bad_signature", f"cannot check the JWS by {kid}: {exc}") from None
     return VerifiedJws(payload, dict(header), key)
+
+
+def cbor_object(data: bytes, what: str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """A CBOR map with text keys (the CoAP counterpart of :func:`json_object`)."""
+    try:
+        value = decode_cbor(data, what, max_bytes=max_bytes)
+    except CoseError as exc:
+        raise malformed(str(exc)) from None
+    if not isinstance(value, dict) or not all(type(k) is str for k in value):
+        raise malformed(f"{what} is not a CBOR map with text keys")
+    return value
+
+
+def split_cose(data: bytes, what: str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Sign1:
+    """A COSE_Sign1 split but not verified (the counterpart of :func:`split_jws`)."""
+    try:
+        return Sign1.decode(data, what, max_bytes=max_bytes)
+    except CoseError as exc:
+        raise malformed(str(exc)) from None
+
+
+def check_cose_typ(sign1: Sign1, typ: str, what: str) -> None:
+    if sign1.typ != typ:
+        raise malformed(f"{what}: COSE typ {sign1.typ!r} where {typ!r} is expected")
+
+
+def verify_cose_signed(
+    sign1: Sign1, did: str, *, resolver: Resolver, relationship: str, now_ms: int
+) -> None:
+    """:func:`verify_signed` for a COSE_Sign1: the same recipe over its ``Sig_structure``,
+    with the same refusals (``bad_signature``, ``unavailable``)."""
+    kid = sign1.kid
+    if kid.partition("#")[0] != did:
+        raise AuthRefused("bad_signature", f"COSE kid {kid!r} is not a key of {did}")
+    try:
+        verify_detached(
+            kid,
+            sign1.to_be_signed(),
+            sign1.signature,
+            resolver=resolver,
+            relationship=relationship,
+            now=now_ms / 1000,
+        )
+    except SignatureError as exc:
+        raise AuthRefused("bad_signature", str(exc)) from None
+    except Unreachable as exc:
+        raise AuthRefused("unavailable", f"cannot check the COSE by {kid}: {exc}") from None
+    except DidgwError as exc:
+        raise AuthRefused("bad_signature", f"cannot check the COSE by {kid}: {exc}") from None
 
 
 # -- the messages --------------------------------------------------------------

@@ -35,19 +35,24 @@ from typing import Any
 from gateway.auth.messages import (
     AuthRefused,
     RegistryLookup,
+    cbor_object,
+    check_cose_typ,
     check_did,
     check_int,
     check_registered,
     check_typ,
     exact_members,
     json_object,
+    split_cose,
     split_jws,
+    verify_cose_signed,
     verify_signed,
 )
 from gateway.errors import DidgwError
 from gateway.identity.resolver import Resolver
 
 READING_TYP = "didgw-reading+jws"
+READING_COSE_TYP = "didgw-reading+cose"
 READING_REASONS = (
     "malformed",
     "bad_signature",
@@ -143,6 +148,34 @@ class ReadingChecker:
             )
         except AuthRefused as exc:
             raise ReadingRefused(exc.reason, seq, exc.detail) from None
+        return self._fresh(reading, now_ms, last_seq)
+
+    def check_cose(self, token: bytes, now_ms: int, last_seq: int | None) -> Reading:
+        """The reading in a COSE_Sign1 (``typ`` ``didgw-reading+cose``, a CBOR payload with
+        the members of the JSON one), or :class:`ReadingRefused`: the same checks in the same
+        order as :meth:`check`, except that no topic names the device (a CoAP request does
+        not), so the payload's ``did`` must be the ``kid``'s."""
+        seq: int | None = None
+        try:
+            sign1 = split_cose(token, "reading", max_bytes=self._max_bytes)
+            obj = cbor_object(sign1.payload, "reading payload", max_bytes=self._max_bytes)
+            seq = _seq_of(obj)
+            check_cose_typ(sign1, READING_COSE_TYP, "reading")
+            reading = _parse(obj, token)
+            check_registered(self._lookup, reading.did)
+            verify_cose_signed(
+                sign1,
+                reading.did,
+                resolver=self._resolver,
+                relationship="assertionMethod",
+                now_ms=now_ms,
+            )
+        except AuthRefused as exc:
+            raise ReadingRefused(exc.reason, seq, exc.detail) from None
+        return self._fresh(reading, now_ms, last_seq)
+
+    def _fresh(self, reading: Reading, now_ms: int, last_seq: int | None) -> Reading:
+        seq = reading.seq
         if last_seq is not None and reading.seq <= last_seq:
             raise ReadingRefused("replay", seq, f"seq {reading.seq} is not above {last_seq}")
         if reading.ts - now_ms > self._skew:
@@ -181,8 +214,8 @@ def _values(values: Any) -> dict[str, Measurement]:
         raise AuthRefused("malformed", f"reading values must be an object of 1-{MAX_VALUES} names")
     result = {}
     for name, item in values.items():
-        if not _NAME.fullmatch(name):
-            raise AuthRefused("malformed", f"reading value name {name[:70]!r} is not allowed")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise AuthRefused("malformed", f"reading value name {str(name)[:70]!r} is not allowed")
         if not isinstance(item, dict):
             raise AuthRefused("malformed", f"reading value {name} must be an object")
         exact_members(item, _VALUE_MEMBERS, f"reading value {name}")

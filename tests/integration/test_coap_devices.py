@@ -1,0 +1,294 @@
+"""Devices over CoAP, against a peer nobody here wrote: libcoap's ``coap-client-notls``.
+
+``didgw run`` serves CoAP on a free loopback port (MQTT off); the simulator
+(``firmware-sim/coap_sensor.py``) authenticates and signs readings; libcoap's
+client discovers the resources, posts garbage and posts the simulator's signed
+reading from a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from support import Run
+
+from gateway.chain.store import ChainStore
+from gateway.db import connect
+from gateway.identity import Signer
+from gateway.identity.cose import sign1
+from gateway.identity.keystore import load_private_key
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SENSOR = ROOT / "firmware-sim" / "coap_sensor.py"
+COAP_CLIENT = "coap-client-notls"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class CoapGateway:
+    def __init__(self, state: Path, config: Path, port: int) -> None:
+        self.state, self.config, self.port = state, config, port
+        self.process: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    @property
+    def uri(self) -> str:
+        return f"coap://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "DIDGW_STATE_DIR": str(self.state),
+            "DIDGW_CONFIG": str(self.config),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("didgw")), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.output += line
+            if " running (state " in line:
+                return
+        raise AssertionError(f"the gateway did not start:\n{self.output}")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        rest, _ = self.process.communicate(timeout=30)
+        self.output += rest
+        return self.process.returncode
+
+
+def write_config(path: Path, port: int, **coap: Any) -> Path:
+    extra = "".join(f"{k} = {v}\n" for k, v in coap.items())
+    path.write_text(f"[mqtt]\nenabled = false\n[coap]\nenabled = true\nport = {port}\n{extra}")
+    return path
+
+
+@pytest.fixture
+def gateway(didgw: Run, tmp_path: Path) -> Iterator[CoapGateway]:
+    assert shutil.which(COAP_CLIENT), f"{COAP_CLIENT} missing: run scripts/setup.sh"
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    port = free_udp_port()
+    process = CoapGateway(state, write_config(tmp_path / "gateway.toml", port), port)
+    process.start()
+    yield process
+    if process.process is not None and process.process.returncode is None:
+        process.process.kill()
+        process.process.communicate()
+
+
+def coap_client(*args: str, payload: Path | None = None) -> str:
+    """Run libcoap's client; its answer (payload, or code and diagnostic) as text."""
+    command = [COAP_CLIENT, "-B", "10", *args]
+    if payload is not None:
+        command[1:1] = ["-f", str(payload)]
+    result = subprocess.run(command, capture_output=True, timeout=30, check=False)
+    return (result.stdout + result.stderr).decode("utf-8", errors="replace")
+
+
+def sensor(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SENSOR), "--state", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def register(didgw: Run, state: Path, did: str) -> None:
+    result = didgw(
+        "device", "register", did, "--name", "coap", "--kind", "sensor", "--state-dir", str(state)
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def readings(state: Path) -> list[Any]:
+    store = ChainStore(connect(state / "didgw.db"))
+    try:
+        return [e for e in store.entries() if e.kind == "reading"]
+    finally:
+        store.close()
+
+
+def registered_sensor(didgw: Run, gateway: CoapGateway, tmp_path: Path) -> Path:
+    dev = tmp_path / "dev"
+    did = sensor("--print-did", state=dev).stdout.strip()
+    register(didgw, gateway.state, did)
+    return dev
+
+
+def test_discovery_lists_the_auth_and_readings_resources(gateway: CoapGateway) -> None:
+    links = coap_client("-m", "get", f"{gateway.uri}/.well-known/core")
+    assert '</auth>;ct="60";rt="didgw.auth"' in links
+    assert '</r>;ct="18";rt="didgw.readings"' in links
+    non = coap_client("-N", "-m", "get", f"{gateway.uri}/.well-known/core")  # non-confirmable
+    assert '</auth>;ct="60";rt="didgw.auth"' in non
+
+
+def test_garbage_and_unsigned_readings_are_refused_with_their_codes(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\xff\x00 not cbor at all")
+    assert "4.00 malformed" in coap_client("-m", "post", f"{gateway.uri}/r", payload=garbage)
+    unsigned = tmp_path / "unsigned.cbor"  # the reading without its COSE envelope
+    unsigned.write_bytes(cbor2.dumps({"did": "did:key:z6Mk", "seq": 1, "ts": 1, "values": {}}))
+    assert "4.00 malformed" in coap_client("-m", "post", f"{gateway.uri}/r", payload=unsigned)
+    assert "4.05" in coap_client("-m", "get", f"{gateway.uri}/r")
+    hello = tmp_path / "hello.cbor"  # a DID nobody registered
+    hello.write_bytes(cbor2.dumps({"type": "hello", "did": "did:key:z6MkhaXgBZDvotDkL5257"}))
+    assert "4.03 unknown_device" in coap_client("-m", "post", f"{gateway.uri}/auth", payload=hello)
+    assert readings(gateway.state) == []
+
+
+def test_a_simulator_reading_posted_by_libcoap_is_recorded_acked_and_not_replayed(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    dev = registered_sensor(didgw, gateway, tmp_path)
+    file = tmp_path / "reading.cose"
+    written = sensor("--server", gateway.uri, "--write-reading", str(file), state=dev)
+    assert written.returncode == 0, written.stderr
+    answer = subprocess.run(
+        [COAP_CLIENT, "-B", "10", "-m", "post", "-t", "18", "-f", str(file), f"{gateway.uri}/r"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    ack = cbor2.loads(answer.stdout)
+    [entry] = readings(gateway.state)
+    assert entry.payload == file.read_bytes()  # the device's signed bytes, as sent
+    assert ack == {"seq": 1, "entry": entry.seq}
+    assert "4.03 replay" in coap_client("-m", "post", f"{gateway.uri}/r", payload=file)
+    assert "4.03 replay" in coap_client("-N", "-m", "post", f"{gateway.uri}/r", payload=file)
+    assert len(readings(gateway.state)) == 1
+
+
+def test_a_reading_without_a_session_is_unauthenticated(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    key = tmp_path / "k.pem"
+    did = didgw("did", "new", "-o", str(key)).stdout.strip()
+    register(didgw, gateway.state, did)
+    signer = Signer.for_did_key(load_private_key(key, None))
+    file = tmp_path / "r.cose"
+    file.write_bytes(signed_reading(signer, seq=1, values=1))
+    assert "4.01 unauthenticated" in coap_client("-m", "post", f"{gateway.uri}/r", payload=file)
+    assert readings(gateway.state) == []
+
+
+def signed_reading(signer: Signer, *, seq: int, values: int) -> bytes:
+    body = {
+        "did": signer.did,
+        "seq": seq,
+        "ts": int(time.time() * 1000),
+        "type": "energy",
+        "values": {f"register.{i:02d}": {"value": i * 1.5, "unit": "kWh"} for i in range(values)},
+    }
+    return sign1(cbor2.dumps(body), signer, typ="didgw-reading+cose")
+
+
+def test_block_wise_readings_are_reassembled_and_oversized_ones_refused(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    dev = registered_sensor(didgw, gateway, tmp_path)
+    assert sensor("--server", gateway.uri, "--count", "1", state=dev).returncode == 0
+    signer = Signer.for_did_key(load_private_key(dev / "key.pem", None))
+    big = tmp_path / "big.cose"
+    big.write_bytes(signed_reading(signer, seq=2, values=64))
+    assert len(big.read_bytes()) > 1024  # more than one datagram's worth of payload
+    ack = subprocess.run(
+        [COAP_CLIENT, "-B", "10", "-b", "64", "-m", "post", "-f", str(big), f"{gateway.uri}/r"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert cbor2.loads(ack.stdout)["seq"] == 2
+    assert readings(gateway.state)[-1].payload == big.read_bytes()
+    huge = tmp_path / "huge.bin"
+    huge.write_bytes(b"\x00" * 20_000)
+    assert "4.13" in coap_client("-b", "1024", "-m", "post", f"{gateway.uri}/r", payload=huge)
+
+
+def test_a_retransmitted_confirmable_request_is_recorded_once(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    from aiocoap import CON, POST, Message
+
+    dev = registered_sensor(didgw, gateway, tmp_path)
+    file = tmp_path / "reading.cose"
+    assert sensor("--server", gateway.uri, "--write-reading", str(file), state=dev).returncode == 0
+    request = Message(code=POST, payload=file.read_bytes(), uri_path=("r",))
+    request.mtype, request.mid, request.token = CON, 4711, b"\x01\x02"
+    datagram = request.encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        answers = []
+        for _ in range(3):  # the original and two retransmissions (same message ID)
+            sock.sendto(datagram, ("127.0.0.1", gateway.port))
+            answers.append(sock.recv(2048))
+    assert len(set(answers)) == 1  # the same stored response each time
+    assert answers[0][1] == 0x44  # 2.04 Changed
+    assert len(readings(gateway.state)) == 1
+
+
+def test_a_second_gateway_on_the_same_port_refuses_to_start(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    assert didgw("init", "--state-dir", str(other)).returncode == 0
+    config = write_config(tmp_path / "other.toml", gateway.port)
+    result = didgw("run", "--state-dir", str(other), "--config", str(config))
+    assert result.returncode == 1
+    assert "already in use" in result.stderr
+
+
+def test_a_device_keeps_unacknowledged_readings_across_restarts(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    dev = registered_sensor(didgw, gateway, tmp_path)
+    gateway.stop()
+    down = subprocess.Popen(  # nobody answers: the reading waits in the device's queue
+        [sys.executable, str(SENSOR), "--state", str(dev), "--server", gateway.uri],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        down.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        down.kill()  # the device loses power while retrying
+        down.wait()
+    gateway.start()
+    result = sensor("--server", gateway.uri, "--count", "1", state=dev)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "seq 1: accepted" in result.stdout  # the queued one, sent again after the restart
+    assert "seq 2: accepted" in result.stdout
+    assert len(readings(gateway.state)) == 2
