@@ -7,7 +7,7 @@ real ``didgw run`` with its defaults, devices speaking the README's wire
 protocol with the device simulator's message builders): ``--devices`` devices
 (1,000) authenticate through the protocol, then send signed readings
 (signed as they go) at ``--rate`` readings per second in all (1,000), each
-device in turn, for ``--minutes`` (10). ``--load-processes`` (2) share the devices.
+device in turn, for ``--minutes`` (10), from ``--load-processes`` (150 devices each).
 
 * ``rss_growth_pct``: the gateway's memory (the PSS of all its processes,
   sampled every 5 s) at the end against its value after the first minute (or
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import tempfile
 import threading
@@ -45,6 +46,7 @@ def _load(name: str, path: Path):
     return module
 
 
+PER_PROCESS = 150  # devices per load process: each holds three descriptors in paho
 ingest = _load("didgw_bench_ingest", ROOT / "bench" / "ingest.py")
 dev = ingest.dev
 
@@ -242,12 +244,16 @@ def main() -> None:
         help="the gateway's [mqtt] verify_workers (default: the gateway's own default)",
     )
     parser.add_argument(
-        "--load-processes", type=int, default=2, help="processes the devices are spread over"
+        "--load-processes",
+        type=int,
+        help="processes the devices are spread over (default: 150 devices each, at least 2)",
     )
     args = parser.parse_args()
     s = vars(args)
     if args.quick:
         s.update(minutes=0.5, devices=300, rate=300)
+    if s["load_processes"] is None:  # paho's select() cannot watch descriptors past 1,023
+        s["load_processes"] = max(2, math.ceil(s["devices"] / PER_PROCESS))
     with tempfile.TemporaryDirectory() as tmp:
         summary = run(s, Path(tmp))
     print(
