@@ -67,8 +67,9 @@ _CODES: dict[str, tuple[int, int]] = {
     "rate_limited": (4, 29),
     "unavailable": (5, 3),
     "overloaded": (5, 3),
+    "storage_full": (5, 3),
 }
-_RETRY_LATER = frozenset({"rate_limited", "unavailable", "overloaded"})
+_RETRY_LATER = frozenset({"rate_limited", "unavailable", "overloaded", "storage_full"})
 
 
 def code_of(reason: str) -> tuple[int, int]:

@@ -53,7 +53,7 @@ class Load:
 
 
 def accepted_seqs(device: Any) -> set[int]:
-    return {a["seq"] for a in device.acks if a.get("status") == "accepted"}
+    return {a["seq"] for a in device.acks.copy() if a.get("status") == "accepted"}
 
 
 def recorded_seqs(state: Path, did: str) -> list[int]:
@@ -179,7 +179,7 @@ def test_ten_thousand_malformed_payloads(
                 time.sleep(0.05)  # QoS 1 without a window: let the broker keep up
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            refused = [a for a in device.acks if a.get("status") == "refused"]
+            refused = [a for a in device.acks.copy() if a.get("status") == "refused"]
             if len(refused) >= len(payloads):
                 break
             time.sleep(0.2)
