@@ -196,11 +196,18 @@ def verify_presentation(
     status: StatusLists | None,
     max_kb_age: float = 300.0,
     clock_skew: float = 300.0,
+    key_binding: bool = True,
 ) -> VerifiedSdJwt:
-    """Verify an SD-JWT VC presentation with key binding, for this ``nonce`` and ``aud``."""
+    """Verify an SD-JWT VC presentation with key binding, for this ``nonce`` and ``aud``.
+
+    ``key_binding=False`` checks an SD-JWT as issued (no key-binding JWT may be present):
+    for ``didgw cred verify`` on a holder's own file, never for authentication.
+    """
     token, encoded, kb = split(text)
-    if not kb:
+    if key_binding and not kb:
         raise CredentialError("the presentation has no key-binding JWT")
+    if not key_binding and kb:
+        raise CredentialError("this presentation has a key-binding JWT: give its nonce and aud")
     try:
         issued = verify_jws(token, resolver=resolver, relationship="assertionMethod", now=now)
     except DidgwError as exc:
@@ -228,16 +235,18 @@ def verify_presentation(
         raise CredentialError(f"{len(unreferenced)} disclosure(s) not referenced by the credential")
     claims.pop("_sd_alg", None)
     holder_key = _cnf_key(payload)
-    binding = _check_key_binding(
-        kb,
-        text[: len(text) - len(kb)],
-        holder_key,
-        nonce=nonce,
-        aud=aud,
-        now=now,
-        max_age=max_kb_age,
-        skew=clock_skew,
-    )
+    binding = {}
+    if key_binding:
+        binding = _check_key_binding(
+            kb,
+            text[: len(text) - len(kb)],
+            holder_key,
+            nonce=nonce,
+            aud=aud,
+            now=now,
+            max_age=max_kb_age,
+            skew=clock_skew,
+        )
     if "status" in payload:
         _check_status(payload["status"], issuer, status, now)
     disclosed = {d.name: d.value for d in disclosures if d.name is not None}
