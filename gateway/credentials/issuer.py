@@ -215,15 +215,11 @@ class CredentialIssuer:
         )
         return add_proof(unsigned, signer, created=format_datetime(now))
 
-    def local_list(self, url: str, now: float) -> dict[str, Any] | None:
-        """For :class:`StatusLists`: our own list, unsigned (read from our own database)."""
-        if url != self.list_url:
+    def local_list(self, url: str, issuer: str) -> bytes | None:
+        """For :class:`StatusLists`: our own list's bits, straight from our database."""
+        if url != self.list_url or issuer != self._did:
             return None
-        bits = status_list.bitstring(self.revoked_indexes())
-        stamp = format_datetime(now)
-        return status_list.list_credential(
-            self._did, self.list_url, bits, valid_from=stamp, valid_until=stamp
-        )
+        return status_list.bitstring(self.revoked_indexes())
 
     # -- internals -----------------------------------------------------------------
 

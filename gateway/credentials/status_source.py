@@ -11,7 +11,7 @@ needs it fails closed. A list is also refused past its own ``validUntil``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from gateway.credentials import status_list
@@ -19,8 +19,8 @@ from gateway.credentials.data_integrity import parse_datetime, verify_proofs
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.resolver import Fetch, Freshness, Resolver, Unreachable
 
-#: The gateway's own lists: URL → the signed list credential (None: not ours).
-LocalLists = Callable[[str, float], Mapping[str, Any] | None]
+#: The gateway's own lists: URL → its bitstring, read from the database (None: not ours).
+LocalLists = Callable[[str, str], bytes | None]
 
 
 class StatusLists:
@@ -49,9 +49,9 @@ class StatusLists:
 
     def _bits(self, url: str, issuer: str, now: float) -> bytes:
         if self._local is not None:
-            mine = self._local(url, now)
+            mine = self._local(url, issuer)
             if mine is not None:
-                return status_list.list_bits(mine, issuer=issuer, list_url=url)
+                return mine
         cached = self._cache.get(url)
         if cached is not None and cached[2] == issuer and now - cached[1] < self._freshness.ttl:
             return cached[0]
