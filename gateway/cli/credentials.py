@@ -34,20 +34,24 @@ def _claims(items: list[str]) -> dict[str, str]:
     return claims
 
 
-def _write_new(path: str | None, text: str) -> None:
-    """To stdout, or to a new 0600 file (credentials hold personal data); never overwrite."""
-    if path is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        return
+def _create(path: str) -> int:
+    """A new 0600 file (credentials hold personal data), made before anything is issued."""
     from gateway.errors import CredentialError
 
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise CredentialError(f"{path} exists; not overwritten") from None
+        raise CredentialError(f"{path} exists; not overwritten, nothing issued") from None
     except OSError as exc:
         raise CredentialError(f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
+
+
+def _write_new(path: str | None, text: str, fd: int | None = None) -> None:
+    """To stdout, or to a new 0600 file; never overwrite."""
+    if path is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    with os.fdopen(fd if fd is not None else _create(path), "w") as f:
         f.write(text if text.endswith("\n") else text + "\n")
     print(f"written to {path} (mode 0600)", file=sys.stderr)
 
@@ -58,17 +62,24 @@ def cmd_cred_issue(args: argparse.Namespace) -> int:
     from gateway.credentialing import issuer_for
 
     claims = _claims(args.claim)
-    with open_gateway(args) as gateway:
-        issued = issuer_for(gateway).issue(
-            args.type,
-            args.subject,
-            claims,
-            fmt=args.format,
-            signer=gateway.signer(os.environ),
-            now=time.time(),
-            random_bytes=secrets.token_bytes,
-        )
-    _write_new(args.output, issued.text)
+    fd = _create(args.output) if args.output else None
+    try:
+        with open_gateway(args) as gateway:
+            issued = issuer_for(gateway).issue(
+                args.type,
+                args.subject,
+                claims,
+                fmt=args.format,
+                signer=gateway.signer(os.environ),
+                now=time.time(),
+                random_bytes=secrets.token_bytes,
+            )
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+            os.unlink(args.output)
+        raise
+    _write_new(args.output, issued.text, fd)
     print(f"issued {issued.record.id} ({issued.record.type}, {args.format})", file=sys.stderr)
     return 0
 
