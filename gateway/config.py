@@ -395,6 +395,42 @@ class MarketSection(_Section):
 
 
 @dataclass(frozen=True)
+class CredentialsSection(_Section):
+    """Verifiable credentials: what the gateway issues, its revocation list, people's sessions."""
+
+    enabled: bool = _setting(
+        True,
+        "When the gateway runs: publish the revocation list (MQTT, retained) and let people "
+        "authenticate with credential presentations (the wallet protocol in the README).",
+    )
+    validity_days: int = _setting(
+        365, "How long a credential the gateway issues is valid.", _between(1, 3650)
+    )
+    status_list_url: str = _setting(
+        "",
+        "The id of the gateway's revocation list (statusListCredential in its credentials). "
+        "Empty: urn:didgw:status-list:<gateway DID>.",
+    )
+    status_valid_seconds: int = _setting(
+        86400,
+        "validUntil of each signed revocation list: a verifier holding an older copy fails "
+        "closed. The running gateway re-signs the list at half this age and on every "
+        "revocation.",
+        _between(60, 31 * 86400),
+    )
+    presentation_max_age_seconds: int = _setting(
+        300,
+        "A key-binding JWT older than this (its iat) is refused.",
+        _between(10, 3600),
+    )
+    session_seconds: int = _setting(
+        3600,
+        "How long a person's broker account lasts after a presentation.",
+        _between(10, 86400),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the file it came from."""
 
@@ -407,6 +443,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     meter: MeterSection = field(default_factory=MeterSection)
     market: MarketSection = field(default_factory=MarketSection)
+    credentials: CredentialsSection = field(default_factory=CredentialsSection)
     source: str = "(built-in defaults)"
 
 
@@ -420,6 +457,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "metrics": MetricsSection,
     "meter": MeterSection,
     "market": MarketSection,
+    "credentials": CredentialsSection,
 }
 
 CONFIG_ENV = "DIDGW_CONFIG"

@@ -62,3 +62,9 @@ class RegistryError(DidgwError):
     """A device registry operation was refused (duplicate, unknown, revoked, …)."""
 
     code = "registry_refused"
+
+
+class CredentialError(DidgwError):
+    """A credential or presentation is malformed, unverifiable, expired or revoked."""
+
+    code = "credential_refused"

@@ -244,6 +244,38 @@ def _energy_market(db: Database) -> None:
             )
 
 
+def _credentials(db: Database) -> None:
+    # Credentials the gateway issued: what they are and to whom, never their claims (the
+    # holder keeps those). ``status_index`` is the credential's bit in the gateway's
+    # revocation list; a revocation sets ``revoked_ms`` and is never undone.
+    db.execute(
+        """
+        CREATE TABLE credentials (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            format TEXT NOT NULL CHECK (format IN ('vc', 'sd-jwt')),
+            status_index INTEGER NOT NULL UNIQUE,
+            issued_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            revoked_ms INTEGER,
+            revoked_by TEXT,
+            revoke_reason TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX credentials_subject ON credentials(subject)")
+    db.execute(
+        "CREATE TRIGGER credentials_no_unrevoke BEFORE UPDATE ON credentials "
+        "WHEN OLD.revoked_ms IS NOT NULL "
+        "BEGIN SELECT RAISE(ABORT, 'a revoked credential stays revoked'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER credentials_no_delete BEFORE DELETE ON credentials "
+        "BEGIN SELECT RAISE(ABORT, 'issued credentials are never deleted'); END"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -253,4 +285,5 @@ MIGRATIONS: list[Migration] = [
     ("0006_chain_keys", _chain_keys),
     ("0007_anchors", _anchors),
     ("0008_energy_market", _energy_market),
+    ("0009_credentials", _credentials),
 ]

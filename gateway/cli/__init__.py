@@ -13,7 +13,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import anchor, chain, devices, energy, identity, running, settings
+from gateway.cli import (
+    anchor,
+    chain,
+    credentials,
+    devices,
+    energy,
+    identity,
+    running,
+    settings,
+)
 from gateway.cli._base import CommandTree
 
 DESCRIPTION = """\
@@ -37,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"didgw {__version__}")
     tree = CommandTree(parser)
-    for module in (identity, devices, chain, anchor, energy, running, settings):
+    for module in (identity, devices, chain, anchor, energy, credentials, running, settings):
         module.register(tree)
     return parser
 

@@ -247,3 +247,37 @@ def verify_jws(
 
 def _as_bytes(token: str | bytes) -> bytes:
     return token.encode("ascii") if isinstance(token, str) else token
+
+
+def verify_jws_with_key(token: str | bytes, public_key: bytes) -> VerifiedJws:
+    """Verify a compact JWS against a given raw Ed25519 public key (no DID involved).
+
+    For keys carried inside a credential (an SD-JWT's ``cnf.jwk``): the caller has
+    already established whose key it is. Same refusals as :func:`verify_jws`.
+    """
+    from joserfc import jws
+    from joserfc.errors import JoseError
+
+    try:
+        obj = jws.extract_compact(_as_bytes(token))
+        header = obj.headers()
+    except (JoseError, ValueError) as exc:
+        raise SignatureError(f"not a compact JWS: {exc}") from None
+    if header.get("alg") not in JWS_ALGORITHMS:
+        raise SignatureError(f"JWS alg {header.get('alg')!r} refused; expected EdDSA")
+    if "crit" in header:
+        raise SignatureError(f"JWS has critical header parameters {header['crit']!r}; refused")
+    if len(public_key) != 32:
+        raise SignatureError("an Ed25519 public key is 32 bytes")
+    key = OKPKey.import_key(Ed25519PublicKey.from_public_bytes(public_key))
+    try:
+        valid = jws.validate_compact(obj, key, registry=_REGISTRY)
+    except JoseError as exc:
+        raise SignatureError(f"JWS refused: {exc.description or exc}") from None
+    if not valid:
+        raise SignatureError("JWS signature does not verify")
+    verified = VerifiedKey("", "", Ed25519PublicKey.from_public_bytes(public_key), _NO_RESOLUTION)
+    return VerifiedJws(obj.payload, dict(header), verified)
+
+
+_NO_RESOLUTION = Resolution("", {}, "jwk", 0.0)

@@ -1,0 +1,251 @@
+"""``didgw cred …``: issue, list, revoke and verify credentials; present one (wallet side)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from gateway.cli._base import (
+    CommandTree,
+    Handler,
+    actor,
+    change_options,
+    open_gateway,
+    print_json,
+    when,
+)
+
+
+def _claims(items: list[str]) -> dict[str, str]:
+    from gateway.errors import CredentialError
+
+    claims: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CredentialError(f"--claim takes KEY=VALUE, got {item!r}")
+        if key in claims:
+            raise CredentialError(f"--claim {key} given twice")
+        claims[key] = value
+    return claims
+
+
+def _create(path: str) -> int:
+    """A new 0600 file (credentials hold personal data), made before anything is issued."""
+    from gateway.errors import CredentialError
+
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CredentialError(f"{path} exists; not overwritten, nothing issued") from None
+    except OSError as exc:
+        raise CredentialError(f"cannot create {path}: {exc.strerror}") from None
+
+
+def _write_new(path: str | None, text: str, fd: int | None = None) -> None:
+    """To stdout, or to a new 0600 file; never overwrite."""
+    if path is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    with os.fdopen(fd if fd is not None else _create(path), "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    print(f"written to {path} (mode 0600)", file=sys.stderr)
+
+
+def cmd_cred_issue(args: argparse.Namespace) -> int:
+    import secrets
+
+    from gateway.credentialing import issuer_for
+
+    claims = _claims(args.claim)
+    fd = _create(args.output) if args.output else None
+    try:
+        with open_gateway(args) as gateway:
+            issued = issuer_for(gateway).issue(
+                args.type,
+                args.subject,
+                claims,
+                fmt=args.format,
+                signer=gateway.signer(os.environ),
+                now=time.time(),
+                random_bytes=secrets.token_bytes,
+            )
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+            os.unlink(args.output)
+        raise
+    _write_new(args.output, issued.text, fd)
+    print(f"issued {issued.record.id} ({issued.record.type}, {args.format})", file=sys.stderr)
+    return 0
+
+
+def cmd_cred_list(args: argparse.Namespace) -> int:
+    from gateway.credentialing import issuer_for
+
+    with open_gateway(args) as gateway:
+        records = issuer_for(gateway).records()
+    if args.json:
+        print_json([r.to_json() for r in records])
+        return 0
+    for r in records:
+        state = f"revoked {when(r.revoked_ms / 1000)}" if r.revoked_ms else "valid"
+        print(
+            f"{r.id}  {r.type:<16} {r.format:<6} {r.subject}  "
+            f"issued {when(r.issued_ms / 1000)}  {state}"
+        )
+    return 0
+
+
+def cmd_cred_revoke(args: argparse.Namespace) -> int:
+    from gateway.credentialing import issuer_for
+
+    with open_gateway(args) as gateway:
+        record = issuer_for(gateway).revoke(
+            args.id, by=actor(args), reason=args.reason, now=time.time()
+        )
+    print(f"revoked {record.id} (status bit {record.status_index})")
+    return 0
+
+
+def cmd_cred_verify(args: argparse.Namespace) -> int:
+    from gateway.credentialing import issuer_for, read_credential_file, status_lists_for
+    from gateway.credentials.sd_jwt import verify_presentation
+    from gateway.credentials.vc import CredentialInvalid, verify_credential
+    from gateway.errors import DidgwError
+
+    form, content = read_credential_file(Path(args.file))
+    with open_gateway(args) as gateway:
+        status = status_lists_for(gateway, issuer_for(gateway))
+        now = time.time()
+        try:
+            if form == "vc":
+                vc = verify_credential(content, resolver=gateway.resolver, now=now, status=status)
+                summary = {
+                    "format": "vc",
+                    "issuer": vc.issuer,
+                    "type": vc.types,
+                    "subject": vc.subject,
+                }
+            else:
+                has_kb = not content.endswith("~")
+                if has_kb and (args.nonce is None or args.aud is None):
+                    print(
+                        "invalid: a presentation is checked against --nonce and --aud",
+                        file=sys.stderr,
+                    )
+                    return 1
+                sd = verify_presentation(
+                    content,
+                    resolver=gateway.resolver,
+                    now=now,
+                    nonce=args.nonce or "",
+                    aud=args.aud or "",
+                    status=status,
+                    max_kb_age=gateway.config.credentials.presentation_max_age_seconds,
+                    key_binding=has_kb,
+                )
+                summary = {
+                    "format": "sd-jwt",
+                    "issuer": sd.issuer,
+                    "vct": sd.vct,
+                    "claims": sd.claims,
+                }
+        except CredentialInvalid as exc:
+            print("invalid:", file=sys.stderr)
+            for reason in exc.reasons:
+                print(f"  - {reason}", file=sys.stderr)
+            return 1
+        except DidgwError as exc:
+            print(f"invalid:\n  - {exc}", file=sys.stderr)
+            return 1
+    print("valid")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_cred_present(args: argparse.Namespace) -> int:
+    from gateway.credentialing import read_credential_file
+    from gateway.credentials.sd_jwt import present
+    from gateway.errors import CredentialError
+    from gateway.identity import keystore
+    from gateway.identity.signing import Signer
+
+    form, content = read_credential_file(Path(args.file))
+    if form != "sd-jwt":
+        raise CredentialError("only SD-JWT credentials can be presented selectively")
+    passphrase = keystore.read_passphrase("", os.environ)
+    holder = Signer.for_did_key(keystore.load_private_key(Path(args.key), passphrase))
+    text = present(
+        content, args.disclose, holder, nonce=args.nonce, aud=args.aud, iat=int(time.time())
+    )
+    _write_new(args.output, text)
+    return 0
+
+
+def register(tree: CommandTree) -> None:
+    group = tree.group("cred", "verifiable credentials: issue, list, revoke, verify, present")
+    commands: list[tuple[str, Handler, str, str]] = [
+        (
+            "issue",
+            cmd_cred_issue,
+            "issue a credential (household, facility-manager, device-owner, vouch)",
+            "didgw cred issue household --subject did:key:z6Mk… --format sd-jwt "
+            "--claim household=did:key:z6Mk… --claim role=seller -o alice.sdjwt",
+        ),
+        (
+            "list",
+            cmd_cred_list,
+            "list the credentials this gateway issued",
+            "didgw cred list --json",
+        ),
+        (
+            "revoke",
+            cmd_cred_revoke,
+            "revoke a credential (sets its bit in the revocation list, for good)",
+            "didgw cred revoke urn:uuid:… --reason 'moved out'",
+        ),
+        (
+            "verify",
+            cmd_cred_verify,
+            "verify a credential or a presentation; exit 0 when valid, 1 with the reasons",
+            "didgw cred verify alice.json",
+        ),
+        (
+            "present",
+            cmd_cred_present,
+            "make a presentation of an SD-JWT credential showing only some claims (wallet side)",
+            "didgw cred present alice.sdjwt --disclose household --disclose role "
+            "--nonce N --aud did:key:z6Mk… --key alice.pem",
+        ),
+    ]
+    parsers = {}
+    for name, handler, help_text, example in commands:
+        parsers[name] = tree.command(name, handler, help_text, example, group=group)
+    p = parsers["issue"]
+    p.add_argument(
+        "type", metavar="TYPE", help="household, facility-manager, device-owner or vouch"
+    )
+    p.add_argument("--subject", required=True, metavar="DID", help="whom the credential is about")
+    p.add_argument("--format", choices=["vc", "sd-jwt"], default="vc", help="default: vc")
+    p.add_argument("--claim", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to a new 0600 file")
+    parsers["list"].add_argument("--json", action="store_true", help="print JSON")
+    p = parsers["revoke"]
+    p.add_argument("id", metavar="ID", help="the credential's id (urn:uuid:…)")
+    change_options(p, reason_required=True)
+    p = parsers["verify"]
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--nonce", help="the nonce a presentation's key binding must be over")
+    p.add_argument("--aud", help="the audience a presentation's key binding must name")
+    p = parsers["present"]
+    p.add_argument("file", metavar="FILE", help="the SD-JWT credential as issued")
+    p.add_argument("--disclose", action="append", default=[], metavar="CLAIM")
+    p.add_argument("--nonce", required=True)
+    p.add_argument("--aud", required=True)
+    p.add_argument("--key", required=True, metavar="FILE", help="the holder's key (PKCS#8 PEM)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to a new 0600 file")
