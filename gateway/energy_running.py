@@ -25,6 +25,7 @@ from gateway.config import Config
 from gateway.db import DB_NAME, connect
 from gateway.energy.meter import MeterRecorder, meters
 from gateway.energy.p1 import P1Splitter, Telegram
+from gateway.health import Health
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 from gateway.market.service import Market, MarketSettings, Message
@@ -83,6 +84,22 @@ class MeterSide:
         for reader in self._readers:
             reader.start()
         log.info("reading %d meters", len(self._readers))
+
+    def report_to(self, health: Health) -> None:
+        """Each meter's serial link, and what became of its telegrams (transport "p1")."""
+        for reader, recorder in zip(self._readers, self.recorders, strict=True):
+            health.connections[f"meter {recorder.meter.did[-8:]}"] = reader.connected.is_set
+        health.readings.append(("p1", self._counts))
+
+    def _counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for recorder, splitter in zip(self.recorders, self.splitters, strict=True):
+            counts = {**splitter.counts, **recorder.counts}
+            counts["accepted"] = counts.pop("recorded", 0)
+            counts.pop("telegrams", None)  # every telegram is one of the others
+            for outcome, n in counts.items():
+                total[outcome] = total.get(outcome, 0) + n
+        return total
 
     def stop(self) -> None:
         for reader in self._readers:

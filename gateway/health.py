@@ -44,6 +44,7 @@ class StoredHealth:
     anchor_age_s: float | None  # since that anchor was confirmed
     anchor_queue: int  # checkpoints waiting to be anchored (queued or in flight)
     ledger: str  # "ok", an error, or "" when anchoring never ran
+    market_intervals_cleared: int = 0
 
 
 def stored_health(conn: sqlite3.Connection, *, now: float | None = None) -> StoredHealth:
@@ -72,7 +73,14 @@ def stored_health(conn: sqlite3.Connection, *, now: float | None = None) -> Stor
         if _has_table(conn, "anchor_meta"):
             meta = conn.execute("SELECT value FROM anchor_meta WHERE key = 'health'").fetchone()
             ledger = "" if meta is None else str(meta[0])
-    return StoredHealth(chain, devices, anchored, age, queue, ledger)
+    cleared = 0
+    if _has_table(conn, "market_intervals"):
+        cleared = int(
+            conn.execute(
+                "SELECT count(*) FROM market_intervals WHERE cleared_ms IS NOT NULL"
+            ).fetchone()[0]
+        )
+    return StoredHealth(chain, devices, anchored, age, queue, ledger, cleared)
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:

@@ -79,6 +79,11 @@ class GatewayCollector(Collector):
             devices.add_metric([status], n)
         yield devices
         yield GaugeMetricFamily(
+            "didgw_market_intervals_cleared",
+            "Market intervals cleared so far.",
+            value=stored.market_intervals_cleared,
+        )
+        yield GaugeMetricFamily(
             "didgw_anchor_queue_depth",
             "Checkpoints waiting to be anchored (queued or sent, not yet confirmed).",
             value=stored.anchor_queue,

@@ -296,6 +296,7 @@ class _Parts:
             passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
             self.meters = MeterSide(config, self.state_dir, gateway, passphrase)
             self.meters.start()
+            self.meters.report_to(self.health)
         if config.market.enabled:
             if not config.mqtt.enabled:
                 raise ConfigError(f"{config.source}: [market] needs [mqtt] enabled")

@@ -76,6 +76,8 @@ def render_status(
     devices = ", ".join(f"{n} {status}" for status, n in sorted(stored.devices.items())) or "none"
     lines.append(f"record:         {stored.chain_entries} entries")
     lines.append(f"devices:        {devices}")
+    if stored.market_intervals_cleared:
+        lines.append(f"market:         {stored.market_intervals_cleared} intervals cleared")
     if anchoring:
         if stored.anchored_entries is None:
             lines.append(f"anchors:        none confirmed yet; {stored.anchor_queue} waiting")
