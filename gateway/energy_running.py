@@ -96,7 +96,10 @@ class MeterSide:
         for recorder, splitter in zip(self.recorders, self.splitters, strict=True):
             counts = {**splitter.counts, **recorder.counts}
             counts["accepted"] = counts.pop("recorded", 0)
-            counts.pop("telegrams", None)  # every telegram is one of the others
+            # Not outcomes of a reading: every telegram is one of the others, noise is bytes,
+            # and "skipped" telegrams are good ones left out by record_every_seconds.
+            for key in ("telegrams", "noise_bytes", "skipped"):
+                counts.pop(key, None)
             for outcome, n in counts.items():
                 total[outcome] = total.get(outcome, 0) + n
         return total

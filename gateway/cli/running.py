@@ -38,6 +38,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole product for a minute, on loopback (see gateway/demo.py)."""
+    from gateway.demo import run
+
+    return run(args.seconds, keep=args.keep)
+
+
 def register(tree: CommandTree) -> None:
     tree.command(
         "run",
@@ -45,6 +52,14 @@ def register(tree: CommandTree) -> None:
         "run the gateway: serve devices over MQTT until SIGTERM or Ctrl-C",
         "didgw run --config /etc/didgw/gateway.toml",
     )
+    demo = tree.command(
+        "demo",
+        cmd_demo,
+        "run the whole product for a minute on loopback: broker, ledger, devices, market",
+        "didgw demo --seconds 60",
+    )
+    demo.add_argument("--seconds", type=float, default=60.0, help="how long devices send")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's files afterwards")
     tree.command(
         "status",
         cmd_status,

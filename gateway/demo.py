@@ -1,0 +1,489 @@
+"""``didgw demo``: the whole product for a minute, on loopback, from a checkout.
+
+Everything a real installation has, started privately in a temporary directory:
+a mosquitto with dynamic security and an anvil ledger on free loopback ports,
+a gateway initialised from nothing, a fleet of MQTT sensors, a CoAP sensor,
+three households with solar roofs whose P1 meters write to pseudo-terminals,
+their credentials, their orders on the local market, anchors on the ledger.
+Part way through, a few attacks (a forged reading, a replayed one, a revoked
+device) are refused. At the end: a summary, the record verified, and one
+household's receipt checked against the ledger as a household would.
+
+The demo drives the real programs (``didgw run``, the simulators in
+``firmware-sim/``, the ``didgw`` commands) as separate processes, and reads
+progress from the gateway's metrics and database, as an integrator would.
+Ctrl-C (or any failure) stops every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from gateway.auth import broker as policy
+from gateway.errors import DidgwError
+from gateway.status import live_health
+from gateway.transports.dynsec import DynsecAdmin
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM = ROOT / "firmware-sim"
+ANVIL = ROOT / "scripts" / "anvil" / "node_modules" / ".bin" / "anvil"
+FLEET = 20  # MQTT sensors
+INTERVAL = 10  # seconds per market interval
+
+
+class DemoError(DidgwError):
+    code = "demo_failed"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Demo:
+    """The demo's processes and files; :meth:`close` stops and removes everything."""
+
+    def __init__(self, seconds: float, keep: bool) -> None:
+        self.seconds, self.keep = seconds, keep
+        self.tmp = Path(tempfile.mkdtemp(prefix="didgw-demo-"))
+        self.state = self.tmp / "state"
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.logs: list[IO[bytes]] = []
+        self.ports = {
+            "mqtt": free_port(),
+            "coap": free_port(socket.SOCK_DGRAM),
+            "anvil": free_port(),
+            "metrics": free_port(),
+        }
+        self.env = {**os.environ, "DIDGW_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
+        self.gateway_password = secrets.token_urlsafe(18)
+
+    # -- processes ---------------------------------------------------------------------
+
+    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Any:
+        log = (self.tmp / f"{name}.log").open("ab")
+        self.logs.append(log)
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=env or self.env, cwd=self.tmp
+        )
+        self.processes.append((name, process))
+        return process
+
+    def didgw(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.tmp,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise DemoError(f"didgw {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def stop(self, name: str) -> None:
+        for who, process in self.processes:
+            if who == name and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(30)
+
+    def close(self) -> None:
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, process in reversed(self.processes):
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in self.logs:
+            log.close()
+        if self.keep:
+            say(f"files kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- the parts -----------------------------------------------------------------------
+
+    def start_broker(self) -> None:
+        plugins = glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") + glob.glob(
+            "/usr/lib/mosquitto_dynamic_security.so"
+        )
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not plugins or not Path(mosquitto).exists() or not shutil.which("mosquitto_ctrl"):
+            raise DemoError("mosquitto with its dynamic-security plugin is missing: run setup")
+        directory = self.tmp / "mosquitto"
+        directory.mkdir()
+        dynsec, admin_password = directory / "dynamic-security.json", secrets.token_urlsafe(18)
+        subprocess.run(
+            ["mosquitto_ctrl", "dynsec", "init", str(dynsec), "admin", admin_password],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        import pwd
+
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.ports['mqtt']} 127.0.0.1\nallow_anonymous true\n"
+            f"plugin {plugins[0]}\nplugin_opt_config_file {dynsec}\npersistence false\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 100\nset_tcp_nodelay true\n"
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+        )
+        self.spawn("mosquitto", [mosquitto, "-c", str(conf)])
+        wait_for_port(self.ports["mqtt"], "mosquitto")
+        admin = DynsecAdmin("127.0.0.1", self.ports["mqtt"], "admin", admin_password)
+        admin.connect()
+        try:
+            admin.execute(
+                [
+                    *policy.anonymous_policy_commands("didgw"),
+                    *policy.gateway_role_commands("didgw"),
+                    *policy.gateway_client_commands("didgw", self.gateway_password),
+                ],
+                ok_errors=policy.POLICY_OK_ERRORS,
+            )
+        finally:
+            admin.close()
+
+    def start_ledger(self) -> str:
+        if not ANVIL.exists():
+            raise DemoError(f"anvil is missing ({ANVIL}): run scripts/setup.sh")
+        port = self.ports["anvil"]
+        self.spawn(
+            "anvil",
+            [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--block-time", "1",
+             "--state", str(self.tmp / "anvil-state.json"), "--silent"],
+        )  # fmt: skip
+        wait_for_port(port, "anvil")
+        return f"http://127.0.0.1:{port}"
+
+    def fund(self, rpc: str, address: str) -> None:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
+                "params": [address, hex(10**18)]}  # fmt: skip
+        request = urllib.request.Request(
+            rpc, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+
+    def write_config(self, rpc: str) -> Path:
+        config = self.tmp / "gateway.toml"
+        config.write_text(
+            f"[mqtt]\nport = {self.ports['mqtt']}\nsession_seconds = 600\n"
+            f"[coap]\nenabled = true\nport = {self.ports['coap']}\n"
+            f"[metrics]\nport = {self.ports['metrics']}\n"
+            "[meter]\nenabled = true\nrecord_every_seconds = 1.0\n"
+            f"[market]\nenabled = true\ninterval_seconds = {INTERVAL}\ntick_seconds = 0.2\n"
+            f'[anchor]\nenabled = true\nrpc_url = "{rpc}"\nevery_seconds = 5.0\n'
+            "confirmations = 1\n"
+        )
+        self.env["DIDGW_CONFIG"] = str(config)
+        return config
+
+
+def wait_for_port(port: int, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise DemoError(f"{what} did not start listening on port {port}")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def sim(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(SIM / script), *args]
+
+
+def run(seconds: float = 60.0, *, keep: bool = False) -> int:
+    """The demo; returns the exit status (0: everything checked out)."""
+    if not SIM.is_dir():
+        raise DemoError("the demo runs from a checkout of didgw (firmware-sim/ is missing)")
+    demo = Demo(seconds, keep)
+    try:
+        return _run(demo)
+    except KeyboardInterrupt:
+        say("\ninterrupted: stopping every process the demo started")
+        return 130
+    finally:
+        demo.close()
+
+
+def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
+    say(f"didgw demo: everything in {demo.tmp}, on loopback ports {demo.ports}")
+    demo.start_broker()
+    rpc = demo.start_ledger()
+    say(f"  mosquitto (dynamic security) on :{demo.ports['mqtt']}, anvil on {rpc}")
+    init = demo.didgw("init")
+    gateway_did = init.split("Gateway DID: ")[1].split()[0]
+    ledger = init.split("Ledger account: ")[1].split()[0]
+    demo.fund(rpc, ledger)
+    demo.write_config(rpc)
+    say(f"  gateway {gateway_did}\n  its ledger account {ledger} (funded on anvil)")
+
+    fleet_dir = demo.tmp / "fleet"
+    dids = subprocess.run(
+        sim("sensor.py", "--state", str(fleet_dir), "--fleet", str(FLEET), "--print-did"),
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.split()  # fmt: skip
+    for i, did in enumerate(dids):
+        demo.didgw("device", "register", did, "--name", f"sensor {i}", "--kind", "sensor")
+    coap_dir = demo.tmp / "coap-sensor"
+    coap_did = subprocess.run(
+        sim("coap_sensor.py", "--state", str(coap_dir), "--print-did"),
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()[-1]  # fmt: skip
+    demo.didgw("device", "register", coap_did, "--name", "cellar sensor (CoAP)", "--kind", "sensor")
+    households = []
+    for i, (name, solar) in enumerate((("Lindenhof", 9000), ("Birkenweg", 6000), ("Ahornpl.", 0))):
+        key = demo.tmp / f"house{i}.pem"
+        did = demo.didgw("did", "new", "-o", str(key)).split()[-1]
+        demo.didgw("device", "register", did, "--name", name, "--kind", "household")
+        link = demo.tmp / f"ttyP1-{i}"
+        demo.spawn(
+            f"meter{i}",
+            sim("p1meter.py", "--pty", str(link), "--rate", "2", "--speed", "120",
+                "--start", "2024-06-15T10:30", "--seed", str(i + 1),
+                "--solar-peak-w", str(solar)),
+        )  # fmt: skip
+        for _ in range(50):
+            if link.exists():
+                break
+            time.sleep(0.1)
+        demo.didgw("meter", "enroll", "--household", did, "--name", f"P1 {name}", "--port",
+                   str(link))  # fmt: skip
+        role = "seller" if solar else "buyer"
+        demo.didgw("cred", "issue", "household", "--subject", did, "--format", "sd-jwt",
+                   "--claim", f"household={did}", "--claim", f"role={role}",
+                   "-o", str(demo.tmp / f"house{i}.sdjwt"))  # fmt: skip
+        households.append((name, did, key, role))
+    say(f"  registered {FLEET} MQTT sensors, 1 CoAP sensor, 3 households with P1 meters on")
+    say("  ptys and household credentials (SD-JWT VC: household, role)")
+
+    env = {**demo.env, "DIDGW_MQTT_PASSWORD": demo.gateway_password}
+    gateway = demo.spawn("gateway", [sys.executable, "-m", "gateway", "run"], env=env)
+    deadline = time.monotonic() + 60
+    while live_health("127.0.0.1", demo.ports["metrics"]) is None:
+        if gateway.poll() is not None or time.monotonic() > deadline:
+            raise DemoError(f"didgw run did not start; see {demo.tmp / 'gateway.log'}")
+        time.sleep(0.3)
+    broker = f"127.0.0.1:{demo.ports['mqtt']}"
+    demo.spawn(
+        "fleet",
+        sim("sensor.py", "--broker", broker, "--state", str(fleet_dir), "--fleet", str(FLEET),
+            "--rate", "2", "--count", str(int(demo.seconds * 2) + 10), "--quiet",
+            "--gateway-did", gateway_did),
+    )  # fmt: skip
+    demo.spawn(
+        "coap",
+        sim("coap_sensor.py", "--server", f"coap://127.0.0.1:{demo.ports['coap']}",
+            "--state", str(coap_dir), "--count", str(int(demo.seconds)), "--rate", "1",
+            "--gateway-did", gateway_did, "--quiet"),
+    )  # fmt: skip
+    say(f"\nrunning for {demo.seconds:.0f} s (market interval {INTERVAL} s, anchors every 5 s):")
+    attacks: dict[str, str] = {}
+    start = time.monotonic()
+    next_orders = 0.0
+    last_line = ""
+    while (elapsed := time.monotonic() - start) < demo.seconds:
+        if gateway.poll() is not None:
+            raise DemoError(f"didgw run stopped; see {demo.tmp / 'gateway.log'}")
+        if elapsed >= next_orders:
+            next_orders = elapsed + INTERVAL
+            place_orders(demo, households)
+        if not attacks and elapsed > demo.seconds / 3:
+            attacks = attack(demo, dids, gateway_did)
+        line = progress(demo, elapsed)
+        if line != last_line:
+            say("  " + line)
+            last_line = line
+        time.sleep(2.0)
+    for name in ("fleet", "coap"):
+        demo.stop(name)
+    summary = progress(demo, time.monotonic() - start)
+    return finish(demo, rpc, households, attacks, summary)
+
+
+def place_orders(demo: Demo, households: list[tuple[str, str, Path, str]]) -> None:
+    """Each interval: the sunny households offer surplus, the one without panels bids."""
+    # A seller may offer what its meter has shown it can export in one interval: at most
+    # a few Wh in the demo's 10 s intervals (peak export power times 10 s).
+    for i, (_, _, key, role) in enumerate(households):
+        if role == "seller":
+            demo.didgw("market", "offer", "--key", str(key), "--wh", str(8 + 4 * i),
+                       "--price", str(90 + 20 * i), "--interval", "next", check=False)  # fmt: skip
+        else:
+            demo.didgw("market", "bid", "--key", str(key), "--wh", "15", "--price", "200",
+                       "--interval", "next", check=False)  # fmt: skip
+
+
+def attack(demo: Demo, dids: list[str], gateway_did: str) -> dict[str, str]:
+    """A forged and a replayed reading from an intruder that owns a registered key, and a
+    device revoked while it sends; each is refused, and the metrics count why."""
+    spec = importlib.util.spec_from_file_location("didgw_demo_device", SIM / "device.py")
+    if spec is None or spec.loader is None:
+        raise DemoError(f"cannot load {SIM / 'device.py'}")
+    device_module = importlib.util.module_from_spec(spec)
+    sys.modules["didgw_demo_device"] = device_module
+    spec.loader.exec_module(device_module)
+    intruder = device_module.Device(
+        f"127.0.0.1:{demo.ports['mqtt']}",
+        key_path=demo.tmp / "intruder.pem",
+        state_dir=demo.tmp / "intruder",
+        gateway_did=gateway_did,
+        log=lambda _: None,
+    )
+    demo.didgw("device", "register", intruder.did, "--name", "intruder", "--kind", "sensor")
+    outcome = {}
+    try:
+        intruder.start(timeout=15)
+        intruder.publish_reading("energy", {"import_kwh": {"value": 1.0, "unit": "kWh"}})
+        intruder.wait_acked(timeout=10)
+        # Forged: a reading in another device's name, signed by the intruder's key.
+        body = {"did": dids[0], "seq": 7, "ts": int(time.time() * 1000), "type": "energy",
+                "values": {"import_kwh": {"value": 0.0, "unit": "kWh"}}}  # fmt: skip
+        token = intruder.identity.sign_jws(device_module.READING_TYP, json.dumps(body).encode())
+        intruder.publish_raw(token)
+        # Replayed: reading number 1 again, with other values.
+        replay = device_module.make_reading(
+            intruder.identity, seq=1, ts_ms=int(time.time() * 1000), reading_type="energy",
+            values={"import_kwh": {"value": 9.9, "unit": "kWh"}},
+        )  # fmt: skip
+        intruder.publish_raw(replay)
+        time.sleep(1.0)
+        reasons = [a.get("reason") for a in intruder.acks.copy() if a.get("status") == "refused"]
+        outcome["forged reading (another device's DID)"] = reasons[0] if reasons else "?"
+        outcome["replayed reading (seq 1 again)"] = reasons[1] if len(reasons) > 1 else "?"
+    finally:
+        intruder.stop()
+    demo.didgw("device", "revoke", dids[-1], "--reason", "reported stolen", "--by", "fm:demo")
+    outcome["device revoked while sending"] = "account deleted; new sessions not_active"
+    say("  attacks: " + "; ".join(f"{k}: {v}" for k, v in outcome.items()))
+    return outcome
+
+
+_last_progress: list[tuple[float, int]] = []
+
+
+def progress(demo: Demo, elapsed: float) -> str:
+    live = live_health("127.0.0.1", demo.ports["metrics"])
+    db = sqlite3.connect(f"{(demo.state / 'didgw.db').as_uri()}?mode=ro", uri=True)
+    try:
+        trades = db.execute("SELECT count(*) FROM market_trades").fetchone()[0]
+        anchors = db.execute(
+            "SELECT count(*), max(size) FROM anchors WHERE state = 'confirmed'"
+        ).fetchone()
+        entries = db.execute("SELECT count(*) FROM chain_entries").fetchone()[0]
+    finally:
+        db.close()
+    readings = refused = 0
+    if live is not None:
+        readings = int(sum(v for k, v in live.readings.items() if k in ("accepted", "duplicate")))
+        refused = int(
+            sum(v for k, v in live.readings.items() if k not in ("accepted", "duplicate"))
+        )
+    then, before = _last_progress[-1] if _last_progress else (0.0, 0)
+    rate = (readings - before) / (elapsed - then) if elapsed - then > 0.5 else 0.0
+    _last_progress.append((elapsed, readings))
+    return (
+        f"{elapsed:4.0f} s  readings {readings:,} ({rate:,.0f}/s)  refused {refused}  "
+        f"trades {trades}  anchors {anchors[0]} "
+        f"(covering {anchors[1] or 0:,} of {entries:,} entries)"
+    )
+
+
+def _latest_meter_reading(db_path: Path, household: str) -> int | None:
+    db = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT max(e.seq) FROM chain_entries e JOIN chain_actors a ON a.id = e.actor "
+            "JOIN meters m ON m.did = a.did WHERE m.household = ? AND e.kind = 'vouched_reading'",
+            [household],
+        ).fetchone()
+    finally:
+        db.close()
+    return None if row[0] is None else int(row[0])
+
+
+def _anchored(db_path: Path) -> int | None:
+    """The tree size of the newest confirmed anchor."""
+    db = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True)
+    try:
+        size = db.execute("SELECT max(size) FROM anchors WHERE state = 'confirmed'").fetchone()[0]
+    finally:
+        db.close()
+    return None if size is None else int(size)
+
+
+def finish(
+    demo: Demo,
+    rpc: str,
+    households: list[tuple[str, str, Path, str]],
+    attacks: dict[str, str],
+    summary: str,
+) -> int:
+    live = live_health("127.0.0.1", demo.ports["metrics"])
+    say("\nsummary")
+    say(f"  {summary}")
+    if live is not None:
+        for outcome, n in sorted(live.readings.items()):
+            if n:
+                say(f"  readings {outcome:<14} {int(n):>7,}")
+        for result, n in sorted(live.authentications.items()):
+            if n:
+                say(f"  authentications {result:<8} {int(n):>5,}")
+    for what, why in attacks.items():
+        say(f"  refused: {what} -> {why}")
+    # One household's latest vouched meter reading, once an anchor covers it.
+    name, did, _, _ = households[0]
+    seq = _latest_meter_reading(demo.state / "didgw.db", did)
+    deadline = time.monotonic() + 30
+    while seq is not None and time.monotonic() < deadline:
+        if (_anchored(demo.state / "didgw.db") or 0) > seq:
+            break
+        time.sleep(1.0)
+    demo.stop("gateway")
+    verified = subprocess.run(
+        [sys.executable, "-m", "gateway", "chain", "verify"],
+        env=demo.env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    say(f"  the record: {verified.stdout.strip() or verified.stderr.strip()}")
+    if seq is None:
+        say(f"  no anchored meter reading of {name} to make a receipt of")
+        return 1
+    receipt = demo.tmp / "receipt.json"
+    demo.didgw("receipt", str(seq), "-o", str(receipt))
+    say(f"\n{name}'s meter reading {seq}, checked against the ledger with nothing but the receipt:")
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "verify-receipt", str(receipt), "--rpc", rpc],
+        env=demo.env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    say("\n".join(f"  {line}" for line in check.stdout.strip().splitlines()))
+    return 0 if check.returncode == 0 and verified.returncode == 0 else 1
