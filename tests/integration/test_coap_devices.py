@@ -292,3 +292,77 @@ def test_a_device_keeps_unacknowledged_readings_across_restarts(
     assert "seq 1: accepted" in result.stdout  # the queued one, sent again after the restart
     assert "seq 2: accepted" in result.stdout
     assert len(readings(gateway.state)) == 2
+
+
+def test_ten_thousand_malformed_payloads_over_coap(didgw: Run, tmp_path: Path) -> None:
+    """Part of the fault suite (tests/integration/test_faults.py has the MQTT half):
+    10,000 hypothesis-generated payloads POSTed to the readings resource of a running
+    gateway. Every one is answered with a refusal that names its reason, the gateway stays
+    up, its memory stays flat, and nothing is recorded."""
+    from aiocoap import CON, POST, Message
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    port = free_udp_port()
+    config = write_config(tmp_path / "gateway.toml", port, peer_rate=1000000, peer_burst=1000000)
+    gateway = CoapGateway(state, config, port)
+    gateway.start()
+    payloads: list[bytes] = []
+    shapes = st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.text(max_size=20)
+            | st.binary(max_size=20),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+            max_leaves=10,
+        ).map(cbor2.dumps),
+        st.lists(st.binary(max_size=40), min_size=4, max_size=4).map(
+            lambda parts: cbor2.dumps(cbor2.CBORTag(18, parts))  # COSE_Sign1-shaped
+        ),
+    )
+
+    @settings(max_examples=10_000, database=None, derandomize=True, deadline=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(shapes)
+    def collect(payload: bytes) -> None:
+        payloads.append(payload)
+
+    collect()
+    while len(payloads) < 10_000:
+        payloads.extend(payloads[: 10_000 - len(payloads)])
+    codes: dict[int, int] = {}
+    reasons: set[bytes] = set()
+    try:
+        assert gateway.process is not None
+        before = _rss_kb(gateway.process.pid)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            for i, payload in enumerate(payloads):
+                request = Message(code=POST, payload=payload, uri_path=("r",))
+                request.mtype, request.mid, request.token = CON, i % 65536, i.to_bytes(4, "big")
+                sock.sendto(request.encode(), ("127.0.0.1", port))
+                answer = Message.decode(sock.recv(4096))
+                codes[int(answer.code)] = codes.get(int(answer.code), 0) + 1
+                reasons.add(answer.payload)
+        after = _rss_kb(gateway.process.pid)
+        assert gateway.process.poll() is None
+    finally:
+        assert gateway.stop() == 0
+    assert sum(codes.values()) == 10_000
+    assert all(0x80 <= code < 0xA0 for code in codes), codes  # 4.xx: each one refused
+    assert reasons <= {b"malformed", b"bad_signature", b"unknown_device", b"unauthenticated",
+                       b"too_large"}, reasons  # fmt: skip
+    assert after - before < 30_000, (before, after)
+    assert readings(state) == []
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -3,7 +3,9 @@ nothing a device was told is accepted is lost (every acknowledged reading is on 
 once) and the chain verifies.
 
 Elsewhere: the ledger stopped under load (test_anchor_ledger.py), the disk quota reached
-(test_service.py), a reading worker killed (test_mqtt_devices.py).
+(test_service.py), a reading worker killed (test_mqtt_devices.py), the meter's pty closed
+and opened again (test_energy_market.py), 10,000 malformed CoAP payloads
+(test_coap_devices.py).
 """
 
 from __future__ import annotations
