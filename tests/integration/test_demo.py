@@ -60,16 +60,21 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     )
     assert demo.stdout is not None
     output = ""
-    deadline = time.monotonic() + 180
-    while "running for" not in output and time.monotonic() < deadline:
-        line = demo.stdout.readline()
-        if not line:
-            break
-        output += line
-    assert "running for" in output, output
-    assert _processes_mentioning(str(tmp_path))  # mosquitto, anvil, the gateway, devices
-    demo.send_signal(signal.SIGINT)
-    rest, _ = demo.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 180
+        while "running for" not in output and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            output += line
+        assert "running for" in output, output
+        assert _processes_mentioning(str(tmp_path))  # mosquitto, anvil, the gateway, devices
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:  # a failure above: do not leave the demo running
+            demo.kill()
+            demo.communicate()
     assert demo.returncode == 130, output + rest
     assert "stopping every process" in rest
     assert _processes_mentioning(str(tmp_path)) == []
