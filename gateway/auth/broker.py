@@ -401,8 +401,7 @@ def reconcile(
         if is_device_username(username) and username not in wanted:
             commands.append({"command": "deleteClient", "username": username})
             with contextlib.suppress(DidError):  # not a DID: an account without a role
-                stale_roles.add(device_role_name(username))
-                stale_roles.add(person_role_name(username))
+                stale_roles.add(device_role_name(username))  # a person's: in broker_roles
     stale_roles.update(
         role
         for role in broker_roles
