@@ -8,6 +8,7 @@ broker password sealed to that key), then requests on its own topic. Written wit
 libraries only (cryptography, joserfc, paho-mqtt, through ``device.py`` beside it);
 nothing is imported from the gateway.
 
+    python firmware-sim/wallet.py --key bob.pem --gateway did:key:z6Mk… --print-did
     python firmware-sim/wallet.py --broker localhost:1883 --key bob.pem \\
         --credential bob.sdjwt --gateway did:key:z6Mk… suspend did:key:z6MkDEV… --reason lost
 """
@@ -311,9 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", type=Path, required=True, help="the wallet's key (made if new)")
     parser.add_argument("--gateway", required=True, help="the gateway's DID (pinned)")
     parser.add_argument("--prefix", default="didgw")
-    parser.add_argument("--credential", type=Path, action="append", required=True)
+    parser.add_argument("--credential", type=Path, action="append", default=[])
+    parser.add_argument("--print-did", action="store_true", help="print the wallet's DID, exit")
     parser.add_argument("--disclose", action="append", default=[], help="a claim to show")
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action")
     reg = sub.add_parser("register", help="register a device (facility manager)")
     reg.add_argument("did")
     reg.add_argument("--name", required=True)
@@ -330,6 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     order.add_argument("--interval", type=int, required=True, help="its start, Unix ms")
     args = parser.parse_args(argv)
     wallet = Wallet(args.broker, key_path=args.key, gateway_did=args.gateway, prefix=args.prefix)
+    if args.print_did:
+        print(wallet.did)
+        return 0
+    if not args.credential or args.action is None:
+        parser.error("give --credential FILE and an action (register, suspend, revoke, order)")
     try:
         creds = [p.read_text().strip() for p in args.credential]
         session = wallet.authenticate(creds, args.disclose)
