@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gateway.config import Config
 from gateway.credentials.issuer import CredentialIssuer
 from gateway.credentials.status_source import StatusLists
 from gateway.errors import CredentialError
-from gateway.identity.resolver import Freshness
+from gateway.identity.resolver import Freshness, Resolver
 from gateway.service import Gateway
 
 MAX_FILE_BYTES = 64 * 1024
@@ -33,11 +34,16 @@ def issuer_for(gateway: Gateway) -> CredentialIssuer:
 
 def status_lists_for(gateway: Gateway, issuer: CredentialIssuer) -> StatusLists:
     """Our own list from the database; others' fetched, under the resolver's freshness."""
+    return status_lists(gateway.config, gateway.resolver, issuer)
+
+
+def status_lists(config: Config, resolver: Resolver, issuer: CredentialIssuer) -> StatusLists:
+    """:func:`status_lists_for` with a resolver of the caller's (one per thread)."""
     from gateway.transports.http import make_fetch
 
-    r = gateway.config.resolver
+    r = config.resolver
     return StatusLists(
-        resolver=gateway.resolver,
+        resolver=resolver,
         freshness=Freshness(ttl=r.cache_ttl, max_stale=r.cache_max_stale),
         local=issuer.local_list,
         fetch=make_fetch(timeout=r.timeout, max_bytes=1 << 20, ca_file=r.ca_file),

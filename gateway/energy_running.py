@@ -167,6 +167,17 @@ class MarketSide:
         future = self._pool.submit(self.market.submit, payload, _now_ms(), topic_did=did)
         future.add_done_callback(self._answered)
 
+    async def submit_person(
+        self, token: bytes, person: str, may_trade: Any, action: Any
+    ) -> dict[str, Any]:
+        """A person's order for a household, on the market thread; her answer."""
+        loop = asyncio.get_running_loop()
+        work = functools.partial(
+            self.market.submit_person, person=person, may_trade=may_trade, action=action
+        )
+        body: dict[str, Any] = await loop.run_in_executor(self._pool, work, token, _now_ms())
+        return body
+
     def _answered(self, done: Any) -> None:
         try:
             answer = done.result()

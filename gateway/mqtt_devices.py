@@ -123,6 +123,9 @@ class MqttDevices:
         self._shared = shared_readings
         self._log_budget = _LogBudget()
         self.closing = False  # set when stopping: readings are no longer taken
+        #: DIDs of people's live sessions (``mqtt_people.py``): their accounts are named by
+        #: DIDs too, and the reconciliation must keep them.
+        self.people_accounts: Callable[[], list[str]] = list
 
     @property
     def subscriptions(self) -> list[str]:
@@ -220,7 +223,8 @@ class MqttDevices:
             ok_errors=policy.POLICY_OK_ERRORS,
         )
         clients = self._broker.list_clients()
-        commands = policy.reconcile(self._sessions, clients, self._broker.list_roles())
+        wanted = set(self._sessions) | set(self.people_accounts())
+        commands = policy.reconcile(wanted, clients, self._broker.list_roles())
         self._roles &= set(self._sessions)  # the others' roles are deleted with them
         if commands:
             self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)

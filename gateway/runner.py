@@ -73,6 +73,8 @@ class _MqttSide:
         self.watcher: asyncio.Task[None] | None = None
         self.pool: VerifierPool | None = None
         self.authenticator: Authenticator | None = None
+        self.people: Any = None  # gateway.mqtt_people.MqttPeople with [credentials] enabled
+        self.people_watcher: asyncio.Task[None] | None = None
 
     def report_to(self, health: Health, pipeline: ReadingPipeline) -> None:
         """Name this side's live figures: readings, authentications, the broker connection."""
@@ -129,16 +131,25 @@ class _MqttSide:
             )
             self.pool.start()
             log.info("%d reading worker processes started", workers)
-        on_message = devices.on_message
+        people = self.people = self._people(config, state_dir, env, gateway, market)
+        if people is not None:
+            devices.people_accounts = people.live
         subscriptions = devices.subscriptions
-        if market is not None:
-            subscriptions = subscriptions + market.subscriptions
+        subscriptions += market.subscriptions if market is not None else []
+        subscriptions += people.subscriptions if people is not None else []
 
-            def on_message(topic: str, payload: bytes) -> None:
-                if market.handles(topic):
-                    market.on_message(topic, payload)
-                else:
-                    devices.on_message(topic, payload)
+        def on_message(topic: str, payload: bytes) -> None:
+            if market is not None and market.handles(topic):
+                market.on_message(topic, payload)
+            elif people is not None and people.handles(topic):
+                people.on_message(topic, payload)
+            else:
+                devices.on_message(topic, payload)
+
+        def on_reconnect() -> None:
+            devices.spawn_reconcile()
+            if people is not None:
+                people.spawn_republish()
 
         self.link = MqttLink(
             host=mqtt.host,
@@ -149,14 +160,53 @@ class _MqttSide:
             subscriptions=subscriptions,
             on_message=on_message,
             loop=loop,
-            on_reconnect=devices.spawn_reconcile,
+            on_reconnect=on_reconnect,
         )
         self.link.start()
         self.watcher = asyncio.ensure_future(devices.watch())
         await asyncio.wait_for(self.link.connected.wait(), timeout=30)
+        if people is not None:
+            self.people_watcher = asyncio.ensure_future(people.watch())
         if market is not None:
             link = self.link
             market.start(link.publish)
+
+    def _people(
+        self,
+        config: Config,
+        state_dir: Path,
+        env: Mapping[str, str],
+        gateway: Gateway,
+        market: MarketSide | None,
+    ) -> Any:
+        """People's wallets (``mqtt_people.py``), unless ``[credentials] enabled`` is off."""
+        if not config.credentials.enabled or self.broker is None:
+            return None
+        from gateway.auth.wallet import WalletAuthenticator
+        from gateway.mqtt_people import MqttPeople, PeopleDesk
+
+        desk = PeopleDesk(config, connect(state_dir / DB_NAME), gateway.did)
+        signer = gateway.signer(env)
+        authenticator = WalletAuthenticator(
+            signer,
+            desk.verify,
+            prefix=config.mqtt.prefix,
+            clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
+            session_ms=config.credentials.session_seconds * 1000,
+            random_bytes=secrets.token_bytes,
+        )
+        return MqttPeople(
+            prefix=config.mqtt.prefix,
+            authenticator=authenticator,
+            desk=desk,
+            broker=self.broker,
+            signer=signer,
+            publish=lambda topic, payload, **kw: (
+                self.link.publish(topic, payload, **kw) if self.link else None
+            ),
+            market=market,
+            status_every_s=config.credentials.status_valid_seconds / 2,
+        )
 
     def stop_taking(self) -> None:
         """Take no more readings; the workers finish theirs (committed and acknowledged)."""
@@ -171,8 +221,12 @@ class _MqttSide:
             self.link.stop()
         if self.watcher is not None:
             self.watcher.cancel()
+        if self.people_watcher is not None:
+            self.people_watcher.cancel()
         if self.devices is not None:
             await self.devices.drain()
+        if self.people is not None:
+            await self.people.drain()
         if self.broker is not None:
             self.broker.close()
 

@@ -12,6 +12,11 @@ broker, and the same for every broker the gateway talks to.
   ``<prefix>/d/<did>/orders`` (a household's market orders), subscribe to and receive
   ``<prefix>/d/<did>/acks`` and ``<prefix>/d/<did>/market`` (its order answers, trades and
   statements). mosquitto 2.0.11 has no ACL substitution, so each device has its own role.
+- Anonymous clients may also publish ``<prefix>/auth/wallet`` (people's wallets) and read
+  the retained revocation list on ``<prefix>/status-list``.
+- A person who authenticated with a credential presentation gets an account named by her
+  DID with a role of its own (``didgw-person-…``): publish ``<prefix>/p/<did>/req``,
+  subscribe to and receive ``<prefix>/p/<did>/res`` and the revocation list.
 - The gateway's account may publish and subscribe under ``<prefix>/#`` and administer the
   plugin.
 - Everything else is denied by default (:data:`DEFAULT_ACL_ACCESS`).
@@ -43,6 +48,7 @@ ANONYMOUS_GROUP = "didgw-anonymous"
 ANONYMOUS_ROLE = "didgw-anonymous"
 GATEWAY_ROLE = "didgw-gateway"
 DEVICE_ROLE_PREFIX = "didgw-device-"
+PERSON_ROLE_PREFIX = "didgw-person-"
 CONTROL_TOPICS = "$CONTROL/dynamic-security/#"
 
 #: What applies when no ACL of a client's roles matches. ``subscribe`` and
@@ -124,6 +130,28 @@ def orders_topic(did: str, prefix: str) -> str:
 
 def market_topic(did: str, prefix: str) -> str:
     return f"{check_prefix(prefix)}/d/{_checked_did(did)}/market"
+
+
+def wallet_auth_topic(prefix: str) -> str:
+    """Where wallets send hellos and presentations (people, not devices)."""
+    return f"{check_prefix(prefix)}/auth/wallet"
+
+
+def status_list_topic(prefix: str) -> str:
+    """The gateway's revocation list, a retained message anyone may read."""
+    return f"{check_prefix(prefix)}/status-list"
+
+
+def person_requests_topic(did: str, prefix: str) -> str:
+    return f"{check_prefix(prefix)}/p/{_checked_did(did)}/req"
+
+
+def person_responses_topic(did: str, prefix: str) -> str:
+    return f"{check_prefix(prefix)}/p/{_checked_did(did)}/res"
+
+
+def person_requests_filter(prefix: str) -> str:
+    return f"{check_prefix(prefix)}/p/+/req"
 
 
 def _checked_did(did: str) -> str:
@@ -216,6 +244,56 @@ def device_removal_commands(did: str) -> list[Command]:
     ]
 
 
+# -- people (wallets) ---------------------------------------------------------------------
+
+
+def person_role_name(did: str) -> str:
+    """The role of one person's session (its own prefix: device and person roles never mix)."""
+    digest = hashlib.sha256(_checked_did(did).encode()).hexdigest()
+    return PERSON_ROLE_PREFIX + digest[:24]
+
+
+def person_acls(did: str, prefix: str) -> list[Command]:
+    """Publish its requests; subscribe to and receive its responses and the revocation list."""
+    requests, responses = person_requests_topic(did, prefix), person_responses_topic(did, prefix)
+    status = status_list_topic(prefix)
+    return [
+        _acl("publishClientSend", requests),
+        _acl("subscribeLiteral", responses),
+        _acl("publishClientReceive", responses),
+        _acl("subscribeLiteral", status),
+        _acl("publishClientReceive", status),
+    ]
+
+
+def person_account_commands(did: str, password: str, prefix: str) -> list[Command]:
+    """The person's role and account (username = her DID), in that order."""
+    if not password:
+        raise ValueError("a person's account needs a password")
+    return [
+        {
+            "command": "createRole",
+            "rolename": person_role_name(did),
+            "textname": did,
+            "acls": person_acls(did, prefix),
+        },
+        {
+            "command": "createClient",
+            "username": did,
+            "password": password,
+            "roles": [{"rolename": person_role_name(did)}],
+        },
+    ]
+
+
+def person_removal_commands(did: str) -> list[Command]:
+    """Delete the person's account (the broker disconnects her), then its role."""
+    return [
+        {"command": "deleteClient", "username": did},
+        {"command": "deleteRole", "rolename": person_role_name(did)},
+    ]
+
+
 # -- the anonymous clients and the gateway -----------------------------------------------
 
 
@@ -232,6 +310,9 @@ def anonymous_policy_commands(prefix: str, *, anonymous_group: str = "") -> list
         _acl("publishClientSend", auth_request_topic(prefix)),
         _acl("subscribePattern", auth_response_filter(prefix)),
         _acl("publishClientReceive", auth_response_filter(prefix)),
+        _acl("publishClientSend", wallet_auth_topic(prefix)),
+        _acl("subscribeLiteral", status_list_topic(prefix)),
+        _acl("publishClientReceive", status_list_topic(prefix)),
     ]
     commands = [
         *_role_commands(ANONYMOUS_ROLE, "didgw: unauthenticated devices", acls),
@@ -300,29 +381,31 @@ def reconcile(
 ) -> list[Command]:
     """The deletions that leave the broker with device accounts for ``wanted`` DIDs only.
 
-    ``wanted`` holds the DIDs whose accounts may exist (active in the registry, with a grant
-    that has not expired); a mapping keyed by DID will do. ``broker_clients`` and
-    ``broker_roles`` are what the broker has (``listClients``, ``listRoles``). Accounts not
-    named by a DID (the gateway's, the administrator's) are never touched. Device roles left
-    without an account (a deletion interrupted half-way) are deleted too, after the accounts.
+    ``wanted`` holds the DIDs whose accounts may exist (devices active in the registry with a
+    grant that has not expired, and people with a live session); a mapping keyed by DID will
+    do. People's accounts are named by their DID too, so one reconciliation covers both.
+    ``broker_clients`` and ``broker_roles`` are what the broker has (``listClients``,
+    ``listRoles``). Accounts not named by a DID (the gateway's, the administrator's) are
+    never touched. Device and person roles left without an account (a deletion interrupted
+    half-way) are deleted too, after the accounts.
     Apply with ``ok_errors=RECONCILE_OK_ERRORS``.
 
     Run it while no device account is being created (at start, before serving devices): an
     account created after ``wanted`` was read would be deleted, and one created after
     ``listClients`` but whose role was already listed would lose its role while it exists.
     """
-    keep_roles = {device_role_name(did) for did in wanted}
+    keep_roles = {name(did) for did in wanted for name in (device_role_name, person_role_name)}
     commands: list[Command] = []
     stale_roles: set[str] = set()
     for username in sorted(set(broker_clients)):
         if is_device_username(username) and username not in wanted:
             commands.append({"command": "deleteClient", "username": username})
             with contextlib.suppress(DidError):  # not a DID: an account without a role
-                stale_roles.add(device_role_name(username))
+                stale_roles.add(device_role_name(username))  # a person's: in broker_roles
     stale_roles.update(
         role
         for role in broker_roles
-        if role.startswith(DEVICE_ROLE_PREFIX) and role not in keep_roles
+        if role.startswith((DEVICE_ROLE_PREFIX, PERSON_ROLE_PREFIX)) and role not in keep_roles
     )
     commands.extend({"command": "deleteRole", "rolename": r} for r in sorted(stale_roles))
     return commands

@@ -44,6 +44,10 @@ REASONS = (
     "clock_skew",
     "rate_limited",
     "unavailable",
+    # the wallet protocol (people): gateway/auth/wallet.py
+    "bad_presentation",
+    "revoked",
+    "not_permitted",
 )
 MAX_MESSAGE_BYTES = 8192
 MAX_DID_CHARS = 512

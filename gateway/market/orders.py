@@ -17,6 +17,12 @@ an interval boundary), ``interval_too_far``, ``bad_quantity``, ``bad_price``,
 ``no_export_capacity`` (a sell beyond what the household's meter has shown it can
 export in one interval: its highest recorded export power times the interval), ``replay``
 (the ``seq`` was used for another order), ``unavailable`` (the gateway cannot take it now).
+
+A person may order for her household too (the wallet protocol): her JWS, by her own key,
+has one more member, ``"household": "<household DID>"``, and ``did`` is her DID. Right
+after parsing, ``may_trade(household, side)`` (her session's credentials,
+``Permissions.may_trade_for``) must allow it, else ``not_member`` or ``wrong_role``; then
+the same checks follow, for that household, with the signature checked against her key.
 """
 
 from __future__ import annotations
@@ -53,9 +59,15 @@ ORDER_REASONS = (
     "no_export_capacity",
     "replay",
     "unavailable",
+    "not_member",
+    "wrong_role",
 )
 MAX_ORDER_BYTES = 4096
 _MEMBERS = frozenset({"did", "seq", "ts", "side", "interval", "wh", "price"})
+_PERSON_MEMBERS = _MEMBERS | {"household"}
+
+#: ``may_trade(household, side)``: None when allowed, else the refusal's reason.
+MayTrade = Callable[[str, str], str | None]
 
 
 class OrderRefused(DidgwError):
@@ -78,6 +90,11 @@ class SignedOrder:
     wh: int
     price: int
     token: bytes
+    household: str = ""  # the household it is for (its own DID unless a person sent it)
+
+    @property
+    def for_household(self) -> str:
+        return self.household or self.did
 
 
 @dataclass(frozen=True)
@@ -106,8 +123,11 @@ def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented or
     resolver: Resolver,
     rules: Rules,
     now_ms: int,
+    may_trade: MayTrade | None = None,
 ) -> SignedOrder:
-    """The order in ``token``, or :class:`OrderRefused` (see the module docstring)."""
+    """The order in ``token``, or :class:`OrderRefused` (see the module docstring).
+
+    With ``may_trade`` the order is a person's (``topic_did`` is then hers)."""
     seq: int | None = None
     try:
         header, body = split_jws(token, "order", max_bytes=MAX_ORDER_BYTES)
@@ -115,16 +135,21 @@ def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented or
         seq = obj.get("seq") if isinstance(obj.get("seq"), int) else None
         if header.get("typ") != ORDER_TYP:
             raise OrderRefused("malformed", seq, f"JWS typ must be {ORDER_TYP}")
-        order = _parse(obj, token)
+        order = _parse(obj, token, person=may_trade is not None)
         if topic_did is not None and order.did != topic_did:
             raise OrderRefused("bad_signature", seq, "order of another household's topic")
-        household = lookup(order.did)
+        target = order.for_household
+        if may_trade is not None:
+            refused = may_trade(target, order.side)
+            if refused is not None:
+                raise OrderRefused(refused, seq, f"{order.did} may not {order.side} for {target}")
+        household = lookup(target)
         if household is None:
-            raise OrderRefused("unknown_household", seq, f"{order.did} is not registered")
+            raise OrderRefused("unknown_household", seq, f"{target} is not registered")
         if household.status != "active":
-            raise OrderRefused("not_active", seq, f"{order.did} is {household.status}")
+            raise OrderRefused("not_active", seq, f"{target} is {household.status}")
         if household.kind != "household":
-            raise OrderRefused("not_household", seq, f"{order.did} is a {household.kind}")
+            raise OrderRefused("not_household", seq, f"{target} is a {household.kind}")
         verify_signed(
             token,
             header,
@@ -159,8 +184,8 @@ def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented or
     return order
 
 
-def _parse(obj: dict[str, Any], token: bytes) -> SignedOrder:
-    exact_members(obj, _MEMBERS, "order")
+def _parse(obj: dict[str, Any], token: bytes, *, person: bool = False) -> SignedOrder:
+    exact_members(obj, _PERSON_MEMBERS if person else _MEMBERS, "order")
     side = obj["side"]
     if side not in (SELL, BUY):
         raise OrderRefused("malformed", None, "side must be sell or buy")
@@ -176,4 +201,5 @@ def _parse(obj: dict[str, Any], token: bytes) -> SignedOrder:
         wh=obj["wh"],
         price=obj["price"],
         token=token,
+        household=check_did(obj["household"], "order household") if person else "",
     )

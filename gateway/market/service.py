@@ -31,7 +31,14 @@ from gateway.db import write_transaction
 from gateway.identity.resolver import Resolver
 from gateway.identity.signing import Signer, sign_jws
 from gateway.market.auction import Order, OrderId, Trade, clear
-from gateway.market.orders import Household, OrderRefused, Rules, SignedOrder, check_order
+from gateway.market.orders import (
+    Household,
+    MayTrade,
+    OrderRefused,
+    Rules,
+    SignedOrder,
+    check_order,
+)
 from gateway.market.settlement import Metered, Prices, Statement, settle
 from gateway.registry import Registry
 
@@ -111,7 +118,44 @@ class Market:
         self.counts["accepted"] = self.counts.get("accepted", 0) + 1
         return order.did, {"type": "order", "seq": order.seq, "status": "accepted", "entry": entry}
 
-    def _record_order(self, order: SignedOrder, now_ms: int) -> int:
+    def submit_person(
+        self,
+        token: bytes,
+        now_ms: int,
+        *,
+        person: str,
+        may_trade: MayTrade,
+        action: Callable[[int], NewEntry],
+    ) -> dict[str, Any]:
+        """A person's order for a household (the wallet protocol): her answer.
+
+        ``may_trade`` is her session's permission check; ``action(order entry)`` is the
+        entry recording that she placed it (with her presentation's digest), appended
+        in the same transaction as the order.
+        """
+        try:
+            order = check_order(
+                token,
+                topic_did=person,
+                lookup=self.household,
+                resolver=self._resolver,
+                rules=self.settings.rules,
+                now_ms=now_ms,
+                may_trade=may_trade,
+            )
+            entry = self._record_order(order, now_ms, action)
+        except OrderRefused as refusal:
+            self.counts[refusal.reason] = self.counts.get(refusal.reason, 0) + 1
+            return {"status": "refused", "reason": refusal.reason, "seq": refusal.seq}
+        self.counts["accepted"] = self.counts.get("accepted", 0) + 1
+        return {"status": "accepted", "seq": order.seq, "entry": entry}
+
+    def _record_order(
+        self,
+        order: SignedOrder,
+        now_ms: int,
+        action: Callable[[int], NewEntry] | None = None,
+    ) -> int:
         known = self._store.find_key(order.did, "order", order.seq)
         if known is not None:
             if known.payload == order.token:
@@ -122,11 +166,13 @@ class Market:
             [entry] = self._store.append_within(
                 [NewEntry("order", order.did, order.token, order.seq)], now_ms=now_ms
             )
+            if action is not None:
+                self._store.append_within([action(entry.seq)], now_ms=now_ms)
             self._conn.execute(
                 "INSERT INTO market_orders (household, seq, interval, side, wh, price, entry, "
                 "received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    order.did,
+                    order.for_household,
                     order.seq,
                     order.interval,
                     order.side,
@@ -140,6 +186,8 @@ class Market:
 
         try:
             return int(self._transaction(write))
+        except sqlite3.IntegrityError:  # the household's own order, or another member's
+            raise OrderRefused("replay", order.seq, f"seq {order.seq} is taken") from None
         except sqlite3.Error as exc:
             raise OrderRefused("unavailable", order.seq, str(exc)) from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlite_utils import Database
@@ -113,8 +113,12 @@ class Registry:
         capabilities: Iterable[str] = (),
         metadata: Mapping[str, Any] | None = None,
         reason: str = "registered",
+        also: Sequence[NewEntry] = (),
     ) -> Device:
-        """Add a device. Its DID must resolve to a document with an Ed25519 authentication key."""
+        """Add a device. Its DID must resolve to a document with an Ed25519 authentication key.
+
+        ``also``: entries to append to the record in the same transaction (a person's
+        action with the digest of the presentation that allowed it)."""
         device = self._new_device(
             did,
             name=name,
@@ -132,18 +136,23 @@ class Registry:
             self._insert(device)
             detail = {"kind": device.kind, "name": device.name}
             self._audit("register", did, actor=actor, reason=reason, now=now, detail=detail)
+            self._also(also, now)
         return device
 
-    def suspend(self, did: str, *, actor: str, reason: str, now: float) -> Device:
+    def suspend(
+        self, did: str, *, actor: str, reason: str, now: float, also: Sequence[NewEntry] = ()
+    ) -> Device:
         """Stop a device temporarily (a stolen sensor, a meter under repair)."""
-        return self._transition("suspend", did, actor=actor, reason=reason, now=now)
+        return self._transition("suspend", did, actor=actor, reason=reason, now=now, also=also)
 
     def resume(self, did: str, *, actor: str, reason: str, now: float) -> Device:
         return self._transition("resume", did, actor=actor, reason=reason, now=now)
 
-    def revoke(self, did: str, *, actor: str, reason: str, now: float) -> Device:
+    def revoke(
+        self, did: str, *, actor: str, reason: str, now: float, also: Sequence[NewEntry] = ()
+    ) -> Device:
         """Remove a device for good. Its DID can never be registered again."""
-        return self._transition("revoke", did, actor=actor, reason=reason, now=now)
+        return self._transition("revoke", did, actor=actor, reason=reason, now=now, also=also)
 
     def rotate(self, old: str, new: str, *, actor: str, reason: str, now: float) -> Device:
         """Move a device to a new DID (new key): the new one takes over, the old is revoked."""
@@ -229,7 +238,16 @@ class Registry:
                 "so the device could never authenticate"
             )
 
-    def _transition(self, action: str, did: str, *, actor: str, reason: str, now: float) -> Device:
+    def _transition(
+        self,
+        action: str,
+        did: str,
+        *,
+        actor: str,
+        reason: str,
+        now: float,
+        also: Sequence[NewEntry] = (),
+    ) -> Device:
         _check_actor(actor, reason)
         device = self.get(did)
         after = next_status(action, did, device.status)
@@ -240,7 +258,14 @@ class Registry:
             )
             detail = {"from": device.status.value, "to": after.value}
             self._audit(action, did, actor=actor, reason=reason, now=now, detail=detail)
+            self._also(also, now)
         return self.get(did)
+
+    def _also(self, entries: Sequence[NewEntry], now: float) -> None:
+        if entries:
+            if self._chain is None:
+                raise RegistryError("this registry has no record to append the action to")
+            self._chain.append_within(list(entries), now_ms=int(now * 1000))
 
     def _insert(self, device: Device) -> None:
         try:

@@ -161,6 +161,9 @@ def test_anonymous_clients_get_the_auth_topics_and_nothing_else() -> None:
         {"acltype": "publishClientSend", "topic": "didgw/auth/req", "allow": True},
         {"acltype": "subscribePattern", "topic": "didgw/auth/res/+", "allow": True},
         {"acltype": "publishClientReceive", "topic": "didgw/auth/res/+", "allow": True},
+        {"acltype": "publishClientSend", "topic": "didgw/auth/wallet", "allow": True},
+        {"acltype": "subscribeLiteral", "topic": "didgw/status-list", "allow": True},
+        {"acltype": "publishClientReceive", "topic": "didgw/status-list", "allow": True},
     ]
     assert allowed(acls, "publishClientSend", "didgw/auth/req")
     assert allowed(acls, "publishClientReceive", "didgw/auth/res/Zq3-_abcdefghijkl")
@@ -301,3 +304,35 @@ def test_the_setup_in_configs_mosquitto_readme_sends_this_policy() -> None:
         + broker.gateway_role_commands("didgw")
     }
     assert f"addClientRole didgw {broker.GATEWAY_ROLE}" in readme
+
+
+def test_a_person_may_send_only_her_requests_and_read_only_her_answers() -> None:
+    [role, client] = broker.person_account_commands(DID, "pw", "didgw")
+    assert role["rolename"] == broker.person_role_name(DID) != broker.device_role_name(DID)
+    assert client == {
+        "command": "createClient",
+        "username": DID,
+        "password": "pw",
+        "roles": [{"rolename": role["rolename"]}],
+    }
+    acls = role["acls"]
+    assert allowed(acls, "publishClientSend", f"didgw/p/{DID}/req")
+    assert allowed(acls, "publishClientReceive", f"didgw/p/{DID}/res")
+    assert allowed(acls, "publishClientReceive", "didgw/status-list")
+    assert not allowed(acls, "publishClientSend", f"didgw/p/{OTHER}/req")
+    assert not allowed(acls, "publishClientReceive", f"didgw/p/{OTHER}/res")
+    assert not allowed(acls, "publishClientSend", f"didgw/d/{DID}/orders")
+    assert broker.person_removal_commands(DID) == [
+        {"command": "deleteClient", "username": DID},
+        {"command": "deleteRole", "rolename": broker.person_role_name(DID)},
+    ]
+
+
+def test_reconcile_keeps_live_people_and_removes_stale_ones_with_their_roles() -> None:
+    live, stale = DID, OTHER
+    roles = [broker.person_role_name(live), broker.person_role_name(stale)]
+    commands = broker.reconcile({live}, [live, stale, "admin"], roles)
+    assert {"command": "deleteClient", "username": stale} in commands
+    assert {"command": "deleteRole", "rolename": broker.person_role_name(stale)} in commands
+    assert not any(c.get("username") == live for c in commands)
+    assert {"command": "deleteRole", "rolename": broker.person_role_name(live)} not in commands

@@ -1,0 +1,370 @@
+"""People over MQTT: wallets authenticating with presentations, their accounts and requests.
+
+Glue between the MQTT link, the sans-IO wallet protocol (``auth/wallet.py``,
+``auth/person_requests.py``), the broker administration (``transports/dynsec.py``), the
+registry and the market. Everything that touches the database (verifying presentations,
+whose status check reads the revocation list; registry changes; the record) runs on one
+thread of its own with its own connection; broker administration runs on worker threads;
+the rest on the event loop.
+
+A person's broker account lives as long as her session: it is created (role, then
+account) before she is told its password, and deleted (account, then role) when the
+session expires (at the latest when a credential behind it does) and within
+``interval`` of the revocation of a credential behind it (``didgw cred revoke`` in
+another process: the credentials table is watched). The devices' reconciliation keeps
+the accounts of live sessions and deletes every other account named by a DID.
+
+The gateway's revocation list is published retained on ``<prefix>/status-list`` at
+start, after a reconnect, on every revocation and at half its validity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gateway.auth import broker as policy
+from gateway.auth import person_requests as requests
+from gateway.auth.messages import AuthRefused
+from gateway.auth.wallet import PersonGrant, WalletAuthenticator
+from gateway.chain.store import ChainStore, NewEntry
+from gateway.config import Config
+from gateway.credentialing import status_lists
+from gateway.credentials.issuer import CredentialIssuer
+from gateway.credentials.permissions import Permissions
+from gateway.credentials.sd_jwt import VerifiedSdJwt, verify_presentation
+from gateway.db import write_transaction
+from gateway.errors import CredentialError, DidgwError
+from gateway.identity.signing import Signer
+from gateway.mqtt_devices import _AccountLock
+from gateway.registry import Registry
+from gateway.service import build_resolver
+from gateway.transports.dynsec import DynsecAdmin
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[..., None]
+T = TypeVar("T")
+
+
+@dataclass
+class _Session:
+    expires_ms: int
+    permissions: Permissions
+    digests: list[str]
+    disclosure: int  # the entry holding what the presentations disclosed
+    status_indexes: frozenset[int]
+
+
+class PeopleDesk:
+    """The database side, used from one thread only: presentations, registry, record."""
+
+    def __init__(self, config: Config, db: Any, gateway_did: str) -> None:
+        c = config.credentials
+        self.db = db
+        self.resolver = build_resolver(config)
+        self.chain = ChainStore(db)
+        self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
+        self.issuer = CredentialIssuer(
+            db,
+            gateway_did=gateway_did,
+            list_url=c.status_list_url,
+            validity_seconds=c.validity_days * 86400,
+            status_valid_seconds=c.status_valid_seconds,
+        )
+        self.status = status_lists(config, self.resolver, self.issuer)
+        self.max_kb_age = float(c.presentation_max_age_seconds)
+        self.skew = float(config.mqtt.clock_skew_seconds)
+
+    def verify(self, text: str, nonce: str, aud: str) -> VerifiedSdJwt:
+        """One presentation for this nonce and audience, or the refusal's reason."""
+        try:
+            return verify_presentation(
+                text,
+                resolver=self.resolver,
+                now=time.time(),
+                nonce=nonce,
+                aud=aud,
+                status=self.status,
+                max_kb_age=self.max_kb_age,
+                clock_skew=self.skew,
+            )
+        except CredentialError as exc:
+            detail = str(exc)
+            reason = "revoked" if "revoked" in detail else "bad_presentation"
+            if "failing closed" in detail or "unreachable" in detail:
+                reason = "unavailable"
+            raise AuthRefused(reason, detail) from None
+        except DidgwError as exc:
+            raise AuthRefused("unavailable", str(exc)) from None
+
+    def record_session(self, grant: PersonGrant, now_ms: int) -> tuple[int, list[str]]:
+        """The erasable disclosure entry and the session entry; returns the former's seq."""
+        digests = [p.digest for p in grant.presentations]
+        try:
+            with write_transaction(self.db.conn):
+                [disclosed] = self.chain.append_within(
+                    [requests.disclosure_entry(grant.did, digests, grant.disclosed())],
+                    now_ms=now_ms,
+                )
+                self.chain.append_within(
+                    [requests.session_entry(grant.did, digests, disclosed.seq, grant.expires_ms)],
+                    now_ms=now_ms,
+                )
+        except BaseException:
+            self.chain.resync()
+            raise
+        return disclosed.seq, digests
+
+    def manage(self, person: str, request: requests.PersonRequest, session: _Session) -> None:
+        """Register, suspend or revoke a device as ``person``, the action on the record."""
+        also = [
+            requests.action_entry(
+                person, request, digests=session.digests, disclosure=session.disclosure
+            )
+        ]
+        f, now = request.fields, time.time()
+        if request.action == "register":
+            self.registry.register(
+                f["did"], name=f["name"], kind=f["kind"], actor=person, now=now, also=also
+            )
+        elif request.action == "suspend":
+            self.registry.suspend(f["did"], actor=person, reason=f["reason"], now=now, also=also)
+        else:
+            self.registry.revoke(f["did"], actor=person, reason=f["reason"], now=now, also=also)
+
+    def revocations(self) -> tuple[int, frozenset[int]]:
+        return self.issuer.revision(), frozenset(self.issuer.revoked_indexes())
+
+    def status_list(self, signer: Signer) -> bytes:
+        credential = self.issuer.status_list_credential(signer, now=time.time())
+        return json.dumps(credential, separators=(",", ":")).encode()
+
+
+class MqttPeople:
+    """Serve the wallet auth topic and the people's request topics of one prefix."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        authenticator: WalletAuthenticator,
+        desk: PeopleDesk,
+        broker: DynsecAdmin,
+        signer: Signer,
+        publish: Publish,
+        market: Any = None,
+        status_every_s: float = 43200.0,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._prefix = prefix
+        self._auth = authenticator
+        self._desk = desk
+        self._broker = broker
+        self._signer = signer
+        self._publish = publish
+        self._market = market
+        self._status_every = status_every_s
+        self._clock_ms = clock_ms
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-people")
+        self._sessions: dict[str, _Session] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._auth_topic = policy.wallet_auth_topic(prefix)
+        self._req = (f"{prefix}/p/", "/req")
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [self._auth_topic, policy.person_requests_filter(self._prefix)]
+
+    def live(self) -> list[str]:
+        """DIDs whose accounts must survive a reconciliation (sessions not yet expired)."""
+        now = self._clock_ms()
+        return [did for did, s in self._sessions.items() if s.expires_ms > now]
+
+    def handles(self, topic: str) -> bool:
+        head, tail = self._req
+        return topic == self._auth_topic or (topic.startswith(head) and topic.endswith(tail))
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._auth_topic:
+            self._spawn(self._on_auth(payload))
+        else:
+            head, tail = self._req
+            self._spawn(self._on_request(topic[len(head) : -len(tail)], payload))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _desk_work(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(work, *args)
+        )
+
+    # -- authentication ------------------------------------------------------------
+
+    async def _on_auth(self, payload: bytes) -> None:
+        outgoing, grant = await self._desk_work(self._auth.on_request, payload, self._clock_ms())
+        if grant is not None:
+            async with _AccountLock(self._locks, grant.did):
+                try:
+                    await asyncio.to_thread(self._open_account, grant)
+                except Exception as exc:  # the broker refused: no access
+                    log.error("cannot create the broker account of %s: %s", grant.did, exc)
+                    outgoing = self._auth.refuse_unavailable(grant)
+                else:
+                    outgoing = await self._start_session(grant, outgoing)
+        elif self._auth.last_refusal is not None:
+            log.info("wallet authentication refused: %s", self._auth.last_refusal)
+        if outgoing is not None:
+            self._publish(outgoing.topic, outgoing.payload)
+
+    async def _start_session(self, grant: PersonGrant, outgoing: Any) -> Any:
+        try:
+            disclosure, digests = await self._desk_work(
+                self._desk.record_session, grant, self._clock_ms()
+            )
+        except Exception as exc:  # not on the record: no session
+            log.error("cannot record the session of %s: %s", grant.did, exc)
+            await asyncio.to_thread(self._close_account, grant.did)
+            self._sessions.pop(grant.did, None)
+            return self._auth.refuse_unavailable(grant)
+        self._sessions[grant.did] = _Session(
+            grant.expires_ms, grant.permissions, digests, disclosure, grant.status_indexes
+        )
+        log.info("%s authenticated with a presentation: %s", grant.did, grant.permissions.names())
+        return outgoing
+
+    def _open_account(self, grant: PersonGrant) -> None:
+        if grant.did in self._sessions:  # a renewal: one change
+            try:
+                self._broker.execute(policy.device_password_commands(grant.did, grant.password))
+                return
+            except DidgwError as exc:
+                log.info("broker account of %s not as expected (%s)", grant.did, exc)
+        self._broker.execute(
+            policy.person_removal_commands(grant.did), ok_errors=policy.RECONCILE_OK_ERRORS
+        )
+        self._broker.execute(
+            policy.person_account_commands(grant.did, grant.password, self._prefix)
+        )
+
+    def _close_account(self, did: str) -> None:
+        self._broker.execute(
+            policy.person_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
+        )
+
+    # -- requests ------------------------------------------------------------------
+
+    async def _on_request(self, did: str, payload: bytes) -> None:
+        try:
+            topic = policy.person_responses_topic(did, self._prefix)
+        except DidgwError:
+            return  # not a DID: nobody's account can publish there
+        session = self._sessions.get(did)
+        request_id: str | None = None
+        try:
+            if session is None or session.expires_ms <= self._clock_ms():
+                raise requests.RequestRefused("no_session", "authenticate again")
+            request = requests.parse_request(payload)
+            request_id = request.id
+            requests.allowed(session.permissions, request)
+            answer = await self._carry_out(did, request, session)
+        except requests.RequestRefused as refusal:
+            log.info("request of %s refused: %s", did, refusal)
+            rid = refusal.request_id or request_id
+            answer = requests.response(rid, "refused", reason=refusal.reason)
+        self._publish(topic, answer)
+
+    async def _carry_out(
+        self, did: str, request: requests.PersonRequest, session: _Session
+    ) -> bytes:
+        if request.action == "order":
+            return await self._order(did, request, session)
+        try:
+            await self._desk_work(self._desk.manage, did, request, session)
+        except DidgwError as exc:
+            raise requests.RequestRefused("registry_refused", str(exc), request.id) from None
+        except Exception as exc:
+            raise requests.RequestRefused("unavailable", str(exc), request.id) from None
+        log.info("%s: %s %s", did, request.action, request.target)
+        return requests.response(request.id, "done")
+
+    async def _order(self, did: str, request: requests.PersonRequest, session: _Session) -> bytes:
+        if self._market is None:
+            raise requests.RequestRefused("market_disabled", "[market] is off", request.id)
+
+        def may_trade(household: str, side: str) -> str | None:
+            decision = session.permissions.may_trade_for(household, side)
+            if decision:
+                return None
+            return "wrong_role" if decision.reason == "wrong_role" else "not_member"
+
+        def action(order_entry: int) -> NewEntry:
+            return requests.action_entry(
+                did,
+                request,
+                digests=session.digests,
+                disclosure=session.disclosure,
+                order=order_entry,
+            )
+
+        token = request.fields["order"].encode("ascii", "replace")
+        body = await self._market.submit_person(token, did, may_trade, action)
+        return requests.response(request.id, body.pop("status"), **body)
+
+    # -- expiry, revocation, the status list ------------------------------------------
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Close expired and revoked sessions; republish the list when it changes."""
+        seen = -1
+        last_published = 0.0
+        while True:
+            try:
+                revision, revoked = await self._desk_work(self._desk.revocations)
+                stale = time.monotonic() - last_published >= self._status_every
+                if revision != seen or stale:
+                    await self.publish_status()
+                    seen, last_published = revision, time.monotonic()
+                now = self._clock_ms()
+                for did, s in list(self._sessions.items()):
+                    if s.expires_ms <= now or s.status_indexes & revoked:
+                        await self._close(did, now)
+            except Exception as exc:  # the next round tries again
+                log.error("people: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def publish_status(self) -> None:
+        payload = await self._desk_work(self._desk.status_list, self._signer)
+        self._publish(policy.status_list_topic(self._prefix), payload, retain=True)
+
+    def spawn_republish(self) -> None:
+        """After a reconnect: the broker may have lost the retained list."""
+        self._spawn(self.publish_status())
+
+    async def _close(self, did: str, now: int) -> None:
+        async with _AccountLock(self._locks, did):
+            session = self._sessions.get(did)
+            if session is None:
+                return
+            _, revoked = await self._desk_work(self._desk.revocations)
+            if session.expires_ms > now and not session.status_indexes & revoked:
+                return  # renewed while we waited
+            await asyncio.to_thread(self._close_account, did)
+            self._sessions.pop(did, None)
+            log.info("closed the broker account of %s", did)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+        self._desk.db.close()
