@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 AUTH_PATH = ("auth",)
 READINGS_PATH = ("r",)
+STATUS_LIST_PATH = ("status-list",)
+JSON = 50  # CoAP content format application/json
 
 _CODES: dict[str, tuple[int, int]] = {
     "malformed": (4, 0),
@@ -108,9 +110,11 @@ class CoapDevices:
         peer_burst: int = 100,
         max_in_flight: int = 2000,
         retry_after_seconds: int = 2,
+        status_list: Callable[[], bytes] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._status_list = status_list
         self._auth = authenticator
         self._checker = checker
         self._pipeline = pipeline
@@ -124,10 +128,20 @@ class CoapDevices:
         self.closing = False  # set when stopping: readings get 5.03 and come back later
 
     def routes(self) -> list[Route]:
-        return [
+        routes = [
             Route(AUTH_PATH, self.on_auth, "didgw.auth", CBOR),
             Route(READINGS_PATH, self.on_reading, "didgw.readings", COSE_SIGN1),
         ]
+        if self._status_list is not None:
+            routes.append(Route(STATUS_LIST_PATH, self.on_status_list, "didgw.status-list", JSON))
+        return routes
+
+    async def on_status_list(self, request: CoapRequest) -> CoapResponse:
+        """GET: the gateway's signed revocation list (the credential of the W3C Bitstring
+        Status List, JSON), as on the MQTT status-list topic."""
+        if request.method != "GET" or self._status_list is None:
+            return self.refusal("method_not_allowed")
+        return CoapResponse((2, 5), self._status_list(), content_format=JSON)
 
     def admit(self, peer: str) -> CoapResponse | None:
         """Per-peer rate limit, once per request (the first block of a block-wise one)."""

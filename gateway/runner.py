@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -258,8 +259,19 @@ class _CoapSide:
             session_ms=coap.session_seconds * 1000,
             random_bytes=secrets.token_bytes,
         )
+        status_list = None
+        if config.credentials.enabled:
+            from gateway.credentialing import issuer_for
+
+            issuer, signer = issuer_for(gateway), gateway.signer(env)
+
+            def status_list() -> bytes:
+                credential = issuer.status_list_credential(signer, now=time.time())
+                return json.dumps(credential, separators=(",", ":")).encode()
+
         self.devices = CoapDevices(
             authenticator=authenticator,
+            status_list=status_list,
             checker=pipeline.checker,
             pipeline=pipeline,
             peer_rate=coap.peer_rate,

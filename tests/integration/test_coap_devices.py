@@ -366,3 +366,17 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_the_revocation_list_is_a_coap_resource(didgw: Run, gateway: CoapGateway) -> None:
+    import json
+
+    listing = coap_client("-m", "get", f"{gateway.uri}/.well-known/core")
+    assert "</status-list>" in listing
+    body = json.loads(coap_client("-m", "get", f"{gateway.uri}/status-list"))
+    assert "BitstringStatusListCredential" in body["type"]
+    assert (
+        body["issuer"]
+        == didgw("init", "--state-dir", str(gateway.state)).stdout.split("Gateway DID: ")[1].strip()
+    )
+    assert body["proof"]["cryptosuite"] == "eddsa-jcs-2022"
