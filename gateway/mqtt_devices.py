@@ -73,8 +73,9 @@ class _Session:
     expires_ms: int
 
 
-class _AccountLock:
-    """An asyncio lock per DID, kept only while someone holds or waits for it."""
+class AccountLock:
+    """An asyncio lock per DID, kept only while someone holds or waits for it (changes to
+    one broker account, devices' and people's, one at a time)."""
 
     def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], did: str) -> None:
         self._locks, self._did = locks, did
@@ -205,9 +206,9 @@ class MqttDevices:
         """Run blocking broker administration off the event loop."""
         return await asyncio.to_thread(work, *args)
 
-    def _account_lock(self, did: str) -> _AccountLock:
+    def _account_lock(self, did: str) -> AccountLock:
         """Changes to one device's account, one at a time (a renewal racing its expiry)."""
-        return _AccountLock(self._account_locks, did)
+        return AccountLock(self._account_locks, did)
 
     # -- accounts ----------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from gateway.credentials.sd_jwt import VerifiedSdJwt, verify_presentation
 from gateway.db import write_transaction
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.signing import Signer
-from gateway.mqtt_devices import _AccountLock
+from gateway.mqtt_devices import AccountLock
 from gateway.registry import Registry
 from gateway.service import build_resolver
 from gateway.transports.dynsec import DynsecAdmin
@@ -215,7 +215,7 @@ class MqttPeople:
     async def _on_auth(self, payload: bytes) -> None:
         outgoing, grant = await self._desk_work(self._auth.on_request, payload, self._clock_ms())
         if grant is not None:
-            async with _AccountLock(self._locks, grant.did):
+            async with AccountLock(self._locks, grant.did):
                 try:
                     await asyncio.to_thread(self._open_account, grant)
                 except Exception as exc:  # the broker refused: no access
@@ -352,7 +352,7 @@ class MqttPeople:
         self._spawn(self.publish_status())
 
     async def _close(self, did: str, now: int) -> None:
-        async with _AccountLock(self._locks, did):
+        async with AccountLock(self._locks, did):
             session = self._sessions.get(did)
             if session is None:
                 return
