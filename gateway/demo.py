@@ -226,6 +226,10 @@ def run(seconds: float = 60.0, *, keep: bool = False) -> int:
     """The demo; returns the exit status (0: everything checked out)."""
     if not SIM.is_dir():
         raise DemoError("the demo runs from a checkout of didgw (firmware-sim/ is missing)")
+    # Ctrl-C (and SIGTERM) interrupt the demo wherever it is, even when it was started with
+    # SIGINT ignored (as a shell does for background jobs); `close` then stops everything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo = Demo(seconds, keep)
     try:
         return _run(demo)
