@@ -57,6 +57,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,  # so that a failure below can stop the demo's processes too
     )
     assert demo.stdout is not None
     output = ""
@@ -72,8 +73,8 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=120)
     finally:
-        if demo.poll() is None:  # a failure above: do not leave the demo running
-            demo.kill()
+        if demo.poll() is None:  # a failure above: leave nothing of the demo running
+            os.killpg(demo.pid, signal.SIGKILL)
             demo.communicate()
     assert demo.returncode == 130, output + rest
     assert "stopping every process" in rest
