@@ -83,6 +83,12 @@ def on_chain_sizes(anvil: Anvil, address: str, gateway: Gateway) -> list[int]:
 
 # -- the happy path, and tampering ---------------------------------------------------------
 
+
+def _other_end(text: str) -> str:
+    """``text`` with its last two characters changed (never to what they already were)."""
+    return text[:-2] + ("BB" if text.endswith("AA") else "AA")
+
+
 TAMPER: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("version", lambda r: r.update(version=2), "receipt_format"),
     ("entry.ts", lambda r: r["entry"].update(ts=r["entry"]["ts"] + 1), "inclusion_proof"),
@@ -90,9 +96,9 @@ TAMPER: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("entry.actor", lambda r: r["entry"].update(actor=r["gateway"]), "device_signature"),
     ("entry.commitment", lambda r: r["entry"].update(commitment="00" * 32), "payload_commitment"),
     ("entry.salt", lambda r: r["entry"].update(salt="00" * 16), "payload_commitment"),
-    ("payload", lambda r: r["payload"].update(data=r["payload"]["data"][:-2] + "AA"),
+    ("payload", lambda r: r["payload"].update(data=_other_end(r["payload"]["data"])),
      "device_signature"),
-    ("payload value", lambda r: r["payload"].update(data=r["payload"]["data"][:-2] + "AA"),
+    ("payload value", lambda r: r["payload"].update(data=_other_end(r["payload"]["data"])),
      "payload_commitment"),
     ("inclusion.path", lambda r: r["inclusion"]["path"].__setitem__(0, "11" * 32),
      "inclusion_proof"),
