@@ -22,9 +22,7 @@ from gateway_process import GatewayProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import Run
-from test_mqtt_devices import gateway, gateway_did, make_device, records, register
-
-from gateway.identity import offline_resolver, verify_jws
+from test_mqtt_devices import gateway, gateway_did, make_device, records, register, seqs_of
 
 pytestmark = pytest.mark.integration
 __all__ = ["gateway"]
@@ -59,15 +57,7 @@ def accepted_seqs(device: Any) -> set[int]:
 
 
 def recorded_seqs(state: Path, did: str) -> list[int]:
-    return sorted(
-        json.loads(
-            verify_jws(
-                e.payload, resolver=offline_resolver(), relationship="assertionMethod", now=0
-            ).payload
-        )["seq"]
-        for e in records(state)
-        if e.actor == did
-    )
+    return seqs_of([e for e in records(state) if e.actor == did])
 
 
 def assert_nothing_lost(didgw: Run, state: Path, devices: list[Any]) -> None:

@@ -67,6 +67,18 @@ def register(didgw: Run, state: Path, did: str, name: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def seqs_of(entries: list[Any]) -> list[int]:
+    """The sequence numbers inside recorded readings (each checked against its device key)."""
+    return sorted(
+        json.loads(
+            verify_jws(
+                e.payload, resolver=offline_resolver(), relationship="assertionMethod", now=0
+            ).payload
+        )["seq"]
+        for e in entries
+    )
+
+
 def records(state: Path, kind: str = "reading") -> list[Any]:
     store = ChainStore(connect(state / "didgw.db"))
     try:
@@ -272,17 +284,7 @@ def test_broker_restart_mid_stream_records_every_reading_once(
         assert gateway.stop() == 0, gateway.output
     assert "broker reconnected" in gateway.output
     recorded = [e for e in records(gateway.state) if e.actor == device.did]
-    seqs = sorted(
-        json.loads(
-            verify_jws(
-                e.payload,
-                resolver=offline_resolver(),
-                relationship="assertionMethod",
-                now=time.time(),
-            ).payload
-        )["seq"]
-        for e in recorded
-    )
+    seqs = seqs_of(recorded)
     assert seqs == list(range(1, 31))  # every reading, exactly once
 
 
@@ -327,17 +329,7 @@ def test_several_writers_keep_one_chain_and_a_killed_worker_is_replaced(
     assert "starting another" in gateway.output
     for device in devices:
         recorded = [e for e in records(gateway.state) if e.actor == device.did]
-        seqs = sorted(
-            json.loads(
-                verify_jws(
-                    e.payload,
-                    resolver=offline_resolver(),
-                    relationship="assertionMethod",
-                    now=time.time(),
-                ).payload
-            )["seq"]
-            for e in recorded
-        )
+        seqs = seqs_of(recorded)
         assert seqs == list(range(1, 41))  # every reading, exactly once
     result = didgw("chain", "verify", "--state-dir", str(gateway.state))
     assert result.returncode == 0, result.stderr  # three writers, one unbroken chain
