@@ -980,8 +980,10 @@ class Device:
                 self._acked.notify_all()
             self._log(f"reading {seq} deferred: {ack.get('reason')}; sending it again later")
         elif status in ("accepted", "refused"):
-            removed = self.outbox.remove(seq)
+            # Forget it and count it under one lock: whoever sees the outbox empty (see
+            # wait_acked) must also see the count.
             with self._lock:
+                removed = self.outbox.remove(seq)
                 if self._inflight.pop(seq, None) is not None:
                     self._window = min(self._window + 1, self.max_inflight)
                 if removed:

@@ -13,6 +13,8 @@ import json
 import os
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -580,6 +582,28 @@ def test_acks_remove_readings_refusals_too(make_device) -> None:
         with pytest.raises(dev.DeviceError):
             device.receive_ack(bad)
     assert device.pending() == 1
+
+
+def test_whoever_sees_every_reading_acked_also_sees_it_counted(make_device) -> None:
+    # The outbox forgets a reading before the ack is counted. A slow disk widens the gap
+    # between the two; wait_acked must not return inside it.
+    device = make_device()
+    device.publish_reading("energy", {})
+    forget = device.outbox.remove
+
+    def slow_remove(seq: int) -> bool:
+        removed = forget(seq)
+        time.sleep(0.3)  # the reading is gone from the outbox, and not yet counted
+        return removed
+
+    device.outbox.remove = slow_remove
+    acker = threading.Thread(target=device.receive_ack, args=(ack(1),))
+    acker.start()
+    time.sleep(0.1)
+    assert device.wait_acked(timeout=5)
+    seen = device.stats["accepted"]
+    acker.join()
+    assert seen == 1
 
 
 def test_the_window_opens_with_acks_up_to_max_inflight(make_device) -> None:
