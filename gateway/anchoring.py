@@ -35,7 +35,14 @@ from gateway.anchor.encoding import (
     note_digest,
 )
 from gateway.anchor.ledger import Ledger, LedgerError, LedgerUnavailable
-from gateway.anchor.queue import AnchorQueue, Observation, Step, checkpoint_due, next_step
+from gateway.anchor.queue import (
+    Anchor,
+    AnchorQueue,
+    Observation,
+    Step,
+    checkpoint_due,
+    next_step,
+)
 from gateway.chain.checkpoint import checkpoint_body, sign_checkpoint
 from gateway.chain.store import ChainStore
 from gateway.config import AnchorSection, Config
@@ -130,20 +137,29 @@ class Anchorer:
         flight = self.queue.in_flight()
         if flight is not None:
             assert flight.tx_hash is not None and flight.raw_tx is not None  # noqa: S101
-            mined_nonce = self.ledger.nonce(self.account.address, pending=False)  # first
-            receipt = self.ledger.receipt(flight.tx_hash)
-            known = receipt is not None or self.ledger.known(flight.tx_hash)
-            seen = Observation(mined_nonce, receipt, known, self.ledger.head())
-            step = next_step(flight, seen, confirmations=self.settings.confirmations)
+            assert flight.nonce is not None  # noqa: S101 - a sent anchor has one
+            seen, mined = self._observe(flight)
+            fees = Fees.of_transaction(flight.raw_tx)
+            step = next_step(
+                flight,
+                seen,
+                confirmations=self.settings.confirmations,
+                max_fee=fees.max_fee,
+                now_ms=now_ms,
+                replace_after_seconds=self.settings.replace_after_seconds,
+            )
             tx = "0x" + flight.tx_hash.hex()
-            if step is Step.CONFIRM and receipt is not None:
-                self.queue.mark_confirmed(flight, receipt, now_ms=now_ms)
+            if step is Step.CONFIRM and seen.receipt is not None:
+                self.queue.mark_confirmed(flight, seen.receipt, now_ms=now_ms, tx_hash=mined)
                 log.info(
-                    "anchored size %d in block %d (tx %s)", flight.size, receipt.block_number, tx
+                    "anchored size %d in block %d (tx 0x%s)",
+                    flight.size,
+                    seen.receipt.block_number,
+                    (mined or flight.tx_hash).hex(),
                 )
             elif step is Step.WAIT:
-                if receipt is not None and receipt.block_hash != flight.block_hash:
-                    self.queue.mark_mined(flight, receipt)
+                if seen.receipt is not None and seen.receipt.block_hash != flight.block_hash:
+                    self.queue.mark_mined(flight, seen.receipt)
                 return
             elif step is Step.REBROADCAST:
                 log.warning(
@@ -154,6 +170,15 @@ class Anchorer:
                 self.ledger.send_raw(flight.raw_tx)
                 self.queue.mark_rebroadcast(flight, now_ms=now_ms)
                 return
+            elif step is Step.REPRICE:
+                why = (
+                    f"offers {fees.max_fee / GWEI:.3f} gwei, below the base fee of "
+                    f"{seen.base_fee / GWEI:.3f} gwei"
+                    if fees.max_fee < seen.base_fee
+                    else f"is not mined after {self.settings.replace_after_seconds:g} s"
+                )
+                self._reprice(flight, fees, seen.base_fee, why, now_ms)
+                return
             else:
                 log.warning(
                     "anchor tx %s (size %d) can never be included; sending a new one",
@@ -163,17 +188,29 @@ class Anchorer:
                 self.queue.requeue(flight)
         self._send_newest(now_ms)
 
-    def _send_newest(self, now_ms: int) -> None:
-        anchor = self.queue.newest_queued()
-        if anchor is None:
-            return
+    def _observe(self, flight: Anchor) -> tuple[Observation, bytes | None]:
+        """What the ledger shows of the anchor's transactions; and the hash of a mined one."""
+        hashes = self.queue.tx_hashes(flight)
+        mined_nonce = self.ledger.nonce(self.account.address, pending=False)  # first
+        receipt, mined = None, None
+        for tx_hash in hashes:
+            receipt = self.ledger.receipt(tx_hash)
+            if receipt is not None:
+                mined = tx_hash
+                break
+        known = receipt is not None or any(self.ledger.known(h) for h in hashes)
+        base_fee = 0 if receipt is not None else self.ledger.base_fee()
+        return Observation(mined_nonce, receipt, known, self.ledger.head(), base_fee), mined
+
+    def _fees(self, base_fee: int, *, replacing: Fees | None = None) -> Fees:
         s = self.settings
-        fees = Fees.for_base_fee(
-            self.ledger.base_fee(),
-            priority_fee=int(s.priority_fee_gwei * GWEI),
-            cap=int(s.max_fee_gwei * GWEI),
-        )
-        data = encode_anchor(
+        tip, cap = int(s.priority_fee_gwei * GWEI), int(s.max_fee_gwei * GWEI)
+        if replacing is None:
+            return Fees.for_base_fee(base_fee, priority_fee=tip, cap=cap)
+        return Fees.replacing(replacing, base_fee, priority_fee=tip, cap=cap)
+
+    def _anchor_data(self, anchor: Anchor) -> bytes:
+        return encode_anchor(
             AnchorData(
                 did_digest(self.signer.did),
                 anchor.size,
@@ -181,6 +218,8 @@ class Anchorer:
                 note_digest(anchor.checkpoint),
             )
         )
+
+    def _check_funds(self, data: bytes, fees: Fees) -> None:
         need = anchor_gas(data) * fees.max_fee
         balance = self.ledger.balance(self.account.address)
         if balance < need:
@@ -188,6 +227,35 @@ class Anchorer:
                 f"ledger account {self.account.address} holds {balance} wei; the next anchor may "
                 f"cost up to {need} wei: fund the account"
             )
+
+    def _reprice(self, flight: Anchor, old: Fees, base_fee: int, why: str, now_ms: int) -> None:
+        """Replace the anchor's transaction by one with the same nonce and higher fees."""
+        assert flight.nonce is not None and flight.tx_hash is not None  # noqa: S101
+        fees = self._fees(base_fee, replacing=old)
+        data = self._anchor_data(flight)
+        self._check_funds(data, fees)
+        chain_id = self.settings.chain_id
+        signed = self.account.sign_anchor(data, chain_id=chain_id, nonce=flight.nonce, fees=fees)
+        self.queue.mark_repriced(flight, signed, now_ms=now_ms)  # durable first, as in sending
+        log.warning(
+            "anchor tx 0x%s (size %d, nonce %d) %s; replaced by tx 0x%s offering %.3f gwei",
+            flight.tx_hash.hex(),
+            flight.size,
+            flight.nonce,
+            why,
+            signed.tx_hash.hex(),
+            fees.max_fee / GWEI,
+        )
+        self.ledger.send_raw(signed.raw)
+
+    def _send_newest(self, now_ms: int) -> None:
+        anchor = self.queue.newest_queued()
+        if anchor is None:
+            return
+        s = self.settings
+        fees = self._fees(self.ledger.base_fee())
+        data = self._anchor_data(anchor)
+        self._check_funds(data, fees)
         nonce = self.ledger.nonce(self.account.address, pending=True)
         signed = self.account.sign_anchor(data, chain_id=s.chain_id, nonce=nonce, fees=fees)
         # Durable first: after a crash from here on, the same bytes are re-sent.

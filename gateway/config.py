@@ -293,6 +293,13 @@ class AnchorSection(_Section):
     priority_fee_gwei: float = _setting(
         1.0, "Tip per gas offered to the block producer, in gwei.", _not_negative
     )
+    replace_after_seconds: float = _setting(
+        120.0,
+        "An anchor transaction the node holds but has not mined after this long is replaced: "
+        "same nonce, fees raised by at least 12.5 %, never above max_fee_gwei. One priced "
+        "out by the base fee is replaced at once.",
+        _positive,
+    )
     rpc_timeout: float = _setting(5.0, "Seconds to wait for the node's answer.", _positive)
     poll_seconds: float = _setting(
         1.0, "How often the anchoring loop looks at the record and the ledger.", _positive

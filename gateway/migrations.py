@@ -276,6 +276,22 @@ def _credentials(db: Database) -> None:
     )
 
 
+def _anchor_txs(db: Database) -> None:
+    # Every transaction signed for an anchor. One that sits unmined is replaced by another
+    # with the same nonce and higher fees, and either may end up in a block: the gateway
+    # looks for all of them, so a checkpoint is never anchored twice.
+    db.execute(
+        "CREATE TABLE anchor_txs (tx_hash BLOB PRIMARY KEY, "
+        "anchor_id INTEGER NOT NULL REFERENCES anchors(id), nonce INTEGER NOT NULL, "
+        "sent_ms INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX anchor_txs_anchor ON anchor_txs(anchor_id, nonce)")
+    db.execute(
+        "INSERT INTO anchor_txs (tx_hash, anchor_id, nonce, sent_ms) "
+        "SELECT tx_hash, id, nonce, sent_ms FROM anchors WHERE tx_hash IS NOT NULL"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -286,4 +302,5 @@ MIGRATIONS: list[Migration] = [
     ("0007_anchors", _anchors),
     ("0008_energy_market", _energy_market),
     ("0009_credentials", _credentials),
+    ("0010_anchor_txs", _anchor_txs),
 ]

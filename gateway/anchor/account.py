@@ -62,6 +62,39 @@ class Fees:
             )
         return cls(min(2 * base_fee + priority_fee, cap), priority_fee)
 
+    @classmethod
+    def replacing(cls, old: Fees, base_fee: int, *, priority_fee: int, cap: int) -> Fees:
+        """Fees for a transaction that takes the place of one sent with ``old`` (same nonce).
+
+        What :meth:`for_base_fee` asks now, and at least 12.5 % above ``old`` on both
+        fields: nodes take a replacement only above a price bump (geth's is 10 %).
+        Refuses (:class:`FeeCapError`) when ``cap`` leaves no such room.
+        """
+        fresh = cls.for_base_fee(base_fee, priority_fee=priority_fee, cap=cap)
+        tip = max(fresh.priority_fee, _bump(old.priority_fee))
+        max_fee = max(fresh.max_fee, _bump(old.max_fee), tip)
+        if max_fee > cap:
+            raise FeeCapError(
+                f"the anchor transaction in flight offers {old.max_fee / 1e9:.3f} gwei; a "
+                f"replacement needs at least {max_fee / 1e9:.3f} gwei, above the cap of "
+                f"{cap / 1e9:.3f} gwei ([anchor] max_fee_gwei); waiting for fees to fall"
+            )
+        return cls(max_fee, tip)
+
+    @classmethod
+    def of_transaction(cls, raw: bytes) -> Fees:
+        """The fees a signed EIP-1559 transaction offers."""
+        from eth_account.typed_transactions.typed_transaction import TypedTransaction
+        from hexbytes import HexBytes
+
+        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        return cls(int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"]))
+
+
+def _bump(wei: int) -> int:
+    """``wei`` plus 12.5 %, rounded up."""
+    return wei + (wei + 7) // 8
+
 
 @dataclass(frozen=True)
 class SignedTx:

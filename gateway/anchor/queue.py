@@ -4,7 +4,9 @@ Every checkpoint to be anchored is a row of ``anchors``::
 
     queued ──send──▶ sent ──N confirmations──▶ confirmed
       │                │ ▲
-      │                │ └─ re-broadcast (dropped from the pool, re-orged out)
+      │                │ ├─ re-broadcast (dropped from the pool, re-orged out)
+      │                │ └─ reprice (stuck, or priced out by the base fee: same nonce,
+      │                │            higher fees; every transaction it had is looked for)
       │                └──▶ queued  (its nonce went to another transaction, or it reverted)
       └──▶ superseded  (a newer checkpoint was sent first; it covers this one)
 
@@ -110,9 +112,10 @@ class Observation:
     """
 
     mined_nonce: int
-    receipt: TxReceipt | None
-    known: bool
+    receipt: TxReceipt | None  # of whichever of the anchor's transactions was mined
+    known: bool  # the node knows one of them
     head: int
+    base_fee: int = 0  # of the newest block; asked only when nothing is mined
 
 
 class Step(enum.Enum):
@@ -121,12 +124,27 @@ class Step(enum.Enum):
     WAIT = "wait"  # in the pool, or mined with too few confirmations
     CONFIRM = "confirm"  # mined, successful, with enough confirmations
     REBROADCAST = "rebroadcast"  # unknown to the node: dropped, or re-orged out
+    REPRICE = "reprice"  # not mined for too long, or priced out: same nonce, higher fees
     REQUEUE = "requeue"  # its nonce was used by another transaction, or it reverted
 
 
-def next_step(anchor: Anchor, seen: Observation, *, confirmations: int) -> Step:
-    """The decision for a ``sent`` anchor, from what the ledger shows."""
-    if anchor.nonce is None:
+def next_step(
+    anchor: Anchor,
+    seen: Observation,
+    *,
+    confirmations: int,
+    max_fee: int,
+    now_ms: int,
+    replace_after_seconds: float,
+) -> Step:
+    """The decision for a ``sent`` anchor, from what the ledger shows.
+
+    ``max_fee`` is what its newest transaction offers per gas. Below the base fee it
+    cannot be mined (some nodes drop it, others keep it), so it is repriced rather than
+    sent again; one the node keeps but does not mine is repriced after
+    ``replace_after_seconds``.
+    """
+    if anchor.nonce is None or anchor.sent_ms is None:
         raise ValueError("only a sent anchor has a next step")
     receipt = seen.receipt
     if receipt is not None:
@@ -137,6 +155,9 @@ def next_step(anchor: Anchor, seen: Observation, *, confirmations: int) -> Step:
         return Step.WAIT
     if seen.mined_nonce > anchor.nonce:
         return Step.REQUEUE
+    stuck = seen.known and now_ms - anchor.sent_ms >= replace_after_seconds * 1000
+    if max_fee < seen.base_fee or stuck:
+        return Step.REPRICE
     return Step.WAIT if seen.known else Step.REBROADCAST
 
 
@@ -174,6 +195,21 @@ class AnchorQueue:
     def anchored_for(self, seq: int) -> Anchor | None:
         """The smallest confirmed anchor whose tree contains entry ``seq``."""
         return self._one("state = 'confirmed' AND size > ? ORDER BY size", [seq])
+
+    def tx_hashes(self, anchor: Anchor) -> list[bytes]:
+        """The transactions signed for ``anchor`` with its current nonce, newest first.
+
+        One of them is ``anchor.tx_hash``; the others are those it replaced, and any of
+        them may still be mined.
+        """
+        rows = self._conn.execute(
+            "SELECT tx_hash FROM anchor_txs WHERE anchor_id = ? AND nonce = ? "
+            "ORDER BY sent_ms DESC, rowid DESC",
+            [anchor.id, anchor.nonce],
+        )
+        found = [bytes(h) for (h,) in rows]
+        current = [] if anchor.tx_hash is None else [anchor.tx_hash]
+        return current + [h for h in found if h != anchor.tx_hash]
 
     def recent(self, limit: int) -> Iterator[Anchor]:
         rows = self._conn.execute(
@@ -222,11 +258,36 @@ class AnchorQueue:
             ).rowcount
             if changed != 1:
                 raise ValueError(f"anchor {anchor.id} is not queued")
+            self._note_tx(anchor, signed, now_ms)
             self._conn.execute(
                 "UPDATE anchors SET state = 'superseded', covered_by = ? "
                 "WHERE state = 'queued' AND size < ?",
                 [anchor.id, anchor.size],
             )
+
+    def mark_repriced(self, anchor: Anchor, signed: SignedTx, *, now_ms: int) -> None:
+        """Record ``signed`` (same nonce, higher fees) as the anchor's newest transaction.
+
+        Before it is broadcast, like :meth:`mark_sent`; the one it replaces stays in
+        ``anchor_txs``, since the ledger may still take that one instead.
+        """
+        with write_transaction(self._conn):
+            changed = self._conn.execute(
+                "UPDATE anchors SET tx_hash = ?, raw_tx = ?, sent_ms = ?, sends = sends + 1, "
+                "block_number = NULL, block_hash = NULL "
+                "WHERE id = ? AND state = 'sent' AND nonce = ?",
+                [signed.tx_hash, signed.raw, now_ms, anchor.id, signed.nonce],
+            ).rowcount
+            if changed != 1:
+                raise ValueError(f"anchor {anchor.id} has no transaction with nonce {signed.nonce}")
+            self._note_tx(anchor, signed, now_ms)
+
+    def _note_tx(self, anchor: Anchor, signed: SignedTx, now_ms: int) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO anchor_txs (tx_hash, anchor_id, nonce, sent_ms) "
+            "VALUES (?, ?, ?, ?)",
+            [signed.tx_hash, anchor.id, signed.nonce, now_ms],
+        )
 
     def mark_rebroadcast(self, anchor: Anchor, *, now_ms: int) -> None:
         with write_transaction(self._conn):
@@ -245,12 +306,16 @@ class AnchorQueue:
                 [receipt.block_number, receipt.block_hash, anchor.id],
             )
 
-    def mark_confirmed(self, anchor: Anchor, receipt: TxReceipt, *, now_ms: int) -> None:
+    def mark_confirmed(
+        self, anchor: Anchor, receipt: TxReceipt, *, now_ms: int, tx_hash: bytes | None = None
+    ) -> None:
+        """Anchored: by ``tx_hash`` when the ledger took one the newest replaced."""
         with write_transaction(self._conn):
             self._conn.execute(
                 "UPDATE anchors SET state = 'confirmed', block_number = ?, block_hash = ?, "
-                "confirmed_ms = ?, raw_tx = NULL WHERE id = ? AND state = 'sent'",
-                [receipt.block_number, receipt.block_hash, now_ms, anchor.id],
+                "confirmed_ms = ?, raw_tx = NULL, tx_hash = coalesce(?, tx_hash) "
+                "WHERE id = ? AND state = 'sent'",
+                [receipt.block_number, receipt.block_hash, now_ms, tx_hash, anchor.id],
             )
 
     def requeue(self, anchor: Anchor) -> None:

@@ -314,6 +314,43 @@ def test_reorged_anchor_is_detected_and_sent_again(
     assert anvil.transactions_from(address) == 1
 
 
+def test_anchor_priced_out_by_the_base_fee_is_replaced_and_anchored_once(
+    didgw: Run, anvil: Anvil, state: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    path, _, address = state
+    anvil.fund(address)
+    anvil.rpc("evm_setAutomine", False)  # blocks only when the test mines them
+    gateway = Gateway(path, write_config(tmp_path / "gw.toml", anvil))
+    note(didgw, path, "anchored in a fee spike")
+    gateway.start()
+    try:
+        assert wait_for(lambda: any(a.tx_hash for a in gateway.anchors())), gateway.output()
+        [first] = gateway.anchors()
+        assert first.tx_hash is not None
+        pending = anvil.rpc("eth_getTransactionByHash", "0x" + first.tx_hash.hex())
+        offered = int(pending["maxFeePerGas"], 16)
+        # The base fee jumps above what the transaction offers: anvil drops it when it
+        # mines the next block, and it could never be mined anyway.
+        anvil.rpc("anvil_setNextBlockBaseFeePerGas", hex(offered * 4))
+        anvil.mine()
+        assert wait_for(lambda: "below the base fee" in gateway.output()), gateway.output()
+        [replaced] = gateway.anchors()
+        assert replaced.tx_hash != first.tx_hash and replaced.nonce == first.nonce
+        again = anvil.rpc("eth_getTransactionByHash", "0x" + replaced.tx_hash.hex())
+        assert int(again["maxFeePerGas"], 16) >= offered * 4  # what the base fee now asks
+        anvil.mine()
+        assert wait_for(lambda: gateway.anchored_size() == 1), gateway.output()
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    [done] = gateway.anchors()
+    assert done.tx_hash == replaced.tx_hash and done.sends == 2
+    assert anvil.transactions_from(address) == 1  # anchored once
+    out = tmp_path / "receipt.json"
+    assert didgw("receipt", "0", "-o", str(out), "--state-dir", str(path)).returncode == 0
+    checked = didgw("verify-receipt", str(out), "--rpc", anvil.url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 # -- bad configuration ------------------------------------------------------------------------
 
 

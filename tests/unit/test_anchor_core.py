@@ -35,6 +35,7 @@ from gateway.chain.store import ChainError, ChainStore
 from gateway.db import connect, migrate
 from gateway.identity import keystore
 from gateway.identity.signing import Signer, sign_jws
+from gateway.migrations import MIGRATIONS
 
 GWEI = 10**9
 
@@ -124,6 +125,28 @@ def test_fees_double_the_base_fee_under_the_cap_and_refuse_above_it() -> None:
         Fees.for_base_fee(50 * GWEI, priority_fee=GWEI, cap=50 * GWEI)
 
 
+def test_a_replacement_pays_what_the_base_fee_asks_and_an_eighth_more_than_before() -> None:
+    old = Fees(3 * GWEI, GWEI)
+    # The base fee has not moved: 12.5 % above the old fees, both of them.
+    same = Fees.replacing(old, GWEI, priority_fee=GWEI, cap=50 * GWEI)
+    assert same == Fees(3_375_000_000, 1_125_000_000)
+    # The base fee went up: what it asks now, which is more than the bump.
+    risen = Fees.replacing(old, 10 * GWEI, priority_fee=GWEI, cap=50 * GWEI)
+    assert risen == Fees(21 * GWEI, 1_125_000_000)
+    # Capped: no room for the bump, or the base fee alone is above the cap.
+    with pytest.raises(FeeCapError, match=r"replacement needs at least 3\.375 gwei"):
+        Fees.replacing(old, GWEI, priority_fee=GWEI, cap=3_300_000_000)
+    with pytest.raises(FeeCapError, match="waiting for fees to fall"):
+        Fees.replacing(old, 60 * GWEI, priority_fee=GWEI, cap=50 * GWEI)
+    # Rounded up, so an odd number of wei never falls short of the bump.
+    assert Fees.replacing(Fees(9, 1), 0, priority_fee=0, cap=100) == Fees(11, 2)
+
+
+def test_the_fees_of_a_signed_transaction_are_read_back(account: LedgerAccount) -> None:
+    signed = account.sign_anchor(b"x", chain_id=1, nonce=0, fees=Fees(7 * GWEI, 2 * GWEI))
+    assert Fees.of_transaction(signed.raw) == Fees(7 * GWEI, 2 * GWEI)
+
+
 def test_ledger_key_is_kept_like_the_gateway_key(tmp_path: Path) -> None:
     path = tmp_path / "ledger.pem"
     key = keystore.generate_ledger_key()
@@ -184,19 +207,73 @@ RECEIPT = TxReceipt(10, b"\x0b" * 32, 1)
 
 
 @pytest.mark.parametrize(
-    ("seen", "step"),
+    ("seen", "now_ms", "step"),
     [
-        (Observation(4, None, True, 9), Step.WAIT),  # in the pool
-        (Observation(4, None, False, 9), Step.REBROADCAST),  # dropped, or re-orged out
-        (Observation(5, None, False, 9), Step.REQUEUE),  # nonce 4 went to another transaction
-        (Observation(5, RECEIPT, True, 10), Step.WAIT),  # 1 of 2 confirmations
-        (Observation(5, RECEIPT, True, 11), Step.CONFIRM),
-        (Observation(5, TxReceipt(10, b"\x0b" * 32, 0), True, 20), Step.REQUEUE),  # reverted
+        (Observation(4, None, True, 9, GWEI), 1000, Step.WAIT),  # in the pool
+        (Observation(4, None, False, 9, GWEI), 1000, Step.REBROADCAST),  # dropped, re-orged out
+        (Observation(5, None, False, 9), 1000, Step.REQUEUE),  # nonce 4 went to another tx
+        (Observation(5, RECEIPT, True, 10), 1000, Step.WAIT),  # 1 of 2 confirmations
+        (Observation(5, RECEIPT, True, 11), 1000, Step.CONFIRM),
+        (Observation(5, TxReceipt(10, b"\x0b" * 32, 0), True, 20), 1000, Step.REQUEUE),  # reverted
+        (Observation(4, None, True, 9, GWEI), 60_002, Step.REPRICE),  # in the pool for 60 s
+        (Observation(4, None, True, 9, 3 * GWEI), 1000, Step.REPRICE),  # priced out, kept
+        (Observation(4, None, False, 9, 3 * GWEI), 1000, Step.REPRICE),  # priced out, dropped
+        (Observation(4, RECEIPT, True, 10, 3 * GWEI), 60_002, Step.WAIT),  # mined after all
     ],
 )
-def test_next_step(db, account: LedgerAccount, seen: Observation, step: Step) -> None:
-    _, sent = _sent(db, account)
-    assert next_step(sent, seen, confirmations=2) is step
+def test_next_step(db, account: LedgerAccount, seen: Observation, now_ms: int, step: Step) -> None:
+    _, sent = _sent(db, account)  # sent at 2 ms, offering 2 gwei
+    decided = next_step(
+        sent,
+        seen,
+        confirmations=2,
+        max_fee=2 * GWEI,
+        now_ms=now_ms,
+        replace_after_seconds=60,
+    )
+    assert decided is step
+
+
+def test_a_replaced_transaction_is_still_looked_for(db, account: LedgerAccount) -> None:
+    queue, sent = _sent(db, account)
+    assert queue.tx_hashes(sent) == [sent.tx_hash]
+    again = account.sign_anchor(b"x", chain_id=1, nonce=4, fees=Fees(3, 2))
+    queue.mark_repriced(sent, again, now_ms=3)
+    flight = queue.in_flight()
+    assert flight is not None and flight.tx_hash == again.tx_hash and flight.sends == 2
+    assert flight.raw_tx == again.raw and flight.sent_ms == 3
+    assert queue.tx_hashes(flight) == [again.tx_hash, sent.tx_hash]  # newest first
+    other_nonce = account.sign_anchor(b"x", chain_id=1, nonce=5, fees=Fees(4, 2))
+    with pytest.raises(ValueError, match="no transaction with nonce 5"):
+        queue.mark_repriced(flight, other_nonce, now_ms=4)
+    # The ledger took the first one: that is the anchor's transaction.
+    queue.mark_confirmed(flight, RECEIPT, now_ms=5, tx_hash=sent.tx_hash)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash == sent.tx_hash and done.raw_tx is None
+
+
+def test_an_anchor_sent_before_replacements_existed_is_still_looked_for(
+    tmp_path: Path, account: LedgerAccount
+) -> None:
+    old = connect(tmp_path / "old.db")
+    migrate(old, now=0, migrations=MIGRATIONS[:-1])  # the schema before anchor_txs
+    queue = AnchorQueue(old)
+    anchor = queue.enqueue(3, b"\x01" * 32, "note", now_ms=1)
+    signed = account.sign_anchor(b"x", chain_id=1, nonce=4, fees=Fees(2, 1))
+    old.execute(
+        "UPDATE anchors SET state = 'sent', nonce = 4, tx_hash = ?, raw_tx = ?, sent_ms = 2 "
+        "WHERE id = ?",
+        [signed.tx_hash, signed.raw, anchor.id],
+    )
+    assert migrate(old, now=1) == [MIGRATIONS[-1][0]]
+    flight = queue.in_flight()
+    assert flight is not None and queue.tx_hashes(flight) == [signed.tx_hash]
+    again = account.sign_anchor(b"x", chain_id=1, nonce=4, fees=Fees(3, 2))
+    queue.mark_repriced(flight, again, now_ms=3)
+    repriced = queue.in_flight()
+    assert repriced is not None
+    assert queue.tx_hashes(repriced) == [again.tx_hash, signed.tx_hash]
+    old.close()
 
 
 def test_queue_lifecycle_supersedes_older_checkpoints(db, account: LedgerAccount) -> None:

@@ -1,9 +1,12 @@
 """The anchoring loop's rounds against an in-memory ledger.
 
-The integration tests drive real anvil for every fault it can show. One fault it cannot:
+The integration tests drive real anvil for every fault it can show. Two faults it cannot:
 a crash after the anchor is recorded as sent but before its bytes reach the node (the
-window is a few microseconds). Here the ledger is a small in-memory stand-in whose
-``send_raw`` fails once, exactly in that window.
+window is a few microseconds), and a transaction replaced in this node's pool that another
+node mines after all (anvil is one node). Here the ledger is a small in-memory stand-in
+whose ``send_raw`` fails once, exactly in that window, and which can mine a transaction it
+no longer holds. The fee rules of a replacement are also checked here, with exact numbers;
+anvil shows the same replacement working for real.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.anchor.account import LedgerAccount
+from gateway.anchor.account import Fees, LedgerAccount
 from gateway.anchor.ledger import LedgerUnavailable, TxReceipt
 from gateway.anchor.queue import AnchorQueue
 from gateway.anchoring import Anchorer
@@ -24,14 +27,21 @@ from gateway.identity.signing import Signer
 
 
 class MemoryLedger:
-    """Mines every transaction it accepts into the next block at once."""
+    """Mines every transaction it accepts into the next block at once, unless told to hold.
+
+    Holding, it keeps transactions in a pool (one per nonce: a new one replaces the old)
+    until :meth:`mine` is called, like a node whose blocks are full.
+    """
 
     def __init__(self) -> None:
         self.blocks: list[list[bytes]] = [[]]
-        self.pool: dict[bytes, bytes] = {}
+        self.pool: dict[int, tuple[bytes, bytes]] = {}  # nonce → (hash, raw)
         self.mined: dict[bytes, int] = {}
+        self.received: dict[bytes, bytes] = {}  # every transaction ever sent to it
         self.fail_next_send = False
         self.balance_wei = 10**18
+        self.base_fee_wei = 10**9
+        self.hold = False
 
     def chain_id(self) -> int:
         return 31337
@@ -40,13 +50,13 @@ class MemoryLedger:
         return len(self.blocks) - 1
 
     def base_fee(self) -> int:
-        return 10**9
+        return self.base_fee_wei
 
     def balance(self, address: str) -> int:
         return self.balance_wei
 
     def nonce(self, address: str, *, pending: bool) -> int:
-        return len(self.mined)
+        return len(self.mined) + (len(self.pool) if pending else 0)
 
     def send_raw(self, raw: bytes) -> None:
         from eth_account import Account
@@ -57,16 +67,39 @@ class MemoryLedger:
             raise LedgerUnavailable("connection reset")
         tx_hash = keccak(raw)
         assert Account.recover_transaction(raw)
-        if tx_hash not in self.mined:
-            self.blocks.append([tx_hash])
-            self.mined[tx_hash] = self.head()
+        if tx_hash in self.mined:
+            return
+        self.received[tx_hash] = raw
+        self.pool[_nonce(raw)] = (tx_hash, raw)
+        if not self.hold:
+            self.mine()
+
+    def mine(self, tx_hash: bytes | None = None) -> None:
+        """Mine the pool into a block; or only ``tx_hash``, even one replaced in this pool
+        (another node still had it)."""
+        if tx_hash is not None:
+            self.pool.pop(_nonce(self.received[tx_hash]), None)  # its nonce is used now
+            chosen = [tx_hash]
+        else:
+            chosen = [h for h, _ in self.pool.values()]
+            self.pool.clear()
+        self.blocks.append(chosen)
+        for h in chosen:
+            self.mined[h] = self.head()
 
     def receipt(self, tx_hash: bytes) -> TxReceipt | None:
         block = self.mined.get(tx_hash)
         return None if block is None else TxReceipt(block, block.to_bytes(32, "big"), 1)
 
     def known(self, tx_hash: bytes) -> bool:
-        return tx_hash in self.mined
+        return tx_hash in self.mined or any(h == tx_hash for h, _ in self.pool.values())
+
+
+def _nonce(raw: bytes) -> int:
+    from eth_account.typed_transactions.typed_transaction import TypedTransaction
+    from hexbytes import HexBytes
+
+    return int(TypedTransaction.from_bytes(HexBytes(raw)).as_dict()["nonce"])
 
 
 @pytest.fixture
@@ -80,7 +113,9 @@ def parts(tmp_path: Path):
 
 
 def anchorer(db, signer: Signer, ledger: MemoryLedger, account: LedgerAccount) -> Anchorer:
-    settings = AnchorSection(enabled=True, every_seconds=1.0, confirmations=1)
+    settings = AnchorSection(
+        enabled=True, every_seconds=1.0, confirmations=1, replace_after_seconds=30.0
+    )
     return Anchorer(
         settings,
         signer=signer,
@@ -148,3 +183,78 @@ def test_unfunded_account_waits_with_a_clear_reason(parts) -> None:
     worker.round(11.0)
     worker.round(11.1)
     assert AnchorQueue(db).counts()["confirmed"] == 1
+
+
+def test_a_transaction_priced_out_by_the_base_fee_is_replaced(parts) -> None:
+    db, signer, chain = parts
+    ledger = MemoryLedger()
+    ledger.hold = True
+    worker = anchorer(db, signer, ledger, LedgerAccount(keystore.generate_ledger_key()))
+    chain.append("note", signer.did, b"one", now_ms=1)
+    worker.round(10.0)
+    queue = AnchorQueue(db)
+    first = queue.in_flight()
+    assert first is not None and first.raw_tx is not None
+    offered = Fees.of_transaction(first.raw_tx)
+    assert offered.max_fee == 3 * 10**9  # twice the base fee, plus the tip
+    ledger.base_fee_wei = 10 * 10**9  # blocks filled up: it can no longer be mined
+    worker.round(11.0)
+    second = queue.in_flight()
+    assert second is not None and second.raw_tx is not None
+    assert second.nonce == first.nonce and second.tx_hash != first.tx_hash
+    assert Fees.of_transaction(second.raw_tx).max_fee == 21 * 10**9
+    assert ledger.pool[0][0] == second.tx_hash
+    assert queue.meta()["health"][0] == "ok"
+    ledger.mine()
+    worker.round(11.5)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash == second.tx_hash
+    assert list(ledger.mined) == [second.tx_hash]
+
+
+def test_the_replaced_transaction_mined_after_all_is_the_anchor(parts) -> None:
+    # Another node still had the first transaction and mined it: the checkpoint is anchored
+    # by that one, and nothing is sent again.
+    db, signer, chain = parts
+    ledger = MemoryLedger()
+    ledger.hold = True
+    worker = anchorer(db, signer, ledger, LedgerAccount(keystore.generate_ledger_key()))
+    chain.append("note", signer.did, b"one", now_ms=1)
+    worker.round(10.0)
+    queue = AnchorQueue(db)
+    first = queue.in_flight()
+    assert first is not None and first.tx_hash is not None
+    worker.round(39.0)  # 29 s in the pool: not yet
+    assert queue.in_flight() == first
+    worker.round(41.0)  # 31 s: replaced
+    second = queue.in_flight()
+    assert second is not None and second.tx_hash != first.tx_hash
+    ledger.mine(first.tx_hash)
+    worker.round(41.5)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash == first.tx_hash
+    worker.round(80.0)
+    assert list(ledger.mined) == [first.tx_hash] and not ledger.pool
+    assert queue.counts() == {"queued": 0, "sent": 0, "confirmed": 1, "superseded": 0}
+
+
+def test_no_replacement_above_the_cap(parts) -> None:
+    db, signer, chain = parts
+    ledger = MemoryLedger()
+    ledger.hold = True
+    worker = anchorer(db, signer, ledger, LedgerAccount(keystore.generate_ledger_key()))
+    chain.append("note", signer.did, b"one", now_ms=1)
+    worker.round(10.0)
+    ledger.base_fee_wei = 60 * 10**9  # above max_fee_gwei (50)
+    worker.round(11.0)
+    queue = AnchorQueue(db)
+    assert "above the cap of 50.000 gwei" in queue.meta()["health"][0]
+    flight = queue.in_flight()
+    assert flight is not None and flight.sends == 1  # the first transaction, kept
+    ledger.base_fee_wei = 2 * 10**9  # fees fell: the first transaction can be mined again
+    worker.round(12.0)
+    assert queue.in_flight() == flight
+    ledger.mine()
+    worker.round(12.5)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash == flight.tx_hash and len(ledger.mined) == 1
