@@ -7,8 +7,8 @@ access to any node of the ledger can check, with this module alone, that:
 2. the payload matches the entry's commitment (``payload_commitment``), unless it
    was lawfully erased, which the receipt then says;
 3. the payload's signature verifies under the key of the DID that recorded it
-   (``device_signature``): compact JWS, Ed25519, ``kid`` a did:key URL of the
-   entry's actor;
+   (``device_signature``): a compact JWS (MQTT) or a COSE_Sign1 (CoAP), Ed25519,
+   ``kid`` a did:key URL of the entry's actor;
 4. the entry is in the checkpointed tree (``inclusion_proof``, RFC 9162);
 5. the checkpoint is signed by the gateway DID it names (``checkpoint_signature``);
 6. the gateway DID states that the ledger account is its own (``ledger_binding``);
@@ -23,7 +23,8 @@ tampered field shows up as the check that covers it. The checks are pure: the
 ledger's answers come in as a :class:`LedgerView`, which
 ``gateway/transports/evm.py`` reads over JSON-RPC. Dependencies: the Python
 standard library, ``cryptography`` and the two stdlib-only modules
-``gateway/chain/verify.py`` and ``gateway/anchor/encoding.py``.
+``gateway/chain/verify.py`` and ``gateway/anchor/encoding.py``; ``cbor2`` too for a
+receipt of a CoAP reading (imported only then).
 """
 
 from __future__ import annotations
@@ -246,23 +247,51 @@ def _check_commitment(p: _Parts) -> tuple[bool | None, str]:
 def _check_device_signature(p: _Parts) -> tuple[bool | None, str]:
     if p.payload is None:
         return None, "no payload to check (erased)"
-    token = p.payload.decode("utf-8", "replace").strip()
-    if token.count(".") != 2:
-        return None, f"a {p.kind} entry carries no signature of its own (the checkpoint covers it)"
-    header_b64, body_b64, sig_b64 = token.split(".")
-    header = json.loads(_b64url(header_b64))
-    if not isinstance(header, dict) or header.get("alg") not in ("EdDSA", "Ed25519"):
-        raise _Bad("payload JWS is not signed with EdDSA/Ed25519")
-    kid = _str(header.get("kid"))
+    if p.payload[:1] in (b"\xd2", b"\x84"):  # CBOR tag 18 or an array of four: COSE_Sign1
+        kid, signature, signed = _split_cose(p.payload)
+        what = "COSE_Sign1"
+    else:
+        token = p.payload.decode("utf-8", "replace").strip()
+        if token.count(".") != 2:
+            return None, f"a {p.kind} entry has no signature of its own (the checkpoint covers it)"
+        header_b64, body_b64, sig_b64 = token.split(".")
+        header = json.loads(_b64url(header_b64))
+        if not isinstance(header, dict) or header.get("alg") not in ("EdDSA", "Ed25519"):
+            raise _Bad("payload JWS is not signed with EdDSA/Ed25519")
+        kid, signature = _str(header.get("kid")), _b64url(sig_b64)
+        signed, what = f"{header_b64}.{body_b64}".encode(), "JWS"
     did = kid.split("#", 1)[0]
     if did != p.actor:
         raise _Bad(f"payload is signed by {did}, but the entry was recorded for {p.actor}")
     key = _did_key_public(did)
     try:
-        key.verify(_b64url(sig_b64), f"{header_b64}.{body_b64}".encode())
+        key.verify(signature, signed)
     except InvalidSignature:
         raise _Bad(f"payload signature does not verify under {did}'s key") from None
-    return True, f"signed by {kid}"
+    return True, f"{what} signed by {kid}"
+
+
+def _split_cose(data: bytes) -> tuple[str, bytes, bytes]:
+    """A COSE_Sign1 (RFC 9052) signed with EdDSA: its ``kid`` (a DID URL), its signature, and
+    the ``Sig_structure`` that signature is over."""
+    import cbor2
+
+    try:
+        item = cbor2.loads(data)
+        if isinstance(item, cbor2.CBORTag) and item.tag == 18:
+            item = item.value
+        protected_bytes, unprotected, payload, signature = item
+        protected = cbor2.loads(protected_bytes)
+        kid = protected.get(4, unprotected.get(4))
+        alg = protected.get(1)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, EOFError):
+        raise _Bad("payload is not a COSE_Sign1") from None
+    if not all(isinstance(v, bytes) for v in (protected_bytes, payload, signature, kid)):
+        raise _Bad("payload COSE_Sign1 lacks its kid, payload or signature")
+    if type(alg) is not int or alg not in (-8, -19):
+        raise _Bad("payload COSE_Sign1 is not signed with EdDSA/Ed25519")
+    signed = cbor2.dumps(["Signature1", protected_bytes, b"", payload])
+    return kid.decode("utf-8", "replace"), signature, signed
 
 
 def _check_inclusion(p: _Parts) -> tuple[bool, str]:

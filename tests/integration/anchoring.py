@@ -27,9 +27,11 @@ def write_config(
     broker: Mosquitto | None = None,
     *,
     rpc_url: str | None = None,
+    coap_port: int | None = None,
     **anchor: Any,
 ) -> Path:
-    """A gateway config with anchoring on (every 0.5 s, 1 confirmation unless told)."""
+    """A gateway config with anchoring on (every 0.5 s, 1 confirmation unless told);
+    MQTT through ``broker`` or off, and CoAP on ``coap_port`` if given."""
     settings: dict[str, Any] = {
         "enabled": True,
         "rpc_url": rpc_url or (anvil.url if anvil else ""),
@@ -59,6 +61,8 @@ def write_config(
             f'username = "{broker.gateway_username}"',
             f'prefix = "{broker.prefix}"',
         ]
+    if coap_port is not None:
+        lines += ["[coap]", "enabled = true", f"port = {coap_port}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 

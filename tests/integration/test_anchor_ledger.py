@@ -19,6 +19,7 @@ from anchoring import Gateway, ledger_address, wait_for, write_config
 from anvil import Anvil
 from broker import Mosquitto
 from support import Run, load_device_module
+from test_coap_devices import free_udp_port, sensor
 
 from gateway.anchor.encoding import decode_anchor
 from gateway.anchor.verify_receipt import CHECKS, check_receipt
@@ -167,6 +168,36 @@ def test_readings_anchored_receipt_verifies_and_tampering_is_caught(  # noqa: PL
     refused = didgw("verify-receipt", str(tampered), "--rpc", anvil.url)
     assert refused.returncode == 1
     assert "FAIL  inclusion_proof:" in refused.stdout
+
+
+def test_a_coap_readings_receipt_checks_its_cose_signature(
+    didgw: Run, anvil: Anvil, state: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    path, _, address = state
+    anvil.fund(address)
+    port = free_udp_port()
+    gateway = Gateway(path, write_config(tmp_path / "gw.toml", anvil, coap_port=port))
+    dev = tmp_path / "coap-sensor"
+    did = sensor("--print-did", state=dev).stdout.strip()
+    registered = didgw(
+        "device", "register", did, "--name", "coap", "--kind", "sensor", "--state-dir", str(path)
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    gateway.start()
+    try:
+        sent = sensor("--server", f"coap://127.0.0.1:{port}", "--count", "2", state=dev)
+        assert sent.returncode == 0 and "seq 2: accepted" in sent.stdout, sent.stdout + sent.stderr
+        size = gateway.record_size()
+        assert wait_for(lambda: gateway.anchored_size() >= size), gateway.output()
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    out = tmp_path / "receipt.json"
+    made = didgw("receipt", str(size - 1), "-o", str(out), "--state-dir", str(path))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(out.read_text())["payload"]["encoding"] == "base64"  # CBOR, not text
+    checked = didgw("verify-receipt", str(out), "--rpc", anvil.url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"pass  device_signature: COSE_Sign1 signed by {did}#" in checked.stdout
 
 
 # -- offline first ------------------------------------------------------------------------

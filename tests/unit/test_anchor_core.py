@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import cbor2
 import pytest
 from eth_account import Account
 
@@ -34,6 +36,7 @@ from gateway.chain.checkpoint import checkpoint_body, sign_checkpoint
 from gateway.chain.store import ChainError, ChainStore
 from gateway.db import connect, migrate
 from gateway.identity import keystore
+from gateway.identity.cose import sign1
 from gateway.identity.signing import Signer, sign_jws
 from gateway.migrations import MIGRATIONS
 
@@ -306,14 +309,29 @@ def test_queue_lifecycle_supersedes_older_checkpoints(db, account: LedgerAccount
 # -- receipts --------------------------------------------------------------------------------
 
 
-def _anchored_store(db, gateway: Signer, account: LedgerAccount):
+def _jws_reading(device: Signer) -> bytes:
+    return sign_jws(json.dumps({"did": device.did, "seq": 1}).encode(), device).encode()
+
+
+def _cose_reading(device: Signer) -> bytes:
+    """A CoAP device's reading: a COSE_Sign1 over a CBOR payload."""
+    return sign1(cbor2.dumps({"did": device.did, "seq": 1}), device, typ="didgw-reading+cose")
+
+
+def _anchored_store(
+    db,
+    gateway: Signer,
+    account: LedgerAccount,
+    reading: Callable[[Signer], bytes] = _jws_reading,
+    *,
+    actor: str | None = None,
+):
     """A record of 5 entries (one a device's signed reading), anchored; and the ledger's view."""
     device = Signer.for_did_key(keystore.generate_key())
     chain = ChainStore(db)
     for i in range(4):
         chain.append("note", gateway.did, f"note {i}".encode(), now_ms=1000 + i)
-    reading = sign_jws(json.dumps({"did": device.did, "seq": 1}).encode(), device)
-    chain.append("reading", device.did, reading.encode(), now_ms=2000)
+    chain.append("reading", actor or device.did, reading(device), now_ms=2000)
     text = sign_checkpoint(checkpoint_body(gateway.did, chain.size, chain.root(), 2), gateway)
     queue = AnchorQueue(db)
     anchor = queue.enqueue(chain.size, chain.root(), text, now_ms=3000)
@@ -326,16 +344,23 @@ def _anchored_store(db, gateway: Signer, account: LedgerAccount):
     return chain, queue, binding, view
 
 
+@pytest.mark.parametrize(
+    ("reading", "form"), [(_jws_reading, "JWS"), (_cose_reading, "COSE_Sign1")]
+)
 def test_receipt_verifies_with_every_check(
     db,
     gateway_signer: Signer,
     account: LedgerAccount,
+    reading: Callable[[Signer], bytes],
+    form: str,
 ) -> None:
-    chain, queue, binding, view = _anchored_store(db, gateway_signer, account)
+    chain, queue, binding, view = _anchored_store(db, gateway_signer, account, reading)
     receipt = receipt_for(chain, queue, gateway=gateway_signer.did, binding=binding, seq=4)
     report = check_receipt(json.loads(json.dumps(receipt)), view, min_confirmations=2)
     assert [c.name for c in report.checks] == list(CHECKS)
     assert report.ok, report.checks
+    signature = report.checks[CHECKS.index("device_signature")]
+    assert signature.ok is True and signature.detail.startswith(f"{form} signed by did:key:")
     assert check_receipt(receipt, view, min_confirmations=3).failed() == ["confirmations"]
     assert check_receipt(receipt, None).failed() == [
         "ledger_transaction",
@@ -344,6 +369,36 @@ def test_receipt_verifies_with_every_check(
     ]
     other = LedgerView(31337, 8, account.address, account.address, 0, b"DIDGW\x01" + bytes(104))
     assert "anchor_data" in check_receipt(receipt, other).failed()
+
+
+def _flip_last_byte(token: bytes) -> bytes:
+    return token[:-1] + bytes([token[-1] ^ 1])
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda d: _flip_last_byte(_cose_reading(d)), "does not verify under"),
+        (lambda d: _cose_reading(Signer.for_did_key(keystore.generate_key())), "but the entry"),
+        (lambda d: b"\x84\x01\x02", "is not a COSE_Sign1"),
+        (
+            lambda d: cbor2.dumps([cbor2.dumps({1: -7, 4: d.kid.encode()}), {}, b"{}", bytes(64)]),
+            "not signed with EdDSA",
+        ),
+    ],
+)
+def test_a_cose_reading_that_is_not_the_devices_fails_its_signature_check(
+    db,
+    gateway_signer: Signer,
+    account: LedgerAccount,
+    make: Callable[[Signer], bytes],
+    why: str,
+) -> None:
+    chain, queue, binding, view = _anchored_store(db, gateway_signer, account, make)
+    receipt = receipt_for(chain, queue, gateway=gateway_signer.did, binding=binding, seq=4)
+    report = check_receipt(receipt, view)
+    assert report.failed() == ["device_signature"], report.checks
+    assert why in report.checks[CHECKS.index("device_signature")].detail
 
 
 def test_erased_payload_is_said_and_the_rest_still_verifies(
