@@ -107,6 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "unanchored_entries": chain.size - anchored,
             "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
             "last_anchor": None if last is None else _anchor_json(last),
+            "in_flight": _in_flight_json(queue.in_flight()),
             "queue": queue.counts(),
             "loop_health": {
                 k: {"value": v, "since": when(ms / 1000)}
@@ -122,6 +123,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_status(status)
     ledger = status["ledger"]
     return 1 if ledger is not None and ledger["problem"] else 0
+
+
+def _in_flight_json(flight: Anchor | None) -> dict[str, Any] | None:
+    """The anchor whose transaction awaits its block: how long, and how often sent."""
+    if flight is None or flight.sent_ms is None:
+        return None
+    return {
+        **_anchor_json(flight),
+        "last_sent_seconds_ago": round(time.time() - flight.sent_ms / 1000, 1),
+    }
 
 
 def _binding_address(binding: str | None) -> str | None:
@@ -191,6 +202,13 @@ def _print_status(s: dict[str, Any]) -> None:
         f"queue:          {q['queued']} queued, {q['sent']} in flight, {q['confirmed']} "
         f"confirmed, {q['superseded']} superseded"
     )
+    flight = s["in_flight"]
+    if flight is not None:
+        print(
+            f"in flight:      size {flight['size']}, tx {flight['tx_hash']} (nonce "
+            f"{flight['nonce']}), sent {flight['sends']} time(s), last "
+            f"{flight['last_sent_seconds_ago']} s ago"
+        )
 
 
 def _anchor_json(a: Anchor) -> dict[str, Any]:

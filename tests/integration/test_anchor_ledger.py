@@ -351,7 +351,8 @@ def test_anchor_priced_out_by_the_base_fee_is_replaced_and_anchored_once(
     path, _, address = state
     anvil.fund(address)
     anvil.rpc("evm_setAutomine", False)  # blocks only when the test mines them
-    gateway = Gateway(path, write_config(tmp_path / "gw.toml", anvil))
+    config = write_config(tmp_path / "gw.toml", anvil)
+    gateway = Gateway(path, config)
     note(didgw, path, "anchored in a fee spike")
     gateway.start()
     try:
@@ -369,6 +370,9 @@ def test_anchor_priced_out_by_the_base_fee_is_replaced_and_anchored_once(
         assert replaced.tx_hash != first.tx_hash and replaced.nonce == first.nonce
         again = anvil.rpc("eth_getTransactionByHash", "0x" + replaced.tx_hash.hex())
         assert int(again["maxFeePerGas"], 16) >= offered * 4  # what the base fee now asks
+        status = didgw("anchor", "status", "--config", str(config), "--state-dir", str(path))
+        tx = "0x" + replaced.tx_hash.hex()
+        assert f"in flight:      size 1, tx {tx} (nonce 0), sent 2 time(s)" in status.stdout
         anvil.mine()
         assert wait_for(lambda: gateway.anchored_size() == 1), gateway.output()
     finally:
