@@ -185,14 +185,19 @@ def test_unfunded_account_waits_with_a_clear_reason(parts) -> None:
     assert AnchorQueue(db).counts()["confirmed"] == 1
 
 
-def test_a_transaction_priced_out_by_the_base_fee_is_replaced(parts) -> None:
+def sent_and_held(parts) -> tuple[MemoryLedger, Anchorer, AnchorQueue]:
+    """One entry, anchored at 10.0 s by a transaction the ledger holds in its pool."""
     db, signer, chain = parts
     ledger = MemoryLedger()
     ledger.hold = True
     worker = anchorer(db, signer, ledger, LedgerAccount(keystore.generate_ledger_key()))
     chain.append("note", signer.did, b"one", now_ms=1)
     worker.round(10.0)
-    queue = AnchorQueue(db)
+    return ledger, worker, AnchorQueue(db)
+
+
+def test_a_transaction_priced_out_by_the_base_fee_is_replaced(parts) -> None:
+    ledger, worker, queue = sent_and_held(parts)
     first = queue.in_flight()
     assert first is not None and first.raw_tx is not None
     offered = Fees.of_transaction(first.raw_tx)
@@ -215,13 +220,7 @@ def test_a_transaction_priced_out_by_the_base_fee_is_replaced(parts) -> None:
 def test_the_replaced_transaction_mined_after_all_is_the_anchor(parts) -> None:
     # Another node still had the first transaction and mined it: the checkpoint is anchored
     # by that one, and nothing is sent again.
-    db, signer, chain = parts
-    ledger = MemoryLedger()
-    ledger.hold = True
-    worker = anchorer(db, signer, ledger, LedgerAccount(keystore.generate_ledger_key()))
-    chain.append("note", signer.did, b"one", now_ms=1)
-    worker.round(10.0)
-    queue = AnchorQueue(db)
+    ledger, worker, queue = sent_and_held(parts)
     first = queue.in_flight()
     assert first is not None and first.tx_hash is not None
     worker.round(39.0)  # 29 s in the pool: not yet
@@ -239,15 +238,9 @@ def test_the_replaced_transaction_mined_after_all_is_the_anchor(parts) -> None:
 
 
 def test_no_replacement_above_the_cap(parts) -> None:
-    db, signer, chain = parts
-    ledger = MemoryLedger()
-    ledger.hold = True
-    worker = anchorer(db, signer, ledger, LedgerAccount(keystore.generate_ledger_key()))
-    chain.append("note", signer.did, b"one", now_ms=1)
-    worker.round(10.0)
+    ledger, worker, queue = sent_and_held(parts)
     ledger.base_fee_wei = 60 * 10**9  # above max_fee_gwei (50)
     worker.round(11.0)
-    queue = AnchorQueue(db)
     assert "above the cap of 50.000 gwei" in queue.meta()["health"][0]
     flight = queue.in_flight()
     assert flight is not None and flight.sends == 1  # the first transaction, kept
