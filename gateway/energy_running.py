@@ -193,13 +193,27 @@ class MarketSide:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        told: set[tuple[int, str]] = set()
         while True:
             try:
-                messages = await loop.run_in_executor(self._pool, self.market.tick, _now_ms())
+                messages, overdue = await loop.run_in_executor(self._pool, self._step, _now_ms())
                 self._send(messages)
+                told &= {(interval, household) for interval, household, _ in overdue}
+                for interval, household, why in overdue:
+                    if (interval, household) not in told:
+                        told.add((interval, household))
+                        log.warning(
+                            "market: the statement of %s for interval %s waits: %s",
+                            household,
+                            interval,
+                            why,
+                        )
             except Exception as exc:  # the next tick tries again
                 log.error("market: %s", exc)
             await asyncio.sleep(self._tick)
+
+    def _step(self, now_ms: int) -> tuple[list[Message], list[tuple[int, str, str]]]:
+        return self.market.tick(now_ms), self.market.overdue(now_ms)
 
     def _send(self, messages: list[Message]) -> None:
         for did, body in messages:

@@ -80,6 +80,8 @@ class Market:
         self._signer = signer
         self.settings = settings
         self.counts: dict[str, int] = {}
+        # (interval, household) → why its statement is not made yet; see overdue().
+        self._waiting: dict[tuple[int, str], str] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -320,9 +322,10 @@ class Market:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
-    def metered(self, household: str, start: int, end: int) -> tuple[Metered, list[int]] | None:
+    def metered(self, household: str, start: int, end: int) -> tuple[Metered, list[int]] | str:
         """Import and export of the household's meters over [start, end], and the entries of
-        the readings used; None while a meter has no reading at or after ``end``."""
+        the readings used; or why they are not known yet (a meter with no reading at or
+        after ``end``, or none before ``start``, or no active meter)."""
         imp = exp = 0
         used: list[int] = []
         rows = self._conn.execute(
@@ -331,7 +334,7 @@ class Market:
             [household],
         ).fetchall()
         if not rows:
-            return None
+            return "the household has no active meter"
         for (meter,) in rows:
             before = self._conn.execute(
                 "SELECT import_wh, export_wh, entry FROM meter_readings WHERE meter = ? "
@@ -343,16 +346,22 @@ class Market:
                 "AND ts >= ? ORDER BY ts LIMIT 1",
                 [meter, end],
             ).fetchone()
-            if before is None or after is None:
-                return None
+            if before is None:
+                return f"meter {meter} has no reading at or before the interval's start"
+            if after is None:
+                return f"meter {meter} has no reading at or after the interval's end yet"
             imp += after[0] - before[0]
             exp += after[1] - before[1]
             used += [before[2], after[2]]
         return Metered(imp, exp), used
 
-    def settle_interval(self, interval: int, now_ms: int) -> list[Message] | None:
-        """Statements for every household with orders in the interval; None while a meter's
-        data is not in yet."""
+    def settle_interval(self, interval: int, now_ms: int) -> list[Message]:
+        """Statements for the households with orders in the interval whose meter data are in.
+
+        Each statement needs only its own household's meters, so a silent meter holds up
+        its own household alone (:meth:`overdue` says which). The interval is settled once
+        every household has its statement.
+        """
         if self._signer is None:
             raise OrderRefused("unavailable", None, "the market needs the gateway key")
         signer = self._signer
@@ -360,8 +369,10 @@ class Market:
         households = [
             r[0]
             for r in self._conn.execute(
-                "SELECT DISTINCT household FROM market_orders WHERE interval = ? "
-                "ORDER BY household",
+                "SELECT DISTINCT o.household FROM market_orders o WHERE o.interval = ? "
+                "AND NOT EXISTS (SELECT 1 FROM market_statements s "
+                "WHERE s.interval = o.interval AND s.household = o.household) "
+                "ORDER BY o.household",
                 [interval],
             )
         ]
@@ -382,8 +393,10 @@ class Market:
         bodies: list[tuple[Statement, dict[str, Any]]] = []
         for household in households:
             metered = self.metered(household, interval, end)
-            if metered is None:
-                return None
+            if isinstance(metered, str):
+                self._waiting[(interval, household)] = metered
+                continue
+            self._waiting.pop((interval, household), None)
             statement = settle(
                 household,
                 interval=interval,
@@ -410,10 +423,15 @@ class Market:
                     for (s, body), e in zip(bodies, recorded, strict=True)
                 ],
             )
-            self._conn.execute(
-                "UPDATE market_intervals SET settled_ms = ? WHERE interval = ?", [now_ms, interval]
-            )
+            if len(bodies) == len(households):
+                self._conn.execute(
+                    "UPDATE market_intervals SET settled_ms = ? WHERE interval = ?",
+                    [now_ms, interval],
+                )
             return [e.seq for e in recorded]
+
+        if not bodies and households:
+            return []
 
         seqs: list[int] = self._transaction(write)
         return [
@@ -441,10 +459,18 @@ class Market:
             if interval <= now_ms:
                 messages += self.clear_interval(interval, now_ms)
         for interval in self.unsettled(now_ms):
-            settled = self.settle_interval(interval, now_ms)
-            if settled is not None:
-                messages += settled
+            messages += self.settle_interval(interval, now_ms)
         return messages
+
+    def overdue(self, now_ms: int) -> list[tuple[int, str, str]]:
+        """(interval, household, why) of the statements still waiting one whole interval
+        after their interval ended: a meter that should have reported by now has not."""
+        late = now_ms - 2 * self.settings.interval_ms
+        return sorted(
+            (interval, household, why)
+            for (interval, household), why in self._waiting.items()
+            if interval <= late
+        )
 
 
 def _json(body: dict[str, Any]) -> bytes:

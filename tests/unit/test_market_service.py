@@ -162,3 +162,32 @@ def test_orders_trades_and_statements(world):
     assert sa["market"] + sb["market"] + sc["market"] == 0
     assert market.statements(a.did, start)[0]["net"] == sa["net"]
     assert market.tick(end + 3) == []  # settled once
+
+
+def test_a_silent_meter_holds_up_its_own_households_statement_only(world):
+    _, (a, b, c), meters, market, _ = world
+    start = T0 - T0 % INTERVAL + INTERVAL
+    end = start + INTERVAL
+    meters[0].record(telegram(0, 0, 10_000), T0)
+    for i in range(3):
+        meters[i].record(telegram(0, 0, 10_000 if i == 0 else 0), start - 5)
+    market.submit(order(a, 1, "sell", start, 100, 100), T0, topic_did=a.did)
+    market.submit(order(b, 1, "buy", start, 60, 200), T0, topic_did=b.did)
+    market.submit(order(c, 1, "buy", start, 40, 200), T0, topic_did=c.did)
+    market.tick(start)
+    meters[0].record(telegram(0, 100, 0), end + 1)
+    meters[1].record(telegram(60, 0, 0), end + 1)  # c's meter says nothing after the end
+    settled = dict(market.tick(end + 2))
+    assert set(settled) == {a.did, b.did}
+    assert market.unsettled(end + 2) == [start]  # c's statement is still to come
+    meter = meters[2].meter.did
+    why = f"meter {meter} has no reading at or after the interval's end yet"
+    assert market.overdue(end + 2) == []  # not late yet: meters report at their own pace
+    assert market.overdue(end + INTERVAL) == [(start, c.did, why)]
+    assert market.tick(end + 3) == []  # nothing new: nothing made twice
+    meters[2].record(telegram(40, 0, 0), end + INTERVAL)
+    late = dict(market.tick(end + INTERVAL + 1))
+    assert set(late) == {c.did} and late[c.did]["bought_wh"] == 40
+    assert market.unsettled(end + INTERVAL + 1) == [] and market.overdue(end + INTERVAL + 1) == []
+    assert [s["household"] for s in market.statements(a.did, start)] == [a.did]
+    assert len(market.statements(c.did, start)) == 1
