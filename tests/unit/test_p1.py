@@ -83,6 +83,15 @@ def test_bad_telegrams_are_refused_with_a_reason(raw, reason):
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    "line", ["1-0:1.8.1(000001.000*kWh)", "1-0:32.7.0(230.0*V)", "1-0:99.1.0(1)"]
+)
+def test_a_line_twice_is_refused_whichever_it_is(line):
+    with pytest.raises(P1Error, match=f"{line.split('(')[0]} appears twice") as caught:
+        parse_telegram(format_telegram([*lines(), line, line]))
+    assert caught.value.reason == "garbled"
+
+
 def test_unknown_obis_lines_are_skipped_and_counted():
     t = parse_telegram(format_telegram([*lines(), "1-0:99.1.0(42)", "0-0:96.99.9(x)"]))
     assert t.unknown == 2 and t.import_wh[0] == 123456
