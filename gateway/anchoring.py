@@ -77,6 +77,7 @@ class Anchorer:
         self.ledger = ledger
         self._chain_checked = False
         self._health: str | None = None
+        self._watched_head: int | None = None
 
     # -- one round -------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class Anchorer:
         self.checkpoint_if_due(now_ms)
         try:
             self._check_chain()
+            self._watch(now_ms)
             self._advance(now_ms)
         except (LedgerError, FeeCapError) as exc:
             if isinstance(exc, LedgerUnavailable):
@@ -186,7 +188,43 @@ class Anchorer:
                     flight.size,
                 )
                 self.queue.requeue(flight)
-        self._send_newest(now_ms)
+        if self.queue.in_flight() is None:  # one at a time (a watched one may be back)
+            self._send_newest(now_ms)
+
+    def _watch(self, now_ms: int) -> None:
+        """With each new block, check the confirmed anchors that are not yet final."""
+        depth = self.settings.watch_blocks
+        if depth == 0:
+            return
+        head = self.ledger.head()
+        if head == self._watched_head:
+            return
+        for anchor in self.queue.watched(head - depth + 1):
+            assert anchor.tx_hash is not None  # noqa: S101 - confirmed anchors have one
+            receipt = self.ledger.receipt(anchor.tx_hash)
+            if receipt is not None and receipt.block_hash == anchor.block_hash:
+                continue
+            tx = "0x" + anchor.tx_hash.hex()
+            if receipt is not None and receipt.status == 1:
+                self.queue.mark_moved(anchor, receipt)
+                log.warning(
+                    "anchor of size %d (tx %s) moved from block %s to %d by a "
+                    "re-organisation; receipts made before name the old block",
+                    anchor.size,
+                    tx,
+                    anchor.block_number,
+                    receipt.block_number,
+                )
+            else:
+                self.queue.unconfirm(anchor, now_ms=now_ms)
+                log.warning(
+                    "anchor of size %d (tx %s) is no longer in block %s: a re-organisation "
+                    "took it away; following it again",
+                    anchor.size,
+                    tx,
+                    anchor.block_number,
+                )
+        self._watched_head = head
 
     def _observe(self, flight: Anchor) -> tuple[Observation, bytes | None]:
         """What the ledger shows of the anchor's transactions; and the hash of a mined one."""

@@ -293,6 +293,13 @@ class AnchorSection(_Section):
     priority_fee_gwei: float = _setting(
         1.0, "Tip per gas offered to the block producer, in gwei.", _not_negative
     )
+    watch_blocks: int = _setting(
+        64,
+        "After an anchor counts as confirmed, it is checked again with each new block until "
+        "its block is this deep: a re-organisation that moved it is noted, one that removed "
+        "it sends the same transaction again. 0: not watched.",
+        _between(0, 100_000),
+    )
     replace_after_seconds: float = _setting(
         120.0,
         "An anchor transaction the node holds but has not mined after this long is replaced: "

@@ -277,18 +277,20 @@ def _credentials(db: Database) -> None:
 
 
 def _anchor_txs(db: Database) -> None:
-    # Every transaction signed for an anchor. One that sits unmined is replaced by another
-    # with the same nonce and higher fees, and either may end up in a block: the gateway
-    # looks for all of them, so a checkpoint is never anchored twice.
+    # Every transaction signed for an anchor, with its bytes. One that sits unmined is
+    # replaced by another with the same nonce and higher fees, and either may end up in a
+    # block: the gateway looks for all of them, so a checkpoint is never anchored twice.
+    # The bytes of the one mined are kept with the anchor, to be sent again if a
+    # re-organisation takes its block away after it counted as confirmed.
     db.execute(
         "CREATE TABLE anchor_txs (tx_hash BLOB PRIMARY KEY, "
         "anchor_id INTEGER NOT NULL REFERENCES anchors(id), nonce INTEGER NOT NULL, "
-        "sent_ms INTEGER NOT NULL)"
+        "sent_ms INTEGER NOT NULL, raw BLOB)"
     )
     db.execute("CREATE INDEX anchor_txs_anchor ON anchor_txs(anchor_id, nonce)")
     db.execute(
-        "INSERT INTO anchor_txs (tx_hash, anchor_id, nonce, sent_ms) "
-        "SELECT tx_hash, id, nonce, sent_ms FROM anchors WHERE tx_hash IS NOT NULL"
+        "INSERT INTO anchor_txs (tx_hash, anchor_id, nonce, sent_ms, raw) "
+        "SELECT tx_hash, id, nonce, sent_ms, raw_tx FROM anchors WHERE tx_hash IS NOT NULL"
     )
 
 

@@ -10,6 +10,8 @@ Every checkpoint to be anchored is a row of ``anchors``::
       │                └──▶ queued  (its nonce went to another transaction, or it reverted)
       └──▶ superseded  (a newer checkpoint was sent first; it covers this one)
 
+    confirmed ──its block re-organised away──▶ sent  (the same bytes, followed again)
+
 Rules that make anchoring idempotent and lossless:
 
 * A row becomes ``sent`` — with its nonce, signed bytes and hash — in the same
@@ -192,6 +194,15 @@ class AnchorQueue:
     def last_confirmed(self) -> Anchor | None:
         return self._one("state = 'confirmed' ORDER BY size DESC", [])
 
+    def watched(self, from_block: int) -> list[Anchor]:
+        """Confirmed anchors in block ``from_block`` or later: not yet final, so watched."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM anchors WHERE state = 'confirmed' "  # noqa: S608
+            "AND block_number >= ? ORDER BY size",
+            [from_block],
+        )
+        return [_anchor(row) for row in rows]
+
     def anchored_for(self, seq: int) -> Anchor | None:
         """The smallest confirmed anchor whose tree contains entry ``seq``."""
         return self._one("state = 'confirmed' AND size > ? ORDER BY size", [seq])
@@ -284,9 +295,9 @@ class AnchorQueue:
 
     def _note_tx(self, anchor: Anchor, signed: SignedTx, now_ms: int) -> None:
         self._conn.execute(
-            "INSERT OR IGNORE INTO anchor_txs (tx_hash, anchor_id, nonce, sent_ms) "
-            "VALUES (?, ?, ?, ?)",
-            [signed.tx_hash, anchor.id, signed.nonce, now_ms],
+            "INSERT OR IGNORE INTO anchor_txs (tx_hash, anchor_id, nonce, sent_ms, raw) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [signed.tx_hash, anchor.id, signed.nonce, now_ms, signed.raw],
         )
 
     def mark_rebroadcast(self, anchor: Anchor, *, now_ms: int) -> None:
@@ -309,13 +320,39 @@ class AnchorQueue:
     def mark_confirmed(
         self, anchor: Anchor, receipt: TxReceipt, *, now_ms: int, tx_hash: bytes | None = None
     ) -> None:
-        """Anchored: by ``tx_hash`` when the ledger took one the newest replaced."""
+        """Anchored: by ``tx_hash`` when the ledger took one the newest replaced.
+
+        The bytes of the transaction mined stay with the anchor (see :meth:`unconfirm`).
+        """
         with write_transaction(self._conn):
             self._conn.execute(
                 "UPDATE anchors SET state = 'confirmed', block_number = ?, block_hash = ?, "
-                "confirmed_ms = ?, raw_tx = NULL, tx_hash = coalesce(?, tx_hash) "
+                "confirmed_ms = ?, tx_hash = coalesce(?, tx_hash), raw_tx = (SELECT t.raw "
+                "FROM anchor_txs t WHERE t.tx_hash = coalesce(?, anchors.tx_hash)) "
                 "WHERE id = ? AND state = 'sent'",
-                [receipt.block_number, receipt.block_hash, now_ms, tx_hash, anchor.id],
+                [receipt.block_number, receipt.block_hash, now_ms, tx_hash, tx_hash, anchor.id],
+            )
+
+    def mark_moved(self, anchor: Anchor, receipt: TxReceipt) -> None:
+        """A re-organisation put a confirmed anchor's transaction in another block."""
+        with write_transaction(self._conn):
+            self._conn.execute(
+                "UPDATE anchors SET block_number = ?, block_hash = ? "
+                "WHERE id = ? AND state = 'confirmed'",
+                [receipt.block_number, receipt.block_hash, anchor.id],
+            )
+
+    def unconfirm(self, anchor: Anchor, *, now_ms: int) -> None:
+        """A re-organisation took a confirmed anchor's block away: follow its transaction
+        again (``sent``, the same bytes), or queue it for a new one if its bytes are gone."""
+        with write_transaction(self._conn):
+            self._conn.execute(
+                "UPDATE anchors SET state = CASE WHEN raw_tx IS NULL THEN 'queued' "
+                "ELSE 'sent' END, nonce = CASE WHEN raw_tx IS NULL THEN NULL ELSE nonce END, "
+                "tx_hash = CASE WHEN raw_tx IS NULL THEN NULL ELSE tx_hash END, "
+                "sent_ms = ?, block_number = NULL, block_hash = NULL, confirmed_ms = NULL "
+                "WHERE id = ? AND state = 'confirmed'",
+                [now_ms, anchor.id],
             )
 
     def requeue(self, anchor: Anchor) -> None:

@@ -386,6 +386,37 @@ def test_anchor_priced_out_by_the_base_fee_is_replaced_and_anchored_once(
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_anchor_reorganised_away_after_confirmation_is_sent_again(
+    didgw: Run, anvil: Anvil, state: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    path, _, address = state
+    anvil.fund(address)
+    snapshot = anvil.rpc("evm_snapshot")
+    gateway = Gateway(path, write_config(tmp_path / "gw.toml", anvil))  # 1 confirmation
+    note(didgw, path, "confirmed, then re-orged")
+    gateway.start()
+    try:
+        assert wait_for(lambda: gateway.anchored_size() == 1), gateway.output()
+        [confirmed] = gateway.anchors()
+        anvil.rpc("evm_revert", snapshot)  # deeper than `confirmations`: the block is gone
+        anvil.fund(address)
+        assert wait_for(lambda: "took it away; following it again" in gateway.output())
+        tx = "0x" + confirmed.tx_hash.hex()
+        assert wait_for(lambda: anvil.rpc("eth_getTransactionReceipt", tx))  # sent again
+        assert wait_for(lambda: gateway.anchored_size() == 1), gateway.output()
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+    [again] = gateway.anchors()
+    assert again.tx_hash == confirmed.tx_hash  # the same transaction, once
+    block = anvil.rpc("eth_getBlockByNumber", hex(again.block_number), False)
+    assert bytes.fromhex(block["hash"][2:]) == again.block_hash  # where it is now
+    assert anvil.transactions_from(address) == 1
+    out = tmp_path / "receipt.json"
+    assert didgw("receipt", "0", "-o", str(out), "--state-dir", str(path)).returncode == 0
+    checked = didgw("verify-receipt", str(out), "--rpc", anvil.url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 # -- bad configuration ------------------------------------------------------------------------
 
 

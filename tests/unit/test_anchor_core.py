@@ -252,7 +252,8 @@ def test_a_replaced_transaction_is_still_looked_for(db, account: LedgerAccount) 
     # The ledger took the first one: that is the anchor's transaction.
     queue.mark_confirmed(flight, RECEIPT, now_ms=5, tx_hash=sent.tx_hash)
     done = queue.last_confirmed()
-    assert done is not None and done.tx_hash == sent.tx_hash and done.raw_tx is None
+    assert done is not None and done.tx_hash == sent.tx_hash
+    assert done.raw_tx == sent.raw_tx  # the bytes of the one mined, to send again if need be
 
 
 def test_an_anchor_sent_before_replacements_existed_is_still_looked_for(
@@ -301,7 +302,7 @@ def test_queue_lifecycle_supersedes_older_checkpoints(db, account: LedgerAccount
     assert flight is not None and flight.sends == 2
     queue.mark_confirmed(flight, RECEIPT, now_ms=7)
     done = queue.last_confirmed()
-    assert done is not None and done.raw_tx is None and done.block_number == 10
+    assert done is not None and done.raw_tx == signed.raw and done.block_number == 10
     assert queue.anchored_for(0) == done and queue.anchored_for(2) == done
     assert queue.anchored_for(3) is None
 

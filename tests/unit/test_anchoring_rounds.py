@@ -5,8 +5,9 @@ a crash after the anchor is recorded as sent but before its bytes reach the node
 window is a few microseconds), and a transaction replaced in this node's pool that another
 node mines after all (anvil is one node). Here the ledger is a small in-memory stand-in
 whose ``send_raw`` fails once, exactly in that window, and which can mine a transaction it
-no longer holds. The fee rules of a replacement are also checked here, with exact numbers;
-anvil shows the same replacement working for real.
+no longer holds. The fee rules of a replacement are also checked here, with exact numbers,
+and re-organisations of exact shapes (a transaction moved to another block, one deeper than
+``watch_blocks``); anvil shows replacement and a re-organised confirmed anchor for real.
 """
 
 from __future__ import annotations
@@ -112,9 +113,15 @@ def parts(tmp_path: Path):
     db.close()
 
 
-def anchorer(db, signer: Signer, ledger: MemoryLedger, account: LedgerAccount) -> Anchorer:
+def anchorer(
+    db, signer: Signer, ledger: MemoryLedger, account: LedgerAccount, *, watch_blocks: int = 64
+) -> Anchorer:
     settings = AnchorSection(
-        enabled=True, every_seconds=1.0, confirmations=1, replace_after_seconds=30.0
+        enabled=True,
+        every_seconds=1.0,
+        confirmations=1,
+        replace_after_seconds=30.0,
+        watch_blocks=watch_blocks,
     )
     return Anchorer(
         settings,
@@ -251,3 +258,74 @@ def test_no_replacement_above_the_cap(parts) -> None:
     worker.round(12.5)
     done = queue.last_confirmed()
     assert done is not None and done.tx_hash == flight.tx_hash and len(ledger.mined) == 1
+
+
+def confirmed_once(parts, *, watch_blocks: int = 64) -> tuple[MemoryLedger, Anchorer, AnchorQueue]:
+    """One entry, anchored and confirmed (the ledger mines at once)."""
+    db, signer, chain = parts
+    ledger = MemoryLedger()
+    account = LedgerAccount(keystore.generate_ledger_key())
+    worker = anchorer(db, signer, ledger, account, watch_blocks=watch_blocks)
+    chain.append("note", signer.did, b"one", now_ms=1)
+    worker.round(10.0)
+    worker.round(10.1)
+    queue = AnchorQueue(db)
+    assert queue.counts()["confirmed"] == 1
+    return ledger, worker, queue
+
+
+def test_an_anchor_reorganised_away_after_it_was_confirmed_is_sent_again(parts, caplog) -> None:
+    ledger, worker, queue = confirmed_once(parts)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash is not None
+    # A re-organisation: the block with the anchor is replaced by two without it.
+    del ledger.mined[done.tx_hash]
+    ledger.blocks[-1:] = [[], []]
+    worker.round(11.0)
+    assert "took it away; following it again" in caplog.text
+    worker.round(11.1)
+    again = queue.last_confirmed()
+    assert again is not None and again.tx_hash == done.tx_hash  # the same bytes, once
+    assert again.block_number == ledger.head() and again.block_number != done.block_number
+    assert list(ledger.mined) == [done.tx_hash]
+
+
+def test_an_anchor_moved_to_another_block_is_noted_not_sent_again(parts, caplog) -> None:
+    ledger, worker, queue = confirmed_once(parts)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash is not None
+    ledger.blocks[-1:] = [[], [done.tx_hash]]  # re-organised into the next block
+    ledger.mined[done.tx_hash] = ledger.head()
+    worker.round(11.0)
+    moved = queue.last_confirmed()
+    assert moved is not None and moved.block_number == ledger.head() and moved.sends == 1
+    assert f"moved from block {done.block_number} to {ledger.head()}" in caplog.text
+
+
+def test_an_anchor_deeper_than_watch_blocks_is_final(parts) -> None:
+    ledger, worker, queue = confirmed_once(parts, watch_blocks=3)
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash is not None
+    ledger.blocks += [[], [], []]  # three blocks on top: four deep
+    worker.round(11.0)
+    del ledger.mined[done.tx_hash]  # (a re-organisation this deep is not looked for)
+    ledger.blocks.append([])
+    worker.round(12.0)
+    assert queue.last_confirmed() == done
+
+
+def test_an_anchor_confirmed_without_its_bytes_kept_is_anchored_anew(parts) -> None:
+    # Anchors confirmed before the bytes were kept cannot be sent again as they were.
+    ledger, worker, queue = confirmed_once(parts)
+    db = parts[0]
+    db.execute("UPDATE anchors SET raw_tx = NULL")
+    done = queue.last_confirmed()
+    assert done is not None and done.tx_hash is not None
+    del ledger.mined[done.tx_hash]
+    ledger.blocks[-1:] = [[], []]
+    worker.round(11.0)
+    assert queue.counts()["confirmed"] == 0  # queued again, and sent from there
+    worker.round(11.1)
+    anew = queue.last_confirmed()
+    assert anew is not None and anew.size == done.size and anew.sends == 2
+    assert list(ledger.mined) == [anew.tx_hash]  # (signed anew: same nonce, same bytes here)
