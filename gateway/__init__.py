@@ -1,9 +1,15 @@
 """didgw: a DID authentication gateway for the IoT edge.
 
-The package is split into a sans-IO core (``identity``, ``registry`` and, as the
-product grows, ``creds``, ``auth``, ``chain``, ``energy``, ``anchor``) and thin
-edges (``transports``, ``service``, ``cli``). Core modules never import the
-edges; they take time and randomness as arguments.
+One folder per layer, imports pointing down only:
+
+* foundations, at the root: ``errors``, ``config``, ``db`` and ``migrations``;
+* the sans-IO core: ``identity``, ``credentials``, ``registry``, ``auth``, ``chain``,
+  ``anchor``, ``energy``, ``market`` (time, randomness and the network come in as arguments);
+* the edges: ``transports`` (one outside protocol each), ``service`` (the composition root),
+  ``run`` (the running parts of ``didgw run``), ``ops`` (health, metrics, status, systemd,
+  logs) and ``cli`` (the ``didgw`` command, which nothing imports).
+
+``tests/unit/test_layers.py`` holds the rules.
 
 Importing this package must stay cheap: ``didgw --help`` imports it.
 """

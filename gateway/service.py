@@ -1,8 +1,9 @@
 """Composition root: the one place that builds the gateway's parts from its configuration.
 
-The CLI and (later) the long-running service call :func:`init_gateway` and
-:func:`open_gateway`; nothing else wires core objects to files, the network or
-the clock.
+The CLI and ``didgw run`` call :func:`init_gateway` and :func:`open_gateway`, and build
+the resolver, the credential issuer and the status lists here; nothing else wires core
+objects to files, the network or the clock. It may import every layer below the running
+parts (foundations, the core, ``transports/``), and nothing imports it from the core.
 
 State directory layout::
 
@@ -27,11 +28,19 @@ from sqlite_utils import Database
 from gateway import db as database
 from gateway.chain.store import ChainStore
 from gateway.config import Config
+from gateway.credentials.issuer import CredentialIssuer
+from gateway.credentials.status_source import StatusLists
 from gateway.errors import KeyStoreError, StateError
 from gateway.identity import keystore
 from gateway.identity.cache import SqliteResolutionCache
 from gateway.identity.did_key import did_from_public_key
-from gateway.identity.resolver import DidResolver, Freshness, MemoryCache, ResolutionCache
+from gateway.identity.resolver import (
+    DidResolver,
+    Freshness,
+    MemoryCache,
+    ResolutionCache,
+    Resolver,
+)
 from gateway.identity.signing import Signer
 from gateway.registry import Registry
 
@@ -90,6 +99,14 @@ class Gateway:
         chain.add_checkpoint(chain.size, root, int(now * 1000), text)
         return text
 
+    def issuer(self) -> CredentialIssuer:
+        """The gateway's credential issuer, on this gateway's database connection."""
+        return build_issuer(self.config, self.db, self.did)
+
+    def status_lists(self, issuer: CredentialIssuer) -> StatusLists:
+        """Status lists as this gateway checks them (its own from ``issuer``)."""
+        return build_status_lists(self.config, self.resolver, issuer)
+
     def close(self) -> None:
         self.db.close()
 
@@ -123,6 +140,31 @@ def build_resolver(config: Config, cache: ResolutionCache | None = None) -> DidR
         did_web=r.did_web,
         universal_resolver=r.universal_resolver,
         allow_http_localhost=r.allow_http_localhost,
+    )
+
+
+def build_issuer(config: Config, db: Database, gateway_did: str) -> CredentialIssuer:
+    """The gateway's credential issuer on ``db`` (one per thread: each has its connection)."""
+    c = config.credentials
+    return CredentialIssuer(
+        db,
+        gateway_did=gateway_did,
+        list_url=c.status_list_url,
+        validity_seconds=c.validity_days * 86400,
+        status_valid_seconds=c.status_valid_seconds,
+    )
+
+
+def build_status_lists(config: Config, resolver: Resolver, issuer: CredentialIssuer) -> StatusLists:
+    """Our own list from ``issuer``'s database; others' fetched, under the resolver's freshness."""
+    from gateway.transports.http import make_fetch
+
+    r = config.resolver
+    return StatusLists(
+        resolver=resolver,
+        freshness=Freshness(ttl=r.cache_ttl, max_stale=r.cache_max_stale),
+        local=issuer.local_list,
+        fetch=make_fetch(timeout=r.timeout, max_bytes=1 << 20, ca_file=r.ca_file),
     )
 
 

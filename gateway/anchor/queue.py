@@ -28,7 +28,7 @@ Rules that make anchoring idempotent and lossless:
   loses its anchor and the ledger gets one transaction instead of a backlog.
 
 :func:`next_step` is the pure decision for the anchor in flight; the edge
-(``gateway/anchoring.py``) gathers the :class:`Observation` and carries out the
+(``gateway/run/anchoring.py``) gathers the :class:`Observation` and carries out the
 :class:`Step`.
 """
 

@@ -1,7 +1,8 @@
 """Devices proving who they are, and the checks on what they send: the sans-IO core.
 
-Nothing here opens a socket, starts a thread or reads the clock; the MQTT transport
-hands in payloads and the time and publishes what comes back.
+Nothing here opens a socket, starts a thread or reads the clock; the MQTT and CoAP sides
+(``run/``) hand in payloads and the time and send what comes back. May import the
+foundations and the core below it (``identity``, ``credentials``, ``registry``, ``chain``).
 
 * ``messages``: the auth messages of the wire protocol, parsed strictly;
 * ``secret``: the broker password, encrypted to the device's one-time X25519 key;

@@ -66,7 +66,7 @@ DEFAULT_ACL_ACCESS: dict[str, bool] = {
 
 #: The plugin's answers (mosquitto 2.0) that mean a policy command found its work done:
 #: pass them as ``ok_errors`` with the policy commands, which are safe to apply repeatedly.
-#: The shared-subscription group of the gateway's reading verifiers (gateway/verifiers.py).
+#: The shared-subscription group of the gateway's reading verifiers (gateway/run/workers.py).
 VERIFY_SHARE_GROUP = "didgw-verify"
 
 POLICY_OK_ERRORS = frozenset(

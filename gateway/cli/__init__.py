@@ -1,7 +1,8 @@
 """The ``didgw`` command: each subcommand is a few lines over a library call.
 
 One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
-``running``, ``settings``), each declaring its parsers next to its handlers. Start-up must
+``energy``, ``credentials``, ``running``, ``settings``), each declaring its parsers next to
+its handlers; ``demo`` is ``didgw demo``. Nothing imports this package. Start-up must
 stay fast (``didgw --help`` well under 0.3 s on a Pi), so only the standard
 library is imported until a command runs. Exit status: 0 done, 1 refused (the
 message says why), 2 usage error.

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.cli._base import (
     CommandTree,
@@ -18,6 +19,32 @@ from gateway.cli._base import (
     print_json,
     when,
 )
+
+MAX_FILE_BYTES = 64 * 1024
+
+
+def read_credential_file(path: Path) -> tuple[str, Any]:
+    """("vc", the JSON) or ("sd-jwt", the text) from a file; refuse anything else."""
+    from gateway.errors import CredentialError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CredentialError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise CredentialError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CredentialError(f"{path} is not UTF-8 text") from None
+    if text.startswith("{"):
+        try:
+            return "vc", json.loads(text)
+        except ValueError as exc:
+            raise CredentialError(f"{path} is not valid JSON: {exc}") from None
+    if "~" in text:
+        return "sd-jwt", text
+    raise CredentialError(f"{path} holds neither a JSON credential nor an SD-JWT")
 
 
 def _claims(items: list[str]) -> dict[str, str]:
@@ -59,13 +86,11 @@ def _write_new(path: str | None, text: str, fd: int | None = None) -> None:
 def cmd_cred_issue(args: argparse.Namespace) -> int:
     import secrets
 
-    from gateway.credentialing import issuer_for
-
     claims = _claims(args.claim)
     fd = _create(args.output) if args.output else None
     try:
         with open_gateway(args) as gateway:
-            issued = issuer_for(gateway).issue(
+            issued = gateway.issuer().issue(
                 args.type,
                 args.subject,
                 claims,
@@ -85,10 +110,8 @@ def cmd_cred_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_list(args: argparse.Namespace) -> int:
-    from gateway.credentialing import issuer_for
-
     with open_gateway(args) as gateway:
-        records = issuer_for(gateway).records()
+        records = gateway.issuer().records()
     if args.json:
         print_json([r.to_json() for r in records])
         return 0
@@ -102,10 +125,8 @@ def cmd_cred_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_revoke(args: argparse.Namespace) -> int:
-    from gateway.credentialing import issuer_for
-
     with open_gateway(args) as gateway:
-        record = issuer_for(gateway).revoke(
+        record = gateway.issuer().revoke(
             args.id, by=actor(args), reason=args.reason, now=time.time()
         )
     print(f"revoked {record.id} (status bit {record.status_index})")
@@ -113,14 +134,13 @@ def cmd_cred_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_verify(args: argparse.Namespace) -> int:
-    from gateway.credentialing import issuer_for, read_credential_file, status_lists_for
     from gateway.credentials.sd_jwt import verify_presentation
     from gateway.credentials.vc import CredentialInvalid, verify_credential
     from gateway.errors import DidgwError
 
     form, content = read_credential_file(Path(args.file))
     with open_gateway(args) as gateway:
-        status = status_lists_for(gateway, issuer_for(gateway))
+        status = gateway.status_lists(gateway.issuer())
         now = time.time()
         try:
             if form == "vc":
@@ -169,7 +189,6 @@ def cmd_cred_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_present(args: argparse.Namespace) -> int:
-    from gateway.credentialing import read_credential_file
     from gateway.credentials.sd_jwt import present
     from gateway.errors import CredentialError
     from gateway.identity import keystore

@@ -8,8 +8,8 @@ from gateway.cli._base import CommandTree, load_config, state_dir
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway import logs
-    from gateway.runner import run
+    from gateway.ops import logs
+    from gateway.run.runner import run
 
     config = load_config(args)
     logs.configure()
@@ -22,8 +22,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     and what the database holds. Exit 0 when the gateway answers and every connection is
     up, 1 otherwise (for scripts and monitoring)."""
     from gateway.db import DB_NAME, open_read_only
-    from gateway.health import stored_health
-    from gateway.status import live_health, render_status
+    from gateway.ops.health import stored_health
+    from gateway.ops.status import live_health, render_status
 
     config = load_config(args)
     directory = state_dir(args, config)
@@ -39,8 +39,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole product for a minute, on loopback (see gateway/demo.py)."""
-    from gateway.demo import run
+    """The whole product for a minute, on loopback (see gateway/cli/demo.py)."""
+    from gateway.cli.demo import run
 
     return run(args.seconds, keep=args.keep)
 

@@ -1,7 +1,8 @@
 """Who is who: keys, DIDs, DID documents, resolution and the signing recipes.
 
 The public surface is re-exported here; callers use these names, not the
-modules behind them.
+modules behind them. The bottom of the core: it imports only ``errors``; network fetching
+comes in as a function (``transports/http.py`` makes it).
 """
 
 from gateway.identity.did_key import DidKey, did_from_public_key, parse_did_key, resolve_did_key

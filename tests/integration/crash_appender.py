@@ -13,7 +13,7 @@ import time
 
 from gateway.chain.store import ChainStore
 from gateway.db import connect
-from gateway.recorder import Recorder
+from gateway.run.recorder import Recorder
 
 DEVICE = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 

@@ -26,7 +26,6 @@ from support import ROOT, Run, load_device_module
 
 from gateway.chain.store import ChainStore
 from gateway.config import load_config
-from gateway.credentialing import issuer_for
 from gateway.db import connect
 from gateway.service import open_gateway
 
@@ -278,7 +277,7 @@ def test_presentations_for_another_nonce_or_audience_or_expired_are_refused(
     _, credential = site.issue("facility-manager", bob.did, "bob")
     with open_gateway_state(site) as gateway:
         expired = (
-            issuer_for(gateway)
+            gateway.issuer()
             .issue(
                 "facility-manager",
                 bob.did,

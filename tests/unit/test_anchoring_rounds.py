@@ -19,12 +19,12 @@ import pytest
 from gateway.anchor.account import Fees, LedgerAccount
 from gateway.anchor.ledger import LedgerUnavailable, TxReceipt
 from gateway.anchor.queue import AnchorQueue
-from gateway.anchoring import Anchorer
 from gateway.chain.store import ChainStore
 from gateway.config import AnchorSection
 from gateway.db import connect, migrate
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
+from gateway.run.anchoring import Anchorer
 
 
 class MemoryLedger:

@@ -21,12 +21,12 @@ from gateway.auth import ReadingChecker, ReadingRefused
 from gateway.auth.coap_auth import AUTH_COSE_TYP, GRANT_COSE_TYP, CoapAuthenticator
 from gateway.auth.messages import AuthRefused
 from gateway.auth.readings import READING_COSE_TYP, READING_REASONS
-from gateway.coap_devices import CoapDevices, PeerLimiter, code_of
 from gateway.identity import offline_resolver
 from gateway.identity.cose import CoseError, Sign1, sig_structure, sign1
 from gateway.identity.keystore import generate_key
 from gateway.identity.signing import Signer
 from gateway.registry import Status
+from gateway.run.coap_devices import CoapDevices, PeerLimiter, code_of
 from gateway.transports.coap import CoapRequest
 
 NOW = 1_700_000_000_000

@@ -15,9 +15,9 @@ from gateway.db import connect, migrate
 from gateway.identity import offline_resolver, sign_jws
 from gateway.identity.keystore import generate_key
 from gateway.identity.signing import Signer
-from gateway.ingest import REORDER_WINDOW, ReadingPipeline
-from gateway.recorder import Recorder
 from gateway.registry import Status
+from gateway.run.ingest import REORDER_WINDOW, ReadingPipeline
+from gateway.run.recorder import Recorder
 
 NOW = 1_700_000_000_000
 

@@ -12,7 +12,7 @@ import pytest
 from gateway.chain.store import ChainError, ChainStore
 from gateway.db import connect, migrate
 from gateway.errors import DidgwError
-from gateway.recorder import Recorder, RecorderClosed
+from gateway.run.recorder import Recorder, RecorderClosed
 
 DEVICE = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.mqtt_devices import _LogBudget
+from gateway.run.mqtt_devices import _LogBudget
 
 
 def test_refusal_logging_is_rate_limited() -> None:

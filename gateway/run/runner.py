@@ -24,27 +24,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics
 from gateway.auth.handshake import Authenticator
 from gateway.auth.readings import ReadingChecker
 from gateway.chain.store import ChainStore
 from gateway.config import SECTIONS, Config, load_config
 from gateway.db import DB_NAME, connect
-from gateway.energy_running import MarketSide, MeterSide
 from gateway.errors import ConfigError, DidgwError
-from gateway.health import Health
 from gateway.identity import keystore
-from gateway.ingest import ReadingPipeline
-from gateway.mqtt_devices import MqttDevices
-from gateway.recorder import Recorder, writer_lock_path
+from gateway.ops import metrics
+from gateway.ops.health import Health
+from gateway.ops.sdnotify import Notifier
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
-from gateway.sdnotify import Notifier
+from gateway.run.disk import StorageGuard
+from gateway.run.energy import MarketSide, MeterSide
+from gateway.run.ingest import ReadingPipeline
+from gateway.run.mqtt_devices import MqttDevices
+from gateway.run.recorder import Recorder, writer_lock_path
+from gateway.run.workers import VerifierPool, WorkerSettings
 from gateway.service import Gateway, open_gateway
-from gateway.storage import StorageGuard
 from gateway.transports.dynsec import DynsecAdmin
 from gateway.transports.mqtt import MqttLink
-from gateway.verifiers import VerifierPool, WorkerSettings
 
 log = logging.getLogger("didgw")
 
@@ -74,7 +74,7 @@ class _MqttSide:
         self.watcher: asyncio.Task[None] | None = None
         self.pool: VerifierPool | None = None
         self.authenticator: Authenticator | None = None
-        self.people: Any = None  # gateway.mqtt_people.MqttPeople with [credentials] enabled
+        self.people: Any = None  # gateway.run.mqtt_people.MqttPeople with [credentials] enabled
         self.people_watcher: asyncio.Task[None] | None = None
 
     def report_to(self, health: Health, pipeline: ReadingPipeline) -> None:
@@ -184,7 +184,7 @@ class _MqttSide:
         if not config.credentials.enabled or self.broker is None:
             return None
         from gateway.auth.wallet import WalletAuthenticator
-        from gateway.mqtt_people import MqttPeople, PeopleDesk
+        from gateway.run.mqtt_people import MqttPeople, PeopleDesk
 
         desk = PeopleDesk(config, connect(state_dir / DB_NAME), gateway.did)
         signer = gateway.signer(env)
@@ -246,7 +246,7 @@ class _CoapSide:
         self, config: Config, env: Mapping[str, str], gateway: Gateway, pipeline: ReadingPipeline
     ) -> None:
         from gateway.auth.coap_auth import CoapAuthenticator
-        from gateway.coap_devices import READINGS_PATH, CoapDevices
+        from gateway.run.coap_devices import READINGS_PATH, CoapDevices
         from gateway.transports.coap import CoapServer
 
         coap = config.coap
@@ -261,9 +261,7 @@ class _CoapSide:
         )
         status_list = None
         if config.credentials.enabled:
-            from gateway.credentialing import issuer_for
-
-            issuer, signer = issuer_for(gateway), gateway.signer(env)
+            issuer, signer = gateway.issuer(), gateway.signer(env)
 
             def status_list() -> bytes:
                 credential = issuer.status_list_credential(signer, now=time.time())
@@ -368,7 +366,7 @@ class _Parts:
                 raise ConfigError(f"{config.source}: [market] needs [mqtt] enabled")
             self.market = MarketSide(config, self.state_dir, gateway, gateway.signer(env))
         if config.anchor.enabled:  # its own thread and connection; never blocks readings
-            from gateway.anchoring import AnchorLoop, build_anchorer
+            from gateway.run.anchoring import AnchorLoop, build_anchorer
 
             self.anchoring = AnchorLoop(build_anchorer(config, self.state_dir, env, gateway))
             self.anchoring.start()

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
 from gateway.chain.store import ChainStore, Entry
 from gateway.errors import DidgwError
-from gateway.recorder import Recorder
-from gateway.storage import StorageGuard
+from gateway.run.disk import StorageGuard
+from gateway.run.recorder import Recorder
 
 log = logging.getLogger(__name__)
 

@@ -36,16 +36,14 @@ from gateway.auth.messages import AuthRefused
 from gateway.auth.wallet import PersonGrant, WalletAuthenticator
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.config import Config
-from gateway.credentialing import status_lists
-from gateway.credentials.issuer import CredentialIssuer
 from gateway.credentials.permissions import Permissions
 from gateway.credentials.sd_jwt import VerifiedSdJwt, verify_presentation
 from gateway.db import write_transaction
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.signing import Signer
-from gateway.mqtt_devices import AccountLock
 from gateway.registry import Registry
-from gateway.service import build_resolver
+from gateway.run.mqtt_devices import AccountLock
+from gateway.service import build_issuer, build_resolver, build_status_lists
 from gateway.transports.dynsec import DynsecAdmin
 
 log = logging.getLogger(__name__)
@@ -72,14 +70,8 @@ class PeopleDesk:
         self.resolver = build_resolver(config)
         self.chain = ChainStore(db)
         self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
-        self.issuer = CredentialIssuer(
-            db,
-            gateway_did=gateway_did,
-            list_url=c.status_list_url,
-            validity_seconds=c.validity_days * 86400,
-            status_valid_seconds=c.status_valid_seconds,
-        )
-        self.status = status_lists(config, self.resolver, self.issuer)
+        self.issuer = build_issuer(config, db, gateway_did)
+        self.status = build_status_lists(config, self.resolver, self.issuer)
         self.max_kb_age = float(c.presentation_max_age_seconds)
         self.skew = float(config.mqtt.clock_skew_seconds)
 

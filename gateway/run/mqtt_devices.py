@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
 from gateway.auth.handshake import Authenticator, Grant
-from gateway.ingest import ReadingPipeline
 from gateway.registry import Registry
+from gateway.run.ingest import ReadingPipeline
 from gateway.transports.dynsec import DynsecAdmin, DynsecError
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway.auth.broker import shared_readings_filter
 from gateway.errors import DidgwError
-from gateway.ingest import ReadingPipeline
+from gateway.run.ingest import ReadingPipeline
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from gateway import logs
-    from gateway.ingest import Ack
+    from gateway.ops import logs
+    from gateway.run.ingest import Ack
     from gateway.transports.mqtt import set_nodelay
 
     logs.configure()
@@ -223,11 +223,11 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
     from gateway.chain.store import ChainStore
     from gateway.db import DB_NAME, connect
     from gateway.identity.cache import SqliteResolutionCache
-    from gateway.recorder import Recorder, writer_lock_path
     from gateway.registry import Registry
     from gateway.registry.status_cache import StatusCache
+    from gateway.run.disk import StorageGuard
+    from gateway.run.recorder import Recorder, writer_lock_path
     from gateway.service import build_resolver
-    from gateway.storage import StorageGuard
 
     config = settings.config
     path = settings.state_dir / DB_NAME

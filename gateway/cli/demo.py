@@ -38,10 +38,10 @@ from typing import IO, Any
 
 from gateway.auth import broker as policy
 from gateway.errors import DidgwError
-from gateway.status import live_health
+from gateway.ops.status import live_health
 from gateway.transports.dynsec import DynsecAdmin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIM = ROOT / "firmware-sim"
 ANVIL = ROOT / "scripts" / "anvil" / "node_modules" / ".bin" / "anvil"
 FLEET = 20  # MQTT sensors

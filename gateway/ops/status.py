@@ -11,7 +11,7 @@ from __future__ import annotations
 import urllib.request
 from dataclasses import dataclass, field
 
-from gateway.health import StoredHealth
+from gateway.ops.health import StoredHealth
 
 
 @dataclass

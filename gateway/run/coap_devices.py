@@ -45,7 +45,7 @@ import cbor2
 from gateway.auth.coap_auth import CoapAuthenticator, CoapSessions
 from gateway.auth.messages import AuthRefused
 from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
-from gateway.ingest import Ack, ReadingPipeline
+from gateway.run.ingest import Ack, ReadingPipeline
 from gateway.transports.coap import CBOR, COSE_SIGN1, CoapRequest, CoapResponse, Route
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from gateway.config import Config
 from gateway.db import DB_NAME, connect
 from gateway.energy.meter import MeterRecorder, meters
 from gateway.energy.p1 import P1Splitter, Telegram
-from gateway.health import Health
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 from gateway.market.service import Market, MarketSettings, Message
+from gateway.ops.health import Health
 from gateway.registry import Registry, Status
 from gateway.service import Gateway, build_resolver
 from gateway.transports.serial import SerialReader, SerialSettings

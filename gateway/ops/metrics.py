@@ -1,8 +1,8 @@
 """Prometheus metrics of the running gateway (prometheus-client), served on loopback.
 
-Everything is collected when scraped, from :class:`gateway.health.Health`
+Everything is collected when scraped, from :class:`gateway.ops.health.Health`
 (live counts kept by the parts that own them) and the database
-(:func:`gateway.health.stored_health`, on a read-only connection opened for the
+(:func:`gateway.ops.health.stored_health`, on a read-only connection opened for the
 scrape): nothing is counted twice, and nothing on the reading path waits for
 the exporter.
 """
@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway.db import open_read_only
-from gateway.health import Health, stored_health
+from gateway.ops.health import Health, stored_health
 
 log = logging.getLogger(__name__)
 
