@@ -34,7 +34,7 @@ from gateway.chain.check import check_database
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.chain.verify import verify_inclusion
 from gateway.db import connect, migrate
-from gateway.recorder import Recorder
+from gateway.run.recorder import Recorder
 
 DEVICES = [f"did:key:z6Mk{'abcdefghijk'[i % 11]}{i:040d}" for i in range(50)]
 PAYLOAD = b"x" * 200
