@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import socket
@@ -65,14 +64,11 @@ asyncio.run(main())
 
 
 def load_sensor() -> Any:
-    path = ROOT / "firmware-sim" / "coap_sensor.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("coap_sensor", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["coap_sensor"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    """firmware-sim/coap_sensor.py, imported by name as the simulators import each other."""
+    sys.path.insert(0, str(ROOT / "firmware-sim"))
+    import coap_sensor
+
+    return coap_sensor
 
 
 def free_port() -> int:

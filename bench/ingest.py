@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -71,22 +70,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
-
+# The gateway from this checkout; firmware-sim/ holds scripts that import each other by name.
+sys.path[:0] = [str(ROOT), str(ROOT / "firmware-sim")]
 
 # The device side: only what a device vendor has (firmware-sim shares no code with gateway/).
-dev = _load("firmware_device", ROOT / "firmware-sim" / "device.py")
-# The broker: the test suite's helper (dynamic security, the gateway's policy and account).
-brokers = _load("didgw_test_broker", ROOT / "tests" / "integration" / "broker.py")
+import device as dev  # noqa: E402
+
+# The broker: the gateway's private-broker launcher (dynamic security, its policy and account).
+from gateway.ops import broker as brokers  # noqa: E402
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
 WINDOW = 1_000  # unacknowledged QoS 1 publishes per client at most (paho allows 65,535)
@@ -815,18 +806,6 @@ def bench_readings(conn: dict, pids: dict, keys: list[bytes], s: dict, alive) ->
     }
 
 
-class Broker(brokers.Mosquitto):
-    """The test suite's broker (``set_tcp_nodelay true``), optionally without it."""
-
-    def __init__(self, directory: Path, *, nodelay: bool) -> None:
-        super().__init__(directory)
-        self.nodelay = nodelay
-
-    def _config(self) -> str:
-        config = super()._config()
-        return config if self.nodelay else config.replace("set_tcp_nodelay true\n", "")
-
-
 def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
     """The gateway's state (``didgw init``), its config, and the devices' keys."""
     state, config = tmp / "state", tmp / "gateway.toml"
@@ -845,7 +824,7 @@ def run(s: dict, tmp: Path) -> dict:
     missing = brokers.missing_tools()
     if missing:
         raise SystemExit(f"{missing}: run scripts/setup.sh")
-    broker = Broker(tmp / "mosquitto", nodelay=s["tcp_nodelay"])
+    broker = brokers.PrivateBroker(tmp / "mosquitto", tcp_nodelay=s["tcp_nodelay"])
     gateway: Gateway | None = None
     out: dict = {}
     try:

@@ -23,31 +23,18 @@ JSON object with the figures.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+# bench/ is this script's folder, so its neighbour is imported by name (and sets the paths).
+import ingest
 
 PER_PROCESS = 150  # devices per load process: each holds three descriptors in paho
-ingest = _load("didgw_bench_ingest", ROOT / "bench" / "ingest.py")
 dev = ingest.dev
 
 
@@ -160,7 +147,7 @@ def run(s: dict, tmp: Path) -> dict:
     missing = ingest.brokers.missing_tools()
     if missing:
         raise SystemExit(f"{missing}: run scripts/setup.sh")
-    broker = ingest.Broker(tmp / "mosquitto", nodelay=True)
+    broker = ingest.brokers.PrivateBroker(tmp / "mosquitto")
     gateway = None
     try:
         broker.setup()

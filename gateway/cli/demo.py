@@ -18,11 +18,9 @@ Ctrl-C (or any failure) stops every process it started.
 from __future__ import annotations
 
 import contextlib
-import glob
-import importlib.util
+import importlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -36,35 +34,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.auth import broker as policy
 from gateway.errors import DidgwError
+from gateway.ops.broker import PrivateBroker, free_port
 from gateway.ops.status import live_health
-from gateway.transports.dynsec import DynsecAdmin
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM = ROOT / "firmware-sim"
 ANVIL = ROOT / "scripts" / "anvil" / "node_modules" / ".bin" / "anvil"
 FLEET = 20  # MQTT sensors
 INTERVAL = 10  # seconds per market interval
+FORGED_SEQ, REPLAYED_SEQ = 7, 1  # the intruder's two attacks, told apart by their seq
 
 
 class DemoError(DidgwError):
     code = "demo_failed"
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Demo:
     """The demo's processes and files; :meth:`close` stops and removes everything."""
 
-    def __init__(self, seconds: float, keep: bool) -> None:
+    def __init__(self, seconds: float, keep: bool, state_dir: Path | None = None) -> None:
         self.seconds, self.keep = seconds, keep
         self.tmp = Path(tempfile.mkdtemp(prefix="didgw-demo-"))
-        self.state = self.tmp / "state"
+        self.state = state_dir or self.tmp / "state"
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.logs: list[IO[bytes]] = []
         self.ports = {
@@ -74,7 +66,7 @@ class Demo:
             "metrics": free_port(),
         }
         self.env = {**os.environ, "DIDGW_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
-        self.gateway_password = secrets.token_urlsafe(18)
+        self.broker = PrivateBroker(self.tmp / "mosquitto", port=self.ports["mqtt"])
 
     # -- processes ---------------------------------------------------------------------
 
@@ -119,55 +111,21 @@ class Demo:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.broker.stop()
         for log in self.logs:
             log.close()
         if self.keep:
             say(f"files kept in {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.state.is_relative_to(self.tmp):
+            say(f"the gateway's state kept in {self.state}")
 
     # -- the parts -----------------------------------------------------------------------
 
     def start_broker(self) -> None:
-        plugins = glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") + glob.glob(
-            "/usr/lib/mosquitto_dynamic_security.so"
-        )
-        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not plugins or not Path(mosquitto).exists() or not shutil.which("mosquitto_ctrl"):
-            raise DemoError("mosquitto with its dynamic-security plugin is missing: run setup")
-        directory = self.tmp / "mosquitto"
-        directory.mkdir()
-        dynsec, admin_password = directory / "dynamic-security.json", secrets.token_urlsafe(18)
-        subprocess.run(
-            ["mosquitto_ctrl", "dynsec", "init", str(dynsec), "admin", admin_password],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        import pwd
-
-        conf = directory / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.ports['mqtt']} 127.0.0.1\nallow_anonymous true\n"
-            f"plugin {plugins[0]}\nplugin_opt_config_file {dynsec}\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 100\nset_tcp_nodelay true\n"
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        )
-        self.spawn("mosquitto", [mosquitto, "-c", str(conf)])
-        wait_for_port(self.ports["mqtt"], "mosquitto")
-        admin = DynsecAdmin("127.0.0.1", self.ports["mqtt"], "admin", admin_password)
-        admin.connect()
-        try:
-            admin.execute(
-                [
-                    *policy.anonymous_policy_commands("didgw"),
-                    *policy.gateway_role_commands("didgw"),
-                    *policy.gateway_client_commands("didgw", self.gateway_password),
-                ],
-                ok_errors=policy.POLICY_OK_ERRORS,
-            )
-        finally:
-            admin.close()
+        """A private mosquitto with the gateway's policy and account (``gateway/ops/broker.py``)."""
+        self.broker.setup()
 
     def start_ledger(self) -> str:
         if not ANVIL.exists():
@@ -222,15 +180,24 @@ def sim(script: str, *args: str) -> list[str]:
     return [sys.executable, str(SIM / script), *args]
 
 
-def run(seconds: float = 60.0, *, keep: bool = False) -> int:
-    """The demo; returns the exit status (0: everything checked out)."""
+def run(seconds: float = 60.0, *, keep: bool = False, state_dir: Path | None = None) -> int:
+    """The demo; returns the exit status (0: everything checked out).
+
+    The gateway's state (keys, database) goes to a temporary directory removed afterwards,
+    or to ``state_dir``, which must not yet hold a gateway and is kept.
+    """
     if not SIM.is_dir():
         raise DemoError("the demo runs from a checkout of didgw (firmware-sim/ is missing)")
+    if state_dir is not None and state_dir.exists() and any(state_dir.iterdir()):
+        raise DemoError(
+            f"{state_dir} is not empty: the demo initialises a gateway from nothing; "
+            "give it a new or empty directory"
+        )
     # Ctrl-C (and SIGTERM) interrupt the demo wherever it is, even when it was started with
     # SIGINT ignored (as a shell does for background jobs); `close` then stops everything.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo = Demo(seconds, keep)
+    demo = Demo(seconds, keep, state_dir)
     try:
         return _run(demo)
     except KeyboardInterrupt:
@@ -291,7 +258,7 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
     say(f"  registered {FLEET} MQTT sensors, 1 CoAP sensor, 3 households with P1 meters on")
     say("  ptys and household credentials (SD-JWT VC: household, role)")
 
-    env = {**demo.env, "DIDGW_MQTT_PASSWORD": demo.gateway_password}
+    env = {**demo.env, "DIDGW_MQTT_PASSWORD": demo.broker.gateway_password}
     gateway = demo.spawn("gateway", [sys.executable, "-m", "gateway", "run"], env=env)
     deadline = time.monotonic() + 60
     while live_health("127.0.0.1", demo.ports["metrics"]) is None:
@@ -351,12 +318,11 @@ def place_orders(demo: Demo, households: list[tuple[str, str, Path, str]]) -> No
 def attack(demo: Demo, dids: list[str], gateway_did: str) -> dict[str, str]:
     """A forged and a replayed reading from an intruder that owns a registered key, and a
     device revoked while it sends; each is refused, and the metrics count why."""
-    spec = importlib.util.spec_from_file_location("didgw_demo_device", SIM / "device.py")
-    if spec is None or spec.loader is None:
-        raise DemoError(f"cannot load {SIM / 'device.py'}")
-    device_module = importlib.util.module_from_spec(spec)
-    sys.modules["didgw_demo_device"] = device_module
-    spec.loader.exec_module(device_module)
+    # The simulators import each other by name, as scripts run from their folder do.
+    if str(SIM) not in sys.path:
+        sys.path.insert(0, str(SIM))
+    device_module: Any = importlib.import_module("device")
+
     intruder = device_module.Device(
         f"127.0.0.1:{demo.ports['mqtt']}",
         key_path=demo.tmp / "intruder.pem",
@@ -371,20 +337,29 @@ def attack(demo: Demo, dids: list[str], gateway_did: str) -> dict[str, str]:
         intruder.publish_reading("energy", {"import_kwh": {"value": 1.0, "unit": "kWh"}})
         intruder.wait_acked(timeout=10)
         # Forged: a reading in another device's name, signed by the intruder's key.
-        body = {"did": dids[0], "seq": 7, "ts": int(time.time() * 1000), "type": "energy",
+        body = {"did": dids[0], "seq": FORGED_SEQ, "ts": int(time.time() * 1000), "type": "energy",
                 "values": {"import_kwh": {"value": 0.0, "unit": "kWh"}}}  # fmt: skip
         token = intruder.identity.sign_jws(device_module.READING_TYP, json.dumps(body).encode())
         intruder.publish_raw(token)
         # Replayed: reading number 1 again, with other values.
         replay = device_module.make_reading(
-            intruder.identity, seq=1, ts_ms=int(time.time() * 1000), reading_type="energy",
-            values={"import_kwh": {"value": 9.9, "unit": "kWh"}},
+            intruder.identity, seq=REPLAYED_SEQ, ts_ms=int(time.time() * 1000),
+            reading_type="energy", values={"import_kwh": {"value": 9.9, "unit": "kWh"}},
         )  # fmt: skip
         intruder.publish_raw(replay)
-        time.sleep(1.0)
-        reasons = [a.get("reason") for a in intruder.acks.copy() if a.get("status") == "refused"]
-        outcome["forged reading (another device's DID)"] = reasons[0] if reasons else "?"
-        outcome["replayed reading (seq 1 again)"] = reasons[1] if len(reasons) > 1 else "?"
+        # Both are checked at once, by any of the gateway's reading workers: their refusals
+        # may come back in either order, so each is told apart by its sequence number.
+        refused: dict[int, str] = {}
+        deadline = time.monotonic() + 10
+        while len(refused) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            refused = {
+                a["seq"]: str(a.get("reason"))
+                for a in intruder.acks.copy()
+                if a.get("status") == "refused" and a.get("seq") in (FORGED_SEQ, REPLAYED_SEQ)
+            }
+        outcome["forged reading (another device's DID)"] = refused.get(FORGED_SEQ, "no answer")
+        outcome["replayed reading (seq 1 again)"] = refused.get(REPLAYED_SEQ, "no answer")
     finally:
         intruder.stop()
     demo.didgw("device", "revoke", dids[-1], "--reason", "reported stolen", "--by", "fm:demo")

@@ -40,9 +40,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole product for a minute, on loopback (see gateway/cli/demo.py)."""
-    from gateway.cli.demo import run
+    from pathlib import Path
 
-    return run(args.seconds, keep=args.keep)
+    from gateway.cli.demo import DemoError, run
+
+    if args.config is not None:
+        raise DemoError("didgw demo writes its own configuration: --config is not used")
+    state = Path(args.state_dir) if args.state_dir is not None else None
+    return run(args.seconds, keep=args.keep, state_dir=state)
 
 
 def register(tree: CommandTree) -> None:

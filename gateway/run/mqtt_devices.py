@@ -130,7 +130,7 @@ class MqttDevices:
 
     @property
     def subscriptions(self) -> list[str]:
-        """With reading workers, readings go to them (``verifiers.py``), not to us."""
+        """With reading workers, readings go to them (``run/workers.py``), not to us."""
         if self._shared:
             return [f"{self._prefix}/auth/req"]
         return [f"{self._prefix}/auth/req", f"{self._prefix}/d/+/readings"]

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import device as dev
 import pytest
 from anchoring import Gateway, ledger_address, wait_for, write_config
 from anvil import Anvil
 from broker import Mosquitto
-from support import Run, load_device_module
+from support import Run
 from test_coap_devices import free_udp_port, sensor
 
 from gateway.anchor.encoding import decode_anchor
@@ -26,8 +27,6 @@ from gateway.anchor.verify_receipt import CHECKS, check_receipt
 from gateway.transports.evm import read_ledger_view
 
 pytestmark = pytest.mark.integration
-
-dev = load_device_module()
 
 
 @pytest.fixture

@@ -30,9 +30,11 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def test_the_demo_runs_every_part_and_its_receipt_verifies(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    temporary, state = tmp_path / "tmp", tmp_path / "state"
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary)}
     result = subprocess.run(
-        [DIDGW, "demo", "--seconds", "20"],
+        [DIDGW, "demo", "--seconds", "20", "--state-dir", str(state)],
         capture_output=True,
         text=True,
         env=env,
@@ -45,8 +47,36 @@ def test_the_demo_runs_every_part_and_its_receipt_verifies(tmp_path: Path) -> No
     assert "replayed reading (seq 1 again): replay" in out
     assert "the record: ok:" in out
     assert "receipt verifies" in out
-    assert list(tmp_path.iterdir()) == []  # its files are removed
+    assert list(temporary.iterdir()) == []  # its files are removed
     assert _processes_mentioning(str(tmp_path)) == []
+    # ... but the gateway's state, asked for with --state-dir, is kept and holds the record.
+    assert f"the gateway's state kept in {state}" in out
+    verify = subprocess.run(
+        [DIDGW, "chain", "verify", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify.stdout + verify.stderr
+
+
+def test_the_demo_refuses_a_state_dir_in_use_and_a_config(tmp_path: Path) -> None:
+    (tmp_path / "didgw.db").write_bytes(b"")
+    used = subprocess.run(
+        [DIDGW, "demo", "--state-dir", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert used.returncode == 1
+    assert f"{tmp_path} is not empty: the demo initialises a gateway from nothing" in used.stderr
+    config = subprocess.run(
+        [DIDGW, "demo", "--config", str(tmp_path / "gateway.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert config.returncode == 1
+    assert "didgw demo writes its own configuration: --config is not used" in config.stderr
+    assert (tmp_path / "didgw.db").read_bytes() == b""  # untouched
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:

@@ -15,18 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import device as dev
 import pytest
 from broker import Mosquitto, free_port
 from gateway_process import GatewayProcess
-from support import Run, load_device_module
+from support import Run
 
 from gateway.chain.store import ChainStore
 from gateway.db import connect
 from gateway.identity import offline_resolver, verify_jws
 
 pytestmark = pytest.mark.integration
-
-dev = load_device_module()
 
 
 @pytest.fixture

@@ -9,20 +9,20 @@ presentation's digest, and the disclosed personal data in an erasable entry of i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import device as dev
 import pytest
+import wallet as wal
 from broker import Mosquitto, free_port
 from gateway_process import GatewayProcess
-from support import ROOT, Run, load_device_module
+from support import Run
 
 from gateway.chain.store import ChainStore
 from gateway.config import load_config
@@ -30,22 +30,6 @@ from gateway.db import connect
 from gateway.service import open_gateway
 
 pytestmark = pytest.mark.integration
-
-dev = load_device_module()
-
-
-def _wallet_module() -> Any:
-    name = "didgw_firmware_sim_wallet"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "firmware-sim" / "wallet.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-wal = _wallet_module()
 
 
 class Site:

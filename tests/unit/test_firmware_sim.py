@@ -8,46 +8,29 @@ gateway signs must verify in the device.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
+import device as dev
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from support import ROOT, load_vectors
+from support import load_vectors
 
 from gateway.identity import Signer, offline_resolver, sign_jws, verify_jws
 from gateway.identity import did_from_public_key as gateway_did_from_public_key
 from gateway.identity.keystore import write_private_key
 
-FIRMWARE_SIM = ROOT / "firmware-sim"
 NOW = 1_700_000_000.0
 
-
-def load_device_module() -> ModuleType:
-    """firmware-sim/device.py as a module (the directory name is not importable)."""
-    name = "didgw_firmware_sim_device"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FIRMWARE_SIM / "device.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-dev = load_device_module()
 
 VALID = load_vectors("did-key/ed25519.json")["vectors"]
 INVALID = load_vectors("did-key/invalid.json")["vectors"]
@@ -779,19 +762,12 @@ def test_a_fleet_is_bounded(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_sensor_print_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.syspath_prepend(str(FIRMWARE_SIM))
-    monkeypatch.delitem(sys.modules, "device", raising=False)
-    monkeypatch.delitem(sys.modules, "sensor", raising=False)
-    spec = importlib.util.spec_from_file_location("sensor", FIRMWARE_SIM / "sensor.py")
-    sensor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sensor)
-    try:
-        assert sensor.main(["--state", str(tmp_path), "--print-did"]) == 0
-        did = capsys.readouterr().out.strip()
-        assert did.startswith("did:key:z6Mk")
-        assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
-        assert sensor.main(["--state", str(tmp_path), "--print-did"]) == 0
-        assert capsys.readouterr().out.strip() == did
-    finally:
-        sys.modules.pop("device", None)
+def test_sensor_print_did(tmp_path: Path, capsys) -> None:
+    import sensor
+
+    assert sensor.main(["--state", str(tmp_path), "--print-did"]) == 0
+    did = capsys.readouterr().out.strip()
+    assert did.startswith("did:key:z6Mk")
+    assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
+    assert sensor.main(["--state", str(tmp_path), "--print-did"]) == 0
+    assert capsys.readouterr().out.strip() == did

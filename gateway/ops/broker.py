@@ -1,0 +1,232 @@
+"""A private mosquitto with dynamic security and the gateway's policy: for the demo, tests, benches.
+
+One launcher, so the demo, the test suite and the benchmarks run the broker the same way an
+operator sets one up (``configs/mosquitto/README.md``): the dynamic-security file created by
+``mosquitto_ctrl dynsec init``, then the gateway's policy applied over the admin account
+(anonymous group limited to the auth topics, default access, the gateway's role and
+account). The broker runs from a directory of its own, on a loopback port that it keeps
+across :meth:`PrivateBroker.restart`.
+
+Started as root, mosquitto drops its privileges to the ``user`` named in its config (by
+default ``mosquitto``), which could neither read a private temporary directory nor write the
+dynamic-security file there. The config therefore names the user running it: for root that
+keeps root (mosquitto warns, which is fine for a private broker), for anyone else the option
+has no effect. An installed gateway uses the system's mosquitto service instead
+(``systemd/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+from gateway.auth import broker as policy
+from gateway.errors import DidgwError
+from gateway.transports.dynsec import DynsecAdmin
+
+HOST = "127.0.0.1"
+
+
+class BrokerError(DidgwError):
+    code = "broker_failed"
+
+
+def dynsec_plugin() -> str | None:
+    """The plugin's shared library wherever this distribution installs it."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    found += glob.glob("/usr/lib/mosquitto_dynamic_security.so")
+    found += glob.glob("/usr/local/lib/mosquitto_dynamic_security.so")
+    return found[0] if found else None
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+def missing_tools() -> str:
+    """Why the broker cannot run here ("" when it can)."""
+    if mosquitto_binary() is None:
+        return "mosquitto is not installed"
+    if dynsec_plugin() is None:
+        return "mosquitto's dynamic-security plugin is not installed"
+    for tool in ("mosquitto_ctrl", "mosquitto_pub", "mosquitto_sub"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (package mosquitto-clients)"
+    return ""
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port nobody listens on right now, on loopback (TCP by default)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateBroker:
+    """One broker in ``directory``: set up, start, stop, restart on the same port and file."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        prefix: str = "didgw",
+        gateway_username: str = "didgw",
+        tcp_nodelay: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.host = HOST
+        self.port = port if port is not None else free_port()
+        self.prefix = prefix
+        self.tcp_nodelay = tcp_nodelay
+        self.admin_username = "admin"
+        self.admin_password = secrets.token_urlsafe(16)
+        self.gateway_username = gateway_username
+        self.gateway_password = secrets.token_urlsafe(16)
+        self.config_file = directory / "mosquitto.conf"
+        self.dynsec_file = directory / "dynamic-security.json"
+        self.log_file = directory / "mosquitto.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Write the config and the dynamic-security file, start, apply the gateway's policy."""
+        missing = missing_tools()
+        if missing:
+            raise BrokerError(f"{missing}: run scripts/setup.sh")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # The admin password goes to mosquitto_ctrl's prompt on stdin, never on its command
+        # line, where anyone on the machine could read it.
+        ctrl = shutil.which("mosquitto_ctrl") or "mosquitto_ctrl"
+        subprocess.run(
+            [ctrl, "dynsec", "init", str(self.dynsec_file), self.admin_username],
+            input=f"{self.admin_password}\n{self.admin_password}\n".encode(),
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        self.config_file.write_text(self.config())
+        self.start()
+        with self.admin(as_gateway=False) as admin:
+            admin.execute(
+                [
+                    *policy.anonymous_policy_commands(self.prefix),
+                    *policy.gateway_role_commands(self.prefix),
+                    *policy.gateway_client_commands(self.gateway_username, self.gateway_password),
+                ],
+                ok_errors=policy.POLICY_OK_ERRORS,
+            )
+
+    def config(self) -> str:
+        """The broker's configuration file."""
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        lines = [
+            f"listener {self.port} {self.host}",
+            # Devices log in without a username to authenticate; dynamic-security puts
+            # them in its anonymous group, whose role allows only the auth topics.
+            "allow_anonymous true",
+            f"plugin {dynsec_plugin()}",
+            f"plugin_opt_config_file {self.dynsec_file}",
+            "persistence false",
+            # The stock 1000 silently drops QoS 1 messages queued for a slow subscriber.
+            "max_queued_messages 1000000",
+            "max_inflight_messages 100",
+            *(["set_tcp_nodelay true"] if self.tcp_nodelay else []),
+            f"user {user}",
+            f"log_dest file {self.log_file}",
+            *(f"log_type {kind}" for kind in ("error", "warning", "notice", "information")),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Run mosquitto and return once its port accepts connections."""
+        if self._process is not None:
+            raise BrokerError("the broker is already running")
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed: run scripts/setup.sh")
+        self._stderr = (self.directory / "mosquitto.stderr").open("ab")
+        self._process = subprocess.Popen(
+            [binary, "-c", str(self.config_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._reap()
+                raise BrokerError(f"mosquitto exited with status {code}:\n{self.log()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"mosquitto did not listen within {timeout} s:\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Terminate mosquitto (SIGTERM: it saves the dynamic-security file and exits)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        self._reap()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _reap(self) -> None:
+        self._process = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BrokerError("the broker is not running")
+        return self._process.pid
+
+    def log(self) -> str:
+        """What mosquitto logged, and anything it wrote to stderr."""
+        parts = []
+        for path in (self.log_file, self.directory / "mosquitto.stderr"):
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "".join(parts)
+
+    # -- clients -----------------------------------------------------------------------
+
+    def admin(self, *, as_gateway: bool = True, timeout: float = 5.0) -> DynsecAdmin:
+        """A dynamic-security client (use it in ``with``), logged in as the gateway by default."""
+        if as_gateway:
+            return DynsecAdmin(
+                self.host, self.port, self.gateway_username, self.gateway_password, timeout=timeout
+            )
+        return DynsecAdmin(
+            self.host, self.port, self.admin_username, self.admin_password, timeout=timeout
+        )
