@@ -6,8 +6,8 @@
 Everything runs on loopback: a real mosquitto with dynamic security (the test
 suite's broker helper, tests/integration/broker.py), ``didgw run`` started as a
 user starts it (the gateway's own defaults, unless ``--verify-workers``), and
-load generator processes that speak the wire protocol of the README ("Devices
-over MQTT") with the device simulator's message builders
+load generator processes that speak the wire protocol of docs/protocol/mqtt.md
+with the device simulator's message builders
 (``firmware-sim/device.py``). ``--quick`` takes about half a minute, the full
 run about a minute and a half.
 

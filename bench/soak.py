@@ -3,8 +3,8 @@
     python bench/soak.py [--minutes N] [--quick] [--devices N] [--rate R]
 
 The set-up of ``bench/ingest.py`` (a real mosquitto with dynamic security, the
-real ``didgw run`` with its defaults, devices speaking the README's wire
-protocol with the device simulator's message builders): ``--devices`` devices
+real ``didgw run`` with its defaults, devices speaking the wire protocol of
+docs/protocol/mqtt.md with the device simulator's message builders): ``--devices`` devices
 (1,000) authenticate through the protocol, then send signed readings
 (signed as they go) at ``--rate`` readings per second in all (1,000), each
 device in turn, for ``--minutes`` (10), from ``--load-processes`` (150 devices each).

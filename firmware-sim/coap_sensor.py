@@ -2,8 +2,7 @@
 
 What a microcontroller with an Ed25519 key and a CoAP stack does, in Python (aiocoap,
 cbor2, pyca/cryptography; the did:key and queue helpers of ``device.py`` beside it).
-Nothing is imported from the gateway. The protocol is the main README's "Devices over
-CoAP (protocol)":
+Nothing is imported from the gateway. The protocol is docs/protocol/coap.md:
 
 1. ``POST /auth`` a CBOR hello → a CBOR challenge (nonce, gateway DID);
 2. ``POST /auth`` a COSE_Sign1 response (``typ`` didgw-auth+cose) → the gateway's

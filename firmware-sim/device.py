@@ -1,4 +1,4 @@
-"""A sensor device that speaks didgw's MQTT wire protocol (README, "Devices over MQTT").
+"""A sensor device that speaks didgw's MQTT wire protocol (docs/protocol/mqtt.md).
 
 Everything here is what a device vendor could write with public libraries: pyca/cryptography
 for Ed25519, X25519, HKDF and ChaCha20-Poly1305, joserfc for compact JWS, base58 for the

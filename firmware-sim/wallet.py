@@ -1,4 +1,4 @@
-"""A person's wallet speaking didgw's wallet protocol (README, "People over MQTT").
+"""A person's wallet speaking didgw's wallet protocol (docs/protocol/people.md).
 
 Its own did:key (a PKCS#8 key file, made on first use), the credentials the gateway issued
 to it (SD-JWT VC files written by ``didgw cred issue … --format sd-jwt -o FILE``), and the

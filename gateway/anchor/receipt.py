@@ -3,7 +3,7 @@
 :func:`build_receipt` is pure: the caller (``didgw receipt``) reads the entry,
 the anchor covering it, the inclusion proof and the binding statement from the
 gateway database and passes them in. The JSON layout is the one
-:mod:`gateway.anchor.verify_receipt` reads; README "Receipts" documents it.
+:mod:`gateway.anchor.verify_receipt` reads; docs/formats.md, "Receipts" documents it.
 """
 
 from __future__ import annotations

@@ -220,7 +220,7 @@ def entry_fields(entry: Entry) -> dict[str, Any]:
 
 
 def export_line(entry: Entry) -> str:
-    """One entry as a JSON line (the export format documented in the README)."""
+    """One entry as a JSON line (the export format: docs/formats.md, "Export and proofs")."""
     payload = None if entry.payload is None else base64.b64encode(entry.payload).decode()
     return json.dumps(
         {

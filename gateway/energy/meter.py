@@ -10,7 +10,8 @@ first seen on that port) becomes a reading signed with that key (``typ``
 ``didgw-vouched-reading+jws``, the payload naming ``vouched_by``) and is recorded as an
 entry of kind ``vouched_reading``.
 
-The trust is not the same as a self-signed device's (README, "Vouched meters"): the
+The trust is not the same as a self-signed device's (docs/market.md, "Meters on the P1
+port, vouched for"): the
 signature proves the *gateway* saw these values on this meter's port, not that the meter
 produced them; whoever controls the gateway could forge them. What it adds over an
 unsigned log is that every reading is bound to one meter identity, on the record, and

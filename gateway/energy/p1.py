@@ -112,7 +112,7 @@ class Telegram:
         return self.export_wh[0] + self.export_wh[1]
 
     def values(self) -> dict[str, dict[str, float | int | str]]:
-        """As the ``values`` of a reading (README, Readings)."""
+        """As the ``values`` of a reading (docs/protocol/mqtt.md, "Readings")."""
         out: dict[str, dict[str, float | int | str]] = {
             "import_t1_wh": {"value": self.import_wh[0], "unit": "Wh"},
             "import_t2_wh": {"value": self.import_wh[1], "unit": "Wh"},

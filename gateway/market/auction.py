@@ -3,7 +3,7 @@
 Units are integers, so every sum is exact: quantities in Wh, prices in milli-euro per kWh
 (m€/kWh; 250 = €0.25/kWh), money in micro-euro (µ€): ``Wh * m€/kWh = µ€``.
 
-The rule (README, "The market"):
+The rule (docs/market.md, "Clearing"):
 
 1. Offers (sell) are taken cheapest first, bids (buy) dearest first. Equal prices go by
    order id (household DID, then its order sequence number), so the order in which orders

@@ -1,4 +1,4 @@
-"""The README's first command: ``didgw demo`` runs the whole product and checks it; Ctrl-C
+"""README.md's first command: ``didgw demo`` runs the whole product and checks it; Ctrl-C
 stops every process it started."""
 
 from __future__ import annotations

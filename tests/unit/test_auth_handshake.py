@@ -40,7 +40,8 @@ def b64u(data: bytes) -> str:
 
 
 class Device:
-    """What a device maker writes, from the README alone (plus the library's JWS signing)."""
+    """What a device maker writes from docs/protocol/mqtt.md alone (plus the library's JWS
+    signing)."""
 
     def __init__(self, signer: Signer | None = None) -> None:
         self.signer = signer or Signer.for_did_key(generate_key())

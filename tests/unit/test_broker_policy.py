@@ -298,7 +298,7 @@ def test_the_setup_in_configs_mosquitto_readme_sends_this_policy() -> None:
     assert match, "configs/mosquitto/README.md no longer builds the policy with python -c"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(match.group(1), {})  # noqa: S102  (the README's own snippet)
+        exec(match.group(1), {})  # noqa: S102  (the snippet in configs/mosquitto/README.md)
     assert json.loads(out.getvalue()) == {
         "commands": broker.anonymous_policy_commands("didgw")
         + broker.gateway_role_commands("didgw")

@@ -253,7 +253,7 @@ def test_challenge_checks(identity: object) -> None:
 
 
 def seal(password: bytes, device_epk_public: bytes, nonce: bytes, did: str) -> dict:
-    """The gateway's half, written from the README's formula."""
+    """The gateway's half, written from the formula in docs/protocol/mqtt.md."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
     gateway_epk = X25519PrivateKey.generate()
