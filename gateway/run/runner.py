@@ -234,7 +234,7 @@ class _MqttSide:
 
 class _CoapSide:
     """Devices over CoAP: one aiocoap server context on the event loop (readings are
-    verified in this process; see the README's CoAP benchmark)."""
+    verified in this process; see docs/development.md, "Benchmarks")."""
 
     def __init__(self) -> None:
         self.authenticator: Any = None

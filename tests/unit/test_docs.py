@@ -125,9 +125,9 @@ def test_readme_is_a_front_door_not_the_reference() -> None:
 # -- cited paths --------------------------------------------------------------------------
 
 #: A repo-relative path: one of these folders and something in it, or README.md, not inside
-#: a longer path or a URL. Module paths under ``gateway/`` are not checked here.
+#: a longer path or a URL.
 CITED_PATH = re.compile(
-    r"(?<![\w./@:-])((?:docs|configs|firmware-sim|systemd|bench|scripts|tests)/[\w.-]"
+    r"(?<![\w./@:-])((?:docs|configs|firmware-sim|systemd|bench|scripts|tests|gateway)/[\w.-]"
     r"(?:[\w./-]*\w)?|README\.md)/?(?![\w/-])"
 )
 #: Provenance notes of test vectors name files in other projects' repositories; and
@@ -150,6 +150,7 @@ def test_the_path_pattern_finds_what_it_should() -> None:
         "configs/mosquitto",
         "README.md",
         "firmware-sim/device.py",
+        "gateway/run/recorder.py",
     ]
 
 
