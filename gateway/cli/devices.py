@@ -143,7 +143,8 @@ def register(tree: CommandTree) -> None:
         action="append",
         default=[],
         metavar="FILTER",
-        help="MQTT topic filter it may use (repeatable)",
+        help="MQTT topic filter recorded with the device, for people and integrations to "
+        "read (repeatable); the broker grants a device only its own topics whatever this says",
     )
     p.add_argument(
         "--capability",
