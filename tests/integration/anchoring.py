@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import support
 from anvil import Anvil
 from broker import Mosquitto
 
@@ -126,12 +126,8 @@ class Gateway:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
+    """support.wait_for, with the longer default an anchor round and its confirmations need."""
+    return support.wait_for(predicate, timeout)
 
 
 def ledger_address(init_output: str) -> str:

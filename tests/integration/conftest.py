@@ -1,4 +1,5 @@
-"""Run the real ``didgw`` command in a clean environment; run a real mosquitto broker."""
+"""Run the real ``didgw`` command in a clean environment; run a real mosquitto broker, a
+real anvil chain, and ``didgw run`` against that broker."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from anvil import Anvil, missing_anvil
-from broker import Mosquitto, missing_tools
+from broker import Mosquitto, free_port, missing_tools
+from gateway_process import GatewayProcess
 from support import Run
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
@@ -65,3 +67,20 @@ def anvil(tmp_path: Path) -> Iterator[Anvil]:
         yield chain
     finally:
         chain.stop()
+
+
+@pytest.fixture
+def gateway(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """``didgw run`` initialised in tmp_path/state for ``mosquitto``, not yet started; its
+    config ends with the [mqtt] table, so a test can append keys to it."""
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[metrics]\nport = {free_port()}\n\n"  # [mqtt] last: tests append keys to it
+        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
+    )
+    process = GatewayProcess(state, mosquitto, config)
+    yield process
+    process.kill()

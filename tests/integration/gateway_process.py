@@ -1,7 +1,11 @@
-"""``didgw run`` as a subprocess for the integration tests, configured for one test broker."""
+"""``didgw run`` as a subprocess for the integration tests, configured for one test broker;
+and what the MQTT tests do around it: its DID, devices registered with it (simulated by
+firmware-sim/device.py), the readings on its record. The ``gateway`` fixture is in
+conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +13,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from broker import Mosquitto
+from support import Run
+
+from gateway.chain.store import ChainStore
+from gateway.db import connect
+from gateway.identity import offline_resolver, verify_jws
 
 
 class GatewayProcess:
@@ -104,3 +114,49 @@ class GatewayProcess:
             self._reader.join(5)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def gateway_did(didgw: Run, state: Path) -> str:
+    out = didgw("init", "--state-dir", str(state)).stdout
+    return out.split("Gateway DID: ")[1].strip()
+
+
+def make_device(tmp_path: Path, broker: Mosquitto, name: str, gw: str, **kwargs: Any) -> Any:
+    """A simulated device (firmware-sim/device.py) of ``broker``, its key and state in tmp_path."""
+    import device  # firmware-sim/, on pytest's path
+
+    return device.Device(
+        f"{broker.host}:{broker.port}",
+        key_path=tmp_path / f"{name}.pem",
+        state_dir=tmp_path / f"{name}-state",
+        prefix=broker.prefix,
+        gateway_did=gw,
+        **kwargs,
+    )
+
+
+def register(didgw: Run, state: Path, did: str, name: str) -> None:
+    result = didgw(
+        "device", "register", did, "--name", name, "--kind", "sensor", "--state-dir", str(state)
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def seqs_of(entries: list[Any]) -> list[int]:
+    """The sequence numbers inside recorded readings (each checked against its device key)."""
+    return sorted(
+        json.loads(
+            verify_jws(
+                e.payload, resolver=offline_resolver(), relationship="assertionMethod", now=0
+            ).payload
+        )["seq"]
+        for e in entries
+    )
+
+
+def records(state: Path, kind: str = "reading") -> list[Any]:
+    store = ChainStore(connect(state / "didgw.db"))
+    try:
+        return [e for e in store.entries() if e.kind == kind]
+    finally:
+        store.close()

@@ -19,8 +19,7 @@ import pytest
 from anchoring import Gateway, ledger_address, wait_for, write_config
 from anvil import Anvil
 from broker import Mosquitto
-from support import Run
-from test_coap_devices import free_udp_port, sensor
+from support import Run, free_udp_port, sensor
 
 from gateway.anchor.encoding import decode_anchor
 from gateway.anchor.verify_receipt import CHECKS, check_receipt

@@ -21,7 +21,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from support import Run
+from support import SENSOR, Run, free_udp_port, sensor
 
 from gateway.chain.store import ChainStore
 from gateway.db import connect
@@ -31,15 +31,7 @@ from gateway.identity.keystore import load_private_key
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SENSOR = ROOT / "firmware-sim" / "coap_sensor.py"
 COAP_CLIENT = "coap-client-notls"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class CoapGateway:
@@ -93,6 +85,7 @@ def write_config(path: Path, port: int, **coap: Any) -> Path:
 
 @pytest.fixture
 def gateway(didgw: Run, tmp_path: Path) -> Iterator[CoapGateway]:
+    """Here the gateway serves CoAP (this overrides the MQTT one in conftest.py)."""
     assert shutil.which(COAP_CLIENT), f"{COAP_CLIENT} missing: run scripts/setup.sh"
     state = tmp_path / "state"
     assert didgw("init", "--state-dir", str(state)).returncode == 0
@@ -112,16 +105,6 @@ def coap_client(*args: str, payload: Path | None = None) -> str:
         command[1:1] = ["-f", str(payload)]
     result = subprocess.run(command, capture_output=True, timeout=30, check=False)
     return (result.stdout + result.stderr).decode("utf-8", errors="replace")
-
-
-def sensor(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SENSOR), "--state", str(state), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def register(didgw: Run, state: Path, did: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto
-from support import Run
-from test_mqtt_devices import GatewayProcess, gateway_did, make_device, wait_for
+from gateway_process import GatewayProcess, gateway_did, make_device
+from support import Run, wait_until
 
 from gateway.auth.broker import market_topic, orders_topic
 from gateway.chain.store import ChainStore
@@ -40,7 +40,7 @@ class Meters:
             [sys.executable, str(SIM), "--pty", str(link), *args], stderr=subprocess.DEVNULL
         )
         self.processes.append(process)
-        assert wait_for(link.exists, 10), "the simulated meter made no pty"
+        wait_until(link.exists, f"the simulated meter to make its pty {link}", 10)
         return process
 
     def stop(self) -> None:
@@ -113,12 +113,22 @@ def test_pty_meter_readings_on_the_record_corrupt_ones_skipped_and_reconnect(
     gateway = GatewayProcess(state, mosquitto, config)
     gateway.start()
     try:
-        assert wait_for(lambda: len(entries(state, "vouched_reading")) >= 20, 15)
+        wait_until(
+            lambda: len(entries(state, "vouched_reading")) >= 20,
+            "20 vouched readings on the record",
+            15,
+            details=lambda: gateway.output,
+        )
         sim.terminate()  # the meter vanishes (its pty is gone) …
         sim.wait(10)
         before = len(entries(state, "vouched_reading"))
         meters.start(link, "--rate", "20", "--seed", "3")  # … and comes back
-        assert wait_for(lambda: len(entries(state, "vouched_reading")) >= before + 10, 15)
+        wait_until(
+            lambda: len(entries(state, "vouched_reading")) >= before + 10,
+            "10 more vouched readings after the meter came back",
+            15,
+            details=lambda: gateway.output,
+        )
     finally:
         assert gateway.stop() == 0, gateway.output
     recorded = entries(state, "vouched_reading")
@@ -208,11 +218,39 @@ def test_three_households_trade_over_mqtt_and_statements_add_up(  # noqa: PLR091
             peer.connect()
             peer.subscribe(market_topic(device.did, mosquitto.prefix))
             peers.append(peer)
-        time.sleep(1.0)  # the meters' export on record
+        db = sqlite3.connect(state / "didgw.db")
         signers = [
             Signer.for_did_key(keystore.load_private_key(tmp_path / f"house{i}.pem", None))
             for i in range(3)
         ]
+        book = (  # (who, side, Wh, price), the same each interval
+            (signers[0], "sell", 5, 90),
+            (signers[1], "sell", 4, 120),
+            (signers[2], "buy", 7, 200),
+            (signers[1], "buy", 2, 60),
+        )
+
+        def meters_on_record() -> bool:
+            """Every meter has a reading on record, and each seller's meter has shown the
+            export power its sell needs (else: no_export_capacity)."""
+            peak = dict(
+                db.execute(
+                    "SELECT household, peak_export_w FROM meters m WHERE EXISTS "
+                    "(SELECT 1 FROM meter_readings r WHERE r.meter = m.did)"
+                ).fetchall()
+            )
+            return len(peak) == len(houses) and all(
+                peak[signer.did] * interval * 1000 // 3_600_000 >= wh
+                for signer, side, wh, _ in book
+                if side == "sell"
+            )
+
+        wait_until(
+            meters_on_record,
+            "every meter's readings, and the sellers' export power, on record",
+            15,
+            details=lambda: gateway.output,
+        )
         starts = []
         seq = 0
         for _ in range(3):
@@ -221,12 +259,7 @@ def test_three_households_trade_over_mqtt_and_statements_add_up(  # noqa: PLR091
             if start - now < 800:
                 start += interval * 1000
             starts.append(start)
-            for signer, side, wh, price in (
-                (signers[0], "sell", 5, 90),
-                (signers[1], "sell", 4, 120),
-                (signers[2], "buy", 7, 200),
-                (signers[1], "buy", 2, 60),
-            ):
+            for signer, side, wh, price in book:
                 seq += 1
                 body = {
                     "did": signer.did,
@@ -240,10 +273,11 @@ def test_three_households_trade_over_mqtt_and_statements_add_up(  # noqa: PLR091
                 token = sign_jws(json.dumps(body).encode(), signer, headers={"typ": ORDER_TYP})
                 peer = peers[signers.index(signer)]
                 peer.publish(orders_topic(signer.did, mosquitto.prefix), token)
+            # Wait the interval's opening out on purpose (a clock window, not an outcome):
+            # the next round's orders are for the interval after it.
             time.sleep((start - int(time.time() * 1000)) / 1000 + 0.2)
-        db = sqlite3.connect(state / "didgw.db")
 
-        def settled():
+        def settled() -> bool:
             return (
                 db.execute(
                     "SELECT count(*) FROM market_intervals WHERE settled_ms IS NOT NULL"
@@ -251,7 +285,7 @@ def test_three_households_trade_over_mqtt_and_statements_add_up(  # noqa: PLR091
                 >= 3
             )
 
-        assert wait_for(settled, 20), gateway.output
+        wait_until(settled, "three market intervals settled", 20, details=lambda: gateway.output)
         messages = []
         for peer in peers:
             got = []

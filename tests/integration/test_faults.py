@@ -18,14 +18,12 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto
-from gateway_process import GatewayProcess
+from gateway_process import GatewayProcess, gateway_did, make_device, records, register, seqs_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import Run
-from test_mqtt_devices import gateway, gateway_did, make_device, records, register, seqs_of
 
 pytestmark = pytest.mark.integration
-__all__ = ["gateway"]
 
 
 class Load:

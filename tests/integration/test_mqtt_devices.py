@@ -11,79 +11,18 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import device as dev
 import pytest
-from broker import Mosquitto, free_port
-from gateway_process import GatewayProcess
-from support import Run
+from broker import Mosquitto
+from gateway_process import GatewayProcess, gateway_did, make_device, records, register, seqs_of
+from support import Run, wait_until
 
-from gateway.chain.store import ChainStore
-from gateway.db import connect
 from gateway.identity import offline_resolver, verify_jws
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def gateway(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[GatewayProcess]:
-    state = tmp_path / "state"
-    assert didgw("init", "--state-dir", str(state)).returncode == 0
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"[metrics]\nport = {free_port()}\n\n"  # [mqtt] last: tests append keys to it
-        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
-    )
-    process = GatewayProcess(state, mosquitto, config)
-    yield process
-    process.kill()
-
-
-def gateway_did(didgw: Run, state: Path) -> str:
-    out = didgw("init", "--state-dir", str(state)).stdout
-    return out.split("Gateway DID: ")[1].strip()
-
-
-def make_device(tmp_path: Path, broker: Mosquitto, name: str, gw: str, **kwargs: Any) -> Any:
-    return dev.Device(
-        f"{broker.host}:{broker.port}",
-        key_path=tmp_path / f"{name}.pem",
-        state_dir=tmp_path / f"{name}-state",
-        prefix=broker.prefix,
-        gateway_did=gw,
-        **kwargs,
-    )
-
-
-def register(didgw: Run, state: Path, did: str, name: str) -> None:
-    result = didgw(
-        "device", "register", did, "--name", name, "--kind", "sensor", "--state-dir", str(state)
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def seqs_of(entries: list[Any]) -> list[int]:
-    """The sequence numbers inside recorded readings (each checked against its device key)."""
-    return sorted(
-        json.loads(
-            verify_jws(
-                e.payload, resolver=offline_resolver(), relationship="assertionMethod", now=0
-            ).payload
-        )["seq"]
-        for e in entries
-    )
-
-
-def records(state: Path, kind: str = "reading") -> list[Any]:
-    store = ChainStore(connect(state / "didgw.db"))
-    try:
-        return [e for e in store.entries() if e.kind == kind]
-    finally:
-        store.close()
 
 
 def test_register_authenticate_read_record_ack(
@@ -149,25 +88,13 @@ def test_unregistered_and_revoked_devices_get_nothing(
             "device", "revoke", member.did, "--reason", "stolen", "--state-dir", str(gateway.state)
         )
         assert revoked.returncode == 0
-        deadline = time.monotonic() + 3
-        while member.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not member.connected, "the revoked device is still connected"
+        wait_until(lambda: not member.connected, "the revoked device to be disconnected", 3)
         with pytest.raises(dev.AuthRefused, match="not_active"):
             member.authenticate(timeout=10)
     finally:
         member.stop()
         assert gateway.stop() == 0, gateway.output
     assert len(records(gateway.state)) == 1
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def refusals(device: Any) -> list[str]:
@@ -223,13 +150,20 @@ def test_replays_forgeries_and_garbage_are_refused_and_not_recorded(
         ]
         for payload in garbage:
             alice.publish_raw(payload)
-        assert wait_for(lambda: len(refusals(alice)) >= len(garbage)), list(alice.acks)
+        wait_until(
+            lambda: len(refusals(alice)) >= len(garbage),
+            f"{len(garbage)} refusals for alice",
+            details=lambda: list(alice.acks),
+        )
         reasons = refusals(alice)
         assert reasons.count("replay") == 1 and reasons.count("bad_signature") == 1
         assert reasons.count("clock_skew") == 1 and reasons.count("malformed") == 7
         # A foreign client publishing into alice's topic: the broker drops it (mosquitto 2.0
-        # does not tell a QoS 1 publisher), so it never reaches the record (checked below).
-        subprocess.run(
+        # does not tell a QoS 1 publisher), so the gateway never answers it. What must not
+        # happen cannot be polled for: alice's next reading, published after it, is the
+        # barrier. Had the broker passed the foreign one on, the gateway would have had it
+        # first, and refused it as a replay.
+        foreign = subprocess.run(
             [
                 "mosquitto_pub",
                 "-h",
@@ -248,12 +182,14 @@ def test_replays_forgeries_and_garbage_are_refused_and_not_recorded(
             timeout=10,
             check=False,
         )
-        time.sleep(0.5)
+        assert foreign.returncode == 0, foreign.stderr  # it did publish (and got its PUBACK)
+        alice.publish_reading("energy", {"import_kwh": {"value": 2, "unit": "kWh"}})
+        assert alice.wait_acked(timeout=10), alice.stats
+        assert len(refusals(alice)) == len(garbage), list(alice.acks)
     finally:
         alice.stop()
         assert gateway.stop() == 0, gateway.output
-    recorded = records(gateway.state)
-    assert len(recorded) == 1  # only alice's one real reading
+    assert seqs_of(records(gateway.state)) == [1, 2]  # only alice's two real readings
 
 
 def test_broker_restart_mid_stream_records_every_reading_once(
@@ -351,6 +287,8 @@ def test_sessions_expire_unless_renewed(
         renewing.start(timeout=15)
         lapsing.open(timeout=15)  # authenticated and connected, but nobody renews for it
         expired_grant = lapsing.grant
+        # Two readings a second for 13 s, past the end of the 10 s sessions: the sleep paces
+        # the readings and waits the session clock out on purpose; nothing to poll for.
         deadline = time.monotonic() + 13
         count = 0
         while time.monotonic() < deadline:
@@ -358,17 +296,16 @@ def test_sessions_expire_unless_renewed(
             count += 1
             time.sleep(0.5)
         assert renewing.wait_acked(timeout=20), renewing.stats
-        assert not lapsing.connected  # the broker dropped it when its account was deleted
+        wait_until(  # the broker drops it when the gateway deletes its account
+            lambda: not lapsing.connected, "the broker to drop the device whose session ended", 5
+        )
         with pytest.raises(dev.ConnectRefused):
             lapsing.connect(timeout=10)  # the old password is gone with the account
         lapsing.grant = None
         lapsing.open(timeout=15)  # a new session (its broker role was kept: one change)
         assert lapsing.grant is not None and lapsing.grant.password != expired_grant.password
         lapsing.publish_reading("energy", {"import_kwh": {"value": 1, "unit": "kWh"}})
-        deadline = time.monotonic() + 15
-        while lapsing.pending() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert lapsing.pending() == 0
+        assert lapsing.wait_acked(timeout=15), lapsing.stats
     finally:
         renewing.stop()
         lapsing.stop()

@@ -17,15 +17,13 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto
-from gateway_process import GatewayProcess
+from gateway_process import GatewayProcess, gateway_did, make_device, records, register
 from support import ROOT, Run
-from test_mqtt_devices import gateway, gateway_did, make_device, records, register
 
 from gateway.chain.store import ChainStore
 from gateway.db import connect
 
 pytestmark = pytest.mark.integration
-__all__ = ["gateway"]  # the fixture, shared with the MQTT tests
 
 READING = {"import_kwh": {"value": 1.5, "unit": "kWh"}}
 

@@ -114,7 +114,9 @@ def test_sixty_four_values_and_odd_names_are_accepted(world: World) -> None:
 
 @pytest.mark.parametrize("offset", [-300_000, 300_000])
 def test_the_clock_window_is_inclusive(world: World, offset: int) -> None:
-    world.checker.check(world.a.did, token(world.a, ts=NOW + offset), NOW, None)
+    # Exactly the clock skew (5 minutes) ahead or behind: accepted, its time as signed.
+    reading = world.checker.check(world.a.did, token(world.a, ts=NOW + offset), NOW, None)
+    assert (reading.did, reading.seq, reading.ts) == (world.a.did, 17, NOW + offset)
 
 
 def test_a_did_web_device_signs_with_its_assertion_key() -> None:

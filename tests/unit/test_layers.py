@@ -1,4 +1,5 @@
 """The import graph points one way: foundations ← core ← edges, and nothing imports the CLI.
+And no test module imports another: what tests share is in conftest.py or a helper module.
 
 Read from the source with ``ast`` (imports inside functions count too), so a lazy import
 cannot hide an arrow pointing up.
@@ -89,3 +90,21 @@ def test_each_package_says_what_it_holds_and_may_import(part: str) -> None:
     init = ROOT / "gateway" / part / "__init__.py"
     doc = ast.get_docstring(ast.parse(init.read_text())) or ""
     assert "import" in doc, f"gateway/{part}/__init__.py does not say what it may import"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared fixtures live in a conftest.py, shared helpers in a plain module (support.py,
+    integration/gateway_process.py …): a test module imported by another is not free to
+    change, and a fixture imported from one hides where it comes from."""
+    wrong = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = (node.module or "").split(".") + [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [part for alias in node.names for part in alias.name.split(".")]
+            else:
+                continue
+            if any(name.startswith("test_") for name in names):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not wrong, "test modules importing test modules:\n" + "\n".join(wrong)
