@@ -5,12 +5,15 @@ line of documentation and, where a value can be impossible, a check. The same
 schema validates a file (:func:`load_config`), renders the commented example
 ``configs/gateway.toml`` (:func:`render_example`, ``didgw config example``) and
 so cannot drift from it. Errors name the file, the key and the reason, and are
-raised before anything touches the gateway's state.
+raised before anything touches the gateway's state. A key that moved to another
+section (:data:`MOVED`) is still read where it was, with a warning naming its new
+place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import typing
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Check = Callable[[Any], str | None]  # returns the reason a value is impossible, or None
 
@@ -181,8 +186,25 @@ class MqttSection(_Section):
         "How long a device's broker account lasts after it authenticates (devices renew before).",
         _between(10, 604800),
     )
+    verify_workers: int = _setting(
+        -1,
+        "Reading worker processes, sharing the readings through an MQTT shared "
+        "subscription; each verifies, records and acknowledges the readings it gets. -1: one "
+        "per CPU core (none on a single core); 0: the main process does it all.",
+        _between(-1, 64),
+    )
+
+
+@dataclass(frozen=True)
+class DevicesSection(_Section):
+    """Devices over MQTT and CoAP alike: how far their clocks may be off, how late readings come."""
+
     clock_skew_seconds: int = _setting(
-        300, "How far a device's clock may be from the gateway's.", _between(1, 86400)
+        300,
+        "How far a device's clock may be from the gateway's: an authentication response further "
+        "off, or a reading further ahead, is refused (clock_skew). People's wallets get the "
+        "same tolerance.",
+        _between(1, 86400),
     )
     max_reading_age_seconds: int = _setting(
         86400,
@@ -190,18 +212,11 @@ class MqttSection(_Section):
         "down and deliver them late. At least clock_skew_seconds.",
         _between(60, 31 * 86400),
     )
-    verify_workers: int = _setting(
-        -1,
-        "Processes that verify readings' signatures, sharing the readings through an MQTT "
-        "shared subscription while the main process records and acknowledges. -1: one per "
-        "CPU core (none on a single core); 0: the main process verifies everything.",
-        _between(-1, 64),
-    )
 
 
 @dataclass(frozen=True)
 class CoapSection(_Section):
-    """Constrained devices over CoAP (UDP); readings use [mqtt]'s clock window settings."""
+    """Constrained devices over CoAP (UDP); their clock window is in [devices]."""
 
     enabled: bool = _setting(False, "Serve devices over CoAP when the gateway runs.")
     host: str = _setting(
@@ -415,7 +430,8 @@ class CredentialsSection(_Section):
     enabled: bool = _setting(
         True,
         "When the gateway runs: publish the revocation list (MQTT, retained) and let people "
-        "authenticate with credential presentations (the wallet protocol in the README).",
+        "authenticate with credential presentations (the wallet protocol: "
+        "docs/protocol/people.md).",
     )
     validity_days: int = _setting(
         365, "How long a credential the gateway issues is valid.", _between(1, 3650)
@@ -452,6 +468,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     resolver: ResolverSection = field(default_factory=ResolverSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    devices: DevicesSection = field(default_factory=DevicesSection)
     coap: CoapSection = field(default_factory=CoapSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -459,6 +476,8 @@ class Config:
     market: MarketSection = field(default_factory=MarketSection)
     credentials: CredentialsSection = field(default_factory=CredentialsSection)
     source: str = "(built-in defaults)"
+    #: what the file still says the old way (see :data:`MOVED`), one sentence each
+    deprecations: tuple[str, ...] = ()
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -466,12 +485,21 @@ SECTIONS: dict[str, type[_Section]] = {
     "keys": KeysSection,
     "resolver": ResolverSection,
     "mqtt": MqttSection,
+    "devices": DevicesSection,
     "coap": CoapSection,
     "anchor": AnchorSection,
     "metrics": MetricsSection,
     "meter": MeterSection,
     "market": MarketSection,
     "credentials": CredentialsSection,
+}
+
+#: Keys that moved: (old section, key) -> new section. The old place is still read, with
+#: a deprecation (:attr:`Config.deprecations`, logged by :func:`load_config`); when both
+#: places are set, the new one wins.
+MOVED: dict[tuple[str, str], str] = {
+    ("mqtt", "clock_skew_seconds"): "devices",
+    ("mqtt", "max_reading_age_seconds"): "devices",
 }
 
 CONFIG_ENV = "DIDGW_CONFIG"
@@ -507,7 +535,10 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, source=str(path))
+    config = parse_config(data, source=str(path))
+    for note in config.deprecations:
+        log.warning("%s: %s", path, note)
+    return config
 
 
 def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
@@ -517,8 +548,10 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
     for name in data:
         if name not in SECTIONS:
             errors.append(f"unknown section [{name}] (known: {', '.join(SECTIONS)})")
+    tables, deprecations, move_errors = _move_keys(data)
+    errors.extend(move_errors)
     for name, cls in SECTIONS.items():
-        table = data.get(name, {})
+        table = tables.get(name, {})
         if not isinstance(table, dict):
             errors.append(f"[{name}] must be a table")
             continue
@@ -530,7 +563,29 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
             sections[name] = section
     if errors:
         raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
-    return Config(**sections, source=source)
+    return Config(**sections, source=source, deprecations=tuple(deprecations))
+
+
+def _move_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The tables of ``data`` with the keys of :data:`MOVED` in their new sections; the
+    deprecations to report; the errors in the old keys' values (named as written)."""
+    tables = {name: dict(t) if isinstance(t, dict) else t for name, t in data.items()}
+    deprecations: list[str] = []
+    errors: list[str] = []
+    for (old, key), new in MOVED.items():
+        table, target = tables.get(old), tables.setdefault(new, {})
+        if not isinstance(table, dict) or key not in table or not isinstance(target, dict):
+            continue
+        value = table.pop(key)
+        note = f"[{old}] {key} is deprecated: use [{new}] {key}"
+        if key in target:
+            deprecations.append(f"{note} (both are set; [{new}] {key} wins)")
+            continue
+        deprecations.append(note)
+        values, problems = _parse_section(old, SECTIONS[new], {key: value})
+        errors.extend(problems)
+        target.update(values)
+    return tables, deprecations, errors
 
 
 def _parse_section(

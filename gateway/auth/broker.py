@@ -1,6 +1,6 @@
 """The broker policy as data: who may publish and subscribe where, as dynamic-security commands.
 
-mosquitto enforces the topic layout of the README ("Devices over MQTT"); this module decides
+mosquitto enforces the topic layout of docs/protocol/mqtt.md, "Topics"; this module decides
 what it enforces. Every function returns the JSON commands for the dynamic-security plugin
 (sent by :mod:`gateway.transports.dynsec`), so the policy is plain data: tested without a
 broker, and the same for every broker the gateway talks to.

@@ -1,8 +1,9 @@
 """The DID challenge-response for constrained devices over CoAP, sans-IO.
 
-The same :class:`~gateway.auth.handshake.Handshake` as MQTT (nonces, checks and
-their order, the transition table), with CBOR messages and COSE_Sign1 signatures
-instead of JSON and JWS, and request/response instead of reply topics:
+The wire half of a :class:`~gateway.auth.handshake.Handshake` (the core MQTT and
+wallets hold too: nonces, checks and their order, the clock window, the session
+length), with CBOR messages and COSE_Sign1 signatures instead of JSON and JWS, and
+request/response instead of reply topics:
 
 * ``POST /auth`` with a CBOR hello ``{"type": "hello", "did": DID}`` → 2.05 with a
   CBOR challenge ``{"type": "challenge", "nonce": bstr(32), "gateway": DID,
@@ -31,10 +32,9 @@ from typing import Any
 import cbor2
 
 from gateway.auth.handshake import Handshake
-from gateway.auth.messages import (
-    NONCE_BYTES,
+from gateway.auth.mqtt_messages import NONCE_BYTES
+from gateway.auth.strict import (
     AuthRefused,
-    RegistryLookup,
     cbor_object,
     check_cose_typ,
     check_did,
@@ -45,10 +45,8 @@ from gateway.auth.messages import (
     split_cose,
     verify_cose_signed,
 )
-from gateway.auth.secret import RandomBytes
 from gateway.identity.cose import sign1
 from gateway.identity.resolver import Resolver
-from gateway.identity.signing import Signer
 
 AUTH_COSE_TYP = "didgw-auth+cose"
 GRANT_COSE_TYP = "didgw-grant+cose"
@@ -111,39 +109,10 @@ def _nonce(value: Any) -> bytes:
 class CoapAuthenticator:
     """The gateway's side of the challenge-response over CoAP (see the module docstring)."""
 
-    def __init__(
-        self,
-        gateway_signer: Signer,
-        registry_lookup: RegistryLookup,
-        resolver: Resolver,
-        *,
-        readings_path: str = "/r",
-        nonce_ttl_ms: int = 30_000,
-        clock_skew_ms: int = 300_000,
-        session_ms: int = 3_600_000,
-        max_pending: int = 4096,
-        max_pending_per_did: int = 4,
-        random_bytes: RandomBytes,
-    ) -> None:
-        if session_ms < 1:
-            raise ValueError("lifetimes and limits must be positive")
-        self.core = Handshake(
-            gateway_signer.did,
-            registry_lookup,
-            nonce_ttl_ms=nonce_ttl_ms,
-            clock_skew_ms=clock_skew_ms,
-            max_pending=max_pending,
-            max_pending_per_did=max_pending_per_did,
-            random_bytes=random_bytes,
-        )
-        self._signer = gateway_signer
+    def __init__(self, core: Handshake, resolver: Resolver, *, readings_path: str = "/r") -> None:
+        self.core = core
         self._resolver = resolver
-        self._session = session_ms
         self._readings = readings_path
-
-    @property
-    def did(self) -> str:
-        return self._signer.did
 
     def on_request(self, payload: bytes, now_ms: int) -> CoapAnswer:
         """A hello (a CBOR map) or a response (a COSE_Sign1); refusals raise (counted)."""
@@ -192,18 +161,18 @@ class CoapAuthenticator:
             )
 
         def grant() -> CoapAnswer:
-            session = CoapSession(claim.device, now_ms + self._session)
+            session = CoapSession(claim.device, self.core.session_end(now_ms))
             body = cbor2.dumps(
                 {
                     "type": "grant",
                     "device": claim.device,
-                    "gateway": self.did,
+                    "gateway": self.core.did,
                     "nonce": claim.nonce,
                     "expires": session.expires_ms,
                     "readings": self._readings,
                 }
             )
-            return CoapAnswer(sign1(body, self._signer, typ=GRANT_COSE_TYP), session)
+            return CoapAnswer(sign1(body, self.core.signer, typ=GRANT_COSE_TYP), session)
 
         return self.core.answer(claim, now_ms, verify, grant)
 

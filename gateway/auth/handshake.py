@@ -1,27 +1,24 @@
-"""The DID challenge-response, sans-IO: payloads and the time in, what to answer out.
+"""The DID challenge-response every transport shares, sans-IO: :class:`Handshake`.
 
-:class:`Handshake` is the part every transport shares: nonces and their transition
-table, the checks and their order, the counts. :class:`Authenticator` is MQTT's
-(JSON and JWS, reply topics); ``coap_auth.CoapAuthenticator`` is CoAP's (CBOR and
-COSE_Sign1, request/response). Below, MQTT's.
-
-The MQTT transport hands in what arrived on ``<prefix>/auth/req`` with the current
-time in milliseconds; :class:`Authenticator` answers with an :class:`Outgoing`
-(topic and payload) to publish, and after a good response a :class:`Grant`, so the
-transport can create the device's broker account *before* it publishes the grant
-(or publish :meth:`Authenticator.refuse_unavailable` if that fails). No sockets,
-no clock, no randomness of its own: tests drive every path deterministically.
+MQTT devices (``mqtt_auth``), CoAP devices (``coap_auth``) and people's wallets
+(``wallet``) each hold one :class:`Handshake` and add only their wire encoding: how a
+hello and a signed response are parsed, how a challenge, a grant and a refusal are
+written. Everything else is here, once: the gateway's signer and the registry it
+asks, the nonces and their transition table, the checks and their order, the clock
+tolerance and the session length (changed by :meth:`Handshake.retime` on a config
+reload), the bounds on pending challenges, the randomness, the counts. No sockets, no
+clock, no randomness of its own: tests drive every path deterministically.
 
 Checks, in this order (the first failure is the answer):
 
-* hello: ``malformed`` → ``unknown_device`` / ``not_active`` → ``rate_limited``
-  (more than ``max_pending_per_did`` nonces outstanding for the DID);
-* response: ``malformed`` → ``unknown_device`` / ``not_active`` → ``bad_nonce``
-  (unknown, used, expired, issued to another device, for another gateway, or for
-  another reply token) → ``bad_signature`` / ``unavailable`` (the JWS must be
-  signed by a key in the device's ``authentication`` relationship) →
-  ``clock_skew`` (``ts`` outside ± ``clock_skew_ms``) → ``malformed`` (an ``epk``
-  that is a low-order point).
+* hello: ``malformed`` (the adapter's parsing) → ``unknown_device`` / ``not_active``
+  → ``rate_limited`` (more than ``max_pending_per_did`` nonces outstanding for the DID);
+* response: ``malformed`` (the adapter's parsing) → ``unknown_device`` /
+  ``not_active`` → ``bad_nonce`` (unknown, used, expired, issued to another device,
+  for another gateway, or for another reply token) → ``bad_signature`` /
+  ``unavailable`` (the adapter's ``verify``) → ``clock_skew`` (``ts`` outside ±
+  ``clock_skew_ms``) → whatever the adapter's ``grant`` refuses (e.g. ``malformed``
+  for a low-order ``epk``).
 
 A nonce's life is the transition table :data:`TRANSITIONS`. A response refused
 before its signature verified does not spend the nonce: anyone can publish on the
@@ -29,8 +26,7 @@ auth topic, and a forgery must not be able to cancel a device's authentication.
 Once the device's signature has verified, the nonce is spent whatever the outcome.
 
 Pending nonces are bounded (``max_pending``, the oldest evicted first), so a flood
-of hellos costs bounded memory. A refusal is answered on the reply topic the
-message itself names; a message too broken to name one is not answered at all.
+of hellos costs bounded memory.
 """
 
 from __future__ import annotations
@@ -38,53 +34,13 @@ from __future__ import annotations
 import enum
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from gateway.auth.broker import acks_topic, check_prefix, readings_topic
-from gateway.auth.messages import (
-    AUTH_TYP,
-    GRANT_TYP,
-    NONCE_BYTES,
-    AuthRefused,
-    Challenge,
-    GrantPayload,
-    Hello,
-    Refusal,
-    RegistryLookup,
-    ResponsePayload,
-    b64u,
-    check_registered,
-    check_typ,
-    reply_topic,
-    split_jws,
-    verify_signed,
-)
-from gateway.auth.secret import RandomBytes, SecretError, seal_secret
-from gateway.identity.resolver import Resolver
-from gateway.identity.signing import Signer, sign_jws
-
-PASSWORD_BYTES = 32
-
-
-class Outgoing(NamedTuple):
-    """A message to publish: the topic and the payload bytes."""
-
-    topic: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What the transport needs to create the device's broker account before granting."""
-
-    did: str
-    username: str
-    password: str = field(repr=False)  # b64u of 32 random bytes; never logged
-    expires_ms: int
-    reply_topic: str
-    readings_topic: str
-    acks_topic: str
+from gateway.auth.mqtt_messages import NONCE_BYTES, Challenge
+from gateway.auth.secret import RandomBytes
+from gateway.auth.strict import AuthRefused, RegistryLookup, check_registered
+from gateway.identity.signing import Signer
 
 
 class Phase(enum.Enum):
@@ -167,9 +123,9 @@ class _Nonces:
 
 
 class Claim(Protocol):
-    """What a device's signed response says, whatever its encoding (JWS over MQTT,
-    COSE over CoAP): the nonce it answers, who it is, which gateway, when, and the
-    reply token of its hello (None where the transport needs none)."""
+    """What a signed response says, whatever its encoding (JWS over MQTT, COSE over CoAP,
+    a key-binding JWT from a wallet): the nonce it answers, who it is, which gateway,
+    when, and the reply token of its hello (None where the transport needs none)."""
 
     @property
     def nonce(self) -> bytes: ...
@@ -187,41 +143,60 @@ T = TypeVar("T")
 
 
 class Handshake:
-    """The transport-independent half of the challenge-response: nonces and their
-    table, the checks and their order, the counts. Each transport's authenticator
-    parses and encodes its own messages and calls :meth:`challenge` for a hello and
-    :meth:`answer` for a response; a refusal is an :class:`AuthRefused` it encodes."""
+    """The challenge-response core (see the module docstring). An adapter calls
+    :meth:`challenge` for a hello and :meth:`answer` for a response; a refusal is an
+    :class:`AuthRefused` it encodes, after :meth:`count`-ing it."""
 
     def __init__(
         self,
-        gateway_did: str,
+        gateway_signer: Signer,
         registry_lookup: RegistryLookup,
         *,
+        random_bytes: RandomBytes,
         nonce_ttl_ms: int = 30_000,
         clock_skew_ms: int = 300_000,
+        session_ms: int = 3_600_000,
         max_pending: int = 4096,
         max_pending_per_did: int = 4,
-        random_bytes: RandomBytes,
     ) -> None:
-        if min(nonce_ttl_ms, clock_skew_ms, max_pending, max_pending_per_did) < 1:
+        if min(nonce_ttl_ms, max_pending, max_pending_per_did) < 1:
             raise ValueError("lifetimes and limits must be positive")
-        self.did = gateway_did
+        self.signer = gateway_signer
+        self.random = random_bytes
         self._lookup = registry_lookup
         self._nonce_ttl = nonce_ttl_ms
-        self._skew = clock_skew_ms
         self._per_did = max_pending_per_did
-        self.random = random_bytes
         self._nonces = _Nonces(max_pending)
         self._outcomes: Counter[str] = Counter()
+        #: the refusal behind the last answer (its ``detail`` is for the log), else None
         self.last_refusal: AuthRefused | None = None
+        self.retime(session_ms=session_ms, clock_skew_ms=clock_skew_ms)
+
+    @property
+    def did(self) -> str:
+        """The gateway's DID, to which every nonce is bound."""
+        return self.signer.did
 
     @property
     def outcomes(self) -> dict[str, int]:
+        """How many challenges, grants and refusals (by reason) so far."""
         return dict(self._outcomes)
 
     @property
     def pending(self) -> int:
+        """How many nonces are outstanding."""
         return len(self._nonces)
+
+    def retime(self, *, session_ms: int, clock_skew_ms: int) -> None:
+        """New session length and clock tolerance, for every response from now on (a config
+        reload). Nonces already out keep their expiry."""
+        if min(session_ms, clock_skew_ms) < 1:
+            raise ValueError("lifetimes must be positive")
+        self._session, self._skew = session_ms, clock_skew_ms
+
+    def session_end(self, now_ms: int) -> int:
+        """When a session granted now ends."""
+        return now_ms + self._session
 
     def challenge(self, did: str, reply: str | None, now_ms: int) -> Challenge:
         """A new nonce for a registered, active ``did``, or :class:`AuthRefused`."""
@@ -279,165 +254,3 @@ class Handshake:
             raise AuthRefused("bad_nonce", f"the response is for gateway {claim.gateway}")
         if claim.reply != pending.reply:
             raise AuthRefused("bad_nonce", "the reply token is not the hello's")
-
-
-class Authenticator:
-    """The gateway's side of the DID challenge-response over MQTT (see the module docstring)."""
-
-    def __init__(
-        self,
-        gateway_signer: Signer,
-        registry_lookup: RegistryLookup,
-        resolver: Resolver,
-        *,
-        prefix: str = "didgw",
-        nonce_ttl_ms: int = 30_000,
-        clock_skew_ms: int = 300_000,
-        session_ms: int = 3_600_000,
-        max_pending: int = 4096,
-        max_pending_per_did: int = 4,
-        random_bytes: RandomBytes,
-    ) -> None:
-        if session_ms < 1:
-            raise ValueError("lifetimes and limits must be positive")
-        self._core = Handshake(
-            gateway_signer.did,
-            registry_lookup,
-            nonce_ttl_ms=nonce_ttl_ms,
-            clock_skew_ms=clock_skew_ms,
-            max_pending=max_pending,
-            max_pending_per_did=max_pending_per_did,
-            random_bytes=random_bytes,
-        )
-        self._signer = gateway_signer
-        self._resolver = resolver
-        self._prefix = check_prefix(prefix)
-        self._session = session_ms
-        self._random = random_bytes
-
-    @property
-    def did(self) -> str:
-        """The gateway's DID, to which every nonce is bound."""
-        return self._signer.did
-
-    def retime(self, *, session_ms: int, clock_skew_ms: int) -> None:
-        """New session length and clock tolerance, for grants from now on (a config reload)."""
-        if min(session_ms, clock_skew_ms) < 1:
-            raise ValueError("lifetimes must be positive")
-        self._session, self._skew = session_ms, clock_skew_ms
-
-    @property
-    def last_refusal(self) -> AuthRefused | None:
-        """The refusal behind the last answer (its ``detail`` is for the log), else None."""
-        return self._core.last_refusal
-
-    @property
-    def outcomes(self) -> dict[str, int]:
-        """How many challenges, grants and refusals (by reason) so far."""
-        return self._core.outcomes
-
-    @property
-    def pending(self) -> int:
-        """How many nonces are outstanding."""
-        return self._core.pending
-
-    def on_request(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, Grant | None]:
-        """Anything from ``<prefix>/auth/req``: a JSON hello or a compact-JWS response."""
-        if payload[:16].lstrip()[:1] == b"{":
-            return self.on_hello(payload, now_ms), None
-        return self.on_response(payload, now_ms)
-
-    def on_hello(self, payload: bytes, now_ms: int) -> Outgoing | None:
-        """Answer a hello with a challenge or a refusal (None: no reply token to answer to)."""
-        self._core.last_refusal = None
-        try:
-            hello = Hello.decode(payload)
-        except AuthRefused as exc:
-            return self._refuse(exc.reply, exc)
-        try:
-            challenge = self._core.challenge(hello.did, hello.reply, now_ms)
-        except AuthRefused as exc:
-            return self._refuse(hello.reply, exc)
-        return Outgoing(reply_topic(self._prefix, hello.reply), challenge.encode())
-
-    def on_response(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, Grant | None]:
-        """Answer a signed response with a grant (and its :class:`Grant`) or a refusal."""
-        self._core.last_refusal = None
-        try:
-            header, body = split_jws(payload, "response")
-            response = ResponsePayload.decode(body)
-        except AuthRefused as exc:
-            return self._refuse(exc.reply, exc), None
-        try:
-            check_typ(header, AUTH_TYP, "response")
-        except AuthRefused as exc:
-            return self._refuse(response.reply, exc), None
-
-        def verify() -> None:
-            verify_signed(
-                payload,
-                header,
-                body,
-                response.device,
-                resolver=self._resolver,
-                relationship="authentication",
-                now_ms=now_ms,
-            )
-
-        try:
-            outgoing, grant = self._core.answer(
-                response, now_ms, verify, lambda: self._grant(response, now_ms)
-            )
-        except AuthRefused as exc:
-            return self._refuse(response.reply, exc), None
-        return outgoing, grant
-
-    def refuse_unavailable(self, grant: Grant) -> Outgoing:
-        """What to publish instead of the grant when the broker account could not be made.
-
-        Counted as ``unavailable``; the grant itself was already counted when it was made.
-        """
-        return self._refuse_to(
-            grant.reply_topic, AuthRefused("unavailable", "broker account not created")
-        )
-
-    def _grant(self, response: ResponsePayload, now_ms: int) -> tuple[Outgoing, Grant]:
-        did = response.device
-        password = b64u(self._random(PASSWORD_BYTES))
-        try:
-            epk, iv, secret = seal_secret(
-                password.encode("ascii"),
-                response.epk,
-                response.nonce,
-                did,
-                random_bytes=self._random,
-            )
-        except SecretError as exc:
-            raise AuthRefused("malformed", f"response epk: {exc}") from None
-        grant = Grant(
-            did=did,
-            username=did,
-            password=password,
-            expires_ms=now_ms + self._session,
-            reply_topic=reply_topic(self._prefix, response.reply),
-            readings_topic=readings_topic(did, self._prefix),
-            acks_topic=acks_topic(did, self._prefix),
-        )
-        claims = GrantPayload(
-            did, did, grant.expires_ms, epk, iv, secret, grant.readings_topic, grant.acks_topic
-        )
-        token = sign_jws(claims.encode(), self._signer, headers={"typ": GRANT_TYP})
-        return Outgoing(grant.reply_topic, token.encode("ascii")), grant
-
-    def _refuse(self, reply: str | None, refusal: AuthRefused) -> Outgoing | None:
-        if reply is None:
-            self._count(refusal)
-            return None
-        return self._refuse_to(reply_topic(self._prefix, reply), refusal)
-
-    def _refuse_to(self, topic: str, refusal: AuthRefused) -> Outgoing:
-        self._count(refusal)
-        return Outgoing(topic, Refusal(refusal.reason).encode())
-
-    def _count(self, refusal: AuthRefused) -> None:
-        self._core.count(refusal)

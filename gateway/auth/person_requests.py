@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth.messages import AuthRefused, check_did, json_object
+from gateway.auth.strict import AuthRefused, check_did, json_object
 from gateway.chain.store import NewEntry
 from gateway.credentials.permissions import Permissions
 

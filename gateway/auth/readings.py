@@ -6,16 +6,18 @@ but the record must not depend on the broker's configuration being right, so
 everything is checked again here, in this order (the first failure is the answer):
 
 * ``malformed``: larger than ``max_bytes``, not a compact JWS, wrong ``typ``, or a
-  payload that is not exactly ``{"did", "seq", "ts", "type", "values"}`` as the
-  README describes it (``values``: 1 to 64 names → ``{"value": number, "unit": str}``);
+  payload that is not exactly ``{"did", "seq", "ts", "type", "values"}`` as
+  docs/protocol/mqtt.md, "Readings" describes it (``values``: 1 to 64 names →
+  ``{"value": number, "unit": str}``);
 * ``bad_signature``: the payload's ``did`` is not the topic's;
 * ``unknown_device`` / ``not_active``: the registry's answer for the DID;
 * ``bad_signature``: the ``kid`` is not a key of that DID, the key is not in its
   ``assertionMethod``, or the signature fails (``unavailable`` instead when the DID
   document cannot be fetched right now: the device is not at fault);
 * ``replay``: ``seq`` not above ``last_seq``;
-* ``clock_skew``: ``ts`` more than ``clock_skew_ms`` ahead of ``now_ms``, or more than
-  ``max_age_ms`` behind it (a device delivers readings it queued during an outage late).
+* ``clock_skew``: ``ts`` outside the :class:`ClockWindow`: more than ``skew_ms`` ahead of
+  ``now_ms``, or more than ``max_age_ms`` behind it (a device delivers readings it
+  queued during an outage late). A config reload replaces the checker's ``window``.
 
 The replay window belongs to the caller: the readings pipeline keeps, per device,
 the ``seq`` of the last reading it accepted for the record and passes it as
@@ -32,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.auth.messages import (
+from gateway.auth.strict import (
     AuthRefused,
     RegistryLookup,
     cbor_object,
@@ -103,24 +105,46 @@ class Reading:
     token: bytes = field(repr=False)
 
 
+@dataclass(frozen=True)
+class ClockWindow:
+    """The times a reading's ``ts`` may have: up to ``skew_ms`` ahead of the gateway's clock
+    (the device's clock may be off), up to ``max_age_ms`` behind it (a device keeps the
+    readings it could not deliver while the broker or the gateway was down, so a reading
+    may be old; never less than ``skew_ms``)."""
+
+    skew_ms: int = 300_000
+    max_age_ms: int = 86_400_000
+
+    def __post_init__(self) -> None:
+        if min(self.skew_ms, self.max_age_ms) < 1:
+            raise ValueError("a clock window's bounds must be positive")
+
+    def refusal(self, ts: int, now_ms: int) -> str | None:
+        """Why ``ts`` is outside the window at ``now_ms``, or None when it is inside."""
+        if ts - now_ms > self.skew_ms:
+            return f"ts is {ts - now_ms} ms ahead"
+        if now_ms - ts > max(self.max_age_ms, self.skew_ms):
+            return f"ts is {now_ms - ts} ms old"
+        return None
+
+
 class ReadingChecker:
-    """Checks readings against the registry and the devices' DID documents."""
+    """Checks readings against the registry and the devices' DID documents.
+
+    ``window`` is an attribute to replace, not to change: a config reload assigns a new
+    :class:`ClockWindow`, which a reading being checked on another thread sees whole."""
 
     def __init__(
         self,
         resolver: Resolver,
         registry_lookup: RegistryLookup,
         *,
-        clock_skew_ms: int = 300_000,
-        max_age_ms: int = 86_400_000,
+        window: ClockWindow = ClockWindow(),
         max_bytes: int = 16384,
     ) -> None:
         self._resolver = resolver
         self._lookup = registry_lookup
-        self._skew = clock_skew_ms
-        # A device keeps readings it could not deliver (broker or gateway down), so a
-        # reading may be old; it must not come from the future beyond the clock skew.
-        self._max_age = max(max_age_ms, clock_skew_ms)
+        self.window = window
         self._max_bytes = max_bytes
 
     def check(self, topic_did: str, token: bytes, now_ms: int, last_seq: int | None) -> Reading:
@@ -178,10 +202,9 @@ class ReadingChecker:
         seq = reading.seq
         if last_seq is not None and reading.seq <= last_seq:
             raise ReadingRefused("replay", seq, f"seq {reading.seq} is not above {last_seq}")
-        if reading.ts - now_ms > self._skew:
-            raise ReadingRefused("clock_skew", seq, f"ts is {reading.ts - now_ms} ms ahead")
-        if now_ms - reading.ts > self._max_age:
-            raise ReadingRefused("clock_skew", seq, f"ts is {now_ms - reading.ts} ms old")
+        outside = self.window.refusal(reading.ts, now_ms)
+        if outside is not None:
+            raise ReadingRefused("clock_skew", seq, outside)
         return reading
 
 

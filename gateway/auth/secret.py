@@ -5,7 +5,8 @@ read, so the broker password in it is encrypted to the fresh X25519 key (``epk``
 the device put in its *signed* response: only the holder of the private half,
 which never left the device, can read it.
 
-The recipe, exactly as the README gives it to device makers:
+The recipe, exactly as docs/protocol/mqtt.md ("Opening the broker secret") gives it to
+device makers:
 
 * the gateway makes an ephemeral X25519 key for this one grant;
 * key = HKDF-SHA256(ikm = X25519 shared secret, salt = the challenge nonce's
@@ -17,14 +18,16 @@ The recipe, exactly as the README gives it to device makers:
 A low-order ``epk`` would make the shared secret all zeros, a key anyone can
 compute; it is refused here whatever the underlying library does about it.
 
-:func:`seal_secret` is the gateway's half; :func:`open_secret` is what a device
-does with the grant (the tests and simulators use it).
+:func:`seal_secret` is the gateway's half (:func:`new_password` makes a broker
+password and seals it, for devices and wallets alike); :func:`open_secret` is what a
+device does with the grant (the tests and simulators use it).
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,10 +35,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.auth.strict import b64u
 from gateway.errors import DidgwError
 
 INFO = b"didgw broker secret v1"
 KEY_BYTES = 32
+PASSWORD_BYTES = 32
 IV_BYTES = 12
 NONCE_BYTES = 32
 
@@ -66,6 +71,28 @@ def seal_secret(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     return gateway_epk, iv, ciphertext
+
+
+@dataclass(frozen=True)
+class SealedPassword:
+    """A new broker password, and the grant's ``epk``, ``iv`` and ``secret`` that carry it."""
+
+    password: str = field(repr=False)  # b64u of PASSWORD_BYTES random bytes; never logged
+    epk: bytes
+    iv: bytes
+    secret: bytes
+
+
+def new_password(
+    device_epk: bytes, nonce: bytes, device_did: str, *, random_bytes: RandomBytes
+) -> SealedPassword:
+    """A fresh broker password sealed to ``device_epk`` (:class:`SecretError` for an unusable
+    key, e.g. a low-order point)."""
+    password = b64u(_random(random_bytes, PASSWORD_BYTES))
+    sealed = seal_secret(
+        password.encode("ascii"), device_epk, nonce, device_did, random_bytes=random_bytes
+    )
+    return SealedPassword(password, *sealed)
 
 
 def open_secret(

@@ -25,27 +25,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth.broker import check_prefix, person_requests_topic, person_responses_topic
-from gateway.auth.handshake import PASSWORD_BYTES, Handshake, Outgoing
-from gateway.auth.messages import (
+from gateway.auth.handshake import Handshake
+from gateway.auth.mqtt_auth import Outgoing, refuse
+from gateway.auth.mqtt_messages import (
     EPK_BYTES,
     GRANT_TYP,
     NONCE_BYTES,
-    AuthRefused,
     Hello,
     Refusal,
-    b64u,
-    b64u_decode,
-    check_did,
     check_reply,
-    json_object,
     reply_of,
     reply_topic,
 )
-from gateway.auth.secret import RandomBytes, SecretError, seal_secret
+from gateway.auth.secret import SecretError, new_password
+from gateway.auth.strict import AuthRefused, b64u, b64u_decode, check_did, json_object
 from gateway.credentials.permissions import Permissions, permissions_from
 from gateway.credentials.sd_jwt import VerifiedSdJwt, split
 from gateway.errors import CredentialError
-from gateway.identity.signing import Signer, sign_jws
+from gateway.identity.signing import sign_jws
 from gateway.registry import Status
 
 MAX_PRESENTATIONS = 4
@@ -146,44 +143,24 @@ class PersonGrant:
         return {p.vct: p.disclosed for p in self.presentations}
 
 
-class WalletAuthenticator:
-    """The gateway's side of the wallet protocol (see the module docstring)."""
+def holder_status(did: str) -> Status | None:
+    """The registry lookup of a wallet's :class:`Handshake`: people are not registered, and
+    any DID that names an Ed25519 key (a ``did:key``) may ask for a challenge."""
+    return Status.ACTIVE if did.startswith("did:key:") else None
 
-    def __init__(
-        self,
-        gateway_signer: Signer,
-        verify: Verify,
-        *,
-        prefix: str = "didgw",
-        nonce_ttl_ms: int = 30_000,
-        clock_skew_ms: int = 300_000,
-        session_ms: int = 3_600_000,
-        random_bytes: RandomBytes,
-    ) -> None:
-        self._core = Handshake(
-            gateway_signer.did,
-            lambda did: Status.ACTIVE if did.startswith("did:key:") else None,
-            nonce_ttl_ms=nonce_ttl_ms,
-            clock_skew_ms=clock_skew_ms,
-            random_bytes=random_bytes,
-        )
-        self._signer = gateway_signer
+
+class WalletAuthenticator:
+    """The gateway's side of the wallet protocol (see the module docstring). Its ``core``
+    is a :class:`Handshake` made with :func:`holder_status` as its registry lookup."""
+
+    def __init__(self, core: Handshake, verify: Verify, *, prefix: str = "didgw") -> None:
+        self.core = core
         self._verify = verify
         self._prefix = check_prefix(prefix)
-        self._session = session_ms
-        self._random = random_bytes
-
-    @property
-    def outcomes(self) -> dict[str, int]:
-        return self._core.outcomes
-
-    @property
-    def last_refusal(self) -> AuthRefused | None:
-        return self._core.last_refusal
 
     def on_request(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, PersonGrant | None]:
         """Anything from ``<prefix>/auth/wallet``: a hello or a presentation."""
-        self._core.last_refusal = None
+        self.core.last_refusal = None
         if b'"presentation"' not in payload[:4096]:
             return self._hello(payload, now_ms), None
         try:
@@ -200,10 +177,10 @@ class WalletAuthenticator:
 
         def verify() -> None:
             for text in message.presentations:
-                verified.append(self._verify(text, first.nonce_text, self._core.did))
+                verified.append(self._verify(text, first.nonce_text, self.core.did))
 
         try:
-            return self._core.answer(
+            return self.core.answer(
                 first, now_ms, verify, lambda: self._grant(message, first, verified, now_ms)
             )
         except AuthRefused as exc:
@@ -211,13 +188,13 @@ class WalletAuthenticator:
 
     def refuse_unavailable(self, grant: PersonGrant) -> Outgoing:
         refusal = AuthRefused("unavailable", "broker account not created")
-        self._core.count(refusal)
+        self.core.count(refusal)
         return Outgoing(grant.reply_topic, Refusal(refusal.reason).encode())
 
     def _hello(self, payload: bytes, now_ms: int) -> Outgoing | None:
         try:
             hello = Hello.decode(payload)
-            challenge = self._core.challenge(hello.did, hello.reply, now_ms)
+            challenge = self.core.challenge(hello.did, hello.reply, now_ms)
         except AuthRefused as exc:
             reply = exc.reply if exc.reply is not None else reply_of_safe(payload)
             if exc.reason == "unknown_device":
@@ -234,31 +211,26 @@ class WalletAuthenticator:
     ) -> tuple[Outgoing, PersonGrant]:
         try:
             permissions = permissions_from(
-                verified, holder=message.did, trusted_issuers={self._core.did}
+                verified, holder=message.did, trusted_issuers={self.core.did}
             )
         except CredentialError as exc:
             raise AuthRefused("not_permitted", str(exc)) from None
         if not permissions.names():
             raise AuthRefused("not_permitted", "the credentials grant nothing")
-        expires = now_ms + self._session
+        expires = self.core.session_end(now_ms)
         for p in verified:  # the session ends when the first credential does
             exp = p.claims.get("exp")
             if isinstance(exp, int | float):
                 expires = min(expires, int(exp * 1000))
-        password = b64u(self._random(PASSWORD_BYTES))
         try:
-            epk, iv, secret = seal_secret(
-                password.encode("ascii"),
-                binding.epk,
-                binding.nonce,
-                message.did,
-                random_bytes=self._random,
+            sealed = new_password(
+                binding.epk, binding.nonce, message.did, random_bytes=self.core.random
             )
         except SecretError as exc:
             raise AuthRefused("malformed", f"key-binding epk: {exc}") from None
         grant = PersonGrant(
             message.did,
-            password,
+            sealed.password,
             expires,
             reply_topic(self._prefix, message.reply),
             permissions,
@@ -270,22 +242,20 @@ class WalletAuthenticator:
             "person": message.did,
             "username": message.did,
             "expires": expires,
-            "epk": b64u(epk),
-            "iv": b64u(iv),
-            "secret": b64u(secret),
+            "epk": b64u(sealed.epk),
+            "iv": b64u(sealed.iv),
+            "secret": b64u(sealed.secret),
             "requests": person_requests_topic(message.did, self._prefix),
             "responses": person_responses_topic(message.did, self._prefix),
             "permissions": permissions.names(),
         }
         body = json.dumps(claims, separators=(",", ":")).encode()
-        token = sign_jws(body, self._signer, headers={"typ": GRANT_TYP})
+        token = sign_jws(body, self.core.signer, headers={"typ": GRANT_TYP})
         return Outgoing(grant.reply_topic, token.encode("ascii")), grant
 
     def _refuse(self, reply: str | None, refusal: AuthRefused) -> Outgoing | None:
-        self._core.count(refusal)
-        if reply is None:
-            return None
-        return Outgoing(reply_topic(self._prefix, reply), Refusal(refusal.reason).encode())
+        topic = None if reply is None else reply_topic(self._prefix, reply)
+        return refuse(self.core, topic, refusal)
 
 
 def reply_of_safe(payload: bytes) -> str | None:

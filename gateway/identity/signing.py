@@ -10,7 +10,10 @@ calls these, never raw Ed25519:
   ``assertionMethod`` for statements such as readings and credentials) and
   verifies the Ed25519 signature. Any failure raises :class:`SignatureError`
   with the reason;
-* :func:`sign_jws` / :func:`verify_jws` wrap the same in a compact JWS.
+* :func:`sign_jws` / :func:`verify_jws` wrap the same in a compact JWS, under the
+  header rules of :func:`jws_header` and :func:`check_jws_header` (the only place that
+  says what a didgw JWS header holds; the readings' fast path in ``auth/strict.py``
+  applies the same function).
 
 Verification is the ingest hot path (every reading), so two things are done
 once rather than per signature: a ``did:key`` key is resolved once per process
@@ -54,7 +57,8 @@ from gateway.identity.resolver import Resolution, Resolver, Unreachable
 # Both are accepted on verification; the warning is noise for us.
 warnings.filterwarnings("ignore", message="EdDSA is deprecated via RFC 9864")
 
-JWS_ALGORITHMS = ("EdDSA", "Ed25519")
+JWS_ALG = "EdDSA"  # what didgw signs with
+JWS_ALGORITHMS = (JWS_ALG, "Ed25519")  # what it accepts
 
 
 class SignerUnavailable(SignatureError):
@@ -160,14 +164,46 @@ class VerifiedJws:
     signer: VerifiedKey
 
 
+# -- the JWS header rules: what didgw puts in a header, and what it accepts ----------
+
+
+def jws_header(signer: Signer, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The protected header of a JWS by ``signer``: ``alg`` EdDSA, ``kid`` its DID URL, then
+    ``headers`` (e.g. ``typ``), which may not set ``alg``, ``kid`` or ``crit``."""
+    extra = dict(headers or {})
+    if extra.keys() & {"alg", "kid", "crit"}:
+        raise ValueError("alg, kid and crit are set by the header rules, not by the caller")
+    return {"alg": JWS_ALG, "kid": signer.kid, **extra}
+
+
+def check_jws_header(header: Mapping[str, Any], *, kid_required: bool = True) -> str:
+    """Refuse (:class:`SignatureError`) a header didgw does not accept: an ``alg`` other than
+    EdDSA/Ed25519, any ``crit`` (RFC 7515 §4.1.11: we understand no extension, e.g. RFC 7797's
+    unencoded payload), and with ``kid_required`` a missing ``kid``. Returns the ``kid``
+    ("" when it is not required and absent)."""
+    alg = header.get("alg")
+    if alg not in JWS_ALGORITHMS:
+        raise SignatureError(f"JWS alg {alg!r} refused; expected EdDSA")
+    if "crit" in header:
+        raise SignatureError(f"JWS has critical header parameters {header['crit']!r}; refused")
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        if kid_required:
+            raise SignatureError("JWS header has no kid (the signer's DID URL)")
+        return ""
+    return kid
+
+
 def sign_jws(payload: bytes, signer: Signer, *, headers: Mapping[str, Any] | None = None) -> str:
-    """Compact JWS, ``alg`` EdDSA, ``kid`` the signer's DID URL."""
+    """Compact JWS with the header of :func:`jws_header`."""
     from joserfc import jws
     from joserfc.jwk import OKPKey
 
-    protected = {"alg": "EdDSA", "kid": signer.kid, **(headers or {})}
     return jws.serialize_compact(
-        protected, payload, OKPKey.import_key(signer.private_key), algorithms=["EdDSA"]
+        jws_header(signer, headers),
+        payload,
+        OKPKey.import_key(signer.private_key),
+        algorithms=[JWS_ALG],
     )
 
 
@@ -215,19 +251,8 @@ def verify_jws(
     from joserfc import jws
     from joserfc.errors import JoseError
 
-    try:
-        obj = jws.extract_compact(_as_bytes(token))
-        header = obj.headers()
-    except (JoseError, ValueError) as exc:
-        raise SignatureError(f"not a compact JWS: {exc}") from None
-    alg = header.get("alg")
-    if alg not in JWS_ALGORITHMS:
-        raise SignatureError(f"JWS alg {alg!r} refused; expected EdDSA")
-    if "crit" in header:
-        raise SignatureError(f"JWS has critical header parameters {header['crit']!r}; refused")
-    kid = header.get("kid")
-    if not isinstance(kid, str):
-        raise SignatureError("JWS header has no kid (the signer's DID URL)")
+    obj, header = _extract(token)
+    kid = check_jws_header(header)
     try:
         signer = resolve_key(kid, resolver=resolver, relationship=relationship, now=now)
     except SignatureError:
@@ -245,8 +270,16 @@ def verify_jws(
     return VerifiedJws(obj.payload, dict(header), signer)
 
 
-def _as_bytes(token: str | bytes) -> bytes:
-    return token.encode("ascii") if isinstance(token, str) else token
+def _extract(token: str | bytes) -> tuple[Any, dict[str, Any]]:
+    """The parsed compact JWS (not yet verified) and its protected header."""
+    from joserfc import jws
+    from joserfc.errors import JoseError
+
+    try:
+        obj = jws.extract_compact(token.encode("ascii") if isinstance(token, str) else token)
+        return obj, dict(obj.headers())
+    except (JoseError, ValueError) as exc:
+        raise SignatureError(f"not a compact JWS: {exc}") from None
 
 
 def verify_jws_with_key(token: str | bytes, public_key: bytes) -> VerifiedJws:
@@ -258,15 +291,8 @@ def verify_jws_with_key(token: str | bytes, public_key: bytes) -> VerifiedJws:
     from joserfc import jws
     from joserfc.errors import JoseError
 
-    try:
-        obj = jws.extract_compact(_as_bytes(token))
-        header = obj.headers()
-    except (JoseError, ValueError) as exc:
-        raise SignatureError(f"not a compact JWS: {exc}") from None
-    if header.get("alg") not in JWS_ALGORITHMS:
-        raise SignatureError(f"JWS alg {header.get('alg')!r} refused; expected EdDSA")
-    if "crit" in header:
-        raise SignatureError(f"JWS has critical header parameters {header['crit']!r}; refused")
+    obj, header = _extract(token)
+    check_jws_header(header, kid_required=False)
     if len(public_key) != 32:
         raise SignatureError("an Ed25519 public key is 32 bytes")
     key = OKPKey.import_key(Ed25519PublicKey.from_public_bytes(public_key))

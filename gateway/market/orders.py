@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth.messages import (
+from gateway.auth.strict import (
     AuthRefused,
     check_did,
     check_int,

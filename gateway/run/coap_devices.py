@@ -43,8 +43,8 @@ from collections.abc import Callable
 import cbor2
 
 from gateway.auth.coap_auth import CoapAuthenticator, CoapSessions
-from gateway.auth.messages import AuthRefused
 from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
+from gateway.auth.strict import AuthRefused
 from gateway.run.ingest import Ack, ReadingPipeline
 from gateway.transports.coap import CBOR, COSE_SIGN1, CoapRequest, CoapResponse, Route
 

@@ -20,7 +20,7 @@ from pathlib import Path
 MB = 1024 * 1024
 
 
-class StorageGuard:
+class DiskGuard:
     """``guard.full()``: whether new readings must be refused now, and ``guard.why``."""
 
     def __init__(

@@ -28,10 +28,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
+from gateway.auth.readings import ClockWindow, Reading, ReadingChecker, ReadingRefused
 from gateway.chain.store import ChainStore, Entry
+from gateway.config import DevicesSection
 from gateway.errors import DidgwError
-from gateway.run.disk import StorageGuard
+from gateway.run.disk import DiskGuard
 from gateway.run.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ READING = "reading"
 #: recorded (once). Readings of one device are verified in parallel and can overtake each
 #: other; like IPsec's anti-replay window (RFC 4303), each number is accepted at most once.
 REORDER_WINDOW = 1024
+
+
+def clock_window(devices: DevicesSection) -> ClockWindow:
+    """The readings' clock window that ``[devices]`` configures (MQTT and CoAP alike)."""
+    return ClockWindow(devices.clock_skew_seconds * 1000, devices.max_reading_age_seconds * 1000)
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class ReadingPipeline:
         lookups: ChainStore,
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-        storage: StorageGuard | None = None,
+        storage: DiskGuard | None = None,
     ) -> None:
         self._checker = checker
         self._storage = storage
@@ -160,7 +166,7 @@ class ReadingPipeline:
             )
         )
 
-    def _storage_is_full(self, storage: StorageGuard) -> bool:
+    def _storage_is_full(self, storage: DiskGuard) -> bool:
         full = storage.full()
         if full != self._storage_full:
             self._storage_full = full

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
-from gateway.auth.handshake import Authenticator, Grant
+from gateway.auth.mqtt_auth import Authenticator, Grant
 from gateway.registry import Registry
 from gateway.run.ingest import ReadingPipeline
 from gateway.transports.dynsec import DynsecAdmin, DynsecError
@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 class _LogBudget:
     """At most ``burst`` log lines per ``period_ms``: a flood of bad requests must not
-    become a flood of log lines (the counts in ``Authenticator.outcomes`` keep the rest)."""
+    become a flood of log lines (the counts in ``Handshake.outcomes`` keep the rest)."""
 
     def __init__(self, burst: int = 20, period_ms: int = 10_000) -> None:
         self._burst, self._period = burst, period_ms
@@ -167,8 +167,8 @@ class MqttDevices:
                 else:
                     self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
                     self._roles.add(grant.did)
-        elif self._auth.last_refusal is not None and self._log_budget.take(self._clock_ms()):
-            log.info("authentication refused: %s", self._auth.last_refusal)
+        elif self._auth.core.last_refusal is not None and self._log_budget.take(self._clock_ms()):
+            log.info("authentication refused: %s", self._auth.core.last_refusal)
         if outgoing is not None:  # None: too broken to know where to answer
             self._publish(outgoing.topic, outgoing.payload)
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
 from gateway.auth import person_requests as requests
-from gateway.auth.messages import AuthRefused
+from gateway.auth.strict import AuthRefused
 from gateway.auth.wallet import PersonGrant, WalletAuthenticator
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.config import Config
@@ -73,7 +73,7 @@ class PeopleDesk:
         self.issuer = build_issuer(config, db, gateway_did)
         self.status = build_status_lists(config, self.resolver, self.issuer)
         self.max_kb_age = float(c.presentation_max_age_seconds)
-        self.skew = float(config.mqtt.clock_skew_seconds)
+        self.skew = float(config.devices.clock_skew_seconds)  # replaced on a reload
 
     def verify(self, text: str, nonce: str, aud: str) -> VerifiedSdJwt:
         """One presentation for this nonce and audience, or the refusal's reason."""
@@ -172,6 +172,13 @@ class MqttPeople:
         self._auth_topic = policy.wallet_auth_topic(prefix)
         self._req = (f"{prefix}/p/", "/req")
 
+    def retime(self, *, session_ms: int, clock_skew_ms: int) -> None:
+        """A reload's session length and clock tolerance, for the handshake and for the
+        presentations' times. Both are read on the desk's thread; each value is replaced
+        whole, so a presentation being checked sees the old one or the new one."""
+        self._auth.core.retime(session_ms=session_ms, clock_skew_ms=clock_skew_ms)
+        self._desk.skew = clock_skew_ms / 1000
+
     @property
     def subscriptions(self) -> list[str]:
         return [self._auth_topic, policy.person_requests_filter(self._prefix)]
@@ -215,8 +222,8 @@ class MqttPeople:
                     outgoing = self._auth.refuse_unavailable(grant)
                 else:
                     outgoing = await self._start_session(grant, outgoing)
-        elif self._auth.last_refusal is not None:
-            log.info("wallet authentication refused: %s", self._auth.last_refusal)
+        elif self._auth.core.last_refusal is not None:
+            log.info("wallet authentication refused: %s", self._auth.core.last_refusal)
         if outgoing is not None:
             self._publish(outgoing.topic, outgoing.payload)
 

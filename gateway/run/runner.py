@@ -20,25 +20,28 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.auth.handshake import Authenticator
+from gateway.auth.handshake import Handshake
+from gateway.auth.mqtt_auth import Authenticator
 from gateway.auth.readings import ReadingChecker
+from gateway.auth.strict import RegistryLookup
 from gateway.chain.store import ChainStore
 from gateway.config import SECTIONS, Config, load_config
 from gateway.db import DB_NAME, connect
 from gateway.errors import ConfigError, DidgwError
 from gateway.identity import keystore
+from gateway.identity.signing import Signer
 from gateway.ops import metrics
 from gateway.ops.health import Health
 from gateway.ops.sdnotify import Notifier
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
-from gateway.run.disk import StorageGuard
+from gateway.run.disk import DiskGuard
 from gateway.run.energy import MarketSide, MeterSide
-from gateway.run.ingest import ReadingPipeline
+from gateway.run.ingest import ReadingPipeline, clock_window
 from gateway.run.mqtt_devices import MqttDevices
 from gateway.run.recorder import Recorder, writer_lock_path
 from gateway.run.workers import VerifierPool, WorkerSettings
@@ -49,6 +52,31 @@ from gateway.transports.mqtt import MqttLink
 log = logging.getLogger("didgw")
 
 MQTT_PASSWORD_ENV = "DIDGW_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+
+#: The settings a SIGHUP applies at once (:meth:`_Parts.retime`); any other change waits
+#: for the next restart.
+LIVE = frozenset(
+    {
+        "devices.clock_skew_seconds",
+        "devices.max_reading_age_seconds",
+        "mqtt.session_seconds",
+        "coap.session_seconds",
+        "credentials.session_seconds",
+    }
+)
+
+
+def handshake(
+    config: Config, signer: Signer, lookup: RegistryLookup, session_seconds: int
+) -> Handshake:
+    """A challenge-response core with the configured clock tolerance and this session length."""
+    return Handshake(
+        signer,
+        lookup,
+        clock_skew_ms=config.devices.clock_skew_seconds * 1000,
+        session_ms=session_seconds * 1000,
+        random_bytes=secrets.token_bytes,
+    )
 
 
 def mqtt_password(config: Config, env: Mapping[str, str]) -> str:
@@ -84,7 +112,8 @@ class _MqttSide:
             ("mqtt", (lambda: pool.counts) if pool is not None else pipeline.snapshot_counts)
         )
         if auth is not None:
-            health.authentications.append(("mqtt", lambda: auth.outcomes))
+            core = auth.core
+            health.authentications.append(("mqtt", lambda: core.outcomes))
         if link is not None:
             health.connections["broker"] = link.connected.is_set
 
@@ -104,14 +133,11 @@ class _MqttSide:
         workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else default_verify_workers()
         self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
         await asyncio.to_thread(self.broker.connect)
+        core = handshake(
+            config, gateway.signer(env), lambda did: _status(gateway, did), mqtt.session_seconds
+        )
         authenticator = self.authenticator = Authenticator(
-            gateway.signer(env),
-            lambda did: _status(gateway, did),
-            gateway.resolver,
-            prefix=mqtt.prefix,
-            clock_skew_ms=mqtt.clock_skew_seconds * 1000,
-            session_ms=mqtt.session_seconds * 1000,
-            random_bytes=secrets.token_bytes,
+            core, gateway.resolver, prefix=mqtt.prefix
         )
         devices = self.devices = MqttDevices(
             prefix=mqtt.prefix,
@@ -127,7 +153,9 @@ class _MqttSide:
         if workers > 0:
             self.pool = VerifierPool(
                 workers,
-                lambda index: WorkerSettings(config, state_dir, password, index),
+                lambda index: WorkerSettings(
+                    config, state_dir, password, index, clock_window(config.devices)
+                ),
                 loop,
             )
             self.pool.start()
@@ -183,19 +211,13 @@ class _MqttSide:
         """People's wallets (``mqtt_people.py``), unless ``[credentials] enabled`` is off."""
         if not config.credentials.enabled or self.broker is None:
             return None
-        from gateway.auth.wallet import WalletAuthenticator
+        from gateway.auth.wallet import WalletAuthenticator, holder_status
         from gateway.run.mqtt_people import MqttPeople, PeopleDesk
 
         desk = PeopleDesk(config, connect(state_dir / DB_NAME), gateway.did)
         signer = gateway.signer(env)
-        authenticator = WalletAuthenticator(
-            signer,
-            desk.verify,
-            prefix=config.mqtt.prefix,
-            clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
-            session_ms=config.credentials.session_seconds * 1000,
-            random_bytes=secrets.token_bytes,
-        )
+        core = handshake(config, signer, holder_status, config.credentials.session_seconds)
+        authenticator = WalletAuthenticator(core, desk.verify, prefix=config.mqtt.prefix)
         return MqttPeople(
             prefix=config.mqtt.prefix,
             authenticator=authenticator,
@@ -208,6 +230,20 @@ class _MqttSide:
             market=market,
             status_every_s=config.credentials.status_valid_seconds / 2,
         )
+
+    def retime(self, config: Config) -> None:
+        """A reload's clock tolerance and session lengths (the readings' window: the workers')."""
+        skew_ms = config.devices.clock_skew_seconds * 1000
+        if self.authenticator is not None:
+            self.authenticator.core.retime(
+                session_ms=config.mqtt.session_seconds * 1000, clock_skew_ms=skew_ms
+            )
+        if self.people is not None:
+            self.people.retime(
+                session_ms=config.credentials.session_seconds * 1000, clock_skew_ms=skew_ms
+            )
+        if self.pool is not None:
+            self.pool.retime(clock_window(config.devices))
 
     def stop_taking(self) -> None:
         """Take no more readings; the workers finish theirs (committed and acknowledged)."""
@@ -250,14 +286,11 @@ class _CoapSide:
         from gateway.transports.coap import CoapServer
 
         coap = config.coap
+        core = handshake(
+            config, gateway.signer(env), lambda did: _status(gateway, did), coap.session_seconds
+        )
         self.authenticator = authenticator = CoapAuthenticator(
-            gateway.signer(env),
-            lambda did: _status(gateway, did),
-            gateway.resolver,
-            readings_path="/" + "/".join(READINGS_PATH),
-            clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
-            session_ms=coap.session_seconds * 1000,
-            random_bytes=secrets.token_bytes,
+            core, gateway.resolver, readings_path="/" + "/".join(READINGS_PATH)
         )
         status_list = None
         if config.credentials.enabled:
@@ -294,6 +327,14 @@ class _CoapSide:
             self.server.receive_buffer,
         )
 
+    def retime(self, config: Config) -> None:
+        """A reload's clock tolerance and session length for CoAP's handshake."""
+        if self.authenticator is not None:
+            self.authenticator.core.retime(
+                session_ms=config.coap.session_seconds * 1000,
+                clock_skew_ms=config.devices.clock_skew_seconds * 1000,
+            )
+
     def stop_taking(self) -> None:
         if self.devices is not None:
             self.devices.closing = True
@@ -326,15 +367,12 @@ class _Parts:
             lock_path=writer_lock_path(db_path),
         )
         self.lookups = ChainStore(connect(db_path))
-        storage = StorageGuard(
+        storage = DiskGuard(
             db_path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
         )
         self.pipeline = ReadingPipeline(
             ReadingChecker(
-                gateway.resolver,
-                StatusCache(gateway.registry),
-                clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
-                max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
+                gateway.resolver, StatusCache(gateway.registry), window=clock_window(config.devices)
             ),
             self.recorder,
             self.lookups,
@@ -380,10 +418,16 @@ class _Parts:
         if config.coap.enabled:
             await self.coap.start(config, env, gateway, self.coap_pipeline)
             self.health.readings.append(("coap", self.coap_pipeline.snapshot_counts))
-            handshake = self.coap.authenticator.core
-            self.health.authentications.append(("coap", lambda: handshake.outcomes))
+            coap_core = self.coap.authenticator.core
+            self.health.authentications.append(("coap", lambda: coap_core.outcomes))
         if config.metrics.enabled:
             self.exporter = _serve_metrics(config, self.health, self.db_path)
+
+    def retime(self, config: Config) -> None:
+        """Apply the :data:`LIVE` settings of a reloaded ``config`` to every part that uses them."""
+        self.pipeline.checker.window = clock_window(config.devices)  # CoAP's pipeline's too
+        self.mqtt.retime(config)
+        self.coap.retime(config)
 
     async def stop(self) -> None:
         """Stop taking work, commit and acknowledge what is in flight, close everything."""
@@ -423,7 +467,7 @@ async def serve(
         chores.append(asyncio.ensure_future(_keep_telling(notifier, health)))
         if reload is not None:
             chores.append(
-                asyncio.ensure_future(_reloads(reload, config, parts.mqtt, notifier, health))
+                asyncio.ensure_future(_reloads(reload, config, parts.retime, notifier, health))
             )
         await stop.wait()
     finally:
@@ -477,7 +521,11 @@ async def _keep_telling(notifier: Notifier, health: Health) -> None:
 
 
 async def _reloads(
-    reload: asyncio.Event, config: Config, mqtt: _MqttSide, notifier: Notifier, health: Health
+    reload: asyncio.Event,
+    config: Config,
+    retime: Callable[[Config], None],
+    notifier: Notifier,
+    health: Health,
 ) -> None:
     """SIGHUP: check the configuration file again; apply what can change without dropping
     a connection; name what needs a restart. An invalid file changes nothing."""
@@ -487,13 +535,14 @@ async def _reloads(
         reload.clear()
         notifier.reloading()
         try:
-            running = apply_reload(running, mqtt)
+            running = apply_reload(running, retime)
         finally:
             notifier.ready(status_line(health))
 
 
-def apply_reload(running: Config, mqtt: _MqttSide) -> Config:
-    """Reload from ``running.source``; returns the configuration now in force."""
+def apply_reload(running: Config, retime: Callable[[Config], None]) -> Config:
+    """Reload from ``running.source``; ``retime`` the running parts when a :data:`LIVE`
+    setting changed. Returns the configuration now in force."""
     if not Path(running.source).is_file():
         log.warning("reload: no configuration file to read (running on built-in defaults)")
         return running
@@ -503,14 +552,10 @@ def apply_reload(running: Config, mqtt: _MqttSide) -> Config:
         log.error("reload refused, the running configuration stays: %s", exc)
         return running
     changed = config_changes(running, new)
-    live = {"mqtt.session_seconds", "mqtt.clock_skew_seconds"}
-    if mqtt.authenticator is not None and changed & live:
-        mqtt.authenticator.retime(
-            session_ms=new.mqtt.session_seconds * 1000,
-            clock_skew_ms=new.mqtt.clock_skew_seconds * 1000,
-        )
+    if changed & LIVE:
+        retime(new)
     for key in sorted(changed):
-        how = "applied" if key in live else "takes effect at the next restart"
+        how = "applied" if key in LIVE else "takes effect at the next restart"
         log.info("reload: %s changed; %s", key, how)
     if not changed:
         log.info("reload: configuration unchanged")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import threading
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.broker import shared_readings_filter
+from gateway.auth.readings import ClockWindow
 from gateway.errors import DidgwError
 from gateway.run.ingest import ReadingPipeline
 
@@ -46,12 +48,14 @@ BACKLOG_WARNING = 10_000
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker needs to open its own connections (it shares none with the parent)."""
+    """What a worker needs to open its own connections (it shares none with the parent),
+    and the readings' clock window it starts with (the config's, or the last reload's)."""
 
     config: Any  # gateway.config.Config (picklable frozen dataclasses)
     state_dir: Path
     password: str
     index: int
+    window: ClockWindow
 
 
 class VerifierPool:
@@ -69,6 +73,7 @@ class VerifierPool:
         self._workers: list[tuple[Any, Connection]] = []
         self._counts: dict[int, dict[str, int]] = {}  # each worker's latest reading counts
         self._retired: Counter[str] = Counter()  # the last counts of workers that died
+        self._window: ClockWindow | None = None  # the last reload's, for workers started later
 
     @property
     def counts(self) -> dict[str, int]:
@@ -89,12 +94,23 @@ class VerifierPool:
                 raise DidgwError("a reading worker did not subscribe to the readings in time")
             self._loop.add_reader(parent.fileno(), self._watch, index)
 
+    def retime(self, window: ClockWindow) -> None:
+        """A reload's clock window, for every worker now and for those started later. Each
+        worker takes it from its pipe between readings and logs that it did."""
+        self._window = window
+        for _, conn in self._workers:
+            with contextlib.suppress(OSError, ValueError):  # a dead worker's replacement gets it
+                conn.send(window)
+
     def _spawn(self, index: int) -> tuple[Any, Connection]:
         context = multiprocessing.get_context("spawn")  # no fork under running threads
         parent, child = context.Pipe()
+        settings = self._settings(index)
+        if self._window is not None:
+            settings = dataclasses.replace(settings, window=self._window)
         process = context.Process(
             target=worker_main,
-            args=(self._settings(index), child),
+            args=(settings, child),
             name=f"didgw-readings-{index}",
             daemon=True,
         )
@@ -197,14 +213,28 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
 def _watch_until_stopped(
     conn: Connection, sending: threading.Lock, pipeline: ReadingPipeline, index: int
 ) -> None:
-    """Until the parent says stop (or goes away): report the counts every second, and say
-    so when readings pile up."""
+    """Until the parent says stop (or goes away): take a reload's clock window, report the
+    counts every second, and say so when readings pile up."""
     warned = 0.0
+    report_at = time.monotonic() + 1.0
     try:
-        while not conn.poll(1.0):
+        while True:
+            if conn.poll(max(0.0, report_at - time.monotonic())):
+                message = conn.recv()
+                if not isinstance(message, ClockWindow):
+                    return  # "stop"
+                pipeline.checker.window = message
+                log.info(
+                    "reading worker %d: clock window now %d s ahead to %d s behind",
+                    index,
+                    message.skew_ms // 1000,
+                    message.max_age_ms // 1000,
+                )
+                continue
+            now = time.monotonic()
+            report_at = now + 1.0
             with sending:
                 conn.send(pipeline.snapshot_counts())
-            now = time.monotonic()
             if pipeline.backlog > BACKLOG_WARNING and now - warned >= 10:
                 warned = now
                 log.warning(
@@ -225,7 +255,7 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
     from gateway.identity.cache import SqliteResolutionCache
     from gateway.registry import Registry
     from gateway.registry.status_cache import StatusCache
-    from gateway.run.disk import StorageGuard
+    from gateway.run.disk import DiskGuard
     from gateway.run.recorder import Recorder, writer_lock_path
     from gateway.service import build_resolver
 
@@ -233,12 +263,7 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
     path = settings.state_dir / DB_NAME
     db = connect(path)
     resolver = build_resolver(config, SqliteResolutionCache(db))
-    checker = ReadingChecker(
-        resolver,
-        StatusCache(Registry(db, resolver)),
-        clock_skew_ms=config.mqtt.clock_skew_seconds * 1000,
-        max_age_ms=config.mqtt.max_reading_age_seconds * 1000,
-    )
+    checker = ReadingChecker(resolver, StatusCache(Registry(db, resolver)), window=settings.window)
     recorder = Recorder(
         lambda: ChainStore(connect(path)),
         clock_ms=lambda: int(time.time() * 1000),
@@ -251,7 +276,7 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
         lookups.close()
         db.close()
 
-    storage = StorageGuard(
+    storage = DiskGuard(
         path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
     )
     return ReadingPipeline(checker, recorder, lookups, storage=storage), close

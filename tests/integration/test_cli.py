@@ -217,3 +217,17 @@ def test_config_example_and_check(didgw: Run, tmp_path: Path) -> None:
     path.write_text(example)
     check = didgw("config", "check", "--config", str(path))
     assert check.returncode == 0 and f"ok: {path}" in check.stdout
+
+
+def test_a_key_in_its_old_section_works_and_the_warning_names_its_new_place(
+    didgw: Run, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("[mqtt]\nclock_skew_seconds = 60\n")
+    check = didgw("config", "check", "--config", str(path))
+    assert check.returncode == 0 and f"ok: {path}" in check.stdout
+    assert check.stderr == (
+        f"{path}: [mqtt] clock_skew_seconds is deprecated: use [devices] clock_skew_seconds\n"
+    )
+    path.write_text("[devices]\nclock_skew_seconds = 60\n")
+    assert didgw("config", "check", "--config", str(path)).stderr == ""

@@ -129,6 +129,14 @@ def registered_sensor(didgw: Run, gateway: CoapGateway, tmp_path: Path) -> Path:
     return dev
 
 
+def registered_signer(didgw: Run, gateway: CoapGateway, tmp_path: Path) -> Signer:
+    """A new device key, registered: for tests that sign what the simulator would not."""
+    key = tmp_path / "k.pem"
+    did = didgw("did", "new", "-o", str(key)).stdout.strip()
+    register(didgw, gateway.state, did)
+    return Signer.for_did_key(load_private_key(key, None))
+
+
 def test_discovery_lists_the_auth_and_readings_resources(gateway: CoapGateway) -> None:
     links = coap_client("-m", "get", f"{gateway.uri}/.well-known/core")
     assert '</auth>;ct="60";rt="didgw.auth"' in links
@@ -178,21 +186,18 @@ def test_a_simulator_reading_posted_by_libcoap_is_recorded_acked_and_not_replaye
 def test_a_reading_without_a_session_is_unauthenticated(
     didgw: Run, gateway: CoapGateway, tmp_path: Path
 ) -> None:
-    key = tmp_path / "k.pem"
-    did = didgw("did", "new", "-o", str(key)).stdout.strip()
-    register(didgw, gateway.state, did)
-    signer = Signer.for_did_key(load_private_key(key, None))
+    signer = registered_signer(didgw, gateway, tmp_path)
     file = tmp_path / "r.cose"
     file.write_bytes(signed_reading(signer, seq=1, values=1))
     assert "4.01 unauthenticated" in coap_client("-m", "post", f"{gateway.uri}/r", payload=file)
     assert readings(gateway.state) == []
 
 
-def signed_reading(signer: Signer, *, seq: int, values: int) -> bytes:
+def signed_reading(signer: Signer, *, seq: int, values: int, ts: int | None = None) -> bytes:
     body = {
         "did": signer.did,
         "seq": seq,
-        "ts": int(time.time() * 1000),
+        "ts": int(time.time() * 1000) if ts is None else ts,
         "type": "energy",
         "values": {f"register.{i:02d}": {"value": i * 1.5, "unit": "kWh"} for i in range(values)},
     }
@@ -241,6 +246,63 @@ def test_a_retransmitted_confirmable_request_is_recorded_once(
     assert len(set(answers)) == 1  # the same stored response each time
     assert answers[0][1] == 0x44  # 2.04 Changed
     assert len(readings(gateway.state)) == 1
+
+
+def post(uri: str, payload: bytes, tmp_path: Path) -> tuple[bool, bytes]:
+    """POST with libcoap's client: (2.xx?, the answer's payload or the error it printed)."""
+    body = tmp_path / "body.bin"
+    body.write_bytes(payload)
+    result = subprocess.run(
+        [COAP_CLIENT, "-B", "10", "-m", "post", "-f", str(body), uri],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return (result.returncode == 0 and not result.stderr), result.stdout + result.stderr
+
+
+def authenticate(uri: str, signer: Signer, ts: int, tmp_path: Path) -> tuple[bool, bytes]:
+    """hello, challenge, a response signed with ``ts``: (granted?, the answer)."""
+    ok, answer = post(uri, cbor2.dumps({"type": "hello", "did": signer.did}), tmp_path)
+    assert ok, answer
+    challenge = cbor2.loads(answer)
+    body = {
+        "type": "response",
+        "nonce": challenge["nonce"],
+        "device": signer.did,
+        "gateway": challenge["gateway"],
+        "ts": ts,
+    }
+    return post(uri, sign1(cbor2.dumps(body), signer, typ="didgw-auth+cose"), tmp_path)
+
+
+def test_sighup_applies_a_new_clock_window_to_coap_authentication_and_readings(
+    didgw: Run, gateway: CoapGateway, tmp_path: Path
+) -> None:
+    """A device 120 s ahead: refused under a 60 s window, accepted once SIGHUP widened it."""
+    signer = registered_signer(didgw, gateway, tmp_path)
+    gateway.stop()
+    base = gateway.config.read_text()
+    gateway.config.write_text(base + "[devices]\nclock_skew_seconds = 60\n")
+    gateway.start()
+    auth, readings_uri = f"{gateway.uri}/auth", f"{gateway.uri}/r"
+    ahead = int(time.time() * 1000) + 120_000
+    reading = signed_reading(signer, seq=1, values=1, ts=ahead)
+    assert authenticate(auth, signer, int(time.time() * 1000), tmp_path)[0]  # a session
+    assert b"4.03 clock_skew" in post(readings_uri, reading, tmp_path)[1]
+    assert b"4.03 clock_skew" in authenticate(auth, signer, ahead, tmp_path)[1]
+
+    gateway.config.write_text(base + "[devices]\nclock_skew_seconds = 300\n")
+    gateway.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while not (granted := authenticate(auth, signer, ahead, tmp_path))[0]:
+        assert b"4.03 clock_skew" in granted[1]
+        assert time.monotonic() < deadline, "the new clock window was never applied"
+        time.sleep(0.2)
+    ok, ack = post(readings_uri, reading, tmp_path)
+    assert ok and cbor2.loads(ack)["seq"] == 1
+    assert gateway.stop() == 0
+    assert "devices.clock_skew_seconds changed; applied" in gateway.output
 
 
 def test_a_second_gateway_on_the_same_port_refuses_to_start(

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import device as dev
 import pytest
 from broker import Mosquitto
 from gateway_process import GatewayProcess, gateway_did, make_device, records, register
@@ -227,6 +228,54 @@ def test_sighup_refuses_a_bad_file_and_applies_a_good_one(
         assert gateway.process.poll() is None  # type: ignore[union-attr]
     finally:
         assert gateway.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sighup_applies_a_new_clock_window_to_authentication_and_readings(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path, workers: int
+) -> None:
+    """A device 120 s ahead and readings 120 s off: refused under a 60 s window, accepted
+    once SIGHUP has widened it (in the main process and in every reading worker)."""
+    gw = gateway_did(didgw, gateway.state)
+    ahead = make_device(tmp_path, mosquitto, "ahead", gw, clock=lambda: time.time() + 120)
+    meter = make_device(tmp_path, mosquitto, "meter", gw)
+    for device in (ahead, meter):
+        register(didgw, gateway.state, device.did, device.did[-6:])
+    base = gateway.config.read_text() + f"verify_workers = {workers}\n\n[devices]\n"
+    gateway.config.write_text(base + "clock_skew_seconds = 60\nmax_reading_age_seconds = 60\n")
+    gateway.start()
+    try:
+        meter.start(timeout=15)
+        with pytest.raises(dev.AuthRefused) as refused:
+            ahead.authenticate(timeout=15)
+        assert refused.value.reason == "clock_skew"
+        now = int(time.time() * 1000)
+        meter.publish_reading("energy", READING, ts_ms=now + 120_000)
+        meter.publish_reading("energy", READING, ts_ms=now - 120_000)
+        assert meter.wait_acked(timeout=15)
+        assert [a.get("reason") for a in meter.acks] == ["clock_skew", "clock_skew"]
+
+        gateway.config.write_text(
+            base + "clock_skew_seconds = 300\nmax_reading_age_seconds = 600\n"
+        )
+        gateway.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        assert gateway.wait_for("devices.clock_skew_seconds changed; applied")
+        ahead.start(timeout=15)  # its response, 120 s ahead, is now within the window
+        assert gateway.wait_for("devices.max_reading_age_seconds changed; applied")
+        for index in range(workers):  # each worker process says when it has the new window
+            assert gateway.wait_for(f"reading worker {index}: clock window now")
+        ahead.publish_reading("energy", READING)  # by its clock: 120 s ahead
+        now = int(time.time() * 1000)
+        meter.publish_reading("energy", READING, ts_ms=now + 120_000)
+        meter.publish_reading("energy", READING, ts_ms=now - 120_000)
+        assert ahead.wait_acked(timeout=15) and meter.wait_acked(timeout=15)
+        assert [a["status"] for a in ahead.acks] == ["accepted"]
+        assert [a["status"] for a in list(meter.acks)[2:]] == ["accepted", "accepted"]
+    finally:
+        ahead.stop()
+        meter.stop()
+        assert gateway.stop() == 0, gateway.output
+    assert len(records(gateway.state)) == 3
 
 
 # -- the disk guard ------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support import WebResolver
 
-from gateway.auth import Authenticator, Grant, Outgoing, open_secret
-from gateway.auth.messages import (
+from gateway.auth import Authenticator, Grant, Handshake, Outgoing, open_secret
+from gateway.auth.mqtt_messages import (
     AUTH_TYP,
     Challenge,
     GrantPayload,
@@ -107,14 +107,8 @@ class World:
 def make_world(resolver: Any = None, **options: Any) -> World:
     a, b = Device(), Device()
     registry = {a.did: Status.ACTIVE, b.did: Status.ACTIVE}
-    auth = Authenticator(
-        GATEWAY,
-        registry.get,
-        resolver or offline_resolver(),
-        random_bytes=random.Random(7).randbytes,
-        **options,
-    )
-    return World(auth, registry, a, b)
+    core = Handshake(GATEWAY, registry.get, random_bytes=random.Random(7).randbytes, **options)
+    return World(Authenticator(core, resolver or offline_resolver()), registry, a, b)
 
 
 @pytest.fixture
@@ -171,9 +165,9 @@ def test_a_device_authenticates_and_reads_its_broker_password(world: World) -> N
         device_did=device.did,
     )
     assert password.decode() == grant.password
-    assert world.auth.outcomes == {"challenge": 1, "grant": 1}
-    assert world.auth.pending == 0
-    assert world.auth.last_refusal is None
+    assert world.auth.core.outcomes == {"challenge": 1, "grant": 1}
+    assert world.auth.core.pending == 0
+    assert world.auth.core.last_refusal is None
 
 
 def test_the_password_never_shows_in_a_grant_s_repr(world: World) -> None:
@@ -192,13 +186,10 @@ def test_on_request_tells_a_hello_from_a_response(world: World) -> None:
 
 def test_the_topic_prefix_is_configurable() -> None:
     device = Device()
-    auth = Authenticator(
-        GATEWAY,
-        {device.did: Status.ACTIVE}.get,
-        offline_resolver(),
-        prefix="site/didgw",
-        random_bytes=random.Random(1).randbytes,
+    core = Handshake(
+        GATEWAY, {device.did: Status.ACTIVE}.get, random_bytes=random.Random(1).randbytes
     )
+    auth = Authenticator(core, offline_resolver(), prefix="site/didgw")
     out = auth.on_hello(device.hello(), NOW)
     assert out is not None and out.topic == f"site/didgw/auth/res/{device.reply}"
     _, grant = auth.on_response(device.respond(Challenge.decode(out.payload)), NOW)
@@ -209,7 +200,9 @@ def test_the_topic_prefix_is_configurable() -> None:
 def test_an_unusable_prefix_is_refused(prefix: str) -> None:
     with pytest.raises(ConfigError):
         Authenticator(
-            GATEWAY, {}.get, offline_resolver(), prefix=prefix, random_bytes=random.randbytes
+            Handshake(GATEWAY, {}.get, random_bytes=random.randbytes),
+            offline_resolver(),
+            prefix=prefix,
         )
 
 
@@ -221,8 +214,8 @@ def test_an_unregistered_device_gets_no_challenge(world: World) -> None:
     out = world.auth.on_hello(stranger.hello(), NOW)
     assert out is not None and out.topic == f"didgw/auth/res/{stranger.reply}"
     assert reason(out) == "unknown_device"
-    assert world.auth.outcomes == {"unknown_device": 1}
-    assert world.auth.pending == 0
+    assert world.auth.core.outcomes == {"unknown_device": 1}
+    assert world.auth.core.pending == 0
 
 
 @pytest.mark.parametrize("status", [Status.SUSPENDED, Status.REVOKED])
@@ -263,8 +256,8 @@ def test_a_bad_signature_is_refused_and_does_not_spend_the_nonce(world: World) -
     challenge = world.challenge(world.a)
     out, grant = world.auth.on_response(flip_signature(world.a.respond(challenge)), NOW)
     assert grant is None and reason(out) == "bad_signature"
-    assert world.auth.last_refusal is not None
-    assert "does not verify" in world.auth.last_refusal.detail
+    assert world.auth.core.last_refusal is not None
+    assert "does not verify" in world.auth.core.last_refusal.detail
     # A forgery cannot cancel the device's authentication: the real response still works.
     _, grant = world.auth.on_response(world.a.respond(challenge), NOW)
     assert grant is not None
@@ -283,7 +276,8 @@ def test_another_registered_device_s_key_is_refused(world: World) -> None:
     forged = world.a.respond(challenge, signer=world.b.signer)  # says device A, signed by B
     out, grant = world.auth.on_response(forged, NOW)
     assert grant is None and reason(out) == "bad_signature"
-    assert world.auth.last_refusal is not None and world.b.did in world.auth.last_refusal.detail
+    refusal = world.auth.core.last_refusal
+    assert refusal is not None and world.b.did in refusal.detail
     _, grant = world.auth.on_response(world.a.respond(challenge), NOW)
     assert grant is not None
 
@@ -295,8 +289,8 @@ def test_a_key_outside_the_authentication_relationship_is_refused() -> None:
     world.registry[WEB_DID] = Status.ACTIVE
     out, grant = world.auth.on_response(web.respond(world.challenge(web)), NOW)
     assert grant is None and reason(out) == "bad_signature"
-    assert world.auth.last_refusal is not None
-    assert "not authorised for authentication" in world.auth.last_refusal.detail
+    assert world.auth.core.last_refusal is not None
+    assert "not authorised for authentication" in world.auth.core.last_refusal.detail
 
 
 def test_a_did_web_device_authenticates_and_an_outage_is_unavailable_not_bad() -> None:
@@ -326,7 +320,7 @@ def test_an_expired_nonce_is_refused(world: World) -> None:
     challenge = world.challenge(world.a)
     out, grant = world.auth.on_response(world.a.respond(challenge), NOW + 30_000)
     assert grant is None and reason(out) == "bad_nonce"
-    assert world.auth.pending == 0
+    assert world.auth.core.pending == 0
     out, _ = world.auth.on_response(world.a.respond(challenge), NOW + 30_000)
     assert reason(out) == "bad_nonce"
 
@@ -387,7 +381,7 @@ def test_outstanding_nonces_per_device_are_capped(world: World) -> None:
     assert reason(world.auth.on_hello(world.a.hello(), NOW + 1)) == "rate_limited"
     world.challenge(world.b)  # other devices are not affected
     world.challenge(world.a, now=NOW + 30_000)  # once the old ones expired, it may ask again
-    assert world.auth.outcomes == {"challenge": 6, "rate_limited": 1}
+    assert world.auth.core.outcomes == {"challenge": 6, "rate_limited": 1}
 
 
 def test_the_nonce_store_is_bounded_and_evicts_the_oldest() -> None:
@@ -395,7 +389,7 @@ def test_the_nonce_store_is_bounded_and_evicts_the_oldest() -> None:
     c = Device()
     world.registry[c.did] = Status.ACTIVE
     first, second, third = world.challenge(world.a), world.challenge(world.b), world.challenge(c)
-    assert world.auth.pending == 2
+    assert world.auth.core.pending == 2
     out, grant = world.auth.on_response(world.a.respond(first), NOW)
     assert grant is None and reason(out) == "bad_nonce"
     assert world.auth.on_response(world.b.respond(second), NOW)[1] is not None
@@ -419,6 +413,34 @@ def test_the_response_time_must_be_within_the_clock_window(
         assert reason(out) == "clock_skew"
 
 
+def test_retime_applies_a_new_clock_window_and_session_to_the_next_response() -> None:
+    world = make_world(clock_skew_ms=60_000, session_ms=3_600_000)
+    late = world.challenge(world.a)  # issued before the change: answered after it
+    out, grant = world.auth.on_response(
+        world.a.respond(world.challenge(world.a), ts=NOW + 120_000), NOW
+    )
+    assert grant is None and reason(out) == "clock_skew"
+
+    world.auth.core.retime(session_ms=600_000, clock_skew_ms=300_000)
+    _, grant = world.auth.on_response(world.a.respond(late, ts=NOW + 120_000), NOW)
+    assert grant is not None and grant.expires_ms == NOW + 600_000
+
+    world.auth.core.retime(session_ms=600_000, clock_skew_ms=60_000)  # and back
+    out, grant = world.auth.on_response(
+        world.a.respond(world.challenge(world.a), ts=NOW - 120_000), NOW
+    )
+    assert grant is None and reason(out) == "clock_skew"
+
+
+@pytest.mark.parametrize(("session_ms", "clock_skew_ms"), [(0, 1), (1, 0), (-5, 300_000)])
+def test_retime_refuses_bounds_that_are_not_positive(session_ms: int, clock_skew_ms: int) -> None:
+    world = make_world()
+    with pytest.raises(ValueError, match="positive"):
+        world.auth.core.retime(session_ms=session_ms, clock_skew_ms=clock_skew_ms)
+    with pytest.raises(ValueError, match="positive"):
+        make_world(session_ms=session_ms, clock_skew_ms=clock_skew_ms)
+
+
 # -- the device's X25519 key -------------------------------------------------------------
 
 LOW_ORDER = [
@@ -434,7 +456,8 @@ def test_a_low_order_epk_is_malformed(world: World, point: bytes) -> None:
     challenge = world.challenge(world.a)
     out, grant = world.auth.on_response(world.a.respond(challenge, epk=point), NOW)
     assert grant is None and reason(out) == "malformed"
-    assert world.auth.last_refusal is not None and "low-order" in world.auth.last_refusal.detail
+    refusal = world.auth.core.last_refusal
+    assert refusal is not None and "low-order" in refusal.detail
 
 
 # -- malformed messages -------------------------------------------------------------------
@@ -498,9 +521,10 @@ def test_a_malformed_hello_is_refused(world: World, payload: bytes, answered: bo
         assert reason(out) == "malformed"
     else:
         assert out is None
-    assert world.auth.outcomes == {"malformed": 1}
-    assert world.auth.last_refusal is not None and world.auth.last_refusal.reason == "malformed"
-    assert world.auth.pending == 0
+    assert world.auth.core.outcomes == {"malformed": 1}
+    refusal = world.auth.core.last_refusal
+    assert refusal is not None and refusal.reason == "malformed"
+    assert world.auth.core.pending == 0
 
 
 EPK = X25519PrivateKey.from_private_bytes(bytes(range(32))).public_key().public_bytes_raw()
@@ -592,7 +616,7 @@ def test_a_malformed_response_is_refused(world: World, payload: bytes, answered:
         assert reason(out) == "malformed"
     else:
         assert out is None
-    assert world.auth.outcomes == {"malformed": 1}
+    assert world.auth.core.outcomes == {"malformed": 1}
 
 
 def test_the_well_formed_base_of_the_malformed_cases_gets_past_parsing(world: World) -> None:
@@ -613,7 +637,7 @@ def test_outcomes_are_counted_by_reason(world: World) -> None:
     challenge = world.challenge(world.a)
     world.auth.on_response(flip_signature(world.a.respond(challenge)), NOW)
     world.auth.on_response(world.a.respond(challenge), NOW)
-    assert world.auth.outcomes == {
+    assert world.auth.core.outcomes == {
         "malformed": 1,
         "unknown_device": 1,
         "challenge": 1,
@@ -627,14 +651,13 @@ def test_a_grant_the_broker_could_not_honour_becomes_unavailable(world: World) -
     assert isinstance(grant, Grant)
     out = world.auth.refuse_unavailable(grant)
     assert out.topic == grant.reply_topic and reason(out) == "unavailable"
-    assert world.auth.outcomes["unavailable"] == 1
+    assert world.auth.core.outcomes["unavailable"] == 1
 
 
 def test_a_repeated_nonce_from_broken_randomness_is_an_error() -> None:
     device = Device()
-    auth = Authenticator(
-        GATEWAY, {device.did: Status.ACTIVE}.get, offline_resolver(), random_bytes=bytes
-    )
+    core = Handshake(GATEWAY, {device.did: Status.ACTIVE}.get, random_bytes=bytes)
+    auth = Authenticator(core, offline_resolver())
     auth.on_hello(device.hello(), NOW)
     with pytest.raises(ValueError, match="repeated nonce"):
         auth.on_hello(device.hello(), NOW)

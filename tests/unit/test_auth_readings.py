@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from support import WebResolver
 
-from gateway.auth import Measurement, ReadingChecker, ReadingRefused
+from gateway.auth import ClockWindow, Measurement, ReadingChecker, ReadingRefused
 from gateway.auth.readings import READING_TYP
 from gateway.identity import offline_resolver, sign_jws
 from gateway.identity.did_key import ed25519_multikey
@@ -139,6 +139,24 @@ def test_a_time_outside_the_clock_window_is_refused(world: World, offset: int) -
     # More than the clock skew ahead, or older than the maximum age (one day by default).
     error = refused(world, world.a.did, token(world.a, ts=NOW + offset))
     assert (error.reason, error.seq) == ("clock_skew", 17)
+
+
+def test_a_new_clock_window_applies_to_the_next_reading(world: World) -> None:
+    ahead, old = token(world.a, ts=NOW + 120_000), token(world.a, ts=NOW - 120_000)
+    world.checker.window = ClockWindow(skew_ms=60_000, max_age_ms=60_000)
+    assert refused(world, world.a.did, ahead).reason == "clock_skew"
+    assert refused(world, world.a.did, old).reason == "clock_skew"
+    world.checker.window = ClockWindow(skew_ms=300_000, max_age_ms=600_000)
+    assert world.checker.check(world.a.did, ahead, NOW, None).ts == NOW + 120_000
+    assert world.checker.check(world.a.did, old, NOW, None).ts == NOW - 120_000
+
+
+def test_the_maximum_age_is_at_least_the_clock_skew() -> None:
+    window = ClockWindow(skew_ms=300_000, max_age_ms=60_000)
+    assert window.refusal(NOW - 300_000, NOW) is None
+    assert window.refusal(NOW - 300_001, NOW) == "ts is 300001 ms old"
+    with pytest.raises(ValueError, match="positive"):
+        ClockWindow(skew_ms=0)
 
 
 def test_a_reading_queued_during_an_outage_is_still_accepted(world: World) -> None:

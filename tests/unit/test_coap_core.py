@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from gateway.auth import ReadingChecker, ReadingRefused
 from gateway.auth.coap_auth import AUTH_COSE_TYP, GRANT_COSE_TYP, CoapAuthenticator
-from gateway.auth.messages import AuthRefused
+from gateway.auth.handshake import Handshake
 from gateway.auth.readings import READING_COSE_TYP, READING_REASONS
+from gateway.auth.strict import AuthRefused
 from gateway.identity import offline_resolver
 from gateway.identity.cose import CoseError, Sign1, sig_structure, sign1
 from gateway.identity.keystore import generate_key
@@ -133,14 +134,15 @@ def test_every_reason_a_cose_reading_is_refused(device: Signer) -> None:
 # -- the handshake over CoAP -------------------------------------------------------
 
 
-def authenticator(device: Signer, gateway: Signer) -> CoapAuthenticator:
+def authenticator(device: Signer, gateway: Signer, **timing: int) -> CoapAuthenticator:
     counter = itertools.count()
-    return CoapAuthenticator(
+    core = Handshake(
         gateway,
         lambda did: Status.ACTIVE if did == device.did else None,
-        offline_resolver(),
         random_bytes=lambda n: next(counter).to_bytes(n, "big"),
+        **timing,
     )
+    return CoapAuthenticator(core, offline_resolver())
 
 
 def respond(device: Signer, challenge: dict[str, Any], **change: Any) -> bytes:
@@ -189,6 +191,22 @@ def test_a_forged_response_does_not_spend_the_nonce(device: Signer) -> None:
             auth.on_request(cbor2.dumps({"type": "hello", "did": device.did}), NOW).payload
         )
         auth.on_request(respond(device, late, ts=NOW - 3_600_000), NOW)
+
+
+def test_the_coap_handshake_takes_its_clock_window_and_session_from_its_core(
+    device: Signer,
+) -> None:
+    auth = authenticator(device, Signer.for_did_key(generate_key()), clock_skew_ms=60_000)
+
+    def response_at(ts: int) -> bytes:
+        hello = cbor2.dumps({"type": "hello", "did": device.did})
+        return respond(device, cbor2.loads(auth.on_request(hello, NOW).payload), ts=ts)
+
+    with pytest.raises(AuthRefused, match="clock_skew"):
+        auth.on_request(response_at(NOW + 120_000), NOW)
+    auth.core.retime(session_ms=600_000, clock_skew_ms=300_000)
+    session = auth.on_request(response_at(NOW + 120_000), NOW).session
+    assert session is not None and session.expires_ms == NOW + 600_000
 
 
 # -- the CoAP glue: codes, sessions, limits ------------------------------------------

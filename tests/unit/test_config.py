@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,55 @@ def test_errors_name_the_file_the_key_and_the_reason(
         load_config(path)
     assert str(path) in str(exc.value)
     assert message in str(exc.value)
+
+
+# -- keys that moved: [mqtt] clock_skew_seconds and max_reading_age_seconds to [devices] ------
+
+
+def test_the_clock_window_is_read_from_devices_without_a_deprecation() -> None:
+    config = parse_config(
+        {"devices": {"clock_skew_seconds": 60, "max_reading_age_seconds": 600}}, source="f"
+    )
+    assert (config.devices.clock_skew_seconds, config.devices.max_reading_age_seconds) == (60, 600)
+    assert config.deprecations == ()
+
+
+def test_the_old_keys_under_mqtt_are_still_read_and_name_their_new_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text(
+        '[mqtt]\nclock_skew_seconds = 60\nmax_reading_age_seconds = 600\nprefix = "x"\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        config = load_config(path)
+    assert (config.devices.clock_skew_seconds, config.devices.max_reading_age_seconds) == (60, 600)
+    assert config.mqtt.prefix == "x"
+    expected = [
+        "[mqtt] clock_skew_seconds is deprecated: use [devices] clock_skew_seconds",
+        "[mqtt] max_reading_age_seconds is deprecated: use [devices] max_reading_age_seconds",
+    ]
+    assert list(config.deprecations) == expected
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: {e}" for e in expected]
+
+
+def test_when_both_places_are_set_the_new_one_wins_and_the_warning_says_so() -> None:
+    config = parse_config(
+        {"mqtt": {"clock_skew_seconds": 60}, "devices": {"clock_skew_seconds": 30}}, source="f"
+    )
+    assert config.devices.clock_skew_seconds == 30
+    assert config.deprecations == (
+        "[mqtt] clock_skew_seconds is deprecated: use [devices] clock_skew_seconds "
+        "(both are set; [devices] clock_skew_seconds wins)",
+    )
+
+
+def test_an_old_key_with_an_impossible_value_is_named_as_written() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"mqtt": {"max_reading_age_seconds": 5}}, source="f")
+    assert "f: [mqtt] max_reading_age_seconds: must be between 60 and" in str(exc.value)
+    with pytest.raises(ConfigError, match=r"\[mqtt\] clock_skew_seconds: must be an integer"):
+        parse_config({"mqtt": {"clock_skew_seconds": "60"}}, source="f")
 
 
 def test_all_errors_are_reported_at_once() -> None:

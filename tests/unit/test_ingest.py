@@ -43,7 +43,7 @@ def setup(tmp_path: Path) -> Any:
     statuses = {meter.did: Status.ACTIVE}
     recorder = Recorder(lambda: ChainStore(connect(path)), clock_ms=lambda: NOW)
     lookups = ChainStore(connect(path))
-    checker = ReadingChecker(offline_resolver(), statuses.get, clock_skew_ms=300_000)
+    checker = ReadingChecker(offline_resolver(), statuses.get)
     pipeline = ReadingPipeline(checker, recorder, lookups, clock_ms=lambda: NOW)
     yield pipeline, meter, lookups, path
     recorder.close()

@@ -300,3 +300,87 @@ def test_jwk_and_2018_key_encodings_verify() -> None:
             relationship="assertionMethod",
             now=NOW,
         )
+
+
+# -- the header rules, one for every verifier -------------------------------------------
+
+
+def _the_three_verifiers(token: str, signer: Signer) -> list[tuple[str, str]]:
+    """(verifier, outcome) for the token through each of the three JWS verifiers: the
+    DID-resolving one, the raw-key one (SD-JWT key binding) and the readings' fast path."""
+    from gateway.auth.strict import AuthRefused, split_jws, verify_signed
+    from gateway.identity.keystore import public_bytes
+    from gateway.identity.signing import verify_jws_with_key
+
+    def resolving() -> None:
+        _verify(token)
+
+    def raw_key() -> None:
+        verify_jws_with_key(token, public_bytes(signer.private_key))
+
+    def readings() -> None:
+        header, body = split_jws(token.encode(), "t")
+        verify_signed(
+            token.encode(),
+            header,
+            body,
+            signer.did,
+            resolver=offline_resolver(),
+            relationship="assertionMethod",
+            now_ms=int(NOW * 1000),
+        )
+
+    outcomes = []
+    for name, check in (("resolving", resolving), ("raw key", raw_key), ("readings", readings)):
+        try:
+            check()
+            outcomes.append((name, "accepted"))
+        except SignatureError as exc:
+            outcomes.append((name, f"refused: {exc}"))
+        except AuthRefused as exc:
+            assert exc.reason == "bad_signature"
+            outcomes.append((name, f"refused: {exc.detail}"))
+    return outcomes
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({}, None),
+        ({"alg": "Ed25519"}, None),
+        ({"alg": "none"}, "JWS alg 'none' refused; expected EdDSA"),
+        ({"alg": "HS256"}, "JWS alg 'HS256' refused; expected EdDSA"),
+        ({"b64": False, "crit": ["b64"]}, "JWS has critical header parameters ['b64']; refused"),
+        ({"crit": []}, "JWS has critical header parameters []; refused"),
+    ],
+)
+def test_every_verifier_applies_the_same_header_rules(
+    new_did: Any, change: dict[str, Any], why: str | None
+) -> None:
+    signer = new_did()
+    token = _token(
+        {"alg": "EdDSA", "kid": signer.kid, "typ": "t", **change}, b"x", signer.private_key
+    )
+    expected = "accepted" if why is None else f"refused: {why}"
+    assert _the_three_verifiers(token, signer) == [
+        ("resolving", expected),
+        ("raw key", expected),
+        ("readings", expected),
+    ]
+
+
+def test_a_kid_is_needed_except_where_the_key_is_given(new_did: Any) -> None:
+    signer = new_did()
+    token = _token({"alg": "EdDSA", "typ": "t"}, b"x", signer.private_key)
+    refused = "refused: JWS header has no kid (the signer's DID URL)"
+    assert _the_three_verifiers(token, signer) == [
+        ("resolving", refused),
+        ("raw key", "accepted"),
+        ("readings", refused),
+    ]
+
+
+@pytest.mark.parametrize("name", ["alg", "kid", "crit"])
+def test_what_the_rules_set_cannot_be_set_by_a_caller(new_did: Any, name: str) -> None:
+    with pytest.raises(ValueError, match="set by the header rules"):
+        sign_jws(b"x", new_did(), headers={"typ": "t", name: "none"})

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateway.auth import person_requests as requests
-from gateway.auth.messages import AuthRefused, b64u, b64u_decode
+from gateway.auth.handshake import Handshake
 from gateway.auth.secret import open_secret
-from gateway.auth.wallet import WalletAuthenticator
+from gateway.auth.strict import AuthRefused, b64u, b64u_decode
+from gateway.auth.wallet import WalletAuthenticator, holder_status
 from gateway.credentials import sd_jwt
 from gateway.credentials.permissions import Permissions
 from gateway.errors import CredentialError
@@ -63,8 +64,9 @@ def verifier(revoked: bool = False) -> Any:
     return verify
 
 
-def authenticator(**kw: Any) -> WalletAuthenticator:
-    return WalletAuthenticator(GATEWAY, verifier(**kw), random_bytes=os.urandom)
+def authenticator(revoked: bool = False, **timing: int) -> WalletAuthenticator:
+    core = Handshake(GATEWAY, holder_status, random_bytes=os.urandom, **timing)
+    return WalletAuthenticator(core, verifier(revoked))
 
 
 def challenge(auth: WalletAuthenticator, did: str = HOLDER.did) -> dict[str, Any]:
@@ -76,7 +78,12 @@ def challenge(auth: WalletAuthenticator, did: str = HOLDER.did) -> dict[str, Any
 
 
 def presentation(
-    text: str, nonce: str, *, aud: str = GATEWAY.did, disclose: tuple[str, ...] = ()
+    text: str,
+    nonce: str,
+    *,
+    aud: str = GATEWAY.did,
+    disclose: tuple[str, ...] = (),
+    iat: int = NOW_MS // 1000,
 ) -> tuple[bytes, X25519PrivateKey]:
     epk = X25519PrivateKey.generate()
     raw = epk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -86,7 +93,7 @@ def presentation(
         HOLDER,
         nonce=nonce,
         aud=aud,
-        iat=NOW_MS // 1000,
+        iat=iat,
         extra={"epk": b64u(raw)},
     )
     body = {"type": "presentation", "did": HOLDER.did, "reply": REPLY, "presentations": [shown]}
@@ -143,6 +150,19 @@ def test_a_presentation_for_another_nonce_or_audience_is_refused(what: str) -> N
     # Refused before verification: the real nonce still works.
     message, _ = presentation(credential(), nonce, disclose=("household", "role"))
     assert auth.on_request(message, NOW_MS)[1] is not None
+
+
+def test_the_wallet_handshake_takes_its_clock_window_and_session_from_its_core() -> None:
+    auth = authenticator(clock_skew_ms=60_000)
+    ahead = NOW_MS // 1000 + 120  # the wallet's clock is two minutes ahead
+    shown = ("household", "role")
+    message, _ = presentation(credential(), challenge(auth)["nonce"], disclose=shown, iat=ahead)
+    out, grant = auth.on_request(message, NOW_MS)
+    assert grant is None and reason(out) == "clock_skew"
+    auth.core.retime(session_ms=600_000, clock_skew_ms=300_000)
+    message, _ = presentation(credential(), challenge(auth)["nonce"], disclose=shown, iat=ahead)
+    _, grant = auth.on_request(message, NOW_MS)
+    assert grant is not None and grant.expires_ms == NOW_MS + 600_000
 
 
 def test_expired_revoked_and_useless_credentials_are_refused() -> None:
