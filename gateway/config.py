@@ -13,6 +13,7 @@ place.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import tomllib
@@ -62,10 +63,40 @@ def _between(low: int, high: int) -> Check:
     return check
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost): a server
+    bound there, or a peer there, is out of reach of every other machine. Any other name
+    may resolve to anything, so it counts as not loopback."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+def _listening_where(host: str) -> str:
+    """Where a server bound to ``host`` (not loopback) can be reached from, in words."""
+    name = host.strip().strip("[]")
+    if name in ("", "0.0.0.0", "::", "::ffff:0.0.0.0"):  # noqa: S104 - naming it, not binding
+        return "every interface of this machine"
+    return "an address other machines can reach"
+
+
 @dataclass(frozen=True)
 class _Section:
     def cross_checks(self) -> list[tuple[str, str]]:
         """(key, reason) for values that are impossible together; each key alone was fine."""
+        return []
+
+    def exposures(self) -> list[tuple[str, str]]:
+        """(key, why) for values that are valid but let other machines reach something an
+        operator should know about (a server off loopback, a secret sent in clear): the
+        exposure warnings, collected by :meth:`Config.warnings`. A section whose settings can
+        expose the gateway overrides this with its rules."""
         return []
 
 
@@ -222,7 +253,9 @@ class CoapSection(_Section):
     host: str = _setting(
         "127.0.0.1",
         "Address the CoAP server listens on. Loopback unless you say otherwise: set the "
-        "gateway's LAN address (or :: for every interface) for real devices.",
+        "gateway's LAN address (or :: for every interface) for real devices. Any other "
+        "address is an exposure warning (config check, and the log at start): readings "
+        "travel unencrypted over CoAP.",
         lambda v: None if v else "must not be empty",
     )
     port: int = _setting(5683, "UDP port (5683 is CoAP's).", _port)
@@ -236,6 +269,19 @@ class CoapSection(_Section):
         16384,
         "Largest request body accepted, block-wise transfers reassembled; larger: 4.13.",
         _between(256, 1024 * 1024),
+    )
+    max_partial_uploads: int = _setting(
+        64,
+        "Block-wise requests being received at once, from all peers (4 at most per peer "
+        "address: its next one replaces its oldest). More: 5.03 with Max-Age. Memory for "
+        "them is at most this times max_request_bytes.",
+        _between(1, 100_000),
+    )
+    partial_upload_seconds: int = _setting(
+        60,
+        "A block-wise request whose next block has not come for this long is dropped; a "
+        "block after that is answered 4.08 (Request Entity Incomplete: start again).",
+        _between(1, 3600),
     )
     peer_rate: float = _setting(
         50.0,
@@ -260,6 +306,19 @@ class CoapSection(_Section):
         "not dropped (raised above net.core.rmem_max only when running as root).",
         _between(65536, 256 * 1024 * 1024),
     )
+
+    def exposures(self) -> list[tuple[str, str]]:
+        if not self.enabled or is_loopback(self.host):
+            return []
+        return [
+            (
+                "host",
+                f'CoAP is served on {_listening_where(self.host)} ("{self.host}"): any host that '
+                "can reach it may send requests, and readings travel unencrypted (no DTLS or "
+                "OSCORE: docs/protocol/coap.md#confidentiality). Serve CoAP only on a network "
+                "segment you trust, or let a firewall admit only your devices to this UDP port.",
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -339,9 +398,26 @@ class MetricsSection(_Section):
 
     enabled: bool = _setting(True, "Serve metrics over HTTP while the gateway runs.")
     host: str = _setting(
-        "127.0.0.1", "Address to serve them on (loopback: only this machine may read them)."
+        "127.0.0.1",
+        "Address to serve them on (loopback: only this machine may read them). They are "
+        "served without authentication: any other address is an exposure warning (config "
+        "check, and the log at start).",
     )
     port: int = _setting(9464, "Port to serve them on.", _port)
+
+    def exposures(self) -> list[tuple[str, str]]:
+        if not self.enabled or is_loopback(self.host):
+            return []
+        return [
+            (
+                "host",
+                f'the metrics are served on {_listening_where(self.host)} ("{self.host}"), '
+                "without authentication: anyone who can reach the port reads the gateway's "
+                "figures (devices by status, readings and refusals, connections, anchoring). "
+                "Keep 127.0.0.1, or let a firewall or an authenticating proxy decide who reads "
+                "them.",
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -478,6 +554,16 @@ class Config:
     source: str = "(built-in defaults)"
     #: what the file still says the old way (see :data:`MOVED`), one sentence each
     deprecations: tuple[str, ...] = ()
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """The exposure warnings: ("section.key", why) for each valid setting that lets other
+        machines reach what they should not by default (each section's ``exposures()``).
+        ``didgw config check`` prints them and ``didgw run`` logs them, at WARNING."""
+        return [
+            (f"{name}.{key}", why)
+            for name in SECTIONS
+            for key, why in getattr(self, name).exposures()
+        ]
 
 
 SECTIONS: dict[str, type[_Section]] = {

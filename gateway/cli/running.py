@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from gateway.cli._base import CommandTree, load_config, state_dir
 
@@ -13,6 +14,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     logs.configure()
+    for key, why in config.warnings():
+        section, name = key.split(".", 1)
+        logging.getLogger("didgw").warning("[%s] %s: %s", section, name, why)
     run(config, state_dir(args, config))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gateway.cli._base import CommandTree, load_config, state_dir
 
@@ -16,8 +17,13 @@ def cmd_config_example(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args)
-    print(f"ok: {config.source}")
+    warnings = config.warnings()
+    note = f", with {len(warnings)} exposure warning(s) below" if warnings else ""
+    print(f"ok: {config.source}{note}")
     print(f"state directory: {state_dir(args, config)}")
+    for key, why in warnings:
+        section, name = key.split(".", 1)
+        print(f"WARNING: [{section}] {name}: {why}", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,11 @@ Resources (listed by ``/.well-known/core``):
 
 * ``/auth`` (rt ``didgw.auth``): the challenge-response (``auth/coap_auth.py``);
 * ``/r`` (rt ``didgw.readings``): a COSE_Sign1 reading; 2.04 Changed with the CBOR
-  ack ``{"seq": n, "entry": chain seq}`` once the reading is durably recorded.
+  ack ``{"seq": n, "entry": chain seq}`` once the reading is durably recorded;
+* ``/status-list`` (rt ``didgw.status-list``, with ``[credentials] enabled``): the signed
+  revocation list, the same bytes until it changes (:class:`SignedStatusList`), so that
+  a device can fetch it block by block (the transport cuts every GET answer into small
+  blocks: no anonymous request makes the gateway an amplifier).
 
 A refusal is a CoAP error code with a diagnostic payload (RFC 7252 §5.5.2): the
 stable reason word, never the detail (which is for the log):
@@ -19,10 +23,12 @@ stable reason word, never the detail (which is for the log):
        device without a live session: authenticate first)
 4.03   ``unknown_device``, ``not_active``, ``replay``, ``clock_skew``
 4.05   ``method_not_allowed``
+4.08   ``incomplete`` (a block that continues no block-wise request the gateway holds)
 4.13   ``too_large`` (with Size1)
 4.29   ``rate_limited`` (this peer, or too many challenges for the DID), Max-Age
 5.03   ``unavailable`` (a DID document cannot be fetched, the record cannot be
-       written) and ``overloaded`` (too many readings in flight), Max-Age
+       written) and ``overloaded`` (too many readings in flight, or too many
+       block-wise requests being received), Max-Age
 =====  ==============================================================
 
 ``replay`` includes the same bytes sent again in a new request: over CoAP a
@@ -65,6 +71,7 @@ _CODES: dict[str, tuple[int, int]] = {
     "replay": (4, 3),
     "clock_skew": (4, 3),
     "method_not_allowed": (4, 5),
+    "incomplete": (4, 8),
     "too_large": (4, 13),
     "rate_limited": (4, 29),
     "unavailable": (5, 3),
@@ -138,13 +145,14 @@ class CoapDevices:
 
     async def on_status_list(self, request: CoapRequest) -> CoapResponse:
         """GET: the gateway's signed revocation list (the credential of the W3C Bitstring
-        Status List, JSON), as on the MQTT status-list topic."""
+        Status List, JSON), as on the MQTT status-list topic; the transport sends it in
+        blocks."""
         if request.method != "GET" or self._status_list is None:
             return self.refusal("method_not_allowed")
         return CoapResponse((2, 5), self._status_list(), content_format=JSON)
 
     def admit(self, peer: str) -> CoapResponse | None:
-        """Per-peer rate limit, once per request (the first block of a block-wise one)."""
+        """Per-peer rate limit, for every datagram (each block of a block-wise request too)."""
         if self._limiter.allow(peer, self._monotonic()):
             return None
         return self.refusal("rate_limited")
@@ -213,6 +221,33 @@ class CoapDevices:
         while True:
             await asyncio.sleep(interval)
             self.sessions.sweep(self._clock_ms())
+
+
+class SignedStatusList:
+    """The signed revocation list as bytes, signed again only when the list changed or half
+    its validity has passed: every block of one fetch is cut from the same bytes (and an
+    anonymous GET costs no signature)."""
+
+    def __init__(
+        self,
+        sign: Callable[[float], bytes],
+        revision: Callable[[], int],
+        valid_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sign, self._revision, self._clock = sign, revision, clock
+        self._renew_after = valid_seconds / 2
+        self._signed: tuple[int, float, bytes] | None = None
+
+    def __call__(self) -> bytes:
+        revision, now = self._revision(), self._clock()
+        if self._signed is not None:
+            seen, signed_at, body = self._signed
+            if seen == revision and now - signed_at < self._renew_after:
+                return body
+        body = self._sign(now)
+        self._signed = (revision, now, body)
+        return body
 
 
 def _settle(future: asyncio.Future[Ack], ack: Ack) -> None:

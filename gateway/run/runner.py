@@ -282,7 +282,7 @@ class _CoapSide:
         self, config: Config, env: Mapping[str, str], gateway: Gateway, pipeline: ReadingPipeline
     ) -> None:
         from gateway.auth.coap_auth import CoapAuthenticator
-        from gateway.run.coap_devices import READINGS_PATH, CoapDevices
+        from gateway.run.coap_devices import READINGS_PATH, CoapDevices, SignedStatusList
         from gateway.transports.coap import CoapServer
 
         coap = config.coap
@@ -292,13 +292,16 @@ class _CoapSide:
         self.authenticator = authenticator = CoapAuthenticator(
             core, gateway.resolver, readings_path="/" + "/".join(READINGS_PATH)
         )
-        status_list = None
+        status_list: SignedStatusList | None = None
         if config.credentials.enabled:
             issuer, signer = gateway.issuer(), gateway.signer(env)
 
-            def status_list() -> bytes:
-                credential = issuer.status_list_credential(signer, now=time.time())
+            def sign(now: float) -> bytes:
+                credential = issuer.status_list_credential(signer, now=now)
                 return json.dumps(credential, separators=(",", ":")).encode()
+
+            valid = config.credentials.status_valid_seconds
+            status_list = SignedStatusList(sign, issuer.revision, valid)
 
         self.devices = CoapDevices(
             authenticator=authenticator,
@@ -315,7 +318,10 @@ class _CoapSide:
             coap.port,
             self.devices.routes(),
             admit=self.devices.admit,
+            refuse=self.devices.refusal,
             max_request_bytes=coap.max_request_bytes,
+            max_partial_uploads=coap.max_partial_uploads,
+            partial_upload_seconds=coap.partial_upload_seconds,
             receive_buffer_bytes=coap.receive_buffer_bytes,
         )
         await self.server.start()
@@ -420,6 +426,8 @@ class _Parts:
             self.health.readings.append(("coap", self.coap_pipeline.snapshot_counts))
             coap_core = self.coap.authenticator.core
             self.health.authentications.append(("coap", lambda: coap_core.outcomes))
+            uploads = self.coap.server
+            self.health.gauges["coap_partial_uploads"] = lambda: float(uploads.partial_uploads)
         if config.metrics.enabled:
             self.exporter = _serve_metrics(config, self.health, self.db_path)
 

@@ -231,3 +231,22 @@ def test_a_key_in_its_old_section_works_and_the_warning_names_its_new_place(
     )
     path.write_text("[devices]\nclock_skew_seconds = 60\n")
     assert didgw("config", "check", "--config", str(path)).stderr == ""
+
+
+def test_config_check_warns_about_servers_off_loopback(didgw: Run, tmp_path: Path) -> None:
+    """Valid, so still "ok" (exit 0), but each exposure is a WARNING line naming the key
+    and why, on stderr."""
+    path = tmp_path / "exposed.toml"
+    path.write_text('[metrics]\nhost = "0.0.0.0"\n[coap]\nenabled = true\nhost = "::"\n')
+    check = didgw("config", "check", "--config", str(path))
+    assert check.returncode == 0
+    assert f"ok: {path}, with 2 exposure warning(s) below" in check.stdout
+    lines = check.stderr.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("WARNING: [coap] host: CoAP is served on every interface")
+    assert "readings travel unencrypted" in lines[0]
+    assert lines[1].startswith("WARNING: [metrics] host: the metrics are served on every")
+    assert "without authentication" in lines[1]
+    path.write_text('[metrics]\nhost = "127.0.0.1"\n[coap]\nenabled = true\nhost = "::1"\n')
+    check = didgw("config", "check", "--config", str(path))
+    assert check.stderr == "" and check.stdout.startswith(f"ok: {path}\n")

@@ -8,7 +8,6 @@ reading from a file.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -21,6 +20,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from coap_gateway import CoapGateway, write_config
 from support import SENSOR, Run, free_udp_port, sensor
 
 from gateway.chain.store import ChainStore
@@ -34,55 +34,6 @@ pytestmark = pytest.mark.integration
 COAP_CLIENT = "coap-client-notls"
 
 
-class CoapGateway:
-    def __init__(self, state: Path, config: Path, port: int) -> None:
-        self.state, self.config, self.port = state, config, port
-        self.process: subprocess.Popen[str] | None = None
-        self.output = ""
-
-    @property
-    def uri(self) -> str:
-        return f"coap://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "DIDGW_STATE_DIR": str(self.state),
-            "DIDGW_CONFIG": str(self.config),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("didgw")), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.output += line
-            if " running (state " in line:
-                return
-        raise AssertionError(f"the gateway did not start:\n{self.output}")
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        rest, _ = self.process.communicate(timeout=30)
-        self.output += rest
-        return self.process.returncode
-
-
-def write_config(path: Path, port: int, **coap: Any) -> Path:
-    extra = "".join(f"{k} = {v}\n" for k, v in coap.items())
-    path.write_text(f"[mqtt]\nenabled = false\n[coap]\nenabled = true\nport = {port}\n{extra}")
-    return path
-
-
 @pytest.fixture
 def gateway(didgw: Run, tmp_path: Path) -> Iterator[CoapGateway]:
     """Here the gateway serves CoAP (this overrides the MQTT one in conftest.py)."""
@@ -93,9 +44,7 @@ def gateway(didgw: Run, tmp_path: Path) -> Iterator[CoapGateway]:
     process = CoapGateway(state, write_config(tmp_path / "gateway.toml", port), port)
     process.start()
     yield process
-    if process.process is not None and process.process.returncode is None:
-        process.process.kill()
-        process.process.communicate()
+    process.kill()
 
 
 def coap_client(*args: str, payload: Path | None = None) -> str:
@@ -384,7 +333,7 @@ def test_ten_thousand_malformed_payloads_over_coap(didgw: Run, tmp_path: Path) -
     reasons: set[bytes] = set()
     try:
         assert gateway.process is not None
-        before = _rss_kb(gateway.process.pid)
+        before = gateway.memory_kb()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(10)
             for i, payload in enumerate(payloads):
@@ -394,7 +343,7 @@ def test_ten_thousand_malformed_payloads_over_coap(didgw: Run, tmp_path: Path) -
                 answer = Message.decode(sock.recv(4096))
                 codes[int(answer.code)] = codes.get(int(answer.code), 0) + 1
                 reasons.add(answer.payload)
-        after = _rss_kb(gateway.process.pid)
+        after = gateway.memory_kb()
         assert gateway.process.poll() is None
     finally:
         assert gateway.stop() == 0
@@ -404,13 +353,6 @@ def test_ten_thousand_malformed_payloads_over_coap(didgw: Run, tmp_path: Path) -
                        b"too_large"}, reasons  # fmt: skip
     assert after - before < 30_000, (before, after)
     assert readings(state) == []
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_the_revocation_list_is_a_coap_resource(didgw: Run, gateway: CoapGateway) -> None:

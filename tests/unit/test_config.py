@@ -165,3 +165,58 @@ def test_state_dir_precedence(tmp_path: Path) -> None:
     assert state_dir(configured, None, env) == tmp_path / "cfg"
     assert state_dir(Config(), None, env) == Path("/var/lib/didgw")
     assert state_dir(Config(), None, {"HOME": str(tmp_path)}) == tmp_path / ".local/state/didgw"
+
+
+# -- exposure warnings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("gw.localhost", True),
+        ("0.0.0.0", False),  # noqa: S104 - a value to classify, not a bind
+        ("::", False),
+        ("192.168.1.20", False),
+        ("fe80::1", False),
+        ("gateway.example", False),
+        ("", False),
+    ],
+)
+def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
+    from gateway.config import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_the_defaults_expose_nothing() -> None:
+    assert Config().warnings() == []
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "says"),
+    [
+        ('[metrics]\nhost = "0.0.0.0"\n', "metrics.host", "every interface of this machine"),
+        ('[metrics]\nhost = "192.168.1.20"\n', "metrics.host", "without authentication"),
+        ('[coap]\nenabled = true\nhost = "::"\n', "coap.host", "every interface of this machine"),
+        ('[coap]\nenabled = true\nhost = "10.0.0.2"\n', "coap.host", "unencrypted"),
+    ],
+)
+def test_a_server_off_loopback_is_an_exposure_warning(toml: str, key: str, says: str) -> None:
+    import tomllib
+
+    warnings = parse_config(tomllib.loads(toml), source="t").warnings()
+    assert [k for k, _ in warnings] == [key]
+    assert says in warnings[0][1]
+
+
+def test_a_server_that_is_off_warns_about_nothing() -> None:
+    import tomllib
+
+    toml = '[metrics]\nenabled = false\nhost = "0.0.0.0"\n[coap]\nhost = "::"\n'
+    assert parse_config(tomllib.loads(toml), source="t").warnings() == []
