@@ -88,7 +88,11 @@ def _private_database_files(path: Path) -> None:
     """Create the database file 0600 if it is missing; narrow it, its journal files and its
     backups (``<name>-wal``, ``<name>-shm``, ``<name>.pre-…``) to 0600 if they are wider."""
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # Never open an existing database file here: closing any descriptor of a file drops
+        # every POSIX lock this process holds on it, the locks of SQLite's open connections
+        # included. O_EXCL opens only a file that did not exist.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         kin = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
         narrowed = make_private(sorted(kin))
     except OSError as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import pytest
 from broker import Mosquitto
 from gateway_process import GatewayProcess, gateway_did, make_device, records, register
 from support import Run, wait_until
+
+from gateway.db import connect
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +143,36 @@ def test_existing_database_files_readable_by_others_are_made_0600_and_said_once(
     gateway.start()
     assert gateway.stop() == 0
     assert said not in gateway.output
+
+
+def count_in_another_process(path: Path) -> int:
+    """Open, read and close the database in another process, as a CLI command does."""
+    script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+    script += "print(c.execute('SELECT count(*) FROM t').fetchone()[0]); c.close()"
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+def test_opening_the_database_keeps_the_locks_of_the_connections_already_open(
+    tmp_path: Path,
+) -> None:
+    """Closing any descriptor of a file drops all of the process's POSIX locks on it, SQLite's
+    too. Opening the file to fix its mode beside an open connection would let another
+    process, closing its own, believe it was the last one: it would then delete the
+    write-ahead log under the first connection, and what that one writes next is lost."""
+    path = tmp_path / "g.db"
+    first = connect(path)
+    with first.conn:
+        first.execute("CREATE TABLE t (n INTEGER)")
+        first.execute("INSERT INTO t VALUES (1)")
+    connect(path).close()  # another connection of this process (a recorder, a worker's)
+    assert count_in_another_process(path) == 1
+    with first.conn:
+        first.execute("INSERT INTO t VALUES (2)")
+    assert count_in_another_process(path) == 2
+    first.close()
 
 
 # -- files the commands write -----------------------------------------------------------------
