@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.files import secret_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ def _http_url(value: str) -> str | None:
 
 def _existing_file(value: str) -> str | None:
     return None if not value or Path(value).is_file() else "file not found"
+
+
+def _secret_file(value: str) -> str | None:
+    """A file holding a password or passphrase: it exists and only its owner may read it."""
+    return secret_file_problem(value) if value else None
 
 
 def _between(low: int, high: int) -> Check:
@@ -132,7 +138,9 @@ class KeysSection(_Section):
         "",
         "File whose content (one line) encrypts the gateway key. Empty: use "
         "$DIDGW_KEY_PASSPHRASE if set, else the key is stored unencrypted, protected "
-        "by its 0600 file mode. Setting both is an error.",
+        "by its 0600 file mode. Setting both is an error. The file must be readable by its "
+        "owner alone (chmod 600), as the keys are.",
+        _secret_file,
     )
 
 
@@ -208,8 +216,9 @@ class MqttSection(_Section):
     )
     password_file: str = _setting(
         "",
-        "File holding that account's password. Empty: $DIDGW_MQTT_PASSWORD.",
-        _existing_file,
+        "File holding that account's password, readable by its owner alone (chmod 600). "
+        "Empty: $DIDGW_MQTT_PASSWORD.",
+        _secret_file,
     )
     prefix: str = _setting("didgw", "First level of every didgw topic.", _topic_prefix)
     session_seconds: int = _setting(

@@ -10,11 +10,20 @@ Before pending migrations touch a database that already holds data, a copy is
 taken with SQLite's online backup (``didgw.db.pre-<migration>``), so an upgrade
 can always be rolled back by hand. A database written by a newer didgw (it has
 migrations this one does not know) is refused rather than guessed at.
+
+The record holds personal data (readings, disclosed claims), so the database, its
+journal files and its backups are readable by their owner alone: the database file
+is created 0600 before SQLite opens it, and SQLite gives its write-ahead log and
+shared-memory files the database file's mode. Files left wider by earlier versions
+are narrowed when the database is opened, and a warning names them (once: after
+that they are 0600).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +31,18 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from gateway.errors import StateError
+from gateway.files import make_private
 from gateway.migrations import MIGRATIONS, Migration
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "didgw.db"
 
 
 def connect(path: Path | str) -> Database:
-    """Open (creating if needed) a database file with the gateway's settings."""
+    """Open (creating if needed, 0600) a database file with the gateway's settings."""
+    if str(path) != ":memory:":
+        _private_database_files(Path(path))
     try:
         conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -68,6 +82,27 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise StateError(f"cannot read database {path}: {exc}") from None
     return conn
+
+
+def _private_database_files(path: Path) -> None:
+    """Create the database file 0600 if it is missing; narrow it, its journal files and its
+    backups (``<name>-wal``, ``<name>-shm``, ``<name>.pre-…``) to 0600 if they are wider."""
+    try:
+        # Never open an existing database file here: closing any descriptor of a file drops
+        # every POSIX lock this process holds on it, the locks of SQLite's open connections
+        # included. O_EXCL opens only a file that did not exist.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        kin = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+        narrowed = make_private(sorted(kin))
+    except OSError as exc:
+        raise StateError(f"cannot make database {path} private: {exc.strerror}") from None
+    if narrowed:
+        log.warning(
+            "%s: %s were readable by group or others; now 0600 (the record holds personal data)",
+            path.parent,
+            ", ".join(p.name for p in narrowed),
+        )
 
 
 def applied_migrations(db: Database) -> list[str]:
@@ -112,6 +147,7 @@ def migrate(
     )
     if has_data and backup_path is not None:
         target = backup_path.with_name(f"{backup_path.name}.pre-{pending[0][0]}")
+        _private_database_files(target)  # 0600 before SQLite writes it
         with sqlite3.connect(str(target)) as copy:
             db.conn.backup(copy)
         copy.close()

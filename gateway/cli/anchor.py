@@ -29,23 +29,14 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         )
     text = json.dumps(receipt, indent=2) + "\n"
     if args.out:
-        _write_new(Path(args.out), text)
-        print(f"receipt of entry {args.seq} written to {args.out}", file=sys.stderr)
+        from gateway.files import write_private
+
+        exists = f"{args.out} already exists; not overwriting it (--force replaces it)"
+        write_private(args.out, text.encode(), replace=args.force, exists=exists)
+        print(f"receipt of entry {args.seq} written to {args.out} (mode 0600)", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _write_new(path: Path, text: str) -> None:
-    from gateway.errors import DidgwError
-
-    try:
-        with path.open("x", encoding="utf-8") as out:
-            out.write(text)
-    except FileExistsError:
-        raise DidgwError(f"{path} already exists; not overwriting it") from None
-    except OSError as exc:
-        raise DidgwError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def cmd_verify_receipt(args: argparse.Namespace) -> int:
@@ -249,7 +240,8 @@ def register(tree: CommandTree) -> None:
         "didgw receipt 42 -o receipt-42.json",
     )
     p.add_argument("seq", metavar="SEQ", type=int)
-    p.add_argument("-o", "--out", metavar="FILE", help="write to a new FILE instead of stdout")
+    p.add_argument("-o", "--out", metavar="FILE", help="write to a new 0600 FILE instead of stdout")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p = tree.command(
         "verify-receipt",
         cmd_verify_receipt,

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,13 +166,20 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.chain.check import export_line
+    from gateway.files import private_file
 
-    with (
-        open_gateway(args) as gateway,  # first: a refused command must not create the file
-        open(args.out, "w", encoding="utf-8") if args.out else nullcontext(sys.stdout) as out,
-    ):
-        for entry in gateway.chain().entries():
-            out.write(export_line(entry) + "\n")
+    with open_gateway(args) as gateway:  # first: a refused command must not create the file
+        entries = gateway.chain().entries()
+        if not args.out:
+            for entry in entries:
+                sys.stdout.write(export_line(entry) + "\n")
+            return 0
+        # The record holds personal data: a new 0600 file, never written through a link.
+        exists = f"{args.out} already exists; not overwriting it (--force replaces it)"
+        with private_file(args.out, replace=args.force, exists=exists) as out:
+            for entry in entries:
+                out.write(export_line(entry).encode() + b"\n")
+    print(f"written to {args.out} (mode 0600)", file=sys.stderr)
     return 0
 
 
@@ -250,7 +256,10 @@ def register(tree: CommandTree) -> None:
         "didgw chain export -o record.jsonl",
         group=chain,
     )
-    p.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument(
+        "-o", "--out", metavar="FILE", help="write to a new 0600 FILE instead of standard output"
+    )
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p = tree.command(
         "erase",
         cmd_erase,

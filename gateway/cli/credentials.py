@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,34 +63,31 @@ def _claims(items: list[str]) -> dict[str, str]:
     return claims
 
 
-def _create(path: str) -> int:
-    """A new 0600 file (credentials hold personal data), made before anything is issued."""
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[Callable[[str], object]]:
+    """Where a command's text goes: stdout, or a new 0600 file (credentials hold personal
+    data), made before anything is issued, removed if nothing is; never overwritten."""
     from gateway.errors import CredentialError
+    from gateway.files import private_file
 
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise CredentialError(f"{path} exists; not overwritten, nothing issued") from None
-    except OSError as exc:
-        raise CredentialError(f"cannot create {path}: {exc.strerror}") from None
-
-
-def _write_new(path: str | None, text: str, fd: int | None = None) -> None:
-    """To stdout, or to a new 0600 file; never overwrite."""
     if path is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        yield lambda text: sys.stdout.write(_line(text))
         return
-    with os.fdopen(fd if fd is not None else _create(path), "w") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
+    exists = f"{path} exists; not overwritten, nothing issued"
+    with private_file(path, error=CredentialError, exists=exists) as out:
+        yield lambda text: out.write(_line(text).encode())
     print(f"written to {path} (mode 0600)", file=sys.stderr)
+
+
+def _line(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
 
 
 def cmd_cred_issue(args: argparse.Namespace) -> int:
     import secrets
 
     claims = _claims(args.claim)
-    fd = _create(args.output) if args.output else None
-    try:
+    with _output(args.output) as write:
         with open_gateway(args) as gateway:
             issued = gateway.issuer().issue(
                 args.type,
@@ -99,12 +98,7 @@ def cmd_cred_issue(args: argparse.Namespace) -> int:
                 now=time.time(),
                 random_bytes=secrets.token_bytes,
             )
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-            os.unlink(args.output)
-        raise
-    _write_new(args.output, issued.text, fd)
+        write(issued.text)
     print(f"issued {issued.record.id} ({issued.record.type}, {args.format})", file=sys.stderr)
     return 0
 
@@ -202,7 +196,8 @@ def cmd_cred_present(args: argparse.Namespace) -> int:
     text = present(
         content, args.disclose, holder, nonce=args.nonce, aud=args.aud, iat=int(time.time())
     )
-    _write_new(args.output, text)
+    with _output(args.output) as write:
+        write(text)
     return 0
 
 

@@ -149,9 +149,16 @@ class Demo:
             answer.read()
 
     def write_config(self, rpc: str) -> Path:
+        from gateway.files import write_private
+
+        # The broker password in a 0600 file rather than the environment: it then appears in
+        # no process's environment (/proc/<pid>/environ), not even the gateway's own.
+        password = self.tmp / "mqtt-password"
+        write_private(password, self.broker.gateway_password.encode() + b"\n")
         config = self.tmp / "gateway.toml"
         config.write_text(
             f"[mqtt]\nport = {self.ports['mqtt']}\nsession_seconds = 600\n"
+            f'password_file = "{password}"\n'
             f"[coap]\nenabled = true\nport = {self.ports['coap']}\n"
             f"[metrics]\nport = {self.ports['metrics']}\n"
             "[meter]\nenabled = true\nrecord_every_seconds = 1.0\n"
@@ -258,8 +265,7 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
     say(f"  registered {FLEET} MQTT sensors, 1 CoAP sensor, 3 households with P1 meters on")
     say("  ptys and household credentials (SD-JWT VC: household, role)")
 
-    env = {**demo.env, "DIDGW_MQTT_PASSWORD": demo.broker.gateway_password}
-    gateway = demo.spawn("gateway", [sys.executable, "-m", "gateway", "run"], env=env)
+    gateway = demo.spawn("gateway", [sys.executable, "-m", "gateway", "run"])
     deadline = time.monotonic() + 60
     while live_health("127.0.0.1", demo.ports["metrics"]) is None:
         if gateway.poll() is not None or time.monotonic() > deadline:

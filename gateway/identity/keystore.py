@@ -7,7 +7,8 @@ Rules, all failing closed:
 
 * a key file is created with ``O_EXCL`` and mode 0600 and fsynced, so an
   existing key is never overwritten and a crash never leaves half a key;
-* a key file readable by group or others is refused, as ssh does;
+* a key file readable by group or others is refused, as ssh does, and so is a
+  passphrase file (:mod:`gateway.files` holds these rules for every secret file);
 * an encrypted key without its passphrase, or with the wrong one, is refused
   with a message naming the file (never the passphrase).
 
@@ -16,8 +17,6 @@ Nothing here logs or returns key material except the key object itself.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from gateway.errors import ConfigError, KeyStoreError
+from gateway.files import read_secret, write_private
 
 PASSPHRASE_ENV = "DIDGW_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
@@ -56,12 +56,7 @@ def read_passphrase(passphrase_file: str, env: Mapping[str, str]) -> bytes | Non
     if passphrase_file and from_env is not None:
         raise ConfigError(f"both keys.passphrase_file and ${PASSPHRASE_ENV} are set; set only one")
     if passphrase_file:
-        try:
-            value = Path(passphrase_file).read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise KeyStoreError(
-                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
-            ) from None
+        value = read_secret(passphrase_file, "passphrase file", KeyStoreError).rstrip(b"\r\n")
         if not value:
             raise KeyStoreError(f"passphrase file {passphrase_file} is empty")
         return value
@@ -84,24 +79,9 @@ def write_private_key(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
-        )
-    except FileExistsError:
-        raise KeyStoreError(f"{path} already exists; not overwriting a key") from None
-    except OSError as exc:
-        raise KeyStoreError(f"cannot create key file {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit
-        os.write(fd, pem)
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise KeyStoreError(f"cannot write key file {path}: {exc.strerror}") from None
-    os.close(fd)
-    _fsync_dir(path.parent)
+    write_private(
+        path, pem, error=KeyStoreError, exists=f"{path} already exists; not overwriting a key"
+    )
 
 
 def load_private_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
@@ -121,19 +101,7 @@ def load_ledger_key(path: Path, passphrase: bytes | None) -> ec.EllipticCurvePri
 
 
 def _load_pem(path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise KeyStoreError(f"key file {path} does not exist") from None
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise KeyStoreError(
-            f"key file {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-        )
-    try:
-        pem = path.read_bytes()
-    except OSError as exc:
-        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
+    pem = read_secret(path, "key file", KeyStoreError)
     encrypted = b"ENCRYPTED PRIVATE KEY" in pem
     if encrypted and not passphrase:
         raise KeyStoreError(
@@ -151,11 +119,3 @@ def _load_pem(path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
         what = "wrong passphrase for" if encrypted else "not a readable PKCS#8 PEM key:"
         raise KeyStoreError(f"{what} key file {path}") from None
     return key
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

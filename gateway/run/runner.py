@@ -20,7 +20,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from gateway.chain.store import ChainStore
 from gateway.config import SECTIONS, Config, load_config
 from gateway.db import DB_NAME, connect
 from gateway.errors import ConfigError, DidgwError
+from gateway.files import read_secret
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 from gateway.ops import metrics
@@ -52,6 +53,9 @@ from gateway.transports.mqtt import MqttLink
 log = logging.getLogger("didgw")
 
 MQTT_PASSWORD_ENV = "DIDGW_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+#: The variables that may hold a secret: read into the gateway's own copy of the environment
+#: at start and removed from the process's, so that no child process inherits them.
+SECRET_VARIABLES = (MQTT_PASSWORD_ENV, keystore.PASSPHRASE_ENV)
 
 #: The settings a SIGHUP applies at once (:meth:`_Parts.retime`); any other change waits
 #: for the next restart.
@@ -80,16 +84,25 @@ def handshake(
 
 
 def mqtt_password(config: Config, env: Mapping[str, str]) -> str:
-    """The gateway's broker password, from ``[mqtt] password_file`` or the environment."""
+    """The gateway's broker password, from ``[mqtt] password_file`` (readable by its owner
+    alone) or the environment."""
     if config.mqtt.password_file:
-        return Path(config.mqtt.password_file).read_text().strip()
-    password = env.get(MQTT_PASSWORD_ENV)
-    if not password:
+        path = config.mqtt.password_file
+        data = read_secret(path, "[mqtt] password_file", ConfigError)
+        try:
+            password = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"[mqtt] password_file {path} is not UTF-8 text") from None
+        if not password:
+            raise ConfigError(f"[mqtt] password_file {path} is empty")
+        return password
+    from_env = env.get(MQTT_PASSWORD_ENV)
+    if not from_env:
         raise ConfigError(
             f"{config.source}: [mqtt] password_file is empty and ${MQTT_PASSWORD_ENV} is not set; "
             "the gateway needs its broker account's password"
         )
-    return password
+    return from_env
 
 
 class _MqttSide:
@@ -586,9 +599,26 @@ def _status(gateway: Gateway, did: str) -> Status | None:
     return None if device is None else device.status
 
 
+def take_secrets(environ: MutableMapping[str, str]) -> dict[str, str]:
+    """A copy of ``environ`` for the gateway's own use, and ``environ`` without the secrets.
+
+    Removed from ``os.environ``, a variable is gone from the C environment too, which is
+    what every process started afterwards inherits (the reading workers, multiprocessing's
+    helper); the workers get the broker password through their start-up pipe instead. The
+    kernel's copy of the gateway's initial environment (``/proc/<pid>/environ``, readable by
+    its own user and root) cannot be changed: a password file keeps the secret out of it.
+    """
+    env = dict(environ)
+    for name in SECRET_VARIABLES:
+        environ.pop(name, None)
+    return env
+
+
 def run(config: Config, state_dir: Path) -> None:
     """Blocking entry point for ``didgw run``: serve until SIGTERM or SIGINT; SIGHUP reloads."""
     import signal
+
+    env = take_secrets(os.environ)
 
     async def main() -> None:
         stop, reload = asyncio.Event(), asyncio.Event()
@@ -596,6 +626,6 @@ def run(config: Config, state_dir: Path) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
-        await serve(config, state_dir, os.environ, stop, reload)
+        await serve(config, state_dir, env, stop, reload)
 
     asyncio.run(main())

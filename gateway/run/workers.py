@@ -49,7 +49,11 @@ BACKLOG_WARNING = 10_000
 @dataclass(frozen=True)
 class WorkerSettings:
     """What a worker needs to open its own connections (it shares none with the parent),
-    and the readings' clock window it starts with (the config's, or the last reload's)."""
+    and the readings' clock window it starts with (the config's, or the last reload's).
+
+    It reaches the worker pickled through the pipe that multiprocessing's spawn starts the
+    worker with, so the broker password is neither on the worker's command line nor in its
+    environment (the runner removes the secret variables before any worker starts)."""
 
     config: Any  # gateway.config.Config (picklable frozen dataclasses)
     state_dir: Path

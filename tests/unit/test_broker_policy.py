@@ -306,6 +306,19 @@ def test_the_setup_in_configs_mosquitto_readme_sends_this_policy() -> None:
     assert f"addClientRole didgw {broker.GATEWAY_ROLE}" in readme
 
 
+def test_the_setup_in_configs_mosquitto_readme_puts_no_password_on_a_command_line() -> None:
+    """``ps`` shows every process's arguments to everyone: no ``-P`` (or ``--pw``) for a
+    mosquitto tool anywhere in the README's shell blocks (tests/integration/test_broker.py
+    runs the steps against a real broker and records the tools' command lines)."""
+    readme = (ROOT / "configs" / "mosquitto" / "README.md").read_text()
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+             for line in block.splitlines()]  # fmt: skip
+    on_a_command_line = [
+        line for line in lines if re.search(r"mosquitto_\w+\b.*\s(-P|--pw)\b", line)
+    ]
+    assert not on_a_command_line
+
+
 def test_a_person_may_send_only_her_requests_and_read_only_her_answers() -> None:
     [role, client] = broker.person_account_commands(DID, "pw", "didgw")
     assert role["rolename"] == broker.person_role_name(DID) != broker.device_role_name(DID)

@@ -1,8 +1,12 @@
-"""Named migrations: recorded, atomic, never lose data, refuse a newer schema."""
+"""Named migrations: recorded, atomic, never lose data, refuse a newer schema; the files are
+readable by their owner alone."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -94,3 +98,50 @@ def test_audit_table_is_append_only(tmp_path: Path) -> None:
             db.execute(sql)
     assert db.execute("SELECT reason FROM registry_audit").fetchall() == [("new",)]
     db.close()
+
+
+def modes(directory: Path) -> dict[str, str]:
+    return {p.name: f"{stat.S_IMODE(p.stat().st_mode):04o}" for p in directory.iterdir()}
+
+
+def test_the_database_its_journal_and_its_backups_are_0600_under_umask_022(
+    tmp_path: Path,
+) -> None:
+    before = os.umask(0o022)
+    try:
+        path = tmp_path / "g.db"
+        old = connect(path)
+        migrate(old, now=1.0, migrations=MIGRATIONS[:2])
+        with old.atomic():
+            old.execute(
+                "INSERT INTO devices (did, name, kind, status, created_at, updated_at) "
+                "VALUES ('did:key:z6Mkx', 'pump', 'actuator', 'active', 1, 1)"
+            )
+        new = connect(path)  # the write-ahead log and shared memory exist while it is open
+        migrate(new, now=2.0, backup_path=path)
+        found = modes(tmp_path)
+        new.close()
+        old.close()
+    finally:
+        os.umask(before)
+    assert {"g.db", "g.db-wal", "g.db-shm", f"g.db.pre-{MIGRATIONS[2][0]}"} <= set(found)
+    assert set(found.values()) == {"0600"}, found
+
+
+def test_database_files_left_readable_by_others_are_narrowed_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "g.db"
+    connect(path).close()
+    (tmp_path / "g.db.pre-0002_x").write_bytes(b"")
+    (tmp_path / "unrelated").write_bytes(b"")
+    for p in tmp_path.iterdir():
+        p.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="gateway.db"):
+        connect(path).close()
+        connect(path).close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: g.db, g.db.pre-0002_x were readable by group or others; now 0600 "
+        "(the record holds personal data)"
+    ]
+    assert modes(tmp_path) == {"g.db": "0600", "g.db.pre-0002_x": "0600", "unrelated": "0644"}

@@ -93,15 +93,32 @@ def test_missing_garbage_and_foreign_keys_are_refused(tmp_path: Path) -> None:
 def test_passphrase_sources(tmp_path: Path) -> None:
     file = tmp_path / "pass"
     file.write_text("from-file\n")
+    file.chmod(0o600)
     assert read_passphrase(str(file), {}) == b"from-file"
     assert read_passphrase("", {PASSPHRASE_ENV: "from-env"}) == b"from-env"
     assert read_passphrase("", {}) is None
     with pytest.raises(ConfigError, match="set only one"):
         read_passphrase(str(file), {PASSPHRASE_ENV: "x"})
-    with pytest.raises(KeyStoreError, match="cannot read passphrase file"):
+    with pytest.raises(KeyStoreError, match=r"passphrase file .*missing does not exist"):
         read_passphrase(str(tmp_path / "missing"), {})
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
     with pytest.raises(KeyStoreError, match="is empty"):
         read_passphrase(str(tmp_path / "empty"), {})
     with pytest.raises(KeyStoreError, match="set but empty"):
         read_passphrase("", {PASSPHRASE_ENV: ""})
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_passphrase_file_readable_by_others_is_refused_like_a_key(
+    tmp_path: Path, mode: int
+) -> None:
+    file = tmp_path / "pass"
+    file.write_text("from-file\n")
+    file.chmod(mode)
+    with pytest.raises(
+        KeyStoreError,
+        match=f"passphrase file {file} is accessible by group or "
+        f"others .mode {mode:04o}.; run: chmod 600 {file}",
+    ):
+        read_passphrase(str(file), {})

@@ -13,16 +13,17 @@ from collections.abc import Iterator
 import pytest
 from support import ROOT
 
-FOUNDATIONS = {"errors", "config", "db", "migrations"}
+FOUNDATIONS = {"errors", "files", "config", "db", "migrations"}
 CORE = {"identity", "credentials", "registry", "auth", "chain", "anchor", "energy", "market"}
 EDGES = {"transports", "service", "run", "ops", "cli"}
 
 #: What each part may import besides itself and the standard library and third parties.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "files": {"errors"},
     "migrations": set(),
-    "db": {"errors", "migrations"},
-    "config": {"errors"},
+    "db": {"errors", "files", "migrations"},
+    "config": {"errors", "files"},
     **dict.fromkeys(CORE, FOUNDATIONS | CORE),
     "transports": FOUNDATIONS | CORE,
     "service": FOUNDATIONS | CORE | {"transports"},
