@@ -37,7 +37,7 @@ from gateway.auth.wallet import PersonGrant, WalletAuthenticator
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.config import Config
 from gateway.credentials.permissions import Permissions
-from gateway.credentials.sd_jwt import VerifiedSdJwt, verify_presentation
+from gateway.credentials.sd_jwt import UntrustedIssuer, VerifiedSdJwt, verify_presentation
 from gateway.db import write_transaction
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.signing import Signer
@@ -67,6 +67,7 @@ class PeopleDesk:
     def __init__(self, config: Config, db: Any, gateway_did: str) -> None:
         c = config.credentials
         self.db = db
+        self.trusted_issuers = frozenset({gateway_did})
         self.resolver = build_resolver(config)
         self.chain = ChainStore(db)
         self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
@@ -87,7 +88,10 @@ class PeopleDesk:
                 status=self.status,
                 max_kb_age=self.max_kb_age,
                 clock_skew=self.skew,
+                trusted_issuers=self.trusted_issuers,
             )
+        except UntrustedIssuer as exc:  # refused before anything it names was fetched
+            raise AuthRefused("not_permitted", str(exc)) from None
         except CredentialError as exc:
             detail = str(exc)
             reason = "revoked" if "revoked" in detail else "bad_presentation"
