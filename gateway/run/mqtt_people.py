@@ -41,6 +41,7 @@ from gateway.credentials.sd_jwt import UntrustedIssuer, VerifiedSdJwt, verify_pr
 from gateway.db import write_transaction
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.signing import Signer
+from gateway.ops.logs import LogBudget
 from gateway.registry import Registry
 from gateway.run.mqtt_devices import AccountLock
 from gateway.service import build_issuer, build_resolver, build_status_lists
@@ -174,6 +175,7 @@ class MqttPeople:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._auth_topic = policy.wallet_auth_topic(prefix)
+        self._log_budget = LogBudget("wallet authentication refusals", logger=log)
         self._req = (f"{prefix}/p/", "/req")
 
     def retime(self, *, session_ms: int, clock_skew_ms: int) -> None:
@@ -226,8 +228,10 @@ class MqttPeople:
                     outgoing = self._auth.refuse_unavailable(grant)
                 else:
                     outgoing = await self._start_session(grant, outgoing)
-        elif self._auth.core.last_refusal is not None:
-            log.info("wallet authentication refused: %s", self._auth.core.last_refusal)
+        elif (refusal := self._auth.core.last_refusal) is not None and self._log_budget.take(
+            self._clock_ms(), refusal.reason
+        ):
+            log.info("wallet authentication refused: %s", refusal)
         if outgoing is not None:
             self._publish(outgoing.topic, outgoing.payload)
 
@@ -339,6 +343,7 @@ class MqttPeople:
                     await self.publish_status()
                     seen, last_published = revision, time.monotonic()
                 now = self._clock_ms()
+                self._log_budget.flush(now)
                 for did, s in list(self._sessions.items()):
                     if s.expires_ms <= now or s.status_indexes & revoked:
                         await self._close(did, now)
