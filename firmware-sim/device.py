@@ -74,7 +74,10 @@ MAX_INFLIGHT = 1_000  # readings awaiting an ack, by default
 MAX_INFLIGHT_LIMIT = 1_024
 MAX_FLEET = 150  # devices per process; see Fleet
 # Refusals that answer a hello; any other refusal answers a response (maybe someone else's).
+# unknown_device and not_active answer this device's own signed response (gateways before
+# that answered a hello with them); no forger can cause them, so they end an attempt at once.
 HELLO_REFUSALS = frozenset({"unknown_device", "not_active", "rate_limited", "unavailable"})
+REGISTRY_REFUSALS = frozenset({"unknown_device", "not_active"})
 REFUSAL_GRACE = 2.0  # seconds a grant may still follow a refusal after our response
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 
@@ -831,8 +834,9 @@ class Device:
         with its nonce and reply token; the gateway then answers *that* response on this
         reply topic. So, as the protocol advises, a refusal of a response is ignored while
         no response of ours is out, and after ours a refusal ends the wait only if no grant
-        follows within :data:`REFUSAL_GRACE` seconds. A second challenge (a hello someone
-        else sent with this reply token) is ignored too.
+        follows within :data:`REFUSAL_GRACE` seconds (``unknown_device`` and ``not_active``
+        at once: only our own signature can cause them). A second challenge (a hello
+        someone else sent with this reply token) is ignored too.
         """
         refusal: str | None = None
         refusal_until = deadline
@@ -857,11 +861,11 @@ class Device:
             kind = message.get("type") if message is not None else None
             if kind == "refused" and message is not None:
                 reason = str(message.get("reason"))
+                if reason in (REGISTRY_REFUSALS if what == "grant" else HELLO_REFUSALS):
+                    raise AuthRefused(reason, self.did)
                 if what == "grant":
                     refusal = reason
                     refusal_until = min(deadline, now + REFUSAL_GRACE)
-                elif reason in HELLO_REFUSALS:
-                    raise AuthRefused(reason, self.did)
                 else:
                     ignored.append(f"refused ({reason})")
                 continue

@@ -155,7 +155,13 @@ class ResolverSection(_Section):
         "every method other than did:key and did:web. Empty: no other methods.",
         _http_url,
     )
-    timeout: float = _setting(5.0, "Seconds to wait for a did:web or resolver answer.", _positive)
+    timeout: float = _setting(
+        5.0,
+        "Seconds a whole did:web, resolver or status-list fetch may take (connecting, TLS, "
+        "the answer), however slowly the server sends it; past that the source counts as "
+        "unreachable.",
+        _positive,
+    )
     max_document_bytes: int = _setting(
         65536, "Largest DID document accepted, in bytes.", _between(1024, 16 * 1024 * 1024)
     )

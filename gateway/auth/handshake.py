@@ -11,22 +11,44 @@ clock, no randomness of its own: tests drive every path deterministically.
 
 Checks, in this order (the first failure is the answer):
 
-* hello: ``malformed`` (the adapter's parsing) → ``unknown_device`` / ``not_active``
-  → ``rate_limited`` (more than ``max_pending_per_did`` nonces outstanding for the DID);
-* response: ``malformed`` (the adapter's parsing) → ``unknown_device`` /
-  ``not_active`` → ``bad_nonce`` (unknown, used, expired, issued to another device,
-  for another gateway, or for another reply token) → ``bad_signature`` /
-  ``unavailable`` (the adapter's ``verify``) → ``clock_skew`` (``ts`` outside ±
+* hello: ``malformed`` (the adapter's parsing) → ``rate_limited`` (more than
+  ``max_pending_per_did`` nonces outstanding for the DID, or its pool full, below);
+* response: ``malformed`` (the adapter's parsing) → ``bad_nonce`` (unknown, used,
+  expired, issued to another device, for another gateway, or for another reply token)
+  → ``bad_signature`` / ``unavailable`` (the adapter's ``verify``; an unregistered DID
+  that is not a ``did:key`` is ``bad_signature`` unverified, below) →
+  ``unknown_device`` / ``not_active`` → ``clock_skew`` (``ts`` outside ±
   ``clock_skew_ms``) → whatever the adapter's ``grant`` refuses (e.g. ``malformed``
   for a low-order ``epk``).
+
+**A DID's registration is told only to whoever signs for it.** A hello is answered
+with a challenge whether the DID is registered, unknown or suspended, and a response
+is checked against its nonce and its signature before the registry is asked: an
+anonymous client that does not hold the DID's key gets the same answers (a challenge,
+then ``bad_signature``) for every DID, while a device that signs its response learns
+``unknown_device`` or ``not_active`` and can stop. The key of an unregistered DID is
+used only when it needs no network (a ``did:key``): for any other method it could only
+be fetched from a host the DID names, so the response is refused ``bad_signature``
+without fetching anything.
 
 A nonce's life is the transition table :data:`TRANSITIONS`. A response refused
 before its signature verified does not spend the nonce: anyone can publish on the
 auth topic, and a forgery must not be able to cancel a device's authentication.
 Once the device's signature has verified, the nonce is spent whatever the outcome.
 
-Pending nonces are bounded (``max_pending``, the oldest evicted first), so a flood
-of hellos costs bounded memory.
+**Pending nonces are bounded, and a full store refuses instead of evicting.** Every
+anonymous client looks the same to the gateway (over MQTT they all reach it through
+the broker; reply tokens and DIDs are theirs to choose, and a ``did:key`` costs
+nothing to make), so the one thing that tells a flood from the gateway's own people is
+whether the DID is one it knows: a registered device, or a person it issued a
+credential to (the ``known`` predicate). Known DIDs share ``max_pending`` nonces, at
+most ``max_pending_per_did`` each, so filling that pool takes as many known DIDs as it
+has places divided by four; all other DIDs share the smaller ``max_pending_strangers``.
+When a DID's pool is full its hello is refused ``rate_limited``: nonces already out
+are never dropped, so a flood cannot evict a login in progress, and people the gateway
+knows still get challenges while strangers flood. (While the strangers' pool is full,
+a hello for an unknown DID is refused where a known one's is not: a prober who keeps
+that pool full can tell them apart, and the flood shows in the counts and the log.)
 """
 
 from __future__ import annotations
@@ -39,7 +61,7 @@ from typing import Protocol, TypeVar
 
 from gateway.auth.mqtt_messages import NONCE_BYTES, Challenge
 from gateway.auth.secret import RandomBytes
-from gateway.auth.strict import AuthRefused, RegistryLookup, check_registered
+from gateway.auth.strict import AuthRefused, RegistryLookup, verify_then_check_registered
 from gateway.identity.signing import Signer
 
 
@@ -53,7 +75,6 @@ class Event(enum.Enum):
     REFUSED = "refused"  # the device's signature verified, but the response is refused
     GRANTED = "granted"
     EXPIRED = "expired"
-    EVICTED = "evicted"  # the store was full and this was the oldest nonce
 
 
 #: phase -> {event: next phase}. A hello creates a nonce in CHALLENGED; an event not
@@ -64,7 +85,6 @@ TRANSITIONS: dict[Phase, dict[Event, Phase]] = {
         Event.REFUSED: Phase.SPENT,
         Event.GRANTED: Phase.SPENT,
         Event.EXPIRED: Phase.SPENT,
-        Event.EVICTED: Phase.SPENT,
     },
     Phase.SPENT: {},
 }
@@ -75,16 +95,18 @@ class _Pending:
     did: str
     reply: str | None
     expires_ms: int
+    known: bool  # whose pool: a DID the gateway knows, or a stranger's
     phase: Phase = Phase.CHALLENGED
 
 
 class _Nonces:
-    """Outstanding nonces, oldest first, with a count per DID."""
+    """Outstanding nonces, oldest first, with a count per DID and per pool."""
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_known: int, max_strangers: int) -> None:
         self._items: OrderedDict[bytes, _Pending] = OrderedDict()
         self._per_did: Counter[str] = Counter()
-        self._max = max_pending
+        self._per_pool: Counter[bool] = Counter()
+        self._max = {True: max_known, False: max_strangers}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -95,11 +117,15 @@ class _Nonces:
     def outstanding(self, did: str) -> int:
         return self._per_did[did]
 
+    def full(self, known: bool) -> bool:
+        return self._per_pool[known] >= self._max[known]
+
     def issue(self, nonce: bytes, pending: _Pending) -> None:
-        while len(self._items) >= self._max:
-            self.advance(next(iter(self._items)), Event.EVICTED)
+        if self.full(pending.known):
+            raise RuntimeError("a nonce issued into a full pool")  # challenge() checks first
         self._items[nonce] = pending
         self._per_did[pending.did] += 1
+        self._per_pool[pending.known] += 1
 
     def expire(self, now_ms: int) -> None:
         """Forget expired nonces at the old end (all share one lifetime)."""
@@ -117,6 +143,7 @@ class _Nonces:
         pending.phase = after
         if after is Phase.SPENT:
             del self._items[nonce]
+            self._per_pool[pending.known] -= 1
             self._per_did[pending.did] -= 1
             if not self._per_did[pending.did]:
                 del self._per_did[pending.did]
@@ -145,7 +172,10 @@ T = TypeVar("T")
 class Handshake:
     """The challenge-response core (see the module docstring). An adapter calls
     :meth:`challenge` for a hello and :meth:`answer` for a response; a refusal is an
-    :class:`AuthRefused` it encodes, after :meth:`count`-ing it."""
+    :class:`AuthRefused` it encodes, after :meth:`count`-ing it.
+
+    ``known(did)`` says whose pool a hello's nonce goes in; by default the DIDs the
+    registry knows (in any status)."""
 
     def __init__(
         self,
@@ -157,16 +187,20 @@ class Handshake:
         clock_skew_ms: int = 300_000,
         session_ms: int = 3_600_000,
         max_pending: int = 4096,
+        max_pending_strangers: int = 1024,
         max_pending_per_did: int = 4,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
-        if min(nonce_ttl_ms, max_pending, max_pending_per_did) < 1:
+        limits = (max_pending, max_pending_strangers, max_pending_per_did)
+        if min(nonce_ttl_ms, *limits) < 1:
             raise ValueError("lifetimes and limits must be positive")
         self.signer = gateway_signer
         self.random = random_bytes
         self._lookup = registry_lookup
+        self._known = known or (lambda did: registry_lookup(did) is not None)
         self._nonce_ttl = nonce_ttl_ms
         self._per_did = max_pending_per_did
-        self._nonces = _Nonces(max_pending)
+        self._nonces = _Nonces(max_pending, max_pending_strangers)
         self._outcomes: Counter[str] = Counter()
         #: the refusal behind the last answer (its ``detail`` is for the log), else None
         self.last_refusal: AuthRefused | None = None
@@ -199,17 +233,21 @@ class Handshake:
         return now_ms + self._session
 
     def challenge(self, did: str, reply: str | None, now_ms: int) -> Challenge:
-        """A new nonce for a registered, active ``did``, or :class:`AuthRefused`."""
+        """A new nonce for ``did``, whatever its registration (see the module docstring),
+        or :class:`AuthRefused` ``rate_limited``."""
         self.last_refusal = None
-        check_registered(self._lookup, did)
         self._nonces.expire(now_ms)
         if self._nonces.outstanding(did) >= self._per_did:
             raise AuthRefused("rate_limited", f"{did} has {self._per_did} challenges outstanding")
+        known = self._known(did)
+        if self._nonces.full(known):
+            whose = "DIDs the gateway knows" if known else "DIDs the gateway does not know"
+            raise AuthRefused("rate_limited", f"the challenges for {whose} are all outstanding")
         nonce = self.random(NONCE_BYTES)
         if len(nonce) != NONCE_BYTES or self._nonces.get(nonce) is not None:
             raise ValueError("random_bytes gave a short or repeated nonce")
         expires = now_ms + self._nonce_ttl
-        self._nonces.issue(nonce, _Pending(did, reply, expires))
+        self._nonces.issue(nonce, _Pending(did, reply, expires, known))
         self._outcomes["challenge"] += 1
         return Challenge(nonce, self.did, did, expires)
 
@@ -217,15 +255,20 @@ class Handshake:
         self, claim: Claim, now_ms: int, verify: Callable[[], None], grant: Callable[[], T]
     ) -> T:
         """Check a response against its nonce, then ``verify()`` its signature (raising
-        :class:`AuthRefused`), then its time, then make the grant with ``grant()`` (which
-        may refuse too). The nonce moves through :data:`TRANSITIONS` accordingly."""
+        :class:`AuthRefused`), then the DID's registration, then its time, then make the
+        grant with ``grant()`` (which may refuse too). The nonce moves through
+        :data:`TRANSITIONS` accordingly."""
         self.last_refusal = None
-        check_registered(self._lookup, claim.device)
         self._check_nonce(claim, now_ms)
         verified = False
-        try:
+
+        def verify_signature() -> None:
+            nonlocal verified
             verify()
             verified = True
+
+        try:
+            verify_then_check_registered(self._lookup, claim.device, verify_signature)
             if abs(claim.ts - now_ms) > self._skew:
                 raise AuthRefused("clock_skew", f"ts {claim.ts} is {claim.ts - now_ms} ms off")
             result = grant()

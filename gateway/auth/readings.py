@@ -10,10 +10,13 @@ everything is checked again here, in this order (the first failure is the answer
   docs/protocol/mqtt.md, "Readings" describes it (``values``: 1 to 64 names →
   ``{"value": number, "unit": str}``);
 * ``bad_signature``: the payload's ``did`` is not the topic's;
-* ``unknown_device`` / ``not_active``: the registry's answer for the DID;
 * ``bad_signature``: the ``kid`` is not a key of that DID, the key is not in its
   ``assertionMethod``, or the signature fails (``unavailable`` instead when the DID
-  document cannot be fetched right now: the device is not at fault);
+  document cannot be fetched right now: the device is not at fault); an unregistered
+  DID that is not a ``did:key`` is refused here unverified, its document not fetched;
+* ``unknown_device`` / ``not_active``: the registry's answer for the DID, told only
+  once the signature has verified (over CoAP anyone can send a reading: an anonymous
+  client must not learn from the answer whether a DID is registered);
 * ``replay``: ``seq`` not above ``last_seq``;
 * ``clock_skew``: ``ts`` outside the :class:`ClockWindow`: more than ``skew_ms`` ahead of
   ``now_ms``, or more than ``max_age_ms`` behind it (a device delivers readings it
@@ -41,7 +44,6 @@ from gateway.auth.strict import (
     check_cose_typ,
     check_did,
     check_int,
-    check_registered,
     check_typ,
     exact_members,
     json_object,
@@ -49,6 +51,7 @@ from gateway.auth.strict import (
     split_jws,
     verify_cose_signed,
     verify_signed,
+    verify_then_check_registered,
 )
 from gateway.errors import DidgwError
 from gateway.identity.resolver import Resolver
@@ -160,15 +163,18 @@ class ReadingChecker:
                 raise AuthRefused(
                     "bad_signature", f"reading of {reading.did} on {topic_did}'s topic"
                 )
-            check_registered(self._lookup, reading.did)
-            verify_signed(
-                token,
-                header,
-                body,
+            verify_then_check_registered(
+                self._lookup,
                 reading.did,
-                resolver=self._resolver,
-                relationship="assertionMethod",
-                now_ms=now_ms,
+                lambda: verify_signed(
+                    token,
+                    header,
+                    body,
+                    reading.did,
+                    resolver=self._resolver,
+                    relationship="assertionMethod",
+                    now_ms=now_ms,
+                ),
             )
         except AuthRefused as exc:
             raise ReadingRefused(exc.reason, seq, exc.detail) from None
@@ -186,13 +192,16 @@ class ReadingChecker:
             seq = _seq_of(obj)
             check_cose_typ(sign1, READING_COSE_TYP, "reading")
             reading = _parse(obj, token)
-            check_registered(self._lookup, reading.did)
-            verify_cose_signed(
-                sign1,
+            verify_then_check_registered(
+                self._lookup,
                 reading.did,
-                resolver=self._resolver,
-                relationship="assertionMethod",
-                now_ms=now_ms,
+                lambda: verify_cose_signed(
+                    sign1,
+                    reading.did,
+                    resolver=self._resolver,
+                    relationship="assertionMethod",
+                    now_ms=now_ms,
+                ),
             )
         except AuthRefused as exc:
             raise ReadingRefused(exc.reason, seq, exc.detail) from None

@@ -26,7 +26,7 @@ import base64
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import DidgwError, SignatureError
 from gateway.identity.cose import CoseError, Sign1, decode_cbor
@@ -220,13 +220,33 @@ def check_cose_typ(sign1: Sign1, typ: str, what: str) -> None:
 # -- who signed: the checks authentication and readings share --------------------
 
 
-def check_registered(lookup: RegistryLookup, did: str) -> None:
+def _check_status(status: Status | None, did: str) -> None:
     """Refuse a DID that is not registered (``unknown_device``) or not active (``not_active``)."""
-    status = lookup(did)
     if status is None:
         raise AuthRefused("unknown_device", f"{did} is not registered")
     if status is not Status.ACTIVE:
         raise AuthRefused("not_active", f"{did} is {status.value}")
+
+
+T = TypeVar("T")
+
+
+def verify_then_check_registered(lookup: RegistryLookup, did: str, verify: Callable[[], T]) -> T:
+    """``verify()`` the signature for ``did``, then refuse a DID that is not registered
+    (``unknown_device``) or not active (``not_active``). What the registry says of a DID is
+    told only to whoever signs for it: an anonymous client that does not hold the key gets
+    the same refusal (``bad_signature``) for a registered, an unknown and a suspended DID.
+    An unregistered DID that is not a ``did:key`` is refused ``bad_signature`` unverified:
+    its key could only be fetched from a host the DID names, and the gateway fetches
+    nothing for a DID it does not know."""
+    status = lookup(did)
+    if status is None and not did.startswith("did:key:"):
+        raise AuthRefused(
+            "bad_signature", f"{did} is not registered: no document is fetched to check it"
+        )
+    result = verify()
+    _check_status(status, did)
+    return result
 
 
 def verify_signed(

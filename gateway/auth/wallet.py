@@ -8,13 +8,17 @@ as ``aud`` and the wallet's fresh X25519 ``epk`` (so the broker password is seal
 a key the holder signed, exactly as for devices).
 
 People are not in the device registry: a hello is answered for any DID that names an
-Ed25519 key (``did:key``), and what the person may do comes only from the verified
-credentials (:func:`~gateway.credentials.permissions.permissions_from`). Checks, the
-first failure being the answer: ``malformed`` → ``bad_nonce`` (read from the
-key-binding JWT before anything is verified, so a forgery cannot spend a real nonce)
-→ ``bad_presentation`` / ``revoked`` / ``unavailable`` (verification, injected as
-``verify``) → ``clock_skew`` → ``not_permitted`` (the credentials grant nothing, or
-are not about this holder).
+Ed25519 key (``did:key``; any other is ``not_permitted``), and what the person may do
+comes only from the verified credentials
+(:func:`~gateway.credentials.permissions.permissions_from`). Whose nonce pool a hello
+goes in is the core's ``known`` predicate: people the gateway issued a credential to,
+so that a flood of fresh ``did:key`` hellos cannot crowd them out. Checks, the first
+failure being the answer: ``malformed`` → ``bad_nonce`` (read from the key-binding JWT
+before anything is verified, so a forgery cannot spend a real nonce) →
+``not_permitted`` / ``bad_presentation`` / ``revoked`` / ``unavailable``
+(verification, injected as ``verify``, which refuses an issuer other than the gateway
+before anything the credential names is fetched) → ``clock_skew`` → ``not_permitted``
+(the credentials grant nothing, or are not about this holder).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ MAX_PRESENTATIONS = 4
 _MEMBERS = frozenset({"type", "did", "reply", "presentations"})
 
 #: ``verify(text, nonce, aud)``: a presentation that passed every check, else
-#: :class:`AuthRefused` (``bad_presentation``, ``revoked`` or ``unavailable``).
+#: :class:`AuthRefused` (``not_permitted`` for an untrusted issuer, ``bad_presentation``,
+#: ``revoked`` or ``unavailable``).
 Verify = Callable[[str, str, str], VerifiedSdJwt]
 
 
@@ -194,11 +199,11 @@ class WalletAuthenticator:
     def _hello(self, payload: bytes, now_ms: int) -> Outgoing | None:
         try:
             hello = Hello.decode(payload)
+            if holder_status(hello.did) is None:
+                raise AuthRefused("not_permitted", "people authenticate with a did:key")
             challenge = self.core.challenge(hello.did, hello.reply, now_ms)
         except AuthRefused as exc:
             reply = exc.reply if exc.reply is not None else reply_of_safe(payload)
-            if exc.reason == "unknown_device":
-                exc = AuthRefused("not_permitted", "people authenticate with a did:key")
             return self._refuse(reply, exc)
         return Outgoing(reply_topic(self._prefix, hello.reply), challenge.encode())
 

@@ -161,6 +161,13 @@ class CredentialIssuer:
         ).fetchall()
         return [IssuedRecord(*row) for row in rows]
 
+    def has_issued_to(self, subject: str) -> bool:
+        """Whether any credential was ever issued to ``subject`` (revoked or expired too)."""
+        row = self._db.execute(
+            "SELECT 1 FROM credentials WHERE subject = ? LIMIT 1", [subject]
+        ).fetchone()
+        return row is not None
+
     def get(self, cred_id: str) -> IssuedRecord:
         row = self._db.execute(
             "SELECT id, type, subject, format, status_index, issued_ms, expires_ms, revoked_ms, "

@@ -18,6 +18,12 @@ no digest references, a disclosure that would overwrite a claim or is named ``_s
 a wrong ``sd_hash`` or an ``iat`` out of the window; an issuer JWT whose ``typ`` is not
 ``dc+sd-jwt`` (or the transitional ``vc+sd-jwt``), without ``vct``, expired or not yet
 valid.
+
+**Trust first.** With ``trusted_issuers`` (the gateway authenticating a person), the
+issuer JWT's ``kid`` and ``iss`` are read before anything is verified, and a credential
+of any other issuer is refused (:class:`UntrustedIssuer`) before its issuer's DID is
+resolved or its status list fetched: whoever sends a presentation must not be able to
+make the gateway connect to a host of their choosing.
 """
 
 from __future__ import annotations
@@ -70,6 +76,10 @@ def _json(value: Any) -> bytes:
 
 def ed25519_jwk(public_key: bytes) -> dict[str, str]:
     return {"kty": "OKP", "crv": "Ed25519", "x": b64u(public_key)}
+
+
+class UntrustedIssuer(CredentialError):
+    """The credential's issuer is not one the verifier trusts (refused before resolution)."""
 
 
 @dataclass(frozen=True)
@@ -197,13 +207,18 @@ def verify_presentation(
     max_kb_age: float = 300.0,
     clock_skew: float = 300.0,
     key_binding: bool = True,
+    trusted_issuers: Collection[str] | None = None,
 ) -> VerifiedSdJwt:
     """Verify an SD-JWT VC presentation with key binding, for this ``nonce`` and ``aud``.
 
     ``key_binding=False`` checks an SD-JWT as issued (no key-binding JWT may be present):
     for ``didgw cred verify`` on a holder's own file, never for authentication.
+    ``trusted_issuers``: refuse any other issuer first (:class:`UntrustedIssuer`), before
+    anything the credential names is resolved or fetched; None trusts any issuer.
     """
     token, encoded, kb = split(text)
+    if trusted_issuers is not None:
+        check_trusted(token, trusted_issuers)
     if key_binding and not kb:
         raise CredentialError("the presentation has no key-binding JWT")
     if not key_binding and kb:
@@ -261,6 +276,26 @@ def verify_presentation(
         hashlib.sha256(text.encode()).hexdigest(),
         binding,
     )
+
+
+def check_trusted(token: str, trusted: Collection[str]) -> None:
+    """Refuse an issuer JWT whose ``kid`` or ``iss`` names a DID outside ``trusted``, from its
+    header and payload as they are (nothing verified, resolved or fetched yet)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise CredentialError("the issuer JWT is not a compact JWS")
+    try:
+        header = json.loads(b64u_decode(parts[0], "the issuer JWT header"))
+        payload = json.loads(b64u_decode(parts[1], "the issuer JWT payload"))
+    except ValueError:
+        raise CredentialError("the issuer JWT header or payload is not JSON") from None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    iss = payload.get("iss") if isinstance(payload, dict) else None
+    if not isinstance(kid, str) or not isinstance(iss, str):
+        raise CredentialError("the issuer JWT needs a kid and an iss")
+    for did in (kid.partition("#")[0], iss):
+        if did not in trusted:
+            raise UntrustedIssuer(f"credentials issued by {did} are not trusted here")
 
 
 def _check_issuer_claims(payload: dict[str, Any], signer_did: str, now: float, skew: float) -> str:

@@ -5,7 +5,12 @@ issuer is fetched by URL (the injected ``fetch`` of DID resolution) and kept wit
 time it was obtained, under the same :class:`~gateway.identity.resolver.Freshness` as
 DID documents: younger than ``ttl`` it is used as is; older it is fetched again; if the
 source is unreachable the copy is still used until ``max_stale``, then every check that
-needs it fails closed. A list is also refused past its own ``validUntil``.
+needs it fails closed. A list is also refused past its own ``validUntil``, and one whose
+proofs name a key of anyone but its issuer is refused before that key is resolved.
+
+A list is fetched from the URL a credential names, so only for credentials whose issuer
+the caller already trusts (``verify_presentation(trusted_issuers=…)``): the issuer signed
+that URL, and the list must be signed by the issuer too.
 """
 
 from __future__ import annotations
@@ -90,6 +95,12 @@ def checked_list(
     """Verify a status list credential (signature by its issuer, validity) and return its bits."""
     if not isinstance(credential, dict):
         raise CredentialError("the status list is not a JSON object")
+    proof = credential.get("proof")
+    for item in proof if isinstance(proof, list) else [proof]:
+        method = item.get("verificationMethod") if isinstance(item, dict) else None
+        if isinstance(method, str) and method.partition("#")[0] != issuer:
+            # before resolving it: a list must not send the gateway to another host
+            raise CredentialError("the status list is signed by someone other than its issuer")
     proofs = verify_proofs(credential, resolver=resolver, now=now)
     if any(p.controller != issuer for p in proofs):
         raise CredentialError("the status list is signed by someone other than its issuer")

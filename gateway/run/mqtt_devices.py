@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
 from gateway.auth.mqtt_auth import Authenticator, Grant
+from gateway.ops.logs import LogBudget
 from gateway.registry import Registry
 from gateway.run.ingest import ReadingPipeline
 from gateway.transports.dynsec import DynsecAdmin, DynsecError
@@ -40,26 +41,6 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
 T = TypeVar("T")
-
-
-class _LogBudget:
-    """At most ``burst`` log lines per ``period_ms``: a flood of bad requests must not
-    become a flood of log lines (the counts in ``Handshake.outcomes`` keep the rest)."""
-
-    def __init__(self, burst: int = 20, period_ms: int = 10_000) -> None:
-        self._burst, self._period = burst, period_ms
-        self._window_start, self._used, self.suppressed = 0, 0, 0
-
-    def take(self, now_ms: int) -> bool:
-        if now_ms - self._window_start >= self._period:
-            if self.suppressed:
-                log.info("%d more authentication refusals not logged", self.suppressed)
-            self._window_start, self._used, self.suppressed = now_ms, 0, 0
-        if self._used < self._burst:
-            self._used += 1
-            return True
-        self.suppressed += 1
-        return False
 
 
 #: Readings and authentications being handled at once before the gateway says it is behind
@@ -122,7 +103,7 @@ class MqttDevices:
         self._tasks: set[asyncio.Task[None]] = set()
         self._readings_prefix = f"{prefix}/d/"
         self._shared = shared_readings
-        self._log_budget = _LogBudget()
+        self._log_budget = LogBudget("authentication refusals", logger=log)
         self.closing = False  # set when stopping: readings are no longer taken
         #: DIDs of people's live sessions (``mqtt_people.py``): their accounts are named by
         #: DIDs too, and the reconciliation must keep them.
@@ -167,8 +148,10 @@ class MqttDevices:
                 else:
                     self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
                     self._roles.add(grant.did)
-        elif self._auth.core.last_refusal is not None and self._log_budget.take(self._clock_ms()):
-            log.info("authentication refused: %s", self._auth.core.last_refusal)
+        elif (refusal := self._auth.core.last_refusal) is not None and self._log_budget.take(
+            self._clock_ms(), refusal.reason
+        ):
+            log.info("authentication refused: %s", refusal)
         if outgoing is not None:  # None: too broken to know where to answer
             self._publish(outgoing.topic, outgoing.payload)
 
@@ -254,6 +237,7 @@ class MqttDevices:
         while True:
             await asyncio.sleep(interval)
             now = self._clock_ms()
+            self._log_budget.flush(now)
             changed = self._registry.changes_since(seen)
             if changed:
                 seen = changed[-1].id

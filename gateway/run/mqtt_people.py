@@ -37,10 +37,11 @@ from gateway.auth.wallet import PersonGrant, WalletAuthenticator
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.config import Config
 from gateway.credentials.permissions import Permissions
-from gateway.credentials.sd_jwt import VerifiedSdJwt, verify_presentation
+from gateway.credentials.sd_jwt import UntrustedIssuer, VerifiedSdJwt, verify_presentation
 from gateway.db import write_transaction
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.signing import Signer
+from gateway.ops.logs import LogBudget
 from gateway.registry import Registry
 from gateway.run.mqtt_devices import AccountLock
 from gateway.service import build_issuer, build_resolver, build_status_lists
@@ -67,6 +68,7 @@ class PeopleDesk:
     def __init__(self, config: Config, db: Any, gateway_did: str) -> None:
         c = config.credentials
         self.db = db
+        self.trusted_issuers = frozenset({gateway_did})
         self.resolver = build_resolver(config)
         self.chain = ChainStore(db)
         self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
@@ -87,7 +89,10 @@ class PeopleDesk:
                 status=self.status,
                 max_kb_age=self.max_kb_age,
                 clock_skew=self.skew,
+                trusted_issuers=self.trusted_issuers,
             )
+        except UntrustedIssuer as exc:  # refused before anything it names was fetched
+            raise AuthRefused("not_permitted", str(exc)) from None
         except CredentialError as exc:
             detail = str(exc)
             reason = "revoked" if "revoked" in detail else "bad_presentation"
@@ -170,6 +175,7 @@ class MqttPeople:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._auth_topic = policy.wallet_auth_topic(prefix)
+        self._log_budget = LogBudget("wallet authentication refusals", logger=log)
         self._req = (f"{prefix}/p/", "/req")
 
     def retime(self, *, session_ms: int, clock_skew_ms: int) -> None:
@@ -222,8 +228,10 @@ class MqttPeople:
                     outgoing = self._auth.refuse_unavailable(grant)
                 else:
                     outgoing = await self._start_session(grant, outgoing)
-        elif self._auth.core.last_refusal is not None:
-            log.info("wallet authentication refused: %s", self._auth.core.last_refusal)
+        elif (refusal := self._auth.core.last_refusal) is not None and self._log_budget.take(
+            self._clock_ms(), refusal.reason
+        ):
+            log.info("wallet authentication refused: %s", refusal)
         if outgoing is not None:
             self._publish(outgoing.topic, outgoing.payload)
 
@@ -335,6 +343,7 @@ class MqttPeople:
                     await self.publish_status()
                     seen, last_published = revision, time.monotonic()
                 now = self._clock_ms()
+                self._log_budget.flush(now)
                 for did, s in list(self._sessions.items()):
                     if s.expires_ms <= now or s.status_indexes & revoked:
                         await self._close(did, now)

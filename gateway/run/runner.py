@@ -71,15 +71,21 @@ LIVE = frozenset(
 
 
 def handshake(
-    config: Config, signer: Signer, lookup: RegistryLookup, session_seconds: int
+    config: Config,
+    signer: Signer,
+    lookup: RegistryLookup,
+    session_seconds: int,
+    known: Callable[[str], bool] | None = None,
 ) -> Handshake:
-    """A challenge-response core with the configured clock tolerance and this session length."""
+    """A challenge-response core with the configured clock tolerance and this session length
+    (``known``: whose challenges are kept apart from strangers', by default registered DIDs)."""
     return Handshake(
         signer,
         lookup,
         clock_skew_ms=config.devices.clock_skew_seconds * 1000,
         session_ms=session_seconds * 1000,
         random_bytes=secrets.token_bytes,
+        known=known,
     )
 
 
@@ -229,7 +235,13 @@ class _MqttSide:
 
         desk = PeopleDesk(config, connect(state_dir / DB_NAME), gateway.did)
         signer = gateway.signer(env)
-        core = handshake(config, signer, holder_status, config.credentials.session_seconds)
+        core = handshake(  # people the gateway issued credentials to are known
+            config,
+            signer,
+            holder_status,
+            config.credentials.session_seconds,
+            known=desk.issuer.has_issued_to,  # on the desk's thread, with its connection
+        )
         authenticator = WalletAuthenticator(core, desk.verify, prefix=config.mqtt.prefix)
         return MqttPeople(
             prefix=config.mqtt.prefix,

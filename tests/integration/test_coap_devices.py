@@ -104,9 +104,9 @@ def test_garbage_and_unsigned_readings_are_refused_with_their_codes(
     unsigned.write_bytes(cbor2.dumps({"did": "did:key:z6Mk", "seq": 1, "ts": 1, "values": {}}))
     assert "4.00 malformed" in coap_client("-m", "post", f"{gateway.uri}/r", payload=unsigned)
     assert "4.05" in coap_client("-m", "get", f"{gateway.uri}/r")
-    hello = tmp_path / "hello.cbor"  # a DID nobody registered
+    hello = tmp_path / "hello.cbor"  # a DID nobody registered: challenged like any other
     hello.write_bytes(cbor2.dumps({"type": "hello", "did": "did:key:z6MkhaXgBZDvotDkL5257"}))
-    assert "4.03 unknown_device" in coap_client("-m", "post", f"{gateway.uri}/auth", payload=hello)
+    assert "challenge" in coap_client("-m", "post", f"{gateway.uri}/auth", payload=hello)
     assert readings(gateway.state) == []
 
 

@@ -10,9 +10,7 @@ resolver and its SQLite cache do the work. Time is injected through
 from __future__ import annotations
 
 import base64
-import datetime
 import gc
-import ipaddress
 import json
 import os
 import socket
@@ -26,11 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pki import Pki, Tarpit, make_pki, server_context
 from sqlite_utils import Database
 
 from gateway.config import Config, ResolverSection
@@ -65,128 +60,9 @@ MAX_BYTES = 65536
 # --------------------------------------------------------------------------- PKI
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca_file: Path  # the test CA, handed to the gateway as ca_file
-    server_cert: Path  # localhost / 127.0.0.1, issued by the test CA
-    server_key: Path
-    rogue_cert: Path  # localhost / 127.0.0.1, issued by a CA nobody trusts
-    rogue_key: Path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return builder.not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(
-        now + datetime.timedelta(days=2)
-    )
-
-
-def _make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    return key, _validity(builder).sign(key, hashes.SHA256())
-
-
-def _make_server_cert(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(san, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    return key, _validity(builder).sign(ca_key, hashes.SHA256())
-
-
-def _write_pem(path: Path, cert: x509.Certificate) -> Path:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    ca_key, ca_cert = _make_ca("didgw test CA")
-    server_key, server_cert = _make_server_cert(ca_key, ca_cert)
-    rogue_ca_key, rogue_ca_cert = _make_ca("untrusted CA")
-    rogue_key, rogue_cert = _make_server_cert(rogue_ca_key, rogue_ca_cert)
-    return Pki(
-        ca_file=_write_pem(directory / "ca.pem", ca_cert),
-        server_cert=_write_pem(directory / "server.pem", server_cert),
-        server_key=_write_key(directory / "server.key", server_key),
-        rogue_cert=_write_pem(directory / "rogue.pem", rogue_cert),
-        rogue_key=_write_key(directory / "rogue.key", rogue_key),
-    )
-
-
-def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    return context
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 # ------------------------------------------------------------------------ servers
@@ -286,12 +162,12 @@ def start_site() -> Iterator[Callable[..., Site]]:
 
 @pytest.fixture
 def https_site(start_site: Callable[..., Site], pki: Pki) -> Site:
-    return start_site(_server_context(pki.server_cert, pki.server_key))
+    return start_site(server_context(pki.server_cert, pki.server_key))
 
 
 @pytest.fixture
 def rogue_https_site(start_site: Callable[..., Site], pki: Pki) -> Site:
-    return start_site(_server_context(pki.rogue_cert, pki.rogue_key))
+    return start_site(server_context(pki.rogue_cert, pki.rogue_key))
 
 
 @pytest.fixture
@@ -736,6 +612,20 @@ def test_error_answer_does_not_hold_the_connection_open(
         del info
         gc.collect()
     assert held == set(), "a socket is still open after the 404 was handled"
+
+
+def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(pki: Pki) -> None:
+    """The timeout bounds the whole fetch, not each read: every byte of this answer comes
+    within a quarter of a second, the whole of it would take about half a minute."""
+    tarpit = Tarpit(pki, json.dumps({"id": "did:web:localhost"}).encode(), interval=0.25)
+    fetch = make_fetch(timeout=1.0, max_bytes=MAX_BYTES, ca_file=str(pki.ca_file))
+    try:
+        kind, message = failure(lambda: fetch(f"https://localhost:{tarpit.port}/did.json"))
+    finally:
+        tarpit.stop()
+    assert kind is Unreachable  # an outage (the cache may serve), not a refusal
+    assert "no complete answer within 1 s" in message
+    assert tarpit.connections == 1
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -206,22 +206,54 @@ def test_an_unusable_prefix_is_refused(prefix: str) -> None:
         )
 
 
-# -- the registry ---------------------------------------------------------------
+# -- the registry: told only to whoever signs for the DID ---------------------------
 
 
-def test_an_unregistered_device_gets_no_challenge(world: World) -> None:
+class NoNetwork:
+    """A resolver that fails the test if it is asked anything."""
+
+    def resolve(self, did: str, *, now: float) -> Any:
+        raise AssertionError(f"{did} was resolved")
+
+
+def test_every_did_gets_a_challenge_whatever_its_registration(world: World) -> None:
+    world.registry[world.b.did] = Status.SUSPENDED
     stranger = Device()
-    out = world.auth.on_hello(stranger.hello(), NOW)
-    assert out is not None and out.topic == f"didgw/auth/res/{stranger.reply}"
-    assert reason(out) == "unknown_device"
-    assert world.auth.core.outcomes == {"unknown_device": 1}
-    assert world.auth.core.pending == 0
+    for device in (world.a, world.b, stranger):
+        assert world.challenge(device).device == device.did
+    assert world.auth.core.outcomes == {"challenge": 3}
 
 
-@pytest.mark.parametrize("status", [Status.SUSPENDED, Status.REVOKED])
-def test_an_inactive_device_gets_no_challenge(world: World, status: Status) -> None:
-    world.registry[world.a.did] = status
-    assert reason(world.auth.on_hello(world.a.hello(), NOW)) == "not_active"
+@pytest.mark.parametrize(
+    ("status", "told"),
+    [(None, "unknown_device"), (Status.SUSPENDED, "not_active"), (Status.REVOKED, "not_active")],
+)
+def test_a_device_that_signs_its_response_learns_its_registration(
+    world: World, status: Status | None, told: str
+) -> None:
+    device = Device()
+    if status is not None:
+        world.registry[device.did] = status
+    challenge = world.challenge(device)
+    out, grant = world.auth.on_response(device.respond(challenge), NOW)
+    assert grant is None and reason(out) == told
+    assert out is not None and out.topic == f"didgw/auth/res/{device.reply}"
+    again, _ = world.auth.on_response(device.respond(challenge), NOW)
+    assert reason(again) == "bad_nonce"  # its signature verified: the nonce is spent
+
+
+@pytest.mark.parametrize("status", [None, Status.ACTIVE, Status.SUSPENDED, Status.REVOKED])
+def test_a_forger_gets_the_same_answers_whatever_the_registration(
+    world: World, status: Status | None
+) -> None:
+    target = Device()
+    if status is not None:
+        world.registry[target.did] = status
+    forger = Signer(generate_key(), target.signer.kid)  # names the target's key
+    challenge = world.challenge(target)
+    out, grant = world.auth.on_response(target.respond(challenge, signer=forger), NOW)
+    assert grant is None and reason(out) == "bad_signature"
+    assert world.auth.core.pending == 1  # a forgery does not spend the nonce
 
 
 @pytest.mark.parametrize("status", [Status.SUSPENDED, Status.REVOKED])
@@ -234,11 +266,21 @@ def test_a_device_suspended_or_revoked_after_its_challenge_gets_no_grant(
     assert grant is None and reason(out) == "not_active"
 
 
-def test_a_response_from_an_unregistered_device_is_refused(world: World) -> None:
+def test_an_unregistered_did_web_is_refused_without_fetching_its_document() -> None:
+    world = make_world(resolver=NoNetwork())
+    device = Device(Signer(generate_key(), f"{WEB_DID}#key-1"))
+    challenge = world.challenge(device)
+    out, grant = world.auth.on_response(device.respond(challenge), NOW)
+    assert grant is None and reason(out) == "bad_signature"
+    assert world.auth.core.last_refusal is not None
+    assert "no document is fetched" in world.auth.core.last_refusal.detail
+
+
+def test_a_response_to_another_device_s_nonce_is_refused(world: World) -> None:
     stranger = Device()
     challenge = world.challenge(world.a)
     out, grant = world.auth.on_response(stranger.respond(challenge), NOW)
-    assert grant is None and reason(out) == "unknown_device"
+    assert grant is None and reason(out) == "bad_nonce"
     assert out is not None and out.topic == f"didgw/auth/res/{stranger.reply}"
 
 
@@ -384,16 +426,39 @@ def test_outstanding_nonces_per_device_are_capped(world: World) -> None:
     assert world.auth.core.outcomes == {"challenge": 6, "rate_limited": 1}
 
 
-def test_the_nonce_store_is_bounded_and_evicts_the_oldest() -> None:
-    world = make_world(max_pending=2)
+def test_a_full_pool_refuses_new_hellos_and_evicts_nothing() -> None:
+    world = make_world(max_pending=2, max_pending_strangers=2)
     c = Device()
     world.registry[c.did] = Status.ACTIVE
-    first, second, third = world.challenge(world.a), world.challenge(world.b), world.challenge(c)
-    assert world.auth.core.pending == 2
-    out, grant = world.auth.on_response(world.a.respond(first), NOW)
-    assert grant is None and reason(out) == "bad_nonce"
+    first, second = world.challenge(world.a), world.challenge(world.b)
+    assert reason(world.auth.on_hello(c.hello(), NOW)) == "rate_limited"
+    strangers = [Device() for _ in range(3)]
+    world.challenge(strangers[0]), world.challenge(strangers[1])  # a pool of their own
+    assert reason(world.auth.on_hello(strangers[2].hello(), NOW)) == "rate_limited"
+    assert world.auth.core.pending == 4
+    # nothing was evicted: both logins go through, and their places are free again
+    assert world.auth.on_response(world.a.respond(first), NOW)[1] is not None
     assert world.auth.on_response(world.b.respond(second), NOW)[1] is not None
-    assert world.auth.on_response(c.respond(third), NOW)[1] is not None
+    world.challenge(c)
+    world.challenge(strangers[2], now=NOW + 30_000)  # expired ones free places too
+
+
+def test_whose_pool_a_hello_goes_in_can_be_decided_by_the_caller() -> None:
+    """Wallets: the registry says nothing of people; those the gateway issued credentials
+    to are known, a flood of fresh did:key hellos is not."""
+    people = {Device() for _ in range(2)}
+    core = Handshake(
+        GATEWAY,
+        lambda did: Status.ACTIVE,
+        random_bytes=random.Random(7).randbytes,
+        max_pending_strangers=1,
+        known=lambda did: did in {p.did for p in people},
+    )
+    auth = Authenticator(core, offline_resolver())
+    assert Challenge.decode(auth.on_hello(Device().hello(), NOW).payload)  # type: ignore[union-attr]
+    assert reason(auth.on_hello(Device().hello(), NOW)) == "rate_limited"
+    for person in people:
+        assert Challenge.decode(auth.on_hello(person.hello(), NOW).payload)  # type: ignore[union-attr]
 
 
 # -- the clock ------------------------------------------------------------------------
@@ -633,14 +698,15 @@ def test_the_well_formed_base_of_the_malformed_cases_gets_past_parsing(world: Wo
 
 def test_outcomes_are_counted_by_reason(world: World) -> None:
     world.auth.on_hello(b"{}", NOW)
-    world.auth.on_hello(Device().hello(), NOW)
+    stranger = Device()
+    world.auth.on_response(stranger.respond(world.challenge(stranger)), NOW)
     challenge = world.challenge(world.a)
     world.auth.on_response(flip_signature(world.a.respond(challenge)), NOW)
     world.auth.on_response(world.a.respond(challenge), NOW)
     assert world.auth.core.outcomes == {
         "malformed": 1,
         "unknown_device": 1,
-        "challenge": 1,
+        "challenge": 2,
         "bad_signature": 1,
         "grant": 1,
     }

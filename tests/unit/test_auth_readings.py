@@ -222,6 +222,30 @@ def test_an_inactive_device_is_refused(world: World, status: Status) -> None:
     assert refused(world, world.a.did, token(world.a)).reason == "not_active"
 
 
+@pytest.mark.parametrize("status", [None, Status.ACTIVE, Status.SUSPENDED])
+def test_a_forged_reading_gets_the_same_answer_whatever_the_registration(
+    world: World, status: Status | None
+) -> None:
+    """Over CoAP anyone can send a reading: what the registry says of a DID is told only to
+    whoever signs for it."""
+    target = Signer.for_did_key(generate_key())
+    if status is not None:
+        world.registry[target.did] = status
+    forged = token(Signer(generate_key(), target.kid), did=target.did)
+    assert refused(world, target.did, forged).reason == "bad_signature"
+
+
+def test_an_unregistered_did_web_reading_is_refused_without_fetching() -> None:
+    class NoNetwork:
+        def resolve(self, did: str, *, now: float) -> Any:
+            raise AssertionError(f"{did} was resolved")
+
+    world = make_world(NoNetwork())
+    signer = Signer(generate_key(), "did:web:elsewhere.example#key-1")
+    error = refused(world, signer.did, token(signer))
+    assert error.reason == "bad_signature" and "no document is fetched" in error.detail
+
+
 # -- malformed ------------------------------------------------------------------------------
 
 SIGNER = Signer.for_did_key(generate_key())

@@ -173,6 +173,22 @@ def test_a_remote_status_list_fails_closed_when_too_stale(issuer: CredentialIssu
         source.revoked(entry, issuer=GATEWAY.did, now=NOW + 601)
 
 
+def test_a_status_list_whose_proof_names_another_key_is_refused_unresolved(
+    issuer: CredentialIssuer,
+) -> None:
+    """The list comes from the network: a proof naming a did:web elsewhere would send the
+    gateway to that host. It is refused before anything is resolved."""
+    signed = issuer.status_list_credential(GATEWAY, now=NOW)
+    signed["proof"]["verificationMethod"] = "did:web:elsewhere.example#key-1"
+
+    class Offline:
+        def resolve(self, did: str, *, now: float) -> Any:
+            raise AssertionError(f"{did} was resolved")
+
+    with pytest.raises(CredentialError, match="someone other than its issuer"):
+        checked_list(signed, url=issuer.list_url, issuer=GATEWAY.did, resolver=Offline(), now=NOW)
+
+
 def test_bitstring_order_and_limits() -> None:
     bits = status_list.bitstring([0, 9, status_list.MIN_BITS - 1])
     assert bits[0] == 0x80 and bits[1] == 0x40 and bits[-1] == 0x01

@@ -253,3 +253,47 @@ def test_permissions_need_a_trusted_issuer_and_the_holders_own_credential() -> N
     with pytest.raises(CredentialError, match="holder"):
         permissions_from([result], holder=ISSUER.did, trusted_issuers={ISSUER.did})
     assert len(hashlib.sha256(b"").hexdigest()) == 64
+
+
+class NoNetwork:
+    """A resolver that fails the test if anything is resolved."""
+
+    def resolve(self, did: str, *, now: float) -> Any:
+        raise AssertionError(f"{did} was resolved")
+
+
+@pytest.mark.parametrize(
+    "signer",
+    [
+        Signer(ISSUER.private_key, "did:web:attacker.example#key-1"),  # kid on a host of theirs
+        ISSUER,  # a did:key, whose credential points its status list at a host of theirs
+    ],
+)
+def test_an_untrusted_issuer_is_refused_before_anything_is_resolved_or_fetched(
+    signer: Signer,
+) -> None:
+    status = {"status_list": {"idx": 3, "uri": "https://attacker.example/list"}}
+    body = clear(iss=signer.did, status=status)
+    credential = issue(body, {}, signer, random_bytes=os.urandom)
+    text = present(credential, (), HOLDER, nonce="n-1", aud="did:key:gw", iat=NOW)
+    with pytest.raises(sd_jwt.UntrustedIssuer, match=f"{signer.did} are not trusted here"):
+        verify_presentation(
+            text,
+            resolver=NoNetwork(),
+            now=NOW,
+            nonce="n-1",
+            aud="did:key:gw",
+            status=None,
+            trusted_issuers={"did:key:gw"},
+        )
+
+
+def test_a_trusted_issuer_is_verified_as_before() -> None:
+    result = verify(presented(), trusted_issuers={ISSUER.did})
+    assert result.issuer == ISSUER.did
+    header, rest = presented().split(".", 1)
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=="))
+    decoded["kid"] = "did:web:attacker.example#key-1"  # iss still names the trusted one
+    bad = base64.urlsafe_b64encode(json.dumps(decoded).encode()).rstrip(b"=").decode()
+    with pytest.raises(sd_jwt.UntrustedIssuer):
+        verify(f"{bad}.{rest}", trusted_issuers={ISSUER.did})
