@@ -7,12 +7,13 @@ id, a 64 MiB publish, a retained message on the auth topic.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
-from collections import Counter
 import time
 import tomllib
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ import device as dev
 import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto
-from gateway_process import GatewayProcess, gateway_did, make_device, register
+from broker import free_port as broker_free_port
+from gateway_process import GatewayProcess, gateway_did, make_device, records, register
 from paho.mqtt.enums import CallbackAPIVersion
 from support import Run, wait_until
 
@@ -60,8 +62,7 @@ class Intruder:
 
     def _loop(self, client_id: str) -> None:
         while not self._stop.is_set():
-            answered = threading.Event()
-            outcome: list[bool] = []
+            answered, outcome = threading.Event(), []
             client = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=client_id,
@@ -69,12 +70,12 @@ class Intruder:
                 reconnect_on_failure=False,
             )
 
-            def connected(*args: Any, outcome: list[bool] = outcome) -> None:
+            def connected(*args: Any, outcome: list[bool] = outcome, ev: Any = answered) -> None:
                 outcome.append(not args[3].is_failure)
-                answered.set()
+                ev.set()
 
             client.on_connect = connected
-            client.on_disconnect = lambda *_: answered.set()
+            client.on_disconnect = lambda *_, ev=answered: ev.set()
             try:
                 client.connect(self.broker.host, self.broker.port, keepalive=30)
             except OSError:
@@ -144,9 +145,11 @@ def test_an_anonymous_client_cannot_knock_the_gateway_or_a_device_off(
             watcher.publish_reading("energy", {"import_kwh": {"value": 1, "unit": "kWh"}})
             acked = watcher.wait_acked(timeout=15)
         kicked = Counter(takeovers(mosquitto))
-        print(f"\nlogins failed: {len(failed)} of {len(devices) - 1}; connections taken over: "
-              f"{dict(kicked)}; intruder connections accepted {sum(intruder.accepted.values())},"
-              f" refused {sum(intruder.refused.values())}")
+        print(
+            f"\nlogins failed: {len(failed)} of {len(devices) - 1}; connections taken over: "
+            f"{dict(kicked)}; intruder connections accepted {sum(intruder.accepted.values())},"
+            f" refused {sum(intruder.refused.values())}"
+        )
         assert not failed, failed
         assert acked, watcher.stats
         assert takeovers(mosquitto) == [], takeovers(mosquitto)
@@ -208,9 +211,11 @@ def test_a_64_mib_anonymous_publish_reaches_neither_broker_memory_nor_the_gatewa
         malformed = figures.get(
             'didgw_authentications_total{result="malformed",transport="mqtt"}', 0.0
         )
-        print(f"\ngateway peak RSS {before // 1024} MB -> {after // 1024} MB; broker peak "
-              f"{broker_peak // 1024} MB; broker took it: "
-              f"{info.is_published()}; gateway saw it as malformed: {malformed:g}")
+        print(
+            f"\ngateway peak RSS {before // 1024} MB -> {after // 1024} MB; broker peak "
+            f"{broker_peak // 1024} MB; broker took it: "
+            f"{info.is_published()}; gateway saw it as malformed: {malformed:g}"
+        )
         assert not info.is_published(), "the broker accepted a 64 MiB publish"
         assert malformed == 0, "the gateway read the 64 MiB message"
     finally:
@@ -263,3 +268,254 @@ def test_a_retained_anonymous_hello_is_never_answered_nor_replayed(
             client.loop_stop()
         member.close()
         gateway.kill()
+
+
+# -- the broker's settings, without a gateway -------------------------------------------------
+
+
+def _connect(
+    broker: Mosquitto,
+    client_id: str,
+    *,
+    port: int | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    clean: bool = True,
+) -> tuple[mqtt.Client, str, bool, threading.Event]:
+    """An MQTT 3.1.1 client: (client, CONNACK reason, session present, dropped)."""
+    answered, dropped = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=clean,
+        reconnect_on_failure=False,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+
+    def connected(_c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        outcome.update(reason=str(reason), present=bool(flags.session_present))
+        answered.set()
+
+    def disconnected(*_: Any) -> None:
+        dropped.set()
+        answered.set()
+
+    client.on_connect, client.on_disconnect = connected, disconnected
+    client.connect(broker.host, port or broker.port, keepalive=30)
+    client.loop_start()
+    assert answered.wait(5), "no CONNACK"
+    return client, outcome.get("reason", "dropped"), outcome.get("present", False), dropped
+
+
+def _close(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+DEVICE = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+
+
+def test_an_account_connection_is_named_by_its_account_and_nobody_else_can_take_it(
+    mosquitto: Mosquitto,
+) -> None:
+    from gateway.auth import broker as policy
+
+    password = "device-password"
+    with mosquitto.admin() as admin:
+        admin.execute(
+            policy.device_role_commands(DEVICE, mosquitto.prefix)
+            + policy.device_client_commands(DEVICE, password, mosquitto.prefix)
+        )
+    accounts = mosquitto.accounts_port
+    device, reason, _, kicked = _connect(
+        mosquitto, "didgw-dev-1", port=accounts, username=DEVICE, password=password
+    )
+    assert reason == "Success"
+    assert broker_client_ids(mosquitto, DEVICE) == [DEVICE]  # its id is its DID
+    try:
+        # The DID as client id: refused (no prefix), on either listener.
+        for port in (mosquitto.port, accounts):
+            intruder, reason, _, _ = _connect(mosquitto, DEVICE, port=port)
+            assert reason == "Not authorized", port
+            intruder.loop_stop()
+        # Anonymous clients cannot use the accounts listener at all.
+        intruder, reason, _, _ = _connect(mosquitto, "didgw-anything", port=accounts)
+        assert reason == "Not authorized"
+        intruder.loop_stop()
+        # Another id with the prefix is another client.
+        other, reason, _, _ = _connect(mosquitto, "didgw-dev-1")
+        assert reason == "Success"
+        _close(other)
+        assert not kicked.is_set()
+        assert takeovers(mosquitto) == []
+        # The same account may take its own place (a device reconnecting).
+        again, reason, _, _ = _connect(
+            mosquitto, "didgw-dev-2", port=accounts, username=DEVICE, password=password
+        )
+        assert reason == "Success"
+        wait_until(kicked.is_set, "the account's earlier connection to be replaced", 5)
+        _close(again)
+    finally:
+        _close(device)
+
+
+def test_an_empty_client_id_gets_one_with_the_prefix(mosquitto: Mosquitto) -> None:
+    client, reason, _, _ = _connect(mosquitto, "")
+    assert reason == "Success"
+    _close(client)
+    assert re.search(r"New client connected from \S+ as didgw-auto-", mosquitto.log())
+
+
+def test_a_reconciliation_larger_than_the_packet_limit_is_sent_in_parts(
+    mosquitto: Mosquitto,
+) -> None:
+    from gateway.auth import broker as policy
+
+    stale = [f"did:key:z6MkStale{i:05d}{'x' * 30}" for i in range(800)]
+    with mosquitto.admin() as admin:
+        for i in range(0, len(stale), 100):
+            admin.execute(
+                [
+                    {"command": "createClient", "username": name, "password": "p"}
+                    for name in stale[i : i + 100]
+                ]
+            )
+        commands = policy.reconcile(set(), admin.list_clients(), admin.list_roles())
+        assert len(json.dumps({"commands": commands})) > policy.MAX_PACKET_BYTES
+        admin.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
+        assert not [name for name in admin.list_clients() if name.startswith("did:")]
+
+
+# -- the gateway's own guard ---------------------------------------------------------------
+
+
+class _UnlimitedBroker(Mosquitto):
+    """The tests' broker without the shipped packet limit (an operator's broker set up
+    without it): what the gateway's own Maximum Packet Size must make up for."""
+
+    def config(self) -> str:
+        return "".join(
+            line + "\n" for line in super().config().splitlines() if "max_packet_size" not in line
+        )
+
+
+def test_without_the_brokers_limit_the_gateway_still_takes_no_64_mib(
+    didgw: Run, tmp_path: Path
+) -> None:
+    from gateway_process import GatewayProcess as Process
+
+    broker = _UnlimitedBroker(tmp_path / "unlimited")
+    broker.setup()
+    state, config = tmp_path / "state", tmp_path / "gateway.toml"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    metrics_port = broker_free_port()
+    config.write_text(
+        f"[metrics]\nport = {metrics_port}\n\n"
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'username = "{broker.gateway_username}"\nprefix = "{broker.prefix}"\n'
+    )
+    gateway = Process(state, broker, config)
+    gw = gateway_did(didgw, state)
+    member = make_device(tmp_path, broker, "member", gw)
+    register(didgw, state, member.did, "member")
+    gateway.start()
+    try:
+        before = peak_kb(gateway)
+        attacker, _ = _anonymous_v5(broker, "didgw-big-sender-2")
+        info = attacker.publish(f"{broker.prefix}/auth/req", b"A" * (64 << 20), qos=1)
+        wait_until(info.is_published, "the broker to take the 64 MiB", 60)  # no limit there
+        member.authenticate(timeout=15)  # answered after the big message, if it came
+        after = peak_kb(gateway)
+        attacker.disconnect()
+        attacker.loop_stop()
+        malformed = metrics(gateway).get(
+            'didgw_authentications_total{result="malformed",transport="mqtt"}', 0.0
+        )
+        print(
+            f"\nbroker without a limit: gateway peak RSS {before // 1024} MB -> "
+            f"{after // 1024} MB; gateway saw it: {malformed:g}"
+        )
+        assert malformed == 0, "the broker handed the gateway a 64 MiB message"
+    finally:
+        member.close()
+        gateway.kill()
+        broker.stop()
+
+
+def test_a_retained_reading_is_dropped_counted_and_cleared(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """A device account's retained reading (the reading workers' input): never recorded,
+    counted, and gone from the broker, so no reconnect brings it back."""
+    gw = gateway_did(didgw, gateway.state)
+    member = make_device(tmp_path, mosquitto, "member", gw)
+    register(didgw, gateway.state, member.did, "member")
+    gateway.start()
+    try:
+        grant = member.authenticate(timeout=15)
+        reading = dev.make_reading(
+            member.identity,
+            seq=1,
+            reading_type="energy",
+            values={"import_kwh": {"value": 1, "unit": "kWh"}},
+            ts_ms=int(time.time() * 1000),
+        )
+        client, reason, _, _ = _connect(
+            mosquitto,
+            "didgw-retainer-2",
+            port=mosquitto.accounts_port,
+            username=grant.username,
+            password=grant.password.decode(),
+        )
+        assert reason == "Success"
+        client.publish(member.readings_topic, reading, qos=1, retain=True).wait_for_publish(5)
+        dropped = "didgw_mqtt_dropped_retained"
+        wait_until(lambda: metrics(gateway).get(dropped, 0) >= 1, "the drop to be counted", 15)
+        _close(client)
+        # Nothing retained is left: a subscriber gets only the marker published after.
+        with mosquitto.gateway() as peer:
+            assert peer.connect().is_failure is False
+            assert peer.subscribe(member.readings_topic).is_failure is False
+            peer.publish(member.readings_topic, b"marker")
+            assert peer.received_until(member.readings_topic, b"marker") == []
+    finally:
+        member.close()
+        assert gateway.stop() == 0, gateway.output
+    assert records(gateway.state) == []
+
+
+def test_the_session_of_the_gateways_former_client_id_is_ended(
+    didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess
+) -> None:
+    """Gateways before this one used ``didgw-`` and the end of their DID, with a session
+    that never expires: the broker would queue every device's message to it forever."""
+    gw = gateway_did(didgw, gateway.state)
+    former = f"didgw-{gw[-12:]}"
+    client, reason, _, _ = _connect(
+        mosquitto,
+        former,
+        username=mosquitto.gateway_username,
+        password=mosquitto.gateway_password,
+        clean=False,
+    )
+    assert reason == "Success"
+    client.subscribe(f"{mosquitto.prefix}/auth/req", qos=1)
+    time.sleep(0.3)  # the subscription (no ack wait in this raw client)
+    _close(client)
+    gateway.start()
+    try:
+        client, reason, present, _ = _connect(
+            mosquitto,
+            former,
+            username=mosquitto.gateway_username,
+            password=mosquitto.gateway_password,
+            clean=False,
+        )
+        _close(client)
+        assert reason == "Success"
+        assert not present, "the former session is still on the broker"
+    finally:
+        assert gateway.stop() == 0, gateway.output
