@@ -431,14 +431,19 @@ def test_without_the_brokers_limit_the_gateway_still_takes_no_64_mib(
         after = peak_kb(gateway)
         attacker.disconnect()
         attacker.loop_stop()
-        malformed = metrics(gateway).get(
+        figures = metrics(gateway)
+        malformed = figures.get(
             'didgw_authentications_total{result="malformed",transport="mqtt"}', 0.0
         )
+        oversized = figures.get("didgw_mqtt_dropped_oversized", 0.0)
         print(
             f"\nbroker without a limit: gateway peak RSS {before // 1024} MB -> "
-            f"{after // 1024} MB; gateway saw it: {malformed:g}"
+            f"{after // 1024} MB; gateway handled it {malformed:g}, dropped it {oversized:g}"
         )
-        assert malformed == 0, "the broker handed the gateway a 64 MiB message"
+        # Not even received: the gateway's own check did not have to drop it, and its
+        # memory did not hold the 64 MiB at any moment.
+        assert (malformed, oversized) == (0, 0), "the broker handed the gateway a 64 MiB message"
+        assert after - before < 32 * 1024, f"peak {before} kB -> {after} kB"
     finally:
         member.close()
         gateway.kill()
