@@ -228,7 +228,8 @@ def raw_public(key: X25519PrivateKey) -> bytes:
 def new_client(name: str, username: str | None = None, password: str | bytes | None = None):
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=f"bench-{name}-{os.getpid()}-{secrets.token_hex(3)}",
+        # The broker takes only ids with its prefix (configs/mosquitto/mosquitto.conf).
+        client_id=f"{dev.CLIENT_ID_PREFIX}bench-{name}-{secrets.token_hex(16)}",
         protocol=mqtt.MQTTv311,
         clean_session=True,
         reconnect_on_failure=False,
@@ -242,8 +243,11 @@ def new_client(name: str, username: str | None = None, password: str | bytes | N
     return client
 
 
-def open_client(client, conn: dict, topics: list[str], timeout: float = 10.0) -> None:
-    """Connect, subscribe (QoS 1, 100 topics a packet) and wait for every SUBACK."""
+def open_client(
+    client, conn: dict, topics: list[str], timeout: float = 10.0, *, account: bool = False
+) -> None:
+    """Connect, subscribe (QoS 1, 100 topics a packet) and wait for every SUBACK. A device's
+    account connects to the accounts listener (``account``), as the protocol says."""
     ready, failed = threading.Event(), []
     waiting: set[int] = set()
     lock = threading.Lock()
@@ -269,12 +273,13 @@ def open_client(client, conn: dict, topics: list[str], timeout: float = 10.0) ->
                 ready.set()
 
     client.on_connect, client.on_subscribe = on_connect, on_subscribe
-    client.connect(conn["host"], conn["port"], keepalive=60)
+    port = conn["accounts_port"] if account else conn["port"]
+    client.connect(conn["host"], port, keepalive=60)
     if conn.get("nodelay"):
         client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.loop_start()
     if not ready.wait(timeout) or failed:
-        raise RuntimeError(f"broker {conn['host']}:{conn['port']}: {failed or 'no answer'}")
+        raise RuntimeError(f"broker {conn['host']}:{port}: {failed or 'no answer'}")
 
 
 def close_client(client) -> None:
@@ -459,7 +464,7 @@ class LoadDevice:
         self.refused: Counter[str] = Counter()
         self.client = new_client("dev", grant.username, grant.password)
         self.client.on_message = self._ack
-        open_client(self.client, conn, [grant.acks])
+        open_client(self.client, conn, [grant.acks], account=True)
 
     def burst(self, stop_at: int, deadline: float) -> None:
         """Send up to ``stop_at`` as fast as the window allows until ``deadline``."""
@@ -855,6 +860,7 @@ def run(s: dict, tmp: Path) -> dict:
         conn = {
             "host": broker.host,
             "port": broker.port,
+            "accounts_port": broker.accounts_port,
             "prefix": broker.prefix,
             "gateway_did": gateway_did_of(state, config),
             "nodelay": s["tcp_nodelay"],

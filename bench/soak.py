@@ -53,7 +53,7 @@ class SoakDevice:
         self.client.on_message = self._ack
         self.lost_because = ""
         self.client.on_disconnect = self._gone
-        ingest.open_client(self.client, conn, [grant.acks], timeout=60)
+        ingest.open_client(self.client, conn, [grant.acks], timeout=60, account=True)
 
     def send(self) -> None:
         self.seq += 1
@@ -161,6 +161,7 @@ def run(s: dict, tmp: Path) -> dict:
         conn = {
             "host": broker.host,
             "port": broker.port,
+            "accounts_port": broker.accounts_port,
             "prefix": broker.prefix,
             "gateway_did": ingest.gateway_did_of(state, config),
             "nodelay": True,

@@ -73,6 +73,8 @@ MAX_INFLIGHT = 1_000  # readings awaiting an ack, by default
 # window); with no more than that in flight, a reading lost and sent again is still taken.
 MAX_INFLIGHT_LIMIT = 1_024
 MAX_FLEET = 150  # devices per process; see Fleet
+#: The broker refuses a client id without this prefix (mosquitto's clientid_prefixes).
+CLIENT_ID_PREFIX = "didgw-"
 # Refusals that answer a hello; any other refusal answers a response (maybe someone else's).
 # unknown_device and not_active answer this device's own signed response (gateways before
 # that answered a hello with them); no forger can cause them, so they end an attempt at once.
@@ -671,7 +673,8 @@ class Device:
 
     Typical use (a broker and a gateway running, the DID registered)::
 
-        dev = Device("127.0.0.1:1883", key_path="dev.pem", state_dir="dev-state")
+        dev = Device("127.0.0.1:1883", key_path="dev.pem", state_dir="dev-state",
+                     account_broker="127.0.0.1:8883")
         dev.start(timeout=10)                 # authenticate, connect, supervise
         dev.publish_reading("energy", {"power_w": {"value": 812, "unit": "W"}})
         dev.wait_acked(timeout=10)
@@ -687,6 +690,7 @@ class Device:
         *,
         key_path: str | Path,
         state_dir: str | Path,
+        account_broker: str | tuple[str, int] | None = None,
         prefix: str = "didgw",
         gateway_did: str | None = None,
         passphrase: bytes | None = None,
@@ -708,6 +712,13 @@ class Device:
                 "anti-replay window)"
             )
         self.host, self.port = parse_broker(broker) if isinstance(broker, str) else broker
+        # Where the account connects: the broker's accounts listener, which gives a client
+        # its username as client id, so that nobody else can take over the connection
+        # (docs/protocol/mqtt.md, "The broker"). Anonymous clients cannot use it.
+        account = broker if account_broker is None else account_broker
+        self.account_host, self.account_port = (
+            parse_broker(account) if isinstance(account, str) else account
+        )
         self.prefix = prefix
         self.gateway_did = gateway_did
         self.max_inflight = max_inflight
@@ -756,7 +767,9 @@ class Device:
             self._log_fn(message)
 
     def _client_id(self, purpose: str) -> str:
-        return f"{self.did[-12:]}-{purpose}-{secrets.token_hex(3)}"
+        """``didgw-`` (the broker refuses any other id) and 128 random bits: nobody can guess
+        it to take over the connection. The accounts listener replaces it with the DID."""
+        return f"{CLIENT_ID_PREFIX}{purpose}-{secrets.token_hex(16)}"
 
     # ---------------------------------------------------------------- authentication
 
@@ -890,8 +903,8 @@ class Device:
         if grant is None:
             raise DeviceError("not authenticated; call authenticate() first")
         link = _Link(
-            self.host,
-            self.port,
+            self.account_host,
+            self.account_port,
             client_id=self._client_id("dev"),
             subscribe=grant.acks,
             on_message=self.receive_ack,

@@ -25,8 +25,8 @@ EPILOG = """\
 Example:
   didgw did new -o dev.pem                       # or let the sensor create dev.pem
   didgw device register did:key:z6Mk... --name "sim 1" --kind sensor
-  python firmware-sim/sensor.py --broker 127.0.0.1:1883 --key dev.pem --state dev-state \\
-      --rate 1 --count 10
+  python firmware-sim/sensor.py --broker 127.0.0.1:1883 --account-broker 127.0.0.1:8883 \\
+      --key dev.pem --state dev-state --rate 1 --count 10
 
   python firmware-sim/sensor.py --key dev.pem --state dev-state --print-did
   python firmware-sim/sensor.py --state fleet --fleet 100 --rate 0.2   # DIDs in fleet/dids.txt
@@ -46,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         "passphrase": passphrase.encode() if passphrase else None,
         "max_inflight": args.max_inflight,
         "timeout": args.timeout,
+        "account_broker": args.account_broker,
     }
     try:
         parse_broker(args.broker)
+        if args.account_broker:
+            parse_broker(args.account_broker)
         if args.fleet:
             return _run_fleet(args, options)
         return _run_device(args, options)
@@ -66,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the broker")
+    parser.add_argument(
+        "--broker", default="127.0.0.1:1883", help="HOST:PORT where the device authenticates"
+    )
+    parser.add_argument(
+        "--account-broker",
+        metavar="HOST:PORT",
+        help="the broker's accounts listener, where the device connects once authenticated "
+        "[default: --broker]",
+    )
     parser.add_argument(
         "--key",
         type=Path,

@@ -9,8 +9,9 @@ libraries only (cryptography, joserfc, paho-mqtt, through ``device.py`` beside i
 nothing is imported from the gateway.
 
     python firmware-sim/wallet.py --key bob.pem --gateway did:key:z6Mk… --print-did
-    python firmware-sim/wallet.py --broker localhost:1883 --key bob.pem \\
-        --credential bob.sdjwt --gateway did:key:z6Mk… suspend did:key:z6MkDEV… --reason lost
+    python firmware-sim/wallet.py --broker localhost:1883 --account-broker localhost:8883 \\
+        --key bob.pem --credential bob.sdjwt --gateway did:key:z6Mk… \\
+        suspend did:key:z6MkDEV… --reason lost
 """
 
 from __future__ import annotations
@@ -135,9 +136,13 @@ class Wallet:
         gateway_did: str,
         prefix: str = "didgw",
         timeout: float = 15.0,
+        account_broker: str | None = None,
     ) -> None:
         host, _, port = broker.rpartition(":")
         self.host, self.port = host or "localhost", int(port)
+        # The session's account connects to the accounts listener (client id = username).
+        host, _, port = (account_broker or broker).rpartition(":")
+        self.account_host, self.account_port = host or "localhost", int(port)
         self.identity = dev.Identity.from_key(dev.load_or_create_key(Path(key_path)))
         self.did = self.identity.did
         self.gateway_did, self.prefix, self.timeout = gateway_did, prefix, timeout
@@ -231,7 +236,9 @@ class Wallet:
         if self.session is None:
             raise WalletError("authenticate first")
         s = self.session
-        self._link = self._open(s.responses, self._answers.put, s.username, s.password)
+        self._link = self._open(
+            s.responses, self._answers.put, s.username, s.password, account=True
+        )
 
     def request(self, action: str, **fields: Any) -> dict[str, Any]:
         """Send one request and wait for its answer."""
@@ -278,11 +285,14 @@ class Wallet:
 
     # -- internals -------------------------------------------------------------------
 
-    def _open(self, topic: str, on_message: Any, username: Any, password: Any) -> Any:
+    def _open(
+        self, topic: str, on_message: Any, username: Any, password: Any, account: bool = False
+    ) -> Any:
         link = dev._Link(
-            self.host,
-            self.port,
-            client_id=f"wallet-{secrets.token_hex(6)}",
+            self.account_host if account else self.host,
+            self.account_port if account else self.port,
+            # the broker's prefix and 128 random bits: an id nobody can guess and take over
+            client_id=f"{dev.CLIENT_ID_PREFIX}wallet-{secrets.token_hex(16)}",
             subscribe=topic,
             on_message=on_message,
             username=username,
@@ -308,7 +318,10 @@ class Wallet:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", default="localhost:1883")
+    parser.add_argument("--broker", default="localhost:1883", help="where to authenticate")
+    parser.add_argument(
+        "--account-broker", help="the accounts listener, for requests [default: --broker]"
+    )
     parser.add_argument("--key", type=Path, required=True, help="the wallet's key (made if new)")
     parser.add_argument("--gateway", required=True, help="the gateway's DID (pinned)")
     parser.add_argument("--prefix", default="didgw")
@@ -331,7 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     order.add_argument("--price", type=int, required=True)
     order.add_argument("--interval", type=int, required=True, help="its start, Unix ms")
     args = parser.parse_args(argv)
-    wallet = Wallet(args.broker, key_path=args.key, gateway_did=args.gateway, prefix=args.prefix)
+    wallet = Wallet(
+        args.broker,
+        key_path=args.key,
+        gateway_did=args.gateway,
+        prefix=args.prefix,
+        account_broker=args.account_broker,
+    )
     if args.print_did:
         print(wallet.did)
         return 0

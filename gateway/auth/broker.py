@@ -21,6 +21,27 @@ broker, and the same for every broker the gateway talks to.
   plugin.
 - Everything else is denied by default (:data:`DEFAULT_ACL_ACCESS`).
 
+The broker's own settings that the policy relies on are here too (:func:`broker_settings`,
+:func:`accounts_listener_settings`), so that ``configs/mosquitto/mosquitto.conf`` and the
+private broker of the demo, tests and benches (``gateway/ops/broker.py``) say the same:
+
+- A client id is no way in. mosquitto disconnects a connected client when another connects
+  with the same id, whoever that is. Every client id must therefore start with
+  :data:`CLIENT_ID_PREFIX` (``clientid_prefixes``; an empty id gets one from
+  ``auto_id_prefix``), and on the accounts listener mosquitto replaces the id with the
+  username (``use_username_as_clientid``): a device's or a person's connection has its DID
+  as id, which no client can present (it lacks the prefix), so only that account can take
+  its place. mosquitto checks the prefix on the id the client sent, before replacing it
+  (measured with mosquitto 2.0.11). Anonymous clients cannot use the accounts listener. The
+  gateway's own connections are on a listener that keeps client ids (it opens several
+  with one account): their ids are secret (:func:`link_client_id`).
+- No packet over :data:`MAX_PACKET_BYTES` (``max_packet_size``: the broker disconnects the
+  sender before reading the payload; ``message_size_limit`` would read it first).
+- Retained messages cannot be refused per client in mosquitto 2.0 (the plugin's ACLs do
+  not see the retain flag; ``retain_available false`` would refuse the gateway's own
+  retained revocation list), so the gateway drops retained input and clears it
+  (``gateway/transports/mqtt.py``).
+
 A device's account is always deleted before its role: mosquitto 2.0 crashes when it
 delivers a message to a connected client whose role was deleted
 (eclipse-mosquitto/mosquitto#2660), and deleting the account disconnects the client.
@@ -35,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -50,6 +72,21 @@ GATEWAY_ROLE = "didgw-gateway"
 DEVICE_ROLE_PREFIX = "didgw-device-"
 PERSON_ROLE_PREFIX = "didgw-person-"
 CONTROL_TOPICS = "$CONTROL/dynamic-security/#"
+
+#: Every client id starts with this (mosquitto's ``clientid_prefixes``); no account's
+#: username may, so that no client can present an id the accounts listener gives a user.
+CLIENT_ID_PREFIX = "didgw-"
+#: The prefix of the ids mosquitto makes up for clients that send an empty one.
+AUTO_ID_PREFIX = CLIENT_ID_PREFIX + "auto-"
+#: The largest MQTT packet anyone may send to the broker, and the gateway accepts (64 KiB).
+#: didgw's largest messages are readings (at most 16 KiB, ``auth/readings.py``).
+MAX_PACKET_BYTES = 65536
+#: Connections a LAN listener accepts: the accounts one (devices and people with a
+#: session) and the authentication one. They keep the broker's file descriptors
+#: (``LimitNOFILE`` in ``systemd/mosquitto.service.d/didgw.conf``) from running out, so that
+#: the gateway, on loopback, can always connect.
+MAX_ACCOUNT_CONNECTIONS = 4000
+MAX_AUTH_CONNECTIONS = 500
 
 #: What applies when no ACL of a client's roles matches. ``subscribe`` and
 #: ``publishClientSend`` are the plugin's defaults. ``publishClientReceive`` is turned from
@@ -356,6 +393,8 @@ def gateway_client_commands(username: str, password: str) -> list[Command]:
     """The gateway's own account, with :data:`GATEWAY_ROLE` (create that first)."""
     if is_device_username(username):
         raise ValueError("the gateway's broker username must not start with 'did:'")
+    if username.startswith(CLIENT_ID_PREFIX):
+        raise ValueError(f"the gateway's broker username must not start with {CLIENT_ID_PREFIX!r}")
     if not password:
         raise ValueError("the gateway's broker account needs a password")
     return [
@@ -366,6 +405,36 @@ def gateway_client_commands(username: str, password: str) -> list[Command]:
             "roles": [{"rolename": GATEWAY_ROLE}],
         }
     ]
+
+
+# -- the broker's settings and client ids -------------------------------------------------
+
+
+def broker_settings() -> list[str]:
+    """The global mosquitto settings the policy relies on, as configuration lines."""
+    return [
+        f"clientid_prefixes {CLIENT_ID_PREFIX}",
+        f"auto_id_prefix {AUTO_ID_PREFIX}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+    ]
+
+
+def accounts_listener_settings() -> list[str]:
+    """The lines under the accounts listener's ``listener`` line: ids are usernames."""
+    return ["use_username_as_clientid true", f"max_connections {MAX_ACCOUNT_CONNECTIONS}"]
+
+
+def auth_listener_settings() -> list[str]:
+    """The lines under the LAN authentication listener (anonymous clients)."""
+    return [f"max_connections {MAX_AUTH_CONNECTIONS}"]
+
+
+def link_client_id(password: str) -> str:
+    """The client id of the gateway's main connection: stable across restarts (its session
+    keeps what arrives while it is away) and known only to whoever knows the account's
+    password, that is to nobody who could not log in as the gateway anyway."""
+    digest = hmac.new(password.encode(), b"didgw gateway link", hashlib.sha256).hexdigest()
+    return f"{CLIENT_ID_PREFIX}gateway-{digest[:32]}"
 
 
 # -- reconciliation ----------------------------------------------------------------------

@@ -61,12 +61,17 @@ class Demo:
         self.logs: list[IO[bytes]] = []
         self.ports = {
             "mqtt": free_port(),
+            "mqtt_accounts": free_port(),
             "coap": free_port(socket.SOCK_DGRAM),
             "anvil": free_port(),
             "metrics": free_port(),
         }
         self.env = {**os.environ, "DIDGW_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
-        self.broker = PrivateBroker(self.tmp / "mosquitto", port=self.ports["mqtt"])
+        self.broker = PrivateBroker(
+            self.tmp / "mosquitto",
+            port=self.ports["mqtt"],
+            accounts_port=self.ports["mqtt_accounts"],
+        )
 
     # -- processes ---------------------------------------------------------------------
 
@@ -218,7 +223,10 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
     say(f"didgw demo: everything in {demo.tmp}, on loopback ports {demo.ports}")
     demo.start_broker()
     rpc = demo.start_ledger()
-    say(f"  mosquitto (dynamic security) on :{demo.ports['mqtt']}, anvil on {rpc}")
+    say(
+        f"  mosquitto (dynamic security) on :{demo.ports['mqtt']} (device accounts on "
+        f":{demo.ports['mqtt_accounts']}), anvil on {rpc}"
+    )
     init = demo.didgw("init")
     gateway_did = init.split("Gateway DID: ")[1].split()[0]
     ledger = init.split("Ledger account: ")[1].split()[0]
@@ -272,9 +280,11 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
             raise DemoError(f"didgw run did not start; see {demo.tmp / 'gateway.log'}")
         time.sleep(0.3)
     broker = f"127.0.0.1:{demo.ports['mqtt']}"
+    accounts = f"127.0.0.1:{demo.ports['mqtt_accounts']}"
     demo.spawn(
         "fleet",
-        sim("sensor.py", "--broker", broker, "--state", str(fleet_dir), "--fleet", str(FLEET),
+        sim("sensor.py", "--broker", broker, "--account-broker", accounts,
+            "--state", str(fleet_dir), "--fleet", str(FLEET),
             "--rate", "2", "--count", str(int(demo.seconds * 2) + 10), "--quiet",
             "--gateway-did", gateway_did),
     )  # fmt: skip
@@ -331,6 +341,7 @@ def attack(demo: Demo, dids: list[str], gateway_did: str) -> dict[str, str]:
 
     intruder = device_module.Device(
         f"127.0.0.1:{demo.ports['mqtt']}",
+        account_broker=f"127.0.0.1:{demo.ports['mqtt_accounts']}",
         key_path=demo.tmp / "intruder.pem",
         state_dir=demo.tmp / "intruder",
         gateway_did=gateway_did,

@@ -4,8 +4,13 @@ One launcher, so the demo, the test suite and the benchmarks run the broker the 
 operator sets one up (``configs/mosquitto/README.md``): the dynamic-security file created by
 ``mosquitto_ctrl dynsec init``, then the gateway's policy applied over the admin account
 (anonymous group limited to the auth topics, default access, the gateway's role and
-account). The broker runs from a directory of its own, on a loopback port that it keeps
-across :meth:`PrivateBroker.restart`.
+account), with the same settings as ``configs/mosquitto/mosquitto.conf`` (client-id
+prefix, packet limit: :func:`gateway.auth.broker.broker_settings`). The broker runs from a
+directory of its own on two loopback ports that it keeps across
+:meth:`PrivateBroker.restart`: :attr:`~PrivateBroker.port`, the gateway's listener, where
+anonymous clients authenticate too, and :attr:`~PrivateBroker.accounts_port`, where devices
+and people connect with their accounts (the client id is the username, as on the shipped
+accounts listener).
 
 Started as root, mosquitto drops its privileges to the ``user`` named in its config (by
 default ``mosquitto``), which could neither read a private temporary directory nor write the
@@ -82,6 +87,7 @@ class PrivateBroker:
         directory: Path,
         *,
         port: int | None = None,
+        accounts_port: int | None = None,
         prefix: str = "didgw",
         gateway_username: str = "didgw",
         tcp_nodelay: bool = True,
@@ -89,6 +95,7 @@ class PrivateBroker:
         self.directory = directory
         self.host = HOST
         self.port = port if port is not None else free_port()
+        self.accounts_port = accounts_port if accounts_port is not None else free_port()
         self.prefix = prefix
         self.tcp_nodelay = tcp_nodelay
         self.admin_username = "admin"
@@ -135,7 +142,7 @@ class PrivateBroker:
         """The broker's configuration file."""
         user = pwd.getpwuid(os.geteuid()).pw_name
         lines = [
-            f"listener {self.port} {self.host}",
+            *policy.broker_settings(),
             # Devices log in without a username to authenticate; dynamic-security puts
             # them in its anonymous group, whose role allows only the auth topics.
             "allow_anonymous true",
@@ -149,6 +156,9 @@ class PrivateBroker:
             f"user {user}",
             f"log_dest file {self.log_file}",
             *(f"log_type {kind}" for kind in ("error", "warning", "notice", "information")),
+            f"listener {self.port} {self.host}",
+            f"listener {self.accounts_port} {self.host}",
+            *policy.accounts_listener_settings(),
         ]
         return "\n".join(lines) + "\n"
 
@@ -175,6 +185,7 @@ class PrivateBroker:
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection((self.host, self.port), 0.2),
+                socket.create_connection((self.host, self.accounts_port), 0.2),
             ):
                 return
             if time.monotonic() > deadline:

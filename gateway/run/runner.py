@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from gateway.auth import broker as policy
 from gateway.auth.handshake import Handshake
 from gateway.auth.mqtt_auth import Authenticator
 from gateway.auth.readings import ReadingChecker
@@ -48,7 +50,7 @@ from gateway.run.recorder import Recorder, writer_lock_path
 from gateway.run.workers import VerifierPool, WorkerSettings
 from gateway.service import Gateway, open_gateway
 from gateway.transports.dynsec import DynsecAdmin
-from gateway.transports.mqtt import MqttLink
+from gateway.transports.mqtt import MqttError, MqttLink, forget_session
 
 log = logging.getLogger("didgw")
 
@@ -135,6 +137,10 @@ class _MqttSide:
             health.authentications.append(("mqtt", lambda: core.outcomes))
         if link is not None:
             health.connections["broker"] = link.connected.is_set
+            for reason in ("oversized", "retained"):
+                health.gauges[f"mqtt_dropped_{reason}"] = functools.partial(
+                    _dropped, link, pool, reason
+                )
 
     async def start(
         self,
@@ -199,12 +205,13 @@ class _MqttSide:
             if people is not None:
                 people.spawn_republish()
 
+        await _forget_former_session(config, password, gateway.did)
         self.link = MqttLink(
             host=mqtt.host,
             port=mqtt.port,
             username=mqtt.username,
             password=password,
-            client_id=f"didgw-{gateway.did[-12:]}",
+            client_id=policy.link_client_id(password),
             subscriptions=subscriptions,
             on_message=on_message,
             loop=loop,
@@ -377,6 +384,27 @@ class _CoapSide:
             await self.devices.drain()
         if self.server is not None:
             await self.server.stop()
+
+
+def _dropped(link: MqttLink, pool: VerifierPool | None, reason: str) -> float:
+    """Messages the gateway's connections dropped unread for ``reason`` (its own and the
+    reading workers')."""
+    workers = pool.dropped.get(reason, 0) if pool is not None else 0
+    return float(link.guard.dropped[reason] + workers)
+
+
+async def _forget_former_session(config: Config, password: str, gateway_did: str) -> None:
+    """End the session of the client id gateways used before (``didgw-`` and the end of
+    their DID, which anyone could compute and take over): it never expires, and the broker
+    would queue every device's message to it forever."""
+    mqtt = config.mqtt
+    former = f"didgw-{gateway_did[-12:]}"
+    try:
+        await asyncio.to_thread(
+            forget_session, mqtt.host, mqtt.port, mqtt.username, password, former
+        )
+    except MqttError as exc:  # the link's own connection will say what is wrong
+        log.warning("could not end the session of the former client id %s: %s", former, exc)
 
 
 def default_verify_workers() -> int:

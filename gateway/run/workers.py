@@ -13,7 +13,10 @@ Several processes write the record. SQLite serialises their transactions
 (``BEGIN IMMEDIATE``), each transaction continues the chain from the head it
 finds (:class:`~gateway.chain.store.ChainStore` re-reads it when another
 process appended), and each (device, sequence number) is recorded at most once
-by the record's unique key, whichever worker gets it. Handing verified readings
+by the record's unique key, whichever worker gets it. Like the main connection
+(``transports/mqtt.py``), a worker speaks MQTT 5 and drops oversized and retained
+readings unread (:class:`~gateway.transports.mqtt.InputGuard`); it reports those with its
+counts ("dropped_oversized", "dropped_retained"). Handing verified readings
 to one writer in the main process was tried first: the main process spent its
 time passing readings between threads and reached about 2,000 readings/s here.
 """
@@ -34,7 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from gateway.auth.broker import shared_readings_filter
+from gateway.auth.broker import CLIENT_ID_PREFIX, shared_readings_filter
 from gateway.auth.readings import ClockWindow
 from gateway.errors import DidgwError
 from gateway.run.ingest import ReadingPipeline
@@ -42,6 +45,7 @@ from gateway.run.ingest import ReadingPipeline
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0  # seconds a worker may take to start and subscribe
+_DROPPED = "dropped_"  # the prefix of the drop counts in a worker's report
 #: Readings waiting for the recorder before a worker says it is behind (at most every 10 s).
 BACKLOG_WARNING = 10_000
 
@@ -75,7 +79,7 @@ class VerifierPool:
         self._settings = settings
         self._loop = loop
         self._workers: list[tuple[Any, Connection]] = []
-        self._counts: dict[int, dict[str, int]] = {}  # each worker's latest reading counts
+        self._counts: dict[int, dict[str, int]] = {}  # each worker's latest counts
         self._retired: Counter[str] = Counter()  # the last counts of workers that died
         self._window: ClockWindow | None = None  # the last reload's, for workers started later
 
@@ -83,10 +87,18 @@ class VerifierPool:
     def counts(self) -> dict[str, int]:
         """Reading outcomes ("accepted", "duplicate", refusal reasons) over all workers ever
         started (a replaced worker's counts are kept), as of their last report (each second)."""
+        return {k: n for k, n in self._total().items() if not k.startswith(_DROPPED)}
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Readings the workers dropped unread, by reason ("oversized", "retained")."""
+        return {k[len(_DROPPED) :]: n for k, n in self._total().items() if k.startswith(_DROPPED)}
+
+    def _total(self) -> Counter[str]:
         total = Counter(self._retired)
         for counts in self._counts.values():
             total.update(counts)
-        return dict(total)
+        return total
 
     def start(self) -> None:
         """Start every worker; return once each has subscribed to the readings."""
@@ -160,27 +172,23 @@ class VerifierPool:
 def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     """A worker's process: subscribe to the share, check, record, acknowledge."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.subscribeoptions import SubscribeOptions
 
     from gateway.ops import logs
     from gateway.run.ingest import Ack
-    from gateway.transports.mqtt import set_nodelay
+    from gateway.transports.mqtt import set_nodelay, v5_connect_properties
 
     logs.configure()
     mqtt_config = settings.config.mqtt
     pipeline, close = _worker_pipeline(settings)
     prefix = mqtt_config.prefix
     readings_prefix, sending = f"{prefix}/d/", threading.Lock()  # the pipe, for two threads
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"didgw-verify-{settings.index}-{time.time_ns()}"
-    )
-    client.username_pw_set(mqtt_config.username, settings.password)
-    client.max_inflight_messages_set(0)  # acks are bounded by the readings in flight
-    client.max_queued_messages_set(0)
+    client, guard = _worker_client(settings)
 
     def connected(client: mqtt.Client, *_: Any) -> None:
         set_nodelay(client)
-        client.subscribe(shared_readings_filter(prefix), qos=1)
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        client.subscribe(shared_readings_filter(prefix), options=options)
 
     def subscribed(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         if not any(r.is_failure for r in reasons):
@@ -189,6 +197,8 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
 
     def received(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
+        if not guard.admit(topic, message.payload, message.retain):
+            return
         if not (topic.startswith(readings_prefix) and topic.endswith("/readings")):
             return
         did = topic[len(readings_prefix) : -len("/readings")]
@@ -203,10 +213,12 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     client.on_subscribe = subscribed
     client.on_message = received
     client.reconnect_delay_set(1, 30)
-    client.connect_async(mqtt_config.host, mqtt_config.port, keepalive=30)
+    client.connect_async(
+        mqtt_config.host, mqtt_config.port, keepalive=30, properties=v5_connect_properties()
+    )
     client.loop_start()
     try:
-        _watch_until_stopped(conn, sending, pipeline, settings.index)
+        _watch_until_stopped(conn, sending, pipeline, settings.index, guard.dropped)
     finally:
         client.unsubscribe(shared_readings_filter(prefix))
         close()  # commits what is queued; its acks are published before we disconnect
@@ -214,8 +226,41 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
         client.loop_stop()
 
 
+def _worker_client(settings: WorkerSettings) -> tuple[Any, Any]:
+    """A worker's MQTT 5 client (an unguessable client id) and the guard of its input.
+
+    A retained reading is cleared like the main connection's (our account may publish
+    there); the clearing comes back to the share (No Local is not allowed on a shared
+    subscription) as an empty retained message, which the guard drops without a word.
+    """
+    import secrets
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.transports.mqtt import InputGuard
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"{CLIENT_ID_PREFIX}verify-{settings.index}-{secrets.token_hex(16)}",
+        protocol=mqtt.MQTTv5,
+    )
+    client.username_pw_set(settings.config.mqtt.username, settings.password)
+    client.max_inflight_messages_set(0)  # acks are bounded by the readings in flight
+    client.max_queued_messages_set(0)
+
+    def clear(topic: str) -> None:
+        client.publish(topic, b"", qos=1, retain=True)
+
+    return client, InputGuard(clear=clear)
+
+
 def _watch_until_stopped(
-    conn: Connection, sending: threading.Lock, pipeline: ReadingPipeline, index: int
+    conn: Connection,
+    sending: threading.Lock,
+    pipeline: ReadingPipeline,
+    index: int,
+    dropped: Counter[str],
 ) -> None:
     """Until the parent says stop (or goes away): take a reload's clock window, report the
     counts every second, and say so when readings pile up."""
@@ -237,8 +282,10 @@ def _watch_until_stopped(
                 continue
             now = time.monotonic()
             report_at = now + 1.0
+            report = pipeline.snapshot_counts()
+            report.update({_DROPPED + reason: n for reason, n in dropped.items()})
             with sending:
-                conn.send(pipeline.snapshot_counts())
+                conn.send(report)
             if pipeline.backlog > BACKLOG_WARNING and now - warned >= 10:
                 warned = now
                 log.warning(

@@ -12,6 +12,11 @@ called from several threads at once (``connect`` and ``close`` from one). paho's
 loop runs in its own thread and only ever touches this object's lock, events and
 dictionaries, never an event loop.
 
+A batch larger than :data:`MAX_REQUEST_BYTES` goes out as several requests, one after the
+other: the broker disconnects a client that sends a packet over its ``max_packet_size``
+(:data:`gateway.auth.broker.MAX_PACKET_BYTES`), and deleting a few hundred stale accounts
+at once is more than that.
+
 Requests go out at QoS 0 on purpose: paho replays unacknowledged QoS 1 messages after a
 reconnect, which would apply a command long after its caller was told it failed. A request
 is sent at most once; when its answer is lost the caller gets an error and may retry.
@@ -32,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.auth.broker import CLIENT_ID_PREFIX, MAX_PACKET_BYTES
 from gateway.errors import DidgwError
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -40,6 +46,9 @@ RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 #: The plugin's answers when the thing to delete is already gone (mosquitto 2.0).
 CLIENT_NOT_FOUND = "Client not found"
 ROLE_NOT_FOUND = "Role not found"
+
+#: The largest request sent at once (half the broker's packet limit: room for the rest).
+MAX_REQUEST_BYTES = MAX_PACKET_BYTES // 2
 
 # Fields that name what a command acts on, quoted in error messages (never the password).
 _SUBJECT_FIELDS = {"username": "username", "rolename": "role", "groupname": "group"}
@@ -128,7 +137,7 @@ class DynsecAdmin:
     def _new_client(self) -> mqtt.Client:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"didgw-dynsec-{secrets.token_hex(8)}",
+            client_id=f"{CLIENT_ID_PREFIX}dynsec-{secrets.token_hex(16)}",  # unguessable
             protocol=mqtt.MQTTv5,
         )
         client.username_pw_set(self.username, self._password)
@@ -169,10 +178,17 @@ class DynsecAdmin:
         Each answer is the plugin's dict (``command``, and ``data`` or ``error``). An
         ``error`` raises :class:`DynsecError` naming the command and the broker's reason,
         unless that reason is in ``ok_errors`` (e.g. ``"Client not found"`` when deleting).
+        A batch over :data:`MAX_REQUEST_BYTES` is sent in parts, in order; a refusal stops it.
         """
-        batch = [dict(command) for command in commands]
-        if not batch:
-            return []
+        answers: list[dict[str, Any]] = []
+        for part in _parts([dict(command) for command in commands], MAX_REQUEST_BYTES):
+            answers += self._request(part, ok_errors)
+        return answers
+
+    def _request(
+        self, batch: list[dict[str, Any]], ok_errors: Collection[str]
+    ) -> list[dict[str, Any]]:
+        """One request (one MQTT message) and its checked answers."""
         names = ", ".join(sorted({str(c.get("command")) for c in batch}))
         deadline = time.monotonic() + self.timeout
         client = self._client
@@ -334,6 +350,21 @@ class DynsecAdmin:
             if not pending.done.is_set():
                 pending.failure = reason
                 pending.done.set()
+
+
+def _parts(batch: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
+    """``batch`` cut, in order, into requests of at most ``limit`` bytes of JSON (a single
+    command larger than that is a request of its own, and the broker's to refuse)."""
+    parts: list[list[dict[str, Any]]] = []
+    size = limit  # forces a first part
+    for command in batch:
+        length = len(json.dumps(command)) + 64  # the comma and correlationData
+        if size + length > limit:
+            parts.append([])
+            size = len('{"commands": []}')
+        parts[-1].append(command)
+        size += length
+    return parts
 
 
 def _checked(

@@ -6,6 +6,15 @@ touches asyncio state from that thread except through
 every reconnect (broker restart, network loss) subscribes again; paho
 reconnects by itself with back-off. ``publish`` is thread-safe in paho and may
 be called from the event loop.
+
+MQTT 5, for three things 3.1.1 lacks: the broker sends the gateway no packet larger than
+:data:`~gateway.auth.broker.MAX_PACKET_BYTES` (the Maximum Packet Size it asks for: a
+broker configured without a limit drops a 64 MiB publish instead of handing it over);
+messages keep their retain flag (Retain As Published), so that :class:`InputGuard` can
+drop retained input, which would otherwise come again after every reconnect; and the
+gateway does not receive what it publishes itself (No Local: clearing a retained
+message). Its session outlives a disconnection by :data:`SESSION_EXPIRY_SECONDS`, so that
+what arrives meanwhile is delivered when it is back.
 """
 
 from __future__ import annotations
@@ -14,18 +23,127 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.auth.broker import MAX_PACKET_BYTES
 from gateway.errors import DidgwError
 
 log = logging.getLogger(__name__)
 
 #: Called on the event loop with (topic, payload) for every message received.
 MessageHandler = Callable[[str, bytes], None]
+
+#: How long the broker keeps the gateway's session (subscriptions, QoS 1 messages for it)
+#: after it disconnected. Devices keep every reading until it is acknowledged, so a longer
+#: absence loses nothing; a session left behind (the gateway's account got a new password,
+#: hence a new client id) is gone after a day.
+SESSION_EXPIRY_SECONDS = 86400
+
+
+class InputGuard:
+    """Drops what the gateway must not read: messages over ``max_bytes`` and retained ones.
+
+    A retained message would come again after every reconnect (someone's hello answered
+    anew, a person's request carried out again), so it is refused and cleared: ``clear``
+    publishes an empty retained message to its topic, which deletes it on the broker. An
+    empty retained message is such a clearing (ours or anyone's): dropped, not counted.
+    Refusals are counted in :attr:`dropped` by reason ("oversized", "retained") and logged
+    at most once per ``log_every`` seconds per reason, with how many were not logged.
+    """
+
+    def __init__(
+        self,
+        *,
+        clear: Callable[[str], None],
+        max_bytes: int = MAX_PACKET_BYTES,
+        log_every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clear, self._max, self._every, self._clock = clear, max_bytes, log_every, clock
+        # Both keys from the start: read from other threads, the dict never changes size.
+        self.dropped: Counter[str] = Counter({"oversized": 0, "retained": 0})
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
+
+    def admit(self, topic: str, payload: bytes | bytearray, retain: bool) -> bool:
+        """Whether the message may be handled; if not, it is counted, logged and cleared."""
+        size = len(payload)
+        if size > self._max:
+            self._refuse("oversized", topic, f"{size:,} bytes, more than {self._max:,}")
+            return False
+        if retain:
+            if size:
+                self._refuse("retained", topic, "retained; cleared it from the broker")
+                self._clear(topic)
+            return False
+        return True
+
+    def _refuse(self, reason: str, topic: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        now = self._clock()
+        last = self._logged_at.get(reason)
+        if last is not None and now - last < self._every:
+            self._unlogged[reason] += 1
+            return
+        self._logged_at[reason] = now
+        unlogged = self._unlogged.pop(reason, 0)
+        more = f" ({unlogged} more since the last such line)" if unlogged else ""
+        log.warning(
+            "dropped a message on %s: %s; the gateway takes no %s input%s",
+            topic,
+            detail,
+            "retained" if reason == "retained" else "oversized",
+            more,
+        )
+
+
+def v5_connect_properties(*, session_expiry: int = 0) -> Properties:
+    """CONNECT properties: the largest packet we take, and how long our session outlives us."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.MaximumPacketSize = MAX_PACKET_BYTES
+    if session_expiry:
+        properties.SessionExpiryInterval = session_expiry
+    return properties
+
+
+def forget_session(host: str, port: int, username: str, password: str, client_id: str) -> None:
+    """Discard the broker's session of ``client_id`` (connect with a clean session, leave).
+
+    The gateway's former client id kept a session that never expires and to which the
+    broker would queue every device's message forever; a gateway updated to another id
+    ends it once. Raises :class:`MqttError` when the broker does not answer.
+    """
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+        reconnect_on_failure=False,
+    )
+    client.username_pw_set(username, password)
+    answered: list[bool] = []
+    client.on_connect = lambda *args: answered.append(True)
+    try:
+        client.connect(host, port, keepalive=10)
+        deadline = time.monotonic() + 10
+        while not answered and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+        client.disconnect()
+    except OSError as exc:
+        raise MqttError(f"cannot reach the broker at {host}:{port}: {exc}") from None
+    finally:
+        client.reinitialise()  # closes its sockets now
+    if not answered:
+        raise MqttError(f"the broker at {host}:{port} did not answer in time")
 
 
 class MqttError(DidgwError):
@@ -57,13 +175,9 @@ class MqttLink:
         self._host, self._port, self._keepalive = host, port, keepalive
         self.connected = asyncio.Event()
         self.connects = 0  # how many times the connection was (re)established
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=False,  # QoS 1 messages queued while we were away are delivered
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
+        self.guard = InputGuard(clear=self._clear)
         # paho scans its whole in-flight list on every ack: a limit of 1,000 halves the
         # rate. Acks are bounded by the readings in flight anyway; 0 = no paho limit.
         client.max_inflight_messages_set(max_inflight)
@@ -79,7 +193,13 @@ class MqttLink:
     def start(self) -> None:
         """Connect (retrying in the background if the broker is not there yet)."""
         try:
-            self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+            self._client.connect_async(
+                self._host,
+                self._port,
+                keepalive=self._keepalive,
+                clean_start=False,  # QoS 1 messages queued while we were away are delivered
+                properties=v5_connect_properties(session_expiry=SESSION_EXPIRY_SECONDS),
+            )
         except (OSError, ValueError) as exc:
             raise MqttError(
                 f"cannot connect to the broker at {self._host}:{self._port}: {exc}"
@@ -106,7 +226,8 @@ class MqttLink:
         set_nodelay(client)
         # ``connected`` is set once the broker has acknowledged the subscriptions: before
         # that, a message published to us would be lost (a device's hello, a reading).
-        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
+        options = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
+        _, self._subscribe_mid = client.subscribe([(t, options) for t in self._subscriptions])
 
     def _subscribed(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
@@ -130,8 +251,14 @@ class MqttLink:
             log.warning("lost the broker connection (%s); reconnecting", reason)
 
     def _received(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not self.guard.admit(message.topic, message.payload, message.retain):
+            return
         with contextlib.suppress(RuntimeError):  # the event loop is closed: we are stopping
             self._loop.call_soon_threadsafe(self._on_message, message.topic, bytes(message.payload))
+
+    def _clear(self, topic: str) -> None:
+        """Delete the retained message of ``topic`` (the gateway may publish to its topics)."""
+        self._client.publish(topic, b"", qos=1, retain=True)
 
 
 def set_nodelay(client: mqtt.Client) -> None:

@@ -1,7 +1,7 @@
 """The tests' broker (the gateway's own private-broker launcher) and MQTT test peers.
 
 :class:`Mosquitto` is :class:`gateway.ops.broker.PrivateBroker` (the demo's and the
-benchmarks' launcher too) with the gateway's account named ``didgw-gateway`` and a way to
+benchmarks' launcher too) with the gateway's account named ``gateway`` and a way to
 make MQTT peers of it.
 """
 
@@ -27,7 +27,7 @@ class Mosquitto(PrivateBroker):
     """A private broker in ``directory``, with MQTT peers for tests."""
 
     def __init__(self, directory: Path) -> None:
-        super().__init__(directory, gateway_username="didgw-gateway")
+        super().__init__(directory, gateway_username="gateway")
 
     def peer(self, username: str | None = None, password: str | None = None) -> Peer:
         """An MQTT client of this broker (not yet connected), anonymous without a username."""
@@ -57,7 +57,7 @@ class Peer:
         self._running = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"test-{secrets.token_hex(6)}",
+            client_id=f"didgw-test-{secrets.token_hex(16)}",
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,  # a peer the broker drops stays dropped
         )

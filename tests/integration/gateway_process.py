@@ -127,6 +127,7 @@ def make_device(tmp_path: Path, broker: Mosquitto, name: str, gw: str, **kwargs:
 
     return device.Device(
         f"{broker.host}:{broker.port}",
+        account_broker=f"{broker.host}:{broker.accounts_port}",
         key_path=tmp_path / f"{name}.pem",
         state_dir=tmp_path / f"{name}-state",
         prefix=broker.prefix,

@@ -44,6 +44,7 @@ def device_factory(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator
     def make(state: Path, gateway_did: str, name: str = "meter") -> Any:
         device = dev.Device(
             f"{mosquitto.host}:{mosquitto.port}",
+            account_broker=f"{mosquitto.host}:{mosquitto.accounts_port}",
             key_path=tmp_path / f"{name}.pem",
             state_dir=tmp_path / f"{name}-state",
             prefix=mosquitto.prefix,

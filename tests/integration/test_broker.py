@@ -241,7 +241,7 @@ def test_reconcile_deletes_stale_device_accounts_after_a_broker_restart(
         commands = policy.reconcile(active, admin.list_clients(), admin.list_roles())
         admin.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
 
-        assert sorted(admin.list_clients()) == sorted(["admin", "didgw-gateway", DEVICE])
+        assert sorted(admin.list_clients()) == sorted(["admin", "gateway", DEVICE])
         device_roles = [r for r in admin.list_roles() if r.startswith(policy.DEVICE_ROLE_PREFIX)]
         assert device_roles == [policy.device_role_name(DEVICE)]
         assert policy.reconcile(active, admin.list_clients(), admin.list_roles()) == []
@@ -349,8 +349,8 @@ def test_the_convenience_methods_manage_an_account(mosquitto: Mosquitto) -> None
 def test_a_wrong_password_or_an_account_without_rights_is_refused_at_connect(
     mosquitto: Mosquitto,
 ) -> None:
-    wrong = DynsecAdmin(mosquitto.host, mosquitto.port, "didgw-gateway", "wrong", timeout=2)
-    with pytest.raises(DynsecError, match="refused the login as 'didgw-gateway': Not authorized"):
+    wrong = DynsecAdmin(mosquitto.host, mosquitto.port, "gateway", "wrong", timeout=2)
+    with pytest.raises(DynsecError, match="refused the login as 'gateway': Not authorized"):
         wrong.connect()
     password = add_device(mosquitto, DEVICE)
     device = DynsecAdmin(mosquitto.host, mosquitto.port, DEVICE, password, timeout=2)

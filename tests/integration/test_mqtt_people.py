@@ -57,6 +57,7 @@ class Site:
     def wallet(self, name: str) -> Any:
         return wal.Wallet(
             f"{self.broker.host}:{self.broker.port}",
+            account_broker=f"{self.broker.host}:{self.broker.accounts_port}",
             key_path=self.tmp / f"{name}.pem",
             gateway_did=self.did,
             prefix=self.broker.prefix,
@@ -85,6 +86,7 @@ class Site:
     def device(self, name: str) -> Any:
         return dev.Device(
             f"{self.broker.host}:{self.broker.port}",
+            account_broker=f"{self.broker.host}:{self.broker.accounts_port}",
             key_path=self.tmp / f"{name}.pem",
             state_dir=self.tmp / f"{name}-state",
             prefix=self.broker.prefix,

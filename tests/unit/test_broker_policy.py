@@ -229,11 +229,14 @@ def test_the_gateway_may_use_its_prefix_and_administer_the_plugin() -> None:
 
 
 def test_the_gateway_account_has_the_gateway_role_and_is_not_named_like_a_device() -> None:
-    (command,) = broker.gateway_client_commands("didgw-gateway", "pw")
+    (command,) = broker.gateway_client_commands("gateway", "pw")
     assert command["roles"] == [{"rolename": broker.GATEWAY_ROLE}]
     assert not broker.is_device_username(command["username"])
     with pytest.raises(ValueError, match="must not start with 'did:'"):
         broker.gateway_client_commands("did:key:z6Mk", "pw")
+    # a username with the client-id prefix would be an id any client may present
+    with pytest.raises(ValueError, match="must not start with 'didgw-'"):
+        broker.gateway_client_commands("didgw-gateway", "pw")
 
 
 def test_every_policy_command_is_json_with_known_acl_types() -> None:
