@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import ipaddress
 import json
 import os
 import queue
@@ -30,6 +32,7 @@ import re
 import secrets
 import socket
 import sqlite3
+import ssl
 import stat
 import threading
 import time
@@ -525,6 +528,147 @@ class Outbox:
                 self._db.close()
 
 
+# --------------------------------------------------------------------------- TLS
+
+MQTT_PORT, MQTTS_PORT = 1883, 8883  # IANA's ports for MQTT and MQTT over TLS
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is, and whether to speak TLS to it."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(text: str) -> BrokerAddress:
+    """``mqtts://HOST[:PORT]`` (TLS, port 8883 by default), ``mqtt://HOST[:PORT]`` (plain,
+    1883), or ``HOST[:PORT]``: TLS when the port is 8883. ``[v6]`` for an IPv6 address."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        host, port = parse_broker(text)
+        return BrokerAddress(host, port, port == MQTTS_PORT)
+    if scheme not in ("mqtt", "mqtts") or not rest or "/" in rest:
+        raise DeviceError(f"broker {text!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    tls = scheme == "mqtts"
+    if rest.rpartition(":")[1] and "]" not in rest.rpartition(":")[2]:
+        host, port = parse_broker(rest)
+    else:
+        host, port = rest.strip("[]"), MQTTS_PORT if tls else MQTT_PORT
+    return BrokerAddress(host, port, tls)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def fingerprint_bytes(text: str) -> bytes:
+    """A SHA-256 fingerprint as ``didgw tls show`` or ``openssl x509 -fingerprint -sha256``
+    prints it (hex, with or without colons, any case)."""
+    value = text.strip().lower().removeprefix("sha256 fingerprint=").replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise DeviceError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
+    return bytes.fromhex(value)
+
+
+class Trust:
+    """What the device accepts as the broker, provisioned before its first connection.
+
+    * ``ca_file``: the certificate authority's certificate (PEM), as ``didgw tls show --pem``
+      prints it;
+    * ``pin``: the SHA-256 fingerprint of that certificate (32 bytes to provision instead of
+      a file). The broker presents the CA's certificate after its own; the device takes the
+      one whose fingerprint is the pin as its trust anchor, and then verifies the broker's
+      certificate against it like any other (learnt once per process, over a connection on
+      which nothing is sent);
+    * neither: the system's trust store (a broker with a publicly trusted certificate).
+
+    Either way the broker's certificate must chain to the anchor and name the host the
+    device connects to, or the device refuses it before it sends a byte of MQTT.
+    """
+
+    def __init__(self, ca_file: str | Path | None = None, pin: str | bytes | None = None) -> None:
+        if ca_file is not None and pin is not None:
+            raise DeviceError("give the broker's CA as a file or as a fingerprint, not both")
+        self.ca_file = None if ca_file is None else Path(ca_file)
+        self.pin = fingerprint_bytes(pin) if isinstance(pin, str) else pin
+        if self.pin is not None and len(self.pin) != 32:
+            raise DeviceError("a SHA-256 fingerprint has 32 bytes")
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+
+    def context(self, host: str, port: int, timeout: float) -> ssl.SSLContext:
+        """The TLS client context, verifying against the provisioned anchor."""
+        with self._lock:
+            if self._context is None:
+                if self.ca_file is not None:
+                    try:
+                        context = ssl.create_default_context(cafile=str(self.ca_file))
+                    except (OSError, ssl.SSLError) as exc:
+                        raise DeviceError(f"cannot use {self.ca_file} as the CA: {exc}") from None
+                elif self.pin is not None:
+                    anchor = _pinned_ca(host, port, self.pin, timeout)
+                    context = ssl.create_default_context(cadata=anchor)
+                else:
+                    context = ssl.create_default_context()
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                context.sslsocket_class = ClosingSSLSocket
+                self._context = context
+            return self._context
+
+
+class ClosingSSLSocket(ssl.SSLSocket):
+    """A TLS socket that closes itself when its handshake fails (a certificate refused):
+    paho drops it unclosed, and Python would warn about it when it is collected."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def _pinned_ca(host: str, port: int, pin: bytes, timeout: float) -> bytes:
+    """The DER certificate in the broker's chain whose SHA-256 is ``pin``.
+
+    The chain is read without checking it (that is what the pin is for): the TLS handshake
+    completes, and the connection is closed without sending anything over it.
+    """
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout) as raw,
+            probe.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            getter = getattr(tls, "get_unverified_chain", None)  # public from Python 3.13
+            if getter is None:
+                getter = tls._sslobj.get_unverified_chain  # type: ignore[union-attr]
+            chain = [
+                c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+                for c in getter() or []
+            ]
+    except (OSError, ssl.SSLError) as exc:
+        raise DeviceError(f"cannot reach the broker at {host}:{port} over TLS: {exc}") from None
+    for der in chain:
+        if hashlib.sha256(der).digest() == pin:
+            return der
+    raise DeviceError(
+        f"refusing the broker at {host}:{port}: none of the {len(chain)} certificates it "
+        f"presents is the pinned certificate authority (SHA-256 {pin.hex()[:16]}…)"
+    )
+
+
 # --------------------------------------------------------------------------- MQTT
 
 
@@ -549,6 +693,7 @@ class _Link:
         max_inflight: int = MAX_INFLIGHT,
         keepalive: int = 30,
         log: Log | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topic = subscribe
@@ -566,6 +711,8 @@ class _Link:
         )
         if username is not None:
             client.username_pw_set(username, password)  # type: ignore[arg-type]  # bytes work
+        if tls is not None:
+            client.tls_set_context(tls)
         client.max_inflight_messages_set(max_inflight)
         client.on_connect = self._connected
         client.on_subscribe = self._subscribed
@@ -577,6 +724,12 @@ class _Link:
         """Connect and subscribe; raise if the broker refuses or does not answer in time."""
         try:
             self.client.connect(self.host, self.port, keepalive=self.keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise DeviceError(
+                f"refusing the broker at {self.host}:{self.port}: its certificate does not "
+                f"verify ({exc.verify_message}); nothing was sent to it"
+            ) from None
         except OSError as exc:
             self.close()
             raise DeviceError(
@@ -668,7 +821,8 @@ class Device:
 
     Typical use (a broker and a gateway running, the DID registered)::
 
-        dev = Device("127.0.0.1:1883", key_path="dev.pem", state_dir="dev-state")
+        dev = Device("mqtts://gateway.local", key_path="dev.pem", state_dir="dev-state",
+                     tls=Trust(pin="AB:CD:…"))  # or Trust(ca_file="ca.crt")
         dev.start(timeout=10)                 # authenticate, connect, supervise
         dev.publish_reading("energy", {"power_w": {"value": 812, "unit": "W"}})
         dev.wait_acked(timeout=10)
@@ -676,6 +830,9 @@ class Device:
 
     Or step by step: :meth:`authenticate` (returns the :class:`Grant`), :meth:`connect`,
     :meth:`publish_reading`, :meth:`tick` to supervise by hand.
+
+    TLS (both connections, the anonymous one first) with ``tls``, with a ``mqtts://``
+    broker, or on port 8883; plain MQTT only to a broker on this machine (``127.0.0.1:1883``).
     """
 
     def __init__(
@@ -698,13 +855,27 @@ class Device:
         on_ack: Callable[[dict[str, Any]], None] | None = None,
         auth_gate: threading.Semaphore | None = None,
         clock: Callable[[], float] = time.time,
+        tls: Trust | None = None,
     ) -> None:
         if not 1 <= max_inflight <= MAX_INFLIGHT_LIMIT:
             raise DeviceError(
                 f"max_inflight must be between 1 and {MAX_INFLIGHT_LIMIT:,} (the gateway's "
                 "anti-replay window)"
             )
-        self.host, self.port = parse_broker(broker) if isinstance(broker, str) else broker
+        where = (
+            parse_broker_url(broker)
+            if isinstance(broker, str)
+            else BrokerAddress(broker[0], broker[1], tls is not None)
+        )
+        self.host, self.port = where.host, where.port
+        #: None: plain MQTT, which only a broker on this machine gets (see :meth:`_tls`)
+        self.trust = tls if tls is not None else (Trust() if where.tls else None)
+        if self.trust is None and not is_loopback(self.host):
+            raise DeviceError(
+                f"refusing plain MQTT to {self.host}:{self.port}: the broker password and every "
+                "reading would cross the network in clear. Use TLS: mqtts://HOST (port 8883) "
+                "with the gateway's CA (a CA file, or its fingerprint)"
+            )
         self.prefix = prefix
         self.gateway_did = gateway_did
         self.max_inflight = max_inflight
@@ -752,6 +923,9 @@ class Device:
         if self._log_fn is not None:
             self._log_fn(message)
 
+    def _tls(self, timeout: float) -> ssl.SSLContext | None:
+        return None if self.trust is None else self.trust.context(self.host, self.port, timeout)
+
     def _client_id(self, purpose: str) -> str:
         return f"{self.did[-12:]}-{purpose}-{secrets.token_hex(3)}"
 
@@ -791,6 +965,7 @@ class Device:
             subscribe=f"{self.prefix}/auth/res/{reply}",
             on_message=inbox.put,
             log=self._log_fn,
+            tls=self._tls(timeout),
         )
         try:
             try:
@@ -896,6 +1071,7 @@ class Device:
             on_lost=self._lost,
             max_inflight=self.max_inflight,
             log=self._log_fn,
+            tls=self._tls(timeout),
         )
         link.open(timeout)
         if self._stopped:

@@ -9,8 +9,9 @@ libraries only (cryptography, joserfc, paho-mqtt, through ``device.py`` beside i
 nothing is imported from the gateway.
 
     python firmware-sim/wallet.py --key bob.pem --gateway did:key:z6Mk… --print-did
-    python firmware-sim/wallet.py --broker localhost:1883 --key bob.pem \\
-        --credential bob.sdjwt --gateway did:key:z6Mk… suspend did:key:z6MkDEV… --reason lost
+    python firmware-sim/wallet.py --broker mqtts://gateway.local --tls-pin AB:CD:… \\
+        --key bob.pem --credential bob.sdjwt --gateway did:key:z6Mk… \\
+        suspend did:key:z6MkDEV… --reason lost
 """
 
 from __future__ import annotations
@@ -135,9 +136,18 @@ class Wallet:
         gateway_did: str,
         prefix: str = "didgw",
         timeout: float = 15.0,
+        tls: dev.Trust | None = None,
     ) -> None:
-        host, _, port = broker.rpartition(":")
-        self.host, self.port = host or "localhost", int(port)
+        where = dev.parse_broker_url(broker)
+        self.host, self.port = where.host, where.port
+        # TLS as for a device (device.py, Device): plain MQTT only to this machine.
+        self.trust = tls if tls is not None else (dev.Trust() if where.tls else None)
+        if self.trust is None and not dev.is_loopback(self.host):
+            raise WalletError(
+                f"refusing plain MQTT to {self.host}:{self.port}: the presentation, the broker "
+                "password and every request would cross the network in clear; use "
+                "mqtts://HOST with --tls-ca or --tls-pin"
+            )
         self.identity = dev.Identity.from_key(dev.load_or_create_key(Path(key_path)))
         self.did = self.identity.did
         self.gateway_did, self.prefix, self.timeout = gateway_did, prefix, timeout
@@ -287,6 +297,11 @@ class Wallet:
             on_message=on_message,
             username=username,
             password=password,
+            tls=(
+                None
+                if self.trust is None
+                else self.trust.context(self.host, self.port, self.timeout)
+            ),
         )
         link.open(self.timeout)
         return link
@@ -306,9 +321,16 @@ class Wallet:
         return dict(message)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", default="localhost:1883")
+    parser.add_argument(
+        "--broker",
+        default="localhost:1883",
+        help="HOST:PORT, mqtts://HOST[:PORT] (TLS) or mqtt://HOST[:PORT]; plain only to this "
+        "machine [default: localhost:1883]",
+    )
+    parser.add_argument("--tls-ca", type=Path, help="the broker's CA certificate (PEM): TLS")
+    parser.add_argument("--tls-pin", help="or the SHA-256 fingerprint of that certificate: TLS")
     parser.add_argument("--key", type=Path, required=True, help="the wallet's key (made if new)")
     parser.add_argument("--gateway", required=True, help="the gateway's DID (pinned)")
     parser.add_argument("--prefix", default="didgw")
@@ -330,8 +352,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     order.add_argument("--wh", type=int, required=True)
     order.add_argument("--price", type=int, required=True)
     order.add_argument("--interval", type=int, required=True, help="its start, Unix ms")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    wallet = Wallet(args.broker, key_path=args.key, gateway_did=args.gateway, prefix=args.prefix)
+    try:
+        trust = dev.Trust(args.tls_ca, args.tls_pin) if args.tls_ca or args.tls_pin else None
+        wallet = Wallet(
+            args.broker, key_path=args.key, gateway_did=args.gateway, prefix=args.prefix, tls=trust
+        )
+    except (WalletError, dev.DeviceError) as exc:
+        print(f"wallet: {exc}", file=sys.stderr)
+        return 1
     if args.print_did:
         print(wallet.did)
         return 0

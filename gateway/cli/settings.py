@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gateway.cli._base import CommandTree, load_config, state_dir
 
@@ -15,8 +16,16 @@ def cmd_config_example(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway.config import mqtt_tls_warnings
+
     config = load_config(args)
-    print(f"ok: {config.source}")
+    warnings = mqtt_tls_warnings(config)
+    if warnings:
+        print(f"valid, with {len(warnings)} warning(s): {config.source}")
+        for _, message in warnings:
+            print(f"WARNING: {message}", file=sys.stderr)
+    else:
+        print(f"ok: {config.source}")
     print(f"state directory: {state_dir(args, config)}")
     return 0
 

@@ -29,7 +29,7 @@ from gateway.auth.mqtt_auth import Authenticator
 from gateway.auth.readings import ReadingChecker
 from gateway.auth.strict import RegistryLookup
 from gateway.chain.store import ChainStore
-from gateway.config import SECTIONS, Config, load_config
+from gateway.config import SECTIONS, Config, load_config, mqtt_tls_warnings
 from gateway.db import DB_NAME, connect
 from gateway.errors import ConfigError, DidgwError
 from gateway.identity import keystore
@@ -37,6 +37,7 @@ from gateway.identity.signing import Signer
 from gateway.ops import metrics
 from gateway.ops.health import Health
 from gateway.ops.sdnotify import Notifier
+from gateway.ops.tls import gateway_tls
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
 from gateway.run.disk import DiskGuard
@@ -131,7 +132,10 @@ class _MqttSide:
         mqtt = config.mqtt
         password = mqtt_password(config, env)
         workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else default_verify_workers()
-        self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
+        for _, warning in mqtt_tls_warnings(config):
+            log.warning("%s", warning)
+        tls = gateway_tls(config, state_dir)
+        self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password, tls=tls)
         await asyncio.to_thread(self.broker.connect)
         core = handshake(
             config, gateway.signer(env), lambda did: _status(gateway, did), mqtt.session_seconds
@@ -190,6 +194,7 @@ class _MqttSide:
             on_message=on_message,
             loop=loop,
             on_reconnect=on_reconnect,
+            tls=tls,
         )
         self.link.start()
         self.watcher = asyncio.ensure_future(devices.watch())

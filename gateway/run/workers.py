@@ -159,6 +159,7 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
     from paho.mqtt.enums import CallbackAPIVersion
 
     from gateway.ops import logs
+    from gateway.ops.tls import gateway_tls
     from gateway.run.ingest import Ack
     from gateway.transports.mqtt import set_nodelay
 
@@ -171,6 +172,9 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
         CallbackAPIVersion.VERSION2, client_id=f"didgw-verify-{settings.index}-{time.time_ns()}"
     )
     client.username_pw_set(mqtt_config.username, settings.password)
+    tls = gateway_tls(settings.config, settings.state_dir)
+    if tls is not None:
+        client.tls_set_context(tls)
     client.max_inflight_messages_set(0)  # acks are bounded by the readings in flight
     client.max_queued_messages_set(0)
 

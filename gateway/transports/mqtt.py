@@ -6,6 +6,9 @@ touches asyncio state from that thread except through
 every reconnect (broker restart, network loss) subscribes again; paho
 reconnects by itself with back-off. ``publish`` is thread-safe in paho and may
 be called from the event loop.
+
+:func:`client_tls` is the TLS every connection of the gateway to its broker uses when
+``[mqtt] tls`` is on (this link, the broker administration and the reading workers).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
+import stat
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -49,6 +55,7 @@ class MqttLink:
         keepalive: int = 30,
         max_inflight: int = 0,
         on_reconnect: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._loop = loop
         self._on_message = on_message
@@ -64,6 +71,8 @@ class MqttLink:
             clean_session=False,  # QoS 1 messages queued while we were away are delivered
         )
         client.username_pw_set(username, password)
+        if tls is not None:
+            client.tls_set_context(tls)
         # paho scans its whole in-flight list on every ack: a limit of 1,000 halves the
         # rate. Acks are bounded by the readings in flight anyway; 0 = no paho limit.
         client.max_inflight_messages_set(max_inflight)
@@ -132,6 +141,47 @@ class MqttLink:
     def _received(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is closed: we are stopping
             self._loop.call_soon_threadsafe(self._on_message, message.topic, bytes(message.payload))
+
+
+class ClosingSSLSocket(ssl.SSLSocket):
+    """A TLS socket that closes itself when its handshake fails: paho 2.2 drops it unclosed
+    and retries, so each refused certificate would hold a descriptor until collected."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def client_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """TLS for a connection to the broker: its certificate must chain to a CA in ``ca_file``
+    and name the host connected to; TLS 1.2 at least; the client certificate ``cert_file``
+    (with ``key_file``, which only its owner may read) if the broker asks for one."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise MqttError(f"cannot use {ca_file} as the broker's CA certificates: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslsocket_class = ClosingSSLSocket
+    if cert_file:
+        try:
+            mode = stat.S_IMODE(Path(key_file).stat().st_mode)
+        except OSError as exc:
+            raise MqttError(f"cannot read the client key {key_file}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise MqttError(
+                f"client key {key_file} is accessible by group or others (mode {mode:04o}); "
+                f"run: chmod 600 {key_file}"
+            )
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttError(
+                f"cannot use the client certificate {cert_file} with {key_file}: {exc}"
+            ) from None
+    return context
 
 
 def set_nodelay(client: mqtt.Client) -> None:
