@@ -756,7 +756,7 @@ def mqtt_tls_warnings(config: Config) -> list[tuple[str, str]]:
             f"[mqtt] host = {mqtt.host!r} is not this machine and [mqtt] tls is off: the "
             "gateway's broker password (its account administers the broker) and every "
             "reading cross the network in clear. Set [mqtt] tls = true (port 8883, "
-            'docs/operations.md, "TLS"), or run the broker on this machine.',
+            'docs/operations.md, "TLS for devices"), or run the broker on this machine.',
         )
     ]
 

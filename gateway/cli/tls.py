@@ -34,6 +34,7 @@ def _report(issued: Issued) -> None:
     print(f"  for: {certs.names_of(issued.cert)}")
     print(f"  valid until: {until}")
     print(f"  written to: {issued.directory / 'broker.crt'}, {issued.directory / 'broker.key'}")
+    print(f"  devices trust the CA with SHA-256 fingerprint {issued.ca_fingerprint}")
     if issued.reloaded is not None:
         print(f"  mosquitto (pid {issued.reloaded}) told to load it (SIGHUP)")
     else:

@@ -86,6 +86,7 @@ def ensure_ca(
         cert = read_ca_cert(state_dir)
         certs.check_ca_pair(key, cert)
         return cert, False
+    _private_dir(key_path.parent)
     _private_dir(cert_path.parent)
     key = certs.generate_key()
     cert = certs.new_ca(key, common_name=common_name, now=now)
@@ -126,6 +127,7 @@ class Issued:
     cert: x509.Certificate | None  # the certificate now in place
     reason: str | None  # why a new one was issued; None: the current one stays
     directory: Path
+    ca_fingerprint: str
     reloaded: int | None = None  # the pid told to reload, if any
 
 
@@ -156,17 +158,38 @@ def issue_broker(
         current, ca_cert, now=now, renew_before_days=config.tls.renew_before_days, names=names
     )
     if reason is None and not force:
-        return Issued(current, None, directory)
+        return Issued(current, None, directory, certs.fingerprint(ca_cert))
     server_key = certs.generate_key()
     cert = certs.issue_server(
         *ca, server_key.public_key(), names, now=now, days=config.tls.broker_days
     )
     owner = _owner(config.tls.broker_owner)
-    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)  # the key keeps its own 0600
     _replace(directory / BROKER_KEY, certs.private_pem(server_key), mode=0o600, owner=owner)
     _replace(directory / BROKER_CERT, certs.to_pem(cert, ca_cert), mode=0o644, owner=owner)
     pid = _reload(config.tls.broker_pid_file)
-    return Issued(cert, reason or "asked to (--force)", directory, pid)
+    return Issued(cert, reason or "asked to (--force)", directory, certs.fingerprint(ca_cert), pid)
+
+
+def broker_cert_warning(config: Config, state_dir: Path, *, now: float) -> str | None:
+    """Why the broker's certificate needs attention (renewal overdue, foreign, expired), for
+    ``didgw run`` to log at start; None when it is fine or this gateway issued none."""
+    try:
+        current = read_broker_cert(config, state_dir)
+        ca_cert = read_ca_cert(state_dir) if current is not None else None
+    except DidgwError:
+        return None
+    if current is None or ca_cert is None:
+        return None
+    reason = certs.renewal_reason(
+        current, ca_cert, now=now, renew_before_days=config.tls.renew_before_days
+    )
+    if reason is None:
+        return None
+    return (
+        f"{reason}; devices refuse an expired one: is didgw-tls-renew.timer running? "
+        "(didgw tls renew renews it)"
+    )
 
 
 def gateway_tls(config: Config, state_dir: Path) -> ssl.SSLContext | None:

@@ -37,7 +37,7 @@ from gateway.identity.signing import Signer
 from gateway.ops import metrics
 from gateway.ops.health import Health
 from gateway.ops.sdnotify import Notifier
-from gateway.ops.tls import gateway_tls
+from gateway.ops.tls import broker_cert_warning, gateway_tls
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
 from gateway.run.disk import DiskGuard
@@ -134,6 +134,9 @@ class _MqttSide:
         workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else default_verify_workers()
         for _, warning in mqtt_tls_warnings(config):
             log.warning("%s", warning)
+        certificate = broker_cert_warning(config, state_dir, now=time.time())
+        if certificate is not None:
+            log.warning("%s", certificate)
         tls = gateway_tls(config, state_dir)
         self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password, tls=tls)
         await asyncio.to_thread(self.broker.connect)

@@ -29,7 +29,7 @@ import wallet as wal
 from broker import Mosquitto, missing_tools
 from cryptography import x509
 from gateway_process import GatewayProcess, make_device, records, register, seqs_of
-from support import Run, wait_until
+from support import ROOT, Run, wait_until
 from wiretap import Wiretap
 
 from gateway.identity import certs
@@ -291,6 +291,101 @@ def test_plain_mqtt_is_refused_on_the_tls_listener_and_off_loopback(
         dev.Device("192.0.2.10:1883", key_path=tmp_path / "k.pem", state_dir=tmp_path / "s")
     with pytest.raises(wal.WalletError, match="refusing plain MQTT"):
         wal.Wallet("mqtt://192.0.2.10", key_path=tmp_path / "w.pem", gateway_did=pki.did)
+
+
+def listeners(config: str) -> list[tuple[str, dict[str, str]]]:
+    """(``listener`` line, the options that follow it) for each listener of a mosquitto file."""
+    found: list[tuple[str, dict[str, str]]] = []
+    for line in config.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        word, _, value = line.partition(" ")
+        if word == "listener":
+            found.append((value, {}))
+        elif found:
+            found[-1][1][word] = value
+    return found
+
+
+def runnable(shipped: str, tmp_path: Path, pki: Pki) -> tuple[str, dict[str, int]]:
+    """The shipped file with free ports, this machine's plugin, and files in ``tmp_path``;
+    and the port each ``listener`` line got."""
+    from gateway.ops.broker import dynsec_plugin, free_port
+
+    paths = {
+        "plugin": str(dynsec_plugin()),
+        "plugin_opt_config_file": str(tmp_path / "dynsec.json"),
+        "certfile": str(pki.cert),
+        "keyfile": str(pki.key),
+    }
+    ports: dict[str, int] = {}
+
+    def fitted(line: str) -> str:
+        word, _, value = line.partition(" ")
+        if word == "listener":
+            port = ports.setdefault(value, free_port())
+            return " ".join(["listener", str(port), *value.split()[1:]])
+        return f"{word} {paths[word]}" if word in paths else line
+
+    lines = [fitted(line) for line in shipped.splitlines()]
+    lines += [f"persistence_location {tmp_path}/", f"log_dest file {tmp_path / 'm.log'}"]
+    lines += ["user root"] if os.geteuid() == 0 else []
+    return "\n".join(lines) + "\n", ports
+
+
+def test_the_shipped_broker_configuration_serves_tls_and_plain_on_loopback_only(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """configs/mosquitto/mosquitto.conf as shipped, run by a real mosquitto with only its
+    ports, file paths and plugin path changed for this machine."""
+    from gateway.ops.broker import mosquitto_binary
+
+    shipped = (ROOT / "configs" / "mosquitto" / "mosquitto.conf").read_text()
+    found = listeners(shipped)
+    plain = [where for where, options in found if "certfile" not in options]
+    tls = [where for where, options in found if "certfile" in options and "keyfile" in options]
+    assert tls, "no TLS listener for devices"
+    assert all(len(w.split()) == 2 and w.split()[1] in ("127.0.0.1", "::1") for w in plain), plain
+    text, ports = runnable(shipped, tmp_path, pki)
+    conf = tmp_path / "shipped.conf"
+    conf.write_text(text)
+    subprocess.run(
+        ["mosquitto_ctrl", "dynsec", "init", str(tmp_path / "dynsec.json"), "admin"],
+        input="pw\npw\n", text=True, capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    with (tmp_path / "stderr").open("wb") as stderr:
+        broker = subprocess.Popen([str(mosquitto_binary()), "-c", str(conf)], stderr=stderr)
+    try:
+        tls_port = ports[tls[0]]
+        wait_until(
+            lambda: probe(tls_port),
+            "mosquitto to listen",
+            details=(tmp_path / "stderr").read_text,
+        )
+        served = x509.load_pem_x509_certificates(pki.cert.read_bytes())[0]
+        assert served_serial(tls_port, pki.ca) == served.serial_number
+        hello = ["-h", "127.0.0.1", "-t", "didgw/auth/req", "-m", "{}"]
+        pub = ["mosquitto_pub", *hello, "-p"]
+        refused = subprocess.run(
+            [*pub, str(tls_port)], capture_output=True, timeout=30, check=False
+        )
+        assert refused.returncode != 0  # plain MQTT on the TLS listener
+        for where in plain:
+            ok = subprocess.run(
+                [*pub, str(ports[where])], capture_output=True, timeout=30, check=False
+            )
+            assert ok.returncode == 0, ok.stderr
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def probe(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 # -- the certificates, checked by OpenSSL ---------------------------------------------------

@@ -10,7 +10,9 @@ import pytest
 from gateway.config import (
     Config,
     find_config,
+    is_loopback,
     load_config,
+    mqtt_tls_warnings,
     parse_config,
     render_example,
     state_dir,
@@ -165,3 +167,50 @@ def test_state_dir_precedence(tmp_path: Path) -> None:
     assert state_dir(configured, None, env) == tmp_path / "cfg"
     assert state_dir(Config(), None, env) == Path("/var/lib/didgw")
     assert state_dir(Config(), None, {"HOME": str(tmp_path)}) == tmp_path / ".local/state/didgw"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("broker.localhost", True),
+        ("192.168.1.10", False),
+        ("0.0.0.0", False),  # noqa: S104 - a value tested, not a bind
+        ("gateway.local", False),  # names are not resolved: they count as the network
+        ("localhost.example.com", False),
+    ],
+)
+def test_loopback_is_decided_without_resolving(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_a_broker_elsewhere_without_tls_is_warned_about_and_with_tls_is_not() -> None:
+    assert mqtt_tls_warnings(Config()) == []
+    remote = parse_config({"mqtt": {"host": "192.168.1.20"}}, source="t.toml")
+    ((key, message),) = mqtt_tls_warnings(remote)
+    assert key == "mqtt.host"
+    assert "'192.168.1.20' is not this machine and [mqtt] tls is off" in message
+    assert "in clear" in message
+    assert (
+        mqtt_tls_warnings(parse_config({"mqtt": {"host": "b.lan", "tls": True}}, source="t")) == []
+    )
+    off = parse_config({"mqtt": {"host": "b.lan", "enabled": False}}, source="t")
+    assert mqtt_tls_warnings(off) == []
+
+
+def test_tls_settings_that_cannot_work_together_are_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] key_file: cert_file and key_file go together"):
+        parse_config({"mqtt": {"tls": True, "cert_file": str(cert)}}, source="t")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca_file: is only used with tls = true"):
+        parse_config({"mqtt": {"ca_file": str(cert)}}, source="t")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca_file: file not found"):
+        parse_config({"mqtt": {"tls": True, "ca_file": str(tmp_path / "none")}}, source="t")
+    with pytest.raises(ConfigError, match=r"\[tls\] renew_before_days: must be less than"):
+        parse_config({"tls": {"broker_days": 30, "renew_before_days": 30}}, source="t")
