@@ -534,6 +534,25 @@ def test_renewal_replaces_the_served_certificate_without_dropping_anyone(
         assert pki.key.stat().st_uid == nobody and pki.cert.stat().st_uid == nobody
 
 
+def test_the_renewal_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    didgw = str(Path(sys.executable).with_name("didgw"))
+    units = []
+    for name in ("didgw-tls-renew.service", "didgw-tls-renew.timer"):
+        text = (ROOT / "systemd" / name).read_text()
+        unit = tmp_path / name
+        unit.write_text(text.replace("/opt/didgw/.venv/bin/didgw", didgw))
+        units.append(str(unit))
+    assert "didgw tls renew" in Path(units[0]).read_text()
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
+
+
 # -- people's wallets --------------------------------------------------------------------------
 
 
