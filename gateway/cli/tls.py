@@ -24,7 +24,7 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 def _report(issued: Issued) -> None:
     from gateway.identity import certs
 
-    if issued.cert is None:  # not reached: a reason is given whenever there is none
+    if issued.cert is None:  # not reached: with no certificate, a new one is issued
         return
     until = when(issued.cert.not_valid_after_utc.timestamp())
     if issued.reason is None:
@@ -45,10 +45,16 @@ def _report(issued: Issued) -> None:
 
 
 def cmd_tls_issue(args: argparse.Namespace) -> int:
+    from gateway.errors import ConfigError
     from gateway.identity import certs
     from gateway.ops.tls import issue_broker
 
     config = load_config(args)
+    if not args.name and not args.ip:
+        raise ConfigError(
+            "give the names (--name) or addresses (--ip) devices use to reach the broker; "
+            "localhost, 127.0.0.1 and ::1 are added to them"
+        )
     names = certs.parse_names(args.name, args.ip)
     issued = issue_broker(
         config, state_dir(args, config), _passphrase(args), now=time.time(), names=names, force=True

@@ -502,6 +502,8 @@ def test_renewal_replaces_the_served_certificate_without_dropping_anyone(
         tls_section += 'broker_owner = "nobody"\n'
     gateway.config.write_text(tls_section + gateway.config.read_text())
     config = ["--state-dir", str(pki.state), "--config", str(gateway.config)]
+    nameless = didgw("tls", "issue", *config)
+    assert nameless.returncode == 1 and "give the names (--name)" in nameless.stderr
     gateway.start()
     before = served_serial(mosquitto.tls_port, pki.ca)
     device = tls_device(tmp_path, f"127.0.0.1:{mosquitto.tls_port}", "old", pki, ca_file=pki.ca)
