@@ -8,8 +8,8 @@ suite's broker helper, tests/integration/broker.py), ``didgw run`` started as a
 user starts it (the gateway's own defaults, unless ``--verify-workers``), and
 load generator processes that speak the wire protocol of docs/protocol/mqtt.md
 with the device simulator's message builders
-(``firmware-sim/device.py``). ``--quick`` takes about half a minute, the full
-run about a minute and a half.
+(``firmware-sim/device.py``). ``--quick`` takes about 45 s (half a minute with
+``--no-tls``), the full run about two and a half minutes.
 
 * ``raw_qos1_per_s``: what the broker alone carries: one paho client publishes
   signed readings (QoS 1, at most 1,000 unacknowledged) to one paho subscriber
