@@ -843,7 +843,7 @@ def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
     subprocess.run(
         [DIDGW, "init", "--state-dir", str(state)], check=True, capture_output=True, timeout=60
     )
-    if s["tls"]:
+    if s.get("tls"):  # bench/soak.py prepares without
         issue = [DIDGW, "tls", "issue", "--ip", broker.host, "--state-dir", str(state)]
         subprocess.run(issue, check=True, capture_output=True, timeout=60)
     return state, config, [Ed25519PrivateKey.generate() for _ in range(s["registered"])]
