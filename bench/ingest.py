@@ -1,15 +1,15 @@
 """Devices over MQTT, end to end: broker rate, gateway rate, ack latency, auth rate, memory.
 
     python bench/ingest.py [--quick] [--devices N] [--workers N] [--window N] [--rate R]
-                           [--registered N] [--verify-workers N] [--nagle]
+                           [--registered N] [--verify-workers N] [--nagle] [--no-tls]
 
 Everything runs on loopback: a real mosquitto with dynamic security (the test
 suite's broker helper, tests/integration/broker.py), ``didgw run`` started as a
 user starts it (the gateway's own defaults, unless ``--verify-workers``), and
 load generator processes that speak the wire protocol of docs/protocol/mqtt.md
 with the device simulator's message builders
-(``firmware-sim/device.py``). ``--quick`` takes about half a minute, the full
-run about a minute and a half.
+(``firmware-sim/device.py``). ``--quick`` takes about 45 s (half a minute with
+``--no-tls``), the full run about two and a half minutes.
 
 * ``raw_qos1_per_s``: what the broker alone carries: one paho client publishes
   signed readings (QoS 1, at most 1,000 unacknowledged) to one paho subscriber
@@ -26,6 +26,11 @@ run about a minute and a half.
   grant received and its broker password decrypted, 200 (``--quick``) or 1,000
   devices at once over a few anonymous connections; the gateway creates each
   device's broker account before it grants;
+* ``raw_tls_qos1_per_s``, ``gateway_tls_per_s``, ``p99_ack_ms_at_1000_tls``: the same
+  raw and gateway figures with the clients on the broker's TLS listener (TLS 1.3, ECDSA
+  P-256 from the gateway's own CA, ``didgw tls issue``), as devices on a LAN connect; the
+  gateway's own connection stays on the plain loopback listener, as shipped. Other devices
+  than the plain phase's, so that every TLS reading is new. ``--no-tls`` skips them;
 * ``rss_mb_10k_devices``: the gateway process's resident memory (VmRSS) with
   10,000 registered devices (registered through the library before the gateway
   starts): the largest of after start-up, after the authentications and after
@@ -54,6 +59,7 @@ import queue
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -246,8 +252,11 @@ def new_client(name: str, username: str | None = None, password: str | bytes | N
 def open_client(
     client, conn: dict, topics: list[str], timeout: float = 10.0, *, account: bool = False
 ) -> None:
-    """Connect, subscribe (QoS 1, 100 topics a packet) and wait for every SUBACK. A device's
-    account connects to the accounts listener (``account``), as the protocol says."""
+    """Connect (over TLS when ``conn`` names a CA file), subscribe (QoS 1, 100 topics a
+    packet) and wait for every SUBACK. A device's account connects to the accounts listener
+    (``account``), as the protocol says."""
+    if conn.get("ca_file"):
+        client.tls_set_context(ssl.create_default_context(cafile=conn["ca_file"]))
     ready, failed = threading.Event(), []
     waiting: set[int] = set()
     lock = threading.Lock()
@@ -715,10 +724,12 @@ def gateway_did_of(state: Path, config: Path) -> str:
         return gateway.did
 
 
-def bench_raw(broker, payload: bytes, s: dict) -> tuple[float, dict]:
+def bench_raw(broker, payload: bytes, s: dict, ca_file: str = "") -> tuple[float, dict]:
+    """The broker alone: plain, or on its TLS listener when ``ca_file`` is given."""
     conn = {
         "host": broker.host,
-        "port": broker.port,
+        "port": broker.tls_port if ca_file else broker.port,
+        "ca_file": ca_file,
         "username": broker.gateway_username,  # allowed everything under the prefix
         "password": broker.gateway_password,
         "topic": f"{broker.prefix}/bench/raw",
@@ -811,8 +822,28 @@ def bench_readings(conn: dict, pids: dict, keys: list[bytes], s: dict, alive) ->
     }
 
 
+def bench_tls(broker, payload: bytes, conn: dict, pids: dict, keys: list, s: dict, alive) -> dict:  # noqa: PLR0917
+    """The broker alone and the gateway with every client on the TLS listener."""
+    ca_file = str(Path(broker.tls_files[0]).with_name("ca.crt"))
+    raw, raw_stats = bench_raw(broker, payload, s, ca_file)
+    print(f"broker alone over TLS, same clients: {raw:,.0f} messages/s")
+    print(f"  CPU, % of one core: {cpu_text(raw_stats['cpu_pct'])}")
+    readings = bench_readings(
+        # the private broker's one TLS listener serves authentication and accounts alike
+        {**conn, "port": broker.tls_port, "accounts_port": broker.tls_port, "ca_file": ca_file},
+        pids,
+        keys,
+        s,
+        alive,
+    )
+    print("devices over TLS:")
+    report_readings(s, readings)
+    return {"raw_tls": raw, "readings_tls": readings}
+
+
 def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
-    """The gateway's state (``didgw init``), its config, and the devices' keys."""
+    """The gateway's state (``didgw init``; with TLS, the broker's certificate from its CA),
+    its config, and the devices' keys."""
     state, config = tmp / "state", tmp / "gateway.toml"
     config.write_text(
         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
@@ -822,19 +853,32 @@ def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
     subprocess.run(
         [DIDGW, "init", "--state-dir", str(state)], check=True, capture_output=True, timeout=60
     )
+    if s.get("tls"):  # bench/soak.py prepares without
+        issue = [DIDGW, "tls", "issue", "--ip", broker.host, "--state-dir", str(state)]
+        subprocess.run(issue, check=True, capture_output=True, timeout=60)
     return state, config, [Ed25519PrivateKey.generate() for _ in range(s["registered"])]
 
 
-def run(s: dict, tmp: Path) -> dict:
+def private_broker(s: dict, tmp: Path):
+    """The broker, with a TLS listener whose files prepare() has ``didgw tls issue`` write."""
     missing = brokers.missing_tools()
     if missing:
         raise SystemExit(f"{missing}: run scripts/setup.sh")
-    broker = brokers.PrivateBroker(tmp / "mosquitto", tcp_nodelay=s["tcp_nodelay"])
+    certs = tmp / "state" / "tls"
+    return brokers.PrivateBroker(
+        tmp / "mosquitto",
+        tcp_nodelay=s["tcp_nodelay"],
+        tls_files=(certs / "broker.crt", certs / "broker.key") if s["tls"] else None,
+    )
+
+
+def run(s: dict, tmp: Path) -> dict:
+    broker = private_broker(s, tmp)
     gateway: Gateway | None = None
     out: dict = {}
     try:
-        broker.setup()
         state, config, private_keys = prepare(broker, s, tmp)
+        broker.setup()
         identities = [dev.Identity.from_key(k) for k in private_keys]
         keys = [k.private_bytes_raw() for k in private_keys]
         now_ms = int(time.time() * 1000)
@@ -880,6 +924,9 @@ def run(s: dict, tmp: Path) -> dict:
         readings = bench_readings(conn, pids, keys[: s["devices"]], s, alive)
         memories["after readings"] = memory(gateway.pid)
         report_readings(s, readings)
+        if s["tls"]:
+            tls_keys = keys[-s["devices"] :]  # devices of their own: every reading new
+            out.update(bench_tls(broker, payload, conn, pids, tls_keys, s, alive))
         out["rss"] = {k: v[0] for k, v in memories.items()}
         out["pss_tree"] = {k: v[1] for k, v in memories.items()}
         print(
@@ -926,6 +973,23 @@ def report_readings(s: dict, readings: dict) -> None:
         print(f"  refused readings: {readings['refused']}")
 
 
+def tls_result(out: dict, readings: dict) -> dict:
+    """The TLS figures beside the plain ones (empty with ``--no-tls``)."""
+    if "raw_tls" not in out:
+        return {}
+    tls = out["readings_tls"]
+    return {
+        "raw_tls_qos1_per_s": round(out["raw_tls"]),
+        "gateway_tls_per_s": round(tls["rate"]),
+        "tls_vs_plain_gateway": round(tls["rate"] / readings["rate"], 3),
+        "p99_ack_ms_at_1000_tls": round(percentile(tls["latencies_ms"], 99), 1),
+        "p50_ack_ms_at_1000_tls": round(percentile(tls["latencies_ms"], 50), 1),
+        "gateway_tls_cpu_pct": tls["cpu_pct"],
+        "refused_tls": tls["refused"],
+        "paced_unacknowledged_tls": tls["paced_lost"],
+    }
+
+
 def result(s: dict, out: dict, raw: dict, auth: dict, readings: dict) -> dict:
     latencies = readings["latencies_ms"]
     return {
@@ -935,6 +999,7 @@ def result(s: dict, out: dict, raw: dict, auth: dict, readings: dict) -> dict:
         "gateway_per_s": round(readings["rate"]),
         "ratio": round(readings["rate"] / out["raw"], 3),
         "p99_ack_ms_at_1000": round(percentile(latencies, 99), 1),
+        **tls_result(out, readings),
         "auth_per_s": round(out["auth"], 1),
         "rss_mb_10k_devices": round(max(out["rss"].values()), 1),
         "payload_bytes": out["payload_bytes"],
@@ -984,6 +1049,12 @@ def main() -> None:
         help="the gateway's [mqtt] verify_workers (default: the gateway's own default)",
     )
     parser.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        help="skip the phases with the clients on the broker's TLS listener",
+    )
+    parser.add_argument(
         "--nagle",
         action="store_true",
         help="leave Nagle's algorithm on in the broker and the load generators",
@@ -1003,8 +1074,9 @@ def main() -> None:
     }
     if not 1 <= args.window <= WINDOW:
         parser.error(f"--window must be between 1 and {WINDOW}")
-    if args.registered < args.devices + s["auth_devices"]:
-        parser.error(f"--registered must be at least {args.devices + s['auth_devices']}")
+    needed = args.devices * (2 if args.tls else 1) + s["auth_devices"]
+    if args.registered < needed:
+        parser.error(f"--registered must be at least {needed}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
     try:
         with tempfile.TemporaryDirectory(dir=os.environ.get("DIDGW_BENCH_DIR")) as tmp:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import ipaddress
 import json
 import os
 import queue
@@ -30,6 +32,7 @@ import re
 import secrets
 import socket
 import sqlite3
+import ssl
 import stat
 import threading
 import time
@@ -530,6 +533,194 @@ class Outbox:
                 self._db.close()
 
 
+# --------------------------------------------------------------------------- TLS
+
+MQTT_PORT, MQTTS_PORT = 1883, 8883  # IANA's ports for MQTT and MQTT over TLS
+#: The shipped broker's TLS authentication listener (configs/mosquitto/mosquitto.conf);
+#: its accounts listener is on 8883.
+MQTTS_AUTH_PORT = 8884
+#: Ports that mean TLS in a ``HOST:PORT`` without a scheme.
+TLS_PORTS = frozenset({MQTTS_PORT, MQTTS_AUTH_PORT})
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is, and whether to speak TLS to it."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(text: str) -> BrokerAddress:
+    """``mqtts://HOST[:PORT]`` (TLS, port 8883 by default), ``mqtt://HOST[:PORT]`` (plain,
+    1883), or ``HOST[:PORT]``: TLS when the port is 8883 or 8884 (the shipped broker's TLS
+    listeners: accounts and authentication). ``[v6]`` for an IPv6 address."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        host, port = parse_broker(text)
+        return BrokerAddress(host, port, port in TLS_PORTS)
+    if scheme not in ("mqtt", "mqtts") or not rest or "/" in rest:
+        raise DeviceError(f"broker {text!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    tls = scheme == "mqtts"
+    if rest.rpartition(":")[1] and "]" not in rest.rpartition(":")[2]:
+        host, port = parse_broker(rest)
+    else:
+        host, port = rest.strip("[]"), MQTTS_PORT if tls else MQTT_PORT
+    return BrokerAddress(host, port, tls)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_brokers(
+    broker: str | tuple[str, int],
+    account_broker: str | tuple[str, int] | None,
+    tls: Trust | None,
+    *,
+    exposed: str = "the broker password and every reading",
+) -> tuple[BrokerAddress, BrokerAddress, Trust | None]:
+    """Where to authenticate, where the account connects (by default the same place), each
+    with whether it speaks TLS, and the one :class:`Trust` both TLS connections use.
+
+    Each address is read by :func:`parse_broker_url` (a ``(host, port)`` pair by the same
+    port rule). A trust anchor given (``tls``) means TLS on both connections; without one, a
+    TLS address trusts the system's store. Plain MQTT to a host other than this machine is
+    refused, for either address: ``exposed`` (the broker password and every reading) would
+    cross the network in clear.
+    """
+    where = _broker_address(broker, tls)
+    account = where if account_broker is None else _broker_address(account_broker, tls)
+    for address in (where, account):
+        if not address.tls and not is_loopback(address.host):
+            raise DeviceError(
+                f"refusing plain MQTT to {address.host}:{address.port}: {exposed} would cross "
+                "the network in clear. Use TLS: mqtts://HOST (the shipped broker: 8884 to "
+                "authenticate, 8883 for the account) with the gateway's CA (a CA file, or its "
+                "fingerprint)"
+            )
+    trust = tls if tls is not None else (Trust() if where.tls or account.tls else None)
+    return where, account, trust
+
+
+def _broker_address(value: str | tuple[str, int], tls: Trust | None) -> BrokerAddress:
+    """One address: a URL, or a ``(host, port)`` pair by the port rule; TLS if ``tls``."""
+    if isinstance(value, str):
+        address = parse_broker_url(value)
+    else:
+        address = BrokerAddress(value[0], value[1], value[1] in TLS_PORTS)
+    if tls is not None and not address.tls:
+        address = BrokerAddress(address.host, address.port, True)
+    return address
+
+
+def fingerprint_bytes(text: str) -> bytes:
+    """A SHA-256 fingerprint as ``didgw tls show`` or ``openssl x509 -fingerprint -sha256``
+    prints it (hex, with or without colons, any case)."""
+    value = text.strip().lower().removeprefix("sha256 fingerprint=").replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise DeviceError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
+    return bytes.fromhex(value)
+
+
+class Trust:
+    """What the device accepts as the broker, provisioned before its first connection.
+
+    * ``ca_file``: the certificate authority's certificate (PEM), as ``didgw tls show --pem``
+      prints it;
+    * ``pin``: the SHA-256 fingerprint of that certificate (32 bytes to provision instead of
+      a file). The broker presents the CA's certificate after its own; the device takes the
+      one whose fingerprint is the pin as its trust anchor, and then verifies the broker's
+      certificate against it like any other (learnt once per process, over a connection on
+      which nothing is sent);
+    * neither: the system's trust store (a broker with a publicly trusted certificate).
+
+    Either way the broker's certificate must chain to the anchor and name the host the
+    device connects to, or the device refuses it before it sends a byte of MQTT.
+    """
+
+    def __init__(self, ca_file: str | Path | None = None, pin: str | bytes | None = None) -> None:
+        if ca_file is not None and pin is not None:
+            raise DeviceError("give the broker's CA as a file or as a fingerprint, not both")
+        self.ca_file = None if ca_file is None else Path(ca_file)
+        self.pin = fingerprint_bytes(pin) if isinstance(pin, str) else pin
+        if self.pin is not None and len(self.pin) != 32:
+            raise DeviceError("a SHA-256 fingerprint has 32 bytes")
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+
+    def context(self, host: str, port: int, timeout: float) -> ssl.SSLContext:
+        """The TLS client context, verifying against the provisioned anchor."""
+        with self._lock:
+            if self._context is None:
+                if self.ca_file is not None:
+                    try:
+                        context = ssl.create_default_context(cafile=str(self.ca_file))
+                    except (OSError, ssl.SSLError) as exc:
+                        raise DeviceError(f"cannot use {self.ca_file} as the CA: {exc}") from None
+                elif self.pin is not None:
+                    anchor = _pinned_ca(host, port, self.pin, timeout)
+                    context = ssl.create_default_context(cadata=anchor)
+                else:
+                    context = ssl.create_default_context()
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                context.sslsocket_class = ClosingSSLSocket
+                self._context = context
+            return self._context
+
+
+class ClosingSSLSocket(ssl.SSLSocket):
+    """A TLS socket that closes itself when its handshake fails (a certificate refused):
+    paho drops it unclosed, and Python would warn about it when it is collected."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def _pinned_ca(host: str, port: int, pin: bytes, timeout: float) -> bytes:
+    """The DER certificate in the broker's chain whose SHA-256 is ``pin``.
+
+    The chain is read without checking it (that is what the pin is for): the TLS handshake
+    completes, and the connection is closed without sending anything over it.
+    """
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout) as raw,
+            probe.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            getter = getattr(tls, "get_unverified_chain", None)  # public from Python 3.13
+            if getter is None:
+                getter = tls._sslobj.get_unverified_chain  # type: ignore[union-attr]
+            chain = [
+                c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+                for c in getter() or []
+            ]
+    except (OSError, ssl.SSLError) as exc:
+        raise DeviceError(f"cannot reach the broker at {host}:{port} over TLS: {exc}") from None
+    for der in chain:
+        if hashlib.sha256(der).digest() == pin:
+            return der
+    raise DeviceError(
+        f"refusing the broker at {host}:{port}: none of the {len(chain)} certificates it "
+        f"presents is the pinned certificate authority (SHA-256 {pin.hex()[:16]}…)"
+    )
+
+
 # --------------------------------------------------------------------------- MQTT
 
 
@@ -554,6 +745,7 @@ class _Link:
         max_inflight: int = MAX_INFLIGHT,
         keepalive: int = 30,
         log: Log | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.topic = subscribe
@@ -571,6 +763,8 @@ class _Link:
         )
         if username is not None:
             client.username_pw_set(username, password)  # type: ignore[arg-type]  # bytes work
+        if tls is not None:
+            client.tls_set_context(tls)
         client.max_inflight_messages_set(max_inflight)
         client.on_connect = self._connected
         client.on_subscribe = self._subscribed
@@ -582,6 +776,12 @@ class _Link:
         """Connect and subscribe; raise if the broker refuses or does not answer in time."""
         try:
             self.client.connect(self.host, self.port, keepalive=self.keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise DeviceError(
+                f"refusing the broker at {self.host}:{self.port}: its certificate does not "
+                f"verify ({exc.verify_message}); nothing was sent to it"
+            ) from None
         except OSError as exc:
             self.close()
             raise DeviceError(
@@ -673,8 +873,11 @@ class Device:
 
     Typical use (a broker and a gateway running, the DID registered)::
 
-        dev = Device("127.0.0.1:1883", key_path="dev.pem", state_dir="dev-state",
-                     account_broker="127.0.0.1:8883")
+        dev = Device("127.0.0.1:1883", key_path="dev.pem", state_dir="dev-state")
+        # or, from another machine, to the shipped broker's TLS listeners:
+        dev = Device("mqtts://gateway.local:8884", key_path="dev.pem", state_dir="dev-state",
+                     account_broker="mqtts://gateway.local:8883",
+                     tls=Trust(pin="AB:CD:…"))  # or Trust(ca_file="ca.crt")
         dev.start(timeout=10)                 # authenticate, connect, supervise
         dev.publish_reading("energy", {"power_w": {"value": 812, "unit": "W"}})
         dev.wait_acked(timeout=10)
@@ -682,6 +885,13 @@ class Device:
 
     Or step by step: :meth:`authenticate` (returns the :class:`Grant`), :meth:`connect`,
     :meth:`publish_reading`, :meth:`tick` to supervise by hand.
+
+    ``broker`` is where the device authenticates (anonymously); ``account_broker`` (by
+    default the same) is the broker's accounts listener, where it connects with the account
+    it was given. Both are read by the same rules (:func:`parse_broker_url`) and share one
+    trust anchor: TLS for both connections with ``tls``; otherwise for an address with
+    ``mqtts://`` or on port 8883 or 8884. Plain MQTT only to a broker on this machine
+    (``127.0.0.1:1883``).
     """
 
     def __init__(
@@ -705,20 +915,21 @@ class Device:
         on_ack: Callable[[dict[str, Any]], None] | None = None,
         auth_gate: threading.Semaphore | None = None,
         clock: Callable[[], float] = time.time,
+        tls: Trust | None = None,
     ) -> None:
         if not 1 <= max_inflight <= MAX_INFLIGHT_LIMIT:
             raise DeviceError(
                 f"max_inflight must be between 1 and {MAX_INFLIGHT_LIMIT:,} (the gateway's "
                 "anti-replay window)"
             )
-        self.host, self.port = parse_broker(broker) if isinstance(broker, str) else broker
-        # Where the account connects: the broker's accounts listener, which gives a client
-        # its username as client id, so that nobody else can take over the connection
-        # (docs/protocol/mqtt.md, "The broker"). Anonymous clients cannot use it.
-        account = broker if account_broker is None else account_broker
-        self.account_host, self.account_port = (
-            parse_broker(account) if isinstance(account, str) else account
-        )
+        # Where the device authenticates (anonymously), and where its account connects: the
+        # broker's accounts listener, which gives a client its username as client id, so
+        # that nobody else can take over the connection (docs/protocol/mqtt.md, "The
+        # broker"). Anonymous clients cannot use it. Both by the same rules, with one trust.
+        where, account, self.trust = resolve_brokers(broker, account_broker, tls)
+        self.host, self.port = where.host, where.port
+        self.account_host, self.account_port = account.host, account.port
+        self._auth_tls, self._account_tls = where.tls, account.tls
         self.prefix = prefix
         self.gateway_did = gateway_did
         self.max_inflight = max_inflight
@@ -766,6 +977,14 @@ class Device:
         if self._log_fn is not None:
             self._log_fn(message)
 
+    def _tls(self, timeout: float, *, account: bool = False) -> ssl.SSLContext | None:
+        """The TLS context for the authentication (or the ``account``) connection; None: plain."""
+        if self.trust is None or not (self._account_tls if account else self._auth_tls):
+            return None
+        if account:
+            return self.trust.context(self.account_host, self.account_port, timeout)
+        return self.trust.context(self.host, self.port, timeout)
+
     def _client_id(self, purpose: str) -> str:
         """``didgw-`` (the broker refuses any other id) and 128 random bits: nobody can guess
         it to take over the connection. The accounts listener replaces it with the DID."""
@@ -807,6 +1026,7 @@ class Device:
             subscribe=f"{self.prefix}/auth/res/{reply}",
             on_message=inbox.put,
             log=self._log_fn,
+            tls=self._tls(timeout),
         )
         try:
             try:
@@ -913,6 +1133,7 @@ class Device:
             on_lost=self._lost,
             max_inflight=self.max_inflight,
             log=self._log_fn,
+            tls=self._tls(timeout, account=True),
         )
         link.open(timeout)
         if self._stopped:

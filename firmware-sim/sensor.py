@@ -19,14 +19,25 @@ from pathlib import Path
 from typing import Any
 
 # The script's own directory is first on sys.path, so the device module is found by name.
-from device import PASSPHRASE_ENV, AuthRefused, Device, DeviceError, Fleet, parse_broker
+from device import (
+    PASSPHRASE_ENV,
+    AuthRefused,
+    Device,
+    DeviceError,
+    Fleet,
+    Trust,
+    parse_broker_url,
+)
 
 EPILOG = """\
 Example:
   didgw did new -o dev.pem                       # or let the sensor create dev.pem
   didgw device register did:key:z6Mk... --name "sim 1" --kind sensor
-  python firmware-sim/sensor.py --broker 127.0.0.1:1883 --account-broker 127.0.0.1:8883 \\
-      --key dev.pem --state dev-state --rate 1 --count 10
+  python firmware-sim/sensor.py --broker 127.0.0.1:1883 --key dev.pem --state dev-state \
+      --rate 1 --count 10                    # on the broker's machine: plain MQTT
+  python firmware-sim/sensor.py --broker mqtts://192.168.1.10:8884 \
+      --account-broker mqtts://192.168.1.10:8883 --tls-pin AB:CD:... \
+      --key dev.pem --state dev-state --rate 1 --count 10     # TLS; the pin: didgw tls show
 
   python firmware-sim/sensor.py --key dev.pem --state dev-state --print-did
   python firmware-sim/sensor.py --state fleet --fleet 100 --rate 0.2   # DIDs in fleet/dids.txt
@@ -49,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         "account_broker": args.account_broker,
     }
     try:
-        parse_broker(args.broker)
+        parse_broker_url(args.broker)
         if args.account_broker:
-            parse_broker(args.account_broker)
+            parse_broker_url(args.account_broker)
+        if args.tls_ca or args.tls_pin:  # one for the whole fleet: the pin is checked once
+            options["tls"] = Trust(args.tls_ca, args.tls_pin)
         if args.fleet:
             return _run_fleet(args, options)
         return _run_device(args, options)
@@ -70,13 +83,28 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--broker", default="127.0.0.1:1883", help="HOST:PORT where the device authenticates"
+        "--broker",
+        default="127.0.0.1:1883",
+        metavar="URL",
+        help="where the device authenticates: mqtts://HOST[:PORT] (TLS, port 8883 by default), "
+        "HOST:PORT (TLS on 8883 and 8884), or mqtt://HOST[:PORT]; plain MQTT only to this "
+        "machine [default: 127.0.0.1:1883]",
     )
     parser.add_argument(
         "--account-broker",
-        metavar="HOST:PORT",
-        help="the broker's accounts listener, where the device connects once authenticated "
+        metavar="URL",
+        help="the broker's accounts listener, where the device connects once authenticated, "
+        "as --broker (e.g. mqtts://HOST:8883, with the same --tls-ca or --tls-pin) "
         "[default: --broker]",
+    )
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--tls-ca", type=Path, help="the broker's CA certificate (didgw tls show --pem): TLS"
+    )
+    trust.add_argument(
+        "--tls-pin",
+        metavar="SHA256",
+        help="or the SHA-256 fingerprint of that certificate (didgw tls show): TLS",
     )
     parser.add_argument(
         "--key",

@@ -9,7 +9,8 @@ libraries only (cryptography, joserfc, paho-mqtt, through ``device.py`` beside i
 nothing is imported from the gateway.
 
     python firmware-sim/wallet.py --key bob.pem --gateway did:key:z6Mk… --print-did
-    python firmware-sim/wallet.py --broker localhost:1883 --account-broker localhost:8883 \\
+    python firmware-sim/wallet.py --broker mqtts://gateway.local:8884 \\
+        --account-broker mqtts://gateway.local:8883 --tls-pin AB:CD:… \\
         --key bob.pem --credential bob.sdjwt --gateway did:key:z6Mk… \\
         suspend did:key:z6MkDEV… --reason lost
 """
@@ -137,12 +138,23 @@ class Wallet:
         prefix: str = "didgw",
         timeout: float = 15.0,
         account_broker: str | None = None,
+        tls: dev.Trust | None = None,
     ) -> None:
-        host, _, port = broker.rpartition(":")
-        self.host, self.port = host or "localhost", int(port)
-        # The session's account connects to the accounts listener (client id = username).
-        host, _, port = (account_broker or broker).rpartition(":")
-        self.account_host, self.account_port = host or "localhost", int(port)
+        # Where to authenticate, and the accounts listener the session's account connects
+        # to (client id = username); both read, and TLS chosen, as for a device (device.py,
+        # Device): one trust anchor, plain MQTT only to this machine.
+        try:
+            where, account, self.trust = dev.resolve_brokers(
+                broker,
+                account_broker,
+                tls,
+                exposed="the presentation, the broker password and every request",
+            )
+        except dev.DeviceError as exc:
+            raise WalletError(str(exc)) from None
+        self.host, self.port = where.host, where.port
+        self.account_host, self.account_port = account.host, account.port
+        self._auth_tls, self._account_tls = where.tls, account.tls
         self.identity = dev.Identity.from_key(dev.load_or_create_key(Path(key_path)))
         self.did = self.identity.did
         self.gateway_did, self.prefix, self.timeout = gateway_did, prefix, timeout
@@ -297,9 +309,18 @@ class Wallet:
             on_message=on_message,
             username=username,
             password=password,
+            tls=self._tls(account),
         )
         link.open(self.timeout)
         return link
+
+    def _tls(self, account: bool) -> Any:
+        """The TLS context for the authentication (or the ``account``) connection; None: plain."""
+        if self.trust is None or not (self._account_tls if account else self._auth_tls):
+            return None
+        if account:
+            return self.trust.context(self.account_host, self.account_port, self.timeout)
+        return self.trust.context(self.host, self.port, self.timeout)
 
     def _next_raw(self, inbox: queue.Queue[bytes], what: str) -> bytes:
         try:
@@ -316,12 +337,21 @@ class Wallet:
         return dict(message)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", default="localhost:1883", help="where to authenticate")
     parser.add_argument(
-        "--account-broker", help="the accounts listener, for requests [default: --broker]"
+        "--broker",
+        default="localhost:1883",
+        help="where to authenticate: HOST:PORT (TLS on 8883 and 8884), mqtts://HOST[:PORT] "
+        "(TLS) or mqtt://HOST[:PORT]; plain only to this machine [default: localhost:1883]",
     )
+    parser.add_argument(
+        "--account-broker",
+        help="the accounts listener, for requests, as --broker (e.g. mqtts://HOST:8883) "
+        "[default: --broker]",
+    )
+    parser.add_argument("--tls-ca", type=Path, help="the broker's CA certificate (PEM): TLS")
+    parser.add_argument("--tls-pin", help="or the SHA-256 fingerprint of that certificate: TLS")
     parser.add_argument("--key", type=Path, required=True, help="the wallet's key (made if new)")
     parser.add_argument("--gateway", required=True, help="the gateway's DID (pinned)")
     parser.add_argument("--prefix", default="didgw")
@@ -343,14 +373,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     order.add_argument("--wh", type=int, required=True)
     order.add_argument("--price", type=int, required=True)
     order.add_argument("--interval", type=int, required=True, help="its start, Unix ms")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    wallet = Wallet(
-        args.broker,
-        key_path=args.key,
-        gateway_did=args.gateway,
-        prefix=args.prefix,
-        account_broker=args.account_broker,
-    )
+    try:
+        trust = dev.Trust(args.tls_ca, args.tls_pin) if args.tls_ca or args.tls_pin else None
+        wallet = Wallet(
+            args.broker,
+            key_path=args.key,
+            gateway_did=args.gateway,
+            prefix=args.prefix,
+            account_broker=args.account_broker,
+            tls=trust,
+        )
+    except (WalletError, dev.DeviceError) as exc:
+        print(f"wallet: {exc}", file=sys.stderr)
+        return 1
     if args.print_did:
         print(wallet.did)
         return 0

@@ -239,6 +239,89 @@ class MqttSection(_Section):
         "per CPU core (none on a single core); 0: the main process does it all.",
         _between(-1, 64),
     )
+    tls: bool = _setting(
+        False,
+        "Connect to the broker over TLS, checking its certificate against ca_file and its "
+        "name against host. Needed when host is not this machine: the gateway's account "
+        "administers the broker, and every reading passes over this connection.",
+    )
+    ca_file: str = _setting(
+        "",
+        "With tls: PEM file of the certificate authorities that may sign the broker's "
+        "certificate. Empty: the gateway's own (tls/ca.crt in the state directory, made by "
+        "didgw init).",
+        _existing_file,
+    )
+    cert_file: str = _setting(
+        "",
+        "With tls: a client certificate (PEM) to present, for a broker that asks for one "
+        "(mosquitto's require_certificate). Empty: none.",
+        _existing_file,
+    )
+    key_file: str = _setting(
+        "",
+        "The private key of cert_file (PEM, not encrypted; refused when group or others may "
+        "read it).",
+        _existing_file,
+    )
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        if bool(self.cert_file) != bool(self.key_file):
+            return [("key_file", "cert_file and key_file go together: set both or neither")]
+        if (self.ca_file or self.cert_file) and not self.tls:
+            key = "ca_file" if self.ca_file else "cert_file"
+            return [(key, "is only used with tls = true")]
+        return []
+
+    def exposures(self) -> list[tuple[str, str]]:
+        if not self.enabled or self.tls or is_loopback(self.host):
+            return []
+        return [
+            (
+                "host",
+                f"{self.host!r} is not this machine and tls is off: the gateway's broker "
+                "password (its account administers the broker) and every reading cross the "
+                "network in clear. Set [mqtt] tls = true (port 8883, docs/operations.md, "
+                '"TLS for devices"), or run the broker on this machine.',
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class TlsSection(_Section):
+    """The broker's TLS certificate, issued by the gateway's own certificate authority."""
+
+    broker_dir: str = _setting(
+        "",
+        "Where didgw tls issue and didgw tls renew write the broker's certificate chain "
+        "(broker.crt) and key (broker.key, mode 0600): mosquitto's certfile and keyfile. "
+        "Empty: tls/ in the state directory.",
+    )
+    broker_days: int = _setting(
+        90, "How long a broker certificate is valid, in days.", _between(2, 825)
+    )
+    renew_before_days: int = _setting(
+        30,
+        "didgw tls renew (daily, from systemd/didgw-tls-renew.timer) issues a new broker "
+        "certificate once the current one expires within this many days.",
+        _between(1, 824),
+    )
+    broker_owner: str = _setting(
+        "",
+        "User who is given broker.crt and broker.key, so that mosquitto can still read them "
+        "after it has dropped root (Debian: mosquitto). Needs root. Empty: left as created.",
+    )
+    broker_pid_file: str = _setting(
+        "",
+        "mosquitto's pid file: after a new certificate is written, the broker is sent SIGHUP "
+        "and serves it without a restart (Debian: /run/mosquitto/mosquitto.pid). Empty: the "
+        "broker is not told.",
+    )
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        if self.renew_before_days >= self.broker_days:
+            return [("renew_before_days", "must be less than broker_days")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -559,6 +642,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     resolver: ResolverSection = field(default_factory=ResolverSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     devices: DevicesSection = field(default_factory=DevicesSection)
     coap: CoapSection = field(default_factory=CoapSection)
     anchor: AnchorSection = field(default_factory=AnchorSection)
@@ -586,6 +670,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "keys": KeysSection,
     "resolver": ResolverSection,
     "mqtt": MqttSection,
+    "tls": TlsSection,
     "devices": DevicesSection,
     "coap": CoapSection,
     "anchor": AnchorSection,

@@ -33,9 +33,11 @@ command -v coap-client-notls >/dev/null || apt_missing+=(libcoap3-bin)
 # node and npm install anvil, the local ledger of the demo and the tests.
 command -v node >/dev/null || apt_missing+=(nodejs)
 command -v npm >/dev/null || apt_missing+=(npm)
-# The tests check the shipped systemd units with systemd-analyze.
+# The tests check the shipped systemd units with systemd-analyze, and the broker's TLS
+# certificates with OpenSSL's command-line tools.
 if [[ $DEV -eq 1 ]]; then
     command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+    command -v openssl >/dev/null || apt_missing+=(openssl)
 fi
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"

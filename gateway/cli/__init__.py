@@ -1,7 +1,7 @@
 """The ``didgw`` command: each subcommand is a few lines over a library call.
 
 One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
-``energy``, ``credentials``, ``running``, ``settings``), each declaring its parsers next to
+``energy``, ``credentials``, ``running``, ``settings``, ``tls``), each declaring its parsers next to
 its handlers; ``demo`` is ``didgw demo``. Nothing imports this package. Start-up must
 stay fast (``didgw --help`` well under 0.3 s on a Pi), so only the standard
 library is imported until a command runs. Exit status: 0 done, 1 refused (the
@@ -23,6 +23,7 @@ from gateway.cli import (
     identity,
     running,
     settings,
+    tls,
 )
 from gateway.cli._base import CommandTree
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"didgw {__version__}")
     tree = CommandTree(parser)
-    for module in (identity, devices, chain, anchor, energy, credentials, running, settings):
+    for module in (identity, devices, chain, anchor, energy, credentials, running, settings, tls):
         module.register(tree)
     return parser
 

@@ -8,8 +8,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.cli._base import CommandTree, load_config, open_gateway, print_json, state_dir
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -33,8 +37,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     if result.created_ledger_key:
         print(f"Ledger account key: {result.state_dir / 'keys' / 'ledger.pem'} (created)")
     print(f"Ledger account: {result.ledger_address}")
+    _init_tls(config, result.state_dir, result.did)
     print(f"Gateway DID: {result.did}")  # last: scripts read it from the end
     return 0
+
+
+def _init_tls(config: Config, state: Path, did: str) -> None:
+    """The TLS certificate authority devices pin (made once, never replaced)."""
+    from gateway.identity import certs, keystore
+    from gateway.ops.tls import CA_KEY_FILE, ensure_ca
+
+    passphrase = keystore.read_passphrase(config.keys.passphrase_file, os.environ)
+    ca, created = ensure_ca(state, passphrase, common_name=f"didgw CA {did[-12:]}", now=time.time())
+    if created:
+        print(f"TLS certificate authority: {state / CA_KEY_FILE} (created)")
+    print(f"TLS CA SHA-256 fingerprint: {certs.fingerprint(ca)}")
 
 
 def cmd_did_new(args: argparse.Namespace) -> int:
@@ -99,7 +116,8 @@ def register(tree: CommandTree) -> None:
     tree.command(
         "init",
         cmd_init,
-        "create the state directory, the gateway key and DID, and the database",
+        "create the state directory, the gateway key and DID, the database, and the TLS "
+        "certificate authority that devices pin",
         "didgw init --state-dir /var/lib/didgw",
     )
     did = tree.group("did", "make and resolve DIDs")

@@ -1,7 +1,8 @@
 """Private keys on disk: PKCS#8 PEM, mode 0600, optionally passphrase-encrypted.
 
-Two kinds live here under the same rules: the gateway's Ed25519 identity key
-and its secp256k1 ledger account key (the one that signs anchor transactions).
+Three kinds live here under the same rules: the gateway's Ed25519 identity key,
+its secp256k1 ledger account key (the one that signs anchor transactions) and the
+P-256 key of its TLS certificate authority (``certs.py``).
 
 Rules, all failing closed:
 
@@ -97,6 +98,14 @@ def load_ledger_key(path: Path, passphrase: bytes | None) -> ec.EllipticCurvePri
     key = _load_pem(path, passphrase)
     if not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256K1)):
         raise KeyStoreError(f"key file {path} does not hold a secp256k1 key")
+    return key
+
+
+def load_tls_key(path: Path, passphrase: bytes | None) -> ec.EllipticCurvePrivateKey:
+    """Load the P-256 key of the gateway's TLS certificate authority, under the same rules."""
+    key = _load_pem(path, passphrase)
+    if not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)):
+        raise KeyStoreError(f"key file {path} does not hold a P-256 key")
     return key
 
 

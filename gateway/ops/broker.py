@@ -28,6 +28,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -91,11 +92,18 @@ class PrivateBroker:
         prefix: str = "didgw",
         gateway_username: str = "didgw",
         tcp_nodelay: bool = True,
+        tls_files: tuple[Path, Path] | None = None,
     ) -> None:
         self.directory = directory
         self.host = HOST
         self.port = port if port is not None else free_port()
         self.accounts_port = accounts_port if accounts_port is not None else free_port()
+        #: (certfile, keyfile) of a third listener, MQTT over TLS, as devices on a LAN use it
+        #: (configs/mosquitto/mosquitto.conf; here one TLS listener serves both authentication
+        #: and accounts); None: the plain loopback listeners only.
+        self.tls_files = tls_files
+        self.tls_port = free_port() if tls_files is not None else None
+        self.pid_file = directory / "mosquitto.pid"
         self.prefix = prefix
         self.tcp_nodelay = tcp_nodelay
         self.admin_username = "admin"
@@ -159,8 +167,22 @@ class PrivateBroker:
             f"listener {self.port} {self.host}",
             f"listener {self.accounts_port} {self.host}",
             *policy.accounts_listener_settings(),
+            *self._tls_lines(),
         ]
         return "\n".join(lines) + "\n"
+
+    def _tls_lines(self) -> list[str]:
+        """The TLS listener (last: the options after a listener line are that listener's)."""
+        if self.tls_files is None:
+            return []
+        certfile, keyfile = self.tls_files
+        return [
+            f"pid_file {self.pid_file}",  # for SIGHUP after a renewal ([tls] broker_pid_file)
+            f"listener {self.tls_port} {self.host}",
+            f"certfile {certfile}",
+            f"keyfile {keyfile}",
+            "tls_version tlsv1.2",
+        ]
 
     def start(self, timeout: float = 10.0) -> None:
         """Run mosquitto and return once its port accepts connections."""
@@ -209,6 +231,10 @@ class PrivateBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reloads its configuration and its TLS certificate and key."""
+        os.kill(self.pid, signal.SIGHUP)
 
     def _reap(self) -> None:
         self._process = None

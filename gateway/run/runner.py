@@ -40,6 +40,7 @@ from gateway.identity.signing import Signer
 from gateway.ops import metrics
 from gateway.ops.health import Health
 from gateway.ops.sdnotify import Notifier
+from gateway.ops.tls import broker_cert_warning, gateway_tls
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
 from gateway.run.disk import DiskGuard
@@ -156,7 +157,11 @@ class _MqttSide:
         mqtt = config.mqtt
         password = mqtt_password(config, env)
         workers = mqtt.verify_workers if mqtt.verify_workers >= 0 else default_verify_workers()
-        self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password)
+        certificate = broker_cert_warning(config, state_dir, now=time.time())
+        if certificate is not None:
+            log.warning("%s", certificate)
+        tls = gateway_tls(config, state_dir)
+        self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password, tls=tls)
         await asyncio.to_thread(self.broker.connect)
         core = handshake(
             config, gateway.signer(env), lambda did: _status(gateway, did), mqtt.session_seconds
@@ -216,6 +221,7 @@ class _MqttSide:
             on_message=on_message,
             loop=loop,
             on_reconnect=on_reconnect,
+            tls=tls,
         )
         self.link.start()
         self.watcher = asyncio.ensure_future(devices.watch())

@@ -238,6 +238,7 @@ def _worker_client(settings: WorkerSettings) -> tuple[Any, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from gateway.ops.tls import gateway_tls
     from gateway.transports.mqtt import InputGuard
 
     client = mqtt.Client(
@@ -246,6 +247,9 @@ def _worker_client(settings: WorkerSettings) -> tuple[Any, Any]:
         protocol=mqtt.MQTTv5,
     )
     client.username_pw_set(settings.config.mqtt.username, settings.password)
+    tls = gateway_tls(settings.config, settings.state_dir)
+    if tls is not None:
+        client.tls_set_context(tls)
     client.max_inflight_messages_set(0)  # acks are bounded by the readings in flight
     client.max_queued_messages_set(0)
 

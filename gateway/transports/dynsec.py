@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping
@@ -83,9 +84,17 @@ class DynsecAdmin:
     """
 
     def __init__(
-        self, host: str, port: int, username: str, password: str, *, timeout: float = 5.0
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.username = username
         self.timeout = timeout
@@ -100,7 +109,8 @@ class DynsecAdmin:
 
     @property
     def _where(self) -> str:
-        return f"the MQTT broker at {self.host}:{self.port}"
+        tls = " (TLS)" if self.tls is not None else ""
+        return f"the MQTT broker at {self.host}:{self.port}{tls}"
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -118,6 +128,12 @@ class DynsecAdmin:
         client = self._new_client()
         try:
             client.connect(self.host, self.port, keepalive=30, clean_start=True)
+        except ssl.SSLCertVerificationError as exc:
+            client.reinitialise()
+            raise DynsecError(
+                f"refusing {self._where}: its TLS certificate does not verify "
+                f"({exc.verify_message}); check [mqtt] host and ca_file"
+            ) from None
         except OSError as exc:
             client.reinitialise()  # see close()
             raise DynsecError(f"cannot connect to {self._where}: {exc}") from None
@@ -141,6 +157,8 @@ class DynsecAdmin:
             protocol=mqtt.MQTTv5,
         )
         client.username_pw_set(self.username, self._password)
+        if self.tls is not None:
+            client.tls_set_context(self.tls)
         client.connect_timeout = self.timeout
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect

@@ -15,6 +15,9 @@ drop retained input, which would otherwise come again after every reconnect; and
 gateway does not receive what it publishes itself (No Local: clearing a retained
 message). Its session outlives a disconnection by :data:`SESSION_EXPIRY_SECONDS`, so that
 what arrives meanwhile is delivered when it is back.
+
+:func:`client_tls` is the TLS every connection of the gateway to its broker uses when
+``[mqtt] tls`` is on (this link, the broker administration and the reading workers).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -167,6 +173,7 @@ class MqttLink:
         keepalive: int = 30,
         max_inflight: int = 0,
         on_reconnect: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._loop = loop
         self._on_message = on_message
@@ -178,6 +185,8 @@ class MqttLink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
         self.guard = InputGuard(clear=self._clear)
+        if tls is not None:
+            client.tls_set_context(tls)
         # paho scans its whole in-flight list on every ack: a limit of 1,000 halves the
         # rate. Acks are bounded by the readings in flight anyway; 0 = no paho limit.
         client.max_inflight_messages_set(max_inflight)
@@ -259,6 +268,47 @@ class MqttLink:
     def _clear(self, topic: str) -> None:
         """Delete the retained message of ``topic`` (the gateway may publish to its topics)."""
         self._client.publish(topic, b"", qos=1, retain=True)
+
+
+class ClosingSSLSocket(ssl.SSLSocket):
+    """A TLS socket that closes itself when its handshake fails: paho 2.2 drops it unclosed
+    and retries, so each refused certificate would hold a descriptor until collected."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def client_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """TLS for a connection to the broker: its certificate must chain to a CA in ``ca_file``
+    and name the host connected to; TLS 1.2 at least; the client certificate ``cert_file``
+    (with ``key_file``, which only its owner may read) if the broker asks for one."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise MqttError(f"cannot use {ca_file} as the broker's CA certificates: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslsocket_class = ClosingSSLSocket
+    if cert_file:
+        try:
+            mode = stat.S_IMODE(Path(key_file).stat().st_mode)
+        except OSError as exc:
+            raise MqttError(f"cannot read the client key {key_file}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise MqttError(
+                f"client key {key_file} is accessible by group or others (mode {mode:04o}); "
+                f"run: chmod 600 {key_file}"
+            )
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttError(
+                f"cannot use the client certificate {cert_file} with {key_file}: {exc}"
+            ) from None
+    return context
 
 
 def set_nodelay(client: mqtt.Client) -> None:

@@ -26,8 +26,8 @@ __all__ = ["Mosquitto", "Peer", "free_port", "missing_tools"]
 class Mosquitto(PrivateBroker):
     """A private broker in ``directory``, with MQTT peers for tests."""
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, gateway_username="gateway")
+    def __init__(self, directory: Path, tls_files: tuple[Path, Path] | None = None) -> None:
+        super().__init__(directory, gateway_username="gateway", tls_files=tls_files)
 
     def peer(self, username: str | None = None, password: str | None = None) -> Peer:
         """An MQTT client of this broker (not yet connected), anonymous without a username."""

@@ -36,15 +36,22 @@ def test_the_shipped_configuration_has_every_setting_the_policy_relies_on() -> N
     shipped = SHIPPED.read_text()
     for line in policy.broker_settings():
         assert line in active_lines(shipped), line
-    # The LAN listeners are commented out (they need the operator's certificate), each
-    # with the lines the policy puts under it, in order, right after its listener line.
-    lines = [line.strip() for line in shipped.splitlines()]
-    accounts = lines.index("#listener 8883")
-    assert lines[accounts + 1 : accounts + 3] == [
+    # The two LAN listeners (TLS), each with the lines the policy puts under it, in order,
+    # right after its listener line; and their plain alternatives, commented out, alike.
+    lines = active_lines(shipped)
+    accounts = lines.index("listener 8883")
+    assert lines[accounts + 1 : accounts + 3] == policy.accounts_listener_settings()
+    auth = lines.index("listener 8884")
+    assert lines[auth + 1 : auth + 2] == policy.auth_listener_settings()
+    commented = [line.strip() for line in shipped.splitlines()]
+    plain_accounts = commented.index("#listener 1884 192.168.1.10")
+    assert commented[plain_accounts + 1 : plain_accounts + 3] == [
         "#" + line for line in policy.accounts_listener_settings()
     ]
-    auth = lines.index("#listener 8884")
-    assert lines[auth + 1 : auth + 2] == ["#" + line for line in policy.auth_listener_settings()]
+    plain_auth = commented.index("#listener 1885 192.168.1.10")
+    assert commented[plain_auth + 1 : plain_auth + 2] == [
+        "#" + line for line in policy.auth_listener_settings()
+    ]
     # and the broker's file descriptors cover both caps, with room for the gateway
     dropin = (ROOT / "systemd" / "mosquitto.service.d" / "didgw.conf").read_text()
     limit = int(re.search(r"^LimitNOFILE=(\d+)$", dropin, re.M)[1])  # type: ignore[index]

@@ -10,6 +10,7 @@ import pytest
 from gateway.config import (
     Config,
     find_config,
+    is_loopback,
     load_config,
     parse_config,
     render_example,
@@ -186,10 +187,13 @@ def test_state_dir_precedence(tmp_path: Path) -> None:
         ("fe80::1", False),
         ("gateway.example", False),
         ("", False),
+        ("LOCALHOST.", True),
+        ("broker.localhost", True),
+        ("gateway.local", False),  # names are not resolved: they count as the network
+        ("localhost.example.com", False),
     ],
 )
 def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
-    from gateway.config import is_loopback
 
     assert is_loopback(host) is loopback
 
@@ -220,3 +224,27 @@ def test_a_server_that_is_off_warns_about_nothing() -> None:
 
     toml = '[metrics]\nenabled = false\nhost = "0.0.0.0"\n[coap]\nhost = "::"\n'
     assert parse_config(tomllib.loads(toml), source="t").warnings() == []
+
+
+def test_a_broker_elsewhere_without_tls_is_warned_about_and_with_tls_is_not() -> None:
+    remote = parse_config({"mqtt": {"host": "192.168.1.20"}}, source="t.toml")
+    ((key, message),) = remote.warnings()
+    assert key == "mqtt.host"
+    assert "'192.168.1.20' is not this machine and tls is off" in message
+    assert "in clear" in message
+    assert parse_config({"mqtt": {"host": "b.lan", "tls": True}}, source="t").warnings() == []
+    off = parse_config({"mqtt": {"host": "b.lan", "enabled": False}}, source="t")
+    assert off.warnings() == []
+
+
+def test_tls_settings_that_cannot_work_together_are_refused(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] key_file: cert_file and key_file go together"):
+        parse_config({"mqtt": {"tls": True, "cert_file": str(cert)}}, source="t")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca_file: is only used with tls = true"):
+        parse_config({"mqtt": {"ca_file": str(cert)}}, source="t")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca_file: file not found"):
+        parse_config({"mqtt": {"tls": True, "ca_file": str(tmp_path / "none")}}, source="t")
+    with pytest.raises(ConfigError, match=r"\[tls\] renew_before_days: must be less than"):
+        parse_config({"tls": {"broker_days": 30, "renew_before_days": 30}}, source="t")

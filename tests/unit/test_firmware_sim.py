@@ -771,3 +771,56 @@ def test_sensor_print_did(tmp_path: Path, capsys) -> None:
     assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
     assert sensor.main(["--state", str(tmp_path), "--print-did"]) == 0
     assert capsys.readouterr().out.strip() == did
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "tls"),
+    [
+        ("127.0.0.1:1883", "127.0.0.1", 1883, False),
+        ("gateway.local:8883", "gateway.local", 8883, True),  # MQTT over TLS's port
+        ("mqtts://gateway.local", "gateway.local", 8883, True),
+        ("mqtts://gateway.local:9999", "gateway.local", 9999, True),
+        ("mqtts://[fd00::1]", "fd00::1", 8883, True),
+        ("mqtts://[fd00::1]:8884", "fd00::1", 8884, True),
+        ("mqtt://localhost", "localhost", 1883, False),
+        ("mqtt://127.0.0.1:8883", "127.0.0.1", 8883, False),  # the scheme says plain
+    ],
+)
+def test_parse_broker_url(text: str, host: str, port: int, tls: bool) -> None:
+    assert dev.parse_broker_url(text) == dev.BrokerAddress(host, port, tls)
+
+
+@pytest.mark.parametrize("text", ["https://x", "mqtts://", "mqtts://x/path", "mqtt://x:port"])
+def test_parse_broker_url_refuses_what_it_cannot_read(text: str) -> None:
+    with pytest.raises(dev.DeviceError):
+        dev.parse_broker_url(text)
+
+
+def test_plain_mqtt_goes_to_this_machine_only(tmp_path: Path) -> None:
+    """The broker password and the readings never leave the machine in clear: plain MQTT
+    to another host is refused before anything is sent; TLS is chosen by the URL, the
+    port, or a trust anchor given."""
+    options = {"key_path": tmp_path / "k.pem", "state_dir": tmp_path / "s"}
+    for broker in ("192.168.1.10:1883", "mqtt://gateway.local", ("10.0.0.1", 1883)):
+        with pytest.raises(dev.DeviceError, match="refusing plain MQTT"):
+            dev.Device(broker, **options)
+    for broker, trust in (
+        ("mqtts://gateway.local", None),
+        ("192.168.1.10:8883", None),
+        ("192.168.1.10:1883", dev.Trust(pin="00" * 32)),
+    ):
+        with dev.Device(broker, tls=trust, **options) as device:
+            assert device.trust is not None
+    with dev.Device("127.0.0.1:1883", **options) as local:
+        assert local.trust is None
+
+
+def test_a_trust_anchor_is_a_file_or_a_pin(tmp_path: Path) -> None:
+    assert dev.Trust(pin="AB:" * 31 + "AB").pin == bytes([0xAB]) * 32
+    assert dev.Trust(pin="sha256 Fingerprint=" + "0a" * 32).pin == bytes([0x0A]) * 32
+    with pytest.raises(dev.DeviceError, match="not a SHA-256 fingerprint"):
+        dev.Trust(pin="abcd")
+    with pytest.raises(dev.DeviceError, match="not both"):
+        dev.Trust(ca_file=tmp_path / "ca.crt", pin="00" * 32)
+    with pytest.raises(dev.DeviceError, match=r"cannot use .* as the CA"):
+        dev.Trust(ca_file=tmp_path / "missing.crt").context("127.0.0.1", 8883, 1)
