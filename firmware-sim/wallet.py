@@ -38,6 +38,9 @@ import device as dev
 
 KB_TYP = "kb+jwt"
 ORDER_TYP = "didgw-order+jws"
+#: What a well-formed hello of this wallet's can be refused (docs/protocol/people.md): only
+#: these end an attempt before its presentation is out.
+HELLO_REFUSALS = frozenset({"not_permitted", "rate_limited", "unavailable"})
 
 
 class WalletError(Exception):
@@ -161,6 +164,7 @@ class Wallet:
         self.session: Session | None = None
         self._link: Any = None
         self._answers: queue.Queue[bytes] = queue.Queue()
+        self.refusal_grace = dev.REFUSAL_GRACE
 
     # -- authentication --------------------------------------------------------------
 
@@ -181,7 +185,7 @@ class Wallet:
         try:
             auth = f"{self.prefix}/auth/wallet"
             link.publish(auth, _json({"type": "hello", "did": self.did, "reply": reply}))
-            challenge = self._next(inbox, "challenge")
+            challenge = self._challenge(inbox)
             gateway, nonce = dev.check_challenge(
                 challenge, did=self.did, gateway_did=self.gateway_did
             )
@@ -209,7 +213,7 @@ class Wallet:
                 "presentations": presentations,
             }
             link.publish(auth, _json(body))
-            grant = self._grant(self._next_raw(inbox, "grant"), gateway, nonce, epk)
+            grant = self._grant(self._answer(inbox), gateway, nonce, epk)
         finally:
             link.close()
         self.session = grant
@@ -322,19 +326,46 @@ class Wallet:
             return self.trust.context(self.account_host, self.account_port, self.timeout)
         return self.trust.context(self.host, self.port, self.timeout)
 
-    def _next_raw(self, inbox: queue.Queue[bytes], what: str) -> bytes:
-        try:
-            return inbox.get(timeout=self.timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no {what} from the gateway in {self.timeout} s") from None
+    # The reply topic is public: anyone who reads the challenge can send a presentation of
+    # his own in this wallet's name and reply token, and the gateway's refusal of it arrives
+    # here. As the device simulator does (device.py), a refusal ends the attempt only when
+    # this wallet's own message must have caused it: before the presentation, a refusal of
+    # the hello; after it, a refusal that no grant follows within REFUSAL_GRACE seconds.
 
-    def _next(self, inbox: queue.Queue[bytes], what: str) -> dict[str, Any]:
-        message = json.loads(self._next_raw(inbox, what))
-        if message.get("type") == "refused":
-            raise Refused(str(message.get("reason")))
-        if message.get("type") != what:
-            raise WalletError(f"expected a {what}, got {message.get('type')!r}")
-        return dict(message)
+    def _challenge(self, inbox: queue.Queue[bytes]) -> dict[str, Any]:
+        """The challenge; refusals of someone else's presentation are passed over."""
+        deadline, refused = time.monotonic() + self.timeout, None
+        while True:
+            try:
+                message = json.loads(inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if refused is not None:
+                    raise Refused(refused) from None
+                raise TimeoutError(f"no challenge from the gateway in {self.timeout} s") from None
+            if message.get("type") == "refused":
+                refused = str(message.get("reason"))
+                if refused in HELLO_REFUSALS:
+                    raise Refused(refused)
+                continue
+            if message.get("type") != "challenge":
+                raise WalletError(f"expected a challenge, got {message.get('type')!r}")
+            return dict(message)
+
+    def _answer(self, inbox: queue.Queue[bytes]) -> bytes:
+        """The grant (a compact JWS) or, if none follows it in time, the first refusal."""
+        deadline, refused = time.monotonic() + self.timeout, None
+        while True:
+            try:
+                raw = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                if refused is not None:
+                    return refused
+                raise TimeoutError(f"no grant from the gateway in {self.timeout} s") from None
+            if not raw.lstrip().startswith(b"{"):
+                return raw
+            if refused is None:
+                refused = raw
+                deadline = min(deadline, time.monotonic() + self.refusal_grace)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,6 +289,44 @@ def test_presentations_for_another_nonce_or_audience_or_expired_are_refused(
     assert bob.authenticate([credential], []).permissions == ["devices"]
     assert "wallet authentication refused" in site.process.output
     assert not site.entries("person-session")[1:]  # only the good one is on the record
+
+
+def test_a_refusal_of_someone_elses_presentation_does_not_end_a_wallets_login(
+    site: Site,
+) -> None:
+    """The reply topic is public: the gateway's refusal of a presentation forged in a
+    wallet's name (and reply token) reaches the wallet too. Here such a refusal lands on the
+    wallet's topic between its challenge and its own presentation (published with the
+    gateway's account, as the gateway publishes it); the wallet still logs in."""
+    bob = site.wallet("bob")
+    _, credential = site.issue("facility-manager", bob.did, "bob")
+    site.process.start()
+    forged = threading.Event()
+    watcher = site.broker.gateway()
+    watcher.connect()
+    try:
+        watcher.subscribe(f"{site.broker.prefix}/auth/res/+")
+
+        def forge() -> None:
+            topic, payload = watcher.next_message(timeout=15)
+            assert json.loads(payload)["type"] == "challenge"
+            reply = topic.rsplit("/", 1)[1]
+            refusal = {"type": "refused", "reason": "bad_presentation", "reply": reply}
+            watcher.publish(topic, json.dumps(refusal))
+            forged.set()
+
+        forger = threading.Thread(target=forge)
+        forger.start()
+
+        def after_the_forgery(nonce: str, aud: str) -> tuple[str, str]:
+            assert forged.wait(15), "the refusal was not published"
+            return nonce, aud
+
+        session = bob.authenticate([credential], [], mutate=after_the_forgery)
+        forger.join(15)
+    finally:
+        watcher.close()
+    assert session.permissions == ["devices"]
 
 
 def open_gateway_state(site: Site) -> Any:
