@@ -2,12 +2,13 @@
 
 One folder per layer, imports pointing down only:
 
-* foundations, at the root: ``errors``, ``config``, ``db`` and ``migrations``;
+* foundations, at the root: ``errors``, ``config``, ``db``, ``migrations`` and ``files``
+  (files holding secrets or personal data);
 * the sans-IO core: ``identity``, ``credentials``, ``registry``, ``auth``, ``chain``,
   ``anchor``, ``energy``, ``market`` (time, randomness and the network come in as arguments);
 * the edges: ``transports`` (one outside protocol each), ``service`` (the composition root),
   ``run`` (the running parts of ``didgw run``), ``ops`` (health, metrics, status, systemd,
-  logs) and ``cli`` (the ``didgw`` command, which nothing imports).
+  logs, the private broker, TLS files) and ``cli`` (the ``didgw`` command, which nothing imports).
 
 ``tests/unit/test_layers.py`` holds the rules.
 
