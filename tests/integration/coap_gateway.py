@@ -1,86 +1,30 @@
 """``didgw run`` serving CoAP (MQTT off) for the integration tests, and raw CoAP datagrams.
 
-The gateway's output is read continuously by a thread (a gateway that logs a lot
-never blocks on a full pipe), so tests can look for a line, or for the absence of
-one, at any time. The ``gateway`` fixture is in test_coap_devices.py.
+The process is :class:`GatewayProcess` (its output read continuously, so a gateway that
+logs a lot never blocks on a full pipe); this adds the CoAP port and raw peers. The
+``gateway`` fixture is in test_coap_devices.py.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
+from gateway_process import GatewayProcess
 
-class CoapGateway:
+
+class CoapGateway(GatewayProcess):
+    """The gateway with MQTT off, serving CoAP on ``port``, and raw peers of it."""
+
     def __init__(self, state: Path, config: Path, port: int) -> None:
-        self.state, self.config, self.port = state, config, port
-        self.process: subprocess.Popen[str] | None = None
-        self._lines: list[str] = []
-        self._reader: threading.Thread | None = None
+        super().__init__(state, None, config)
+        self.port = port
         self._peers: list[Peer] = []
 
     @property
     def uri(self) -> str:
         return f"coap://127.0.0.1:{self.port}"
-
-    @property
-    def output(self) -> str:
-        """Everything the gateway printed so far."""
-        return "".join(self._lines)
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "DIDGW_STATE_DIR": str(self.state),
-            "DIDGW_CONFIG": str(self.config),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self._lines = []
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("didgw")), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        self._reader = threading.Thread(target=lambda: self._lines.extend(stdout), daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 30
-        while " running (state " not in self.output:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self._close()
-                raise AssertionError(f"the gateway did not start:\n{self.output}")
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        self._close()
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._close()
-
-    def memory_kb(self) -> int:
-        """The gateway's resident memory (VmRSS), in kB."""
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError(f"no VmRSS for {self.process.pid}")
 
     def peer(self, address: str = "127.0.0.1") -> Peer:
         """A new :class:`Peer` of this gateway on ``address`` (closed with the gateway)."""
@@ -92,10 +36,7 @@ class CoapGateway:
         for peer in self._peers:
             peer.close()
         self._peers = []
-        if self._reader is not None:
-            self._reader.join(5)
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
+        super()._close()
 
 
 def write_config(path: Path, port: int, *, extra: str = "", **coap: Any) -> Path:

@@ -24,9 +24,9 @@ from gateway.identity import offline_resolver, verify_jws
 
 
 class GatewayProcess:
-    """``didgw run`` as a subprocess, configured for one test broker."""
+    """``didgw run`` as a subprocess, configured for one test broker (or none: MQTT off)."""
 
-    def __init__(self, state: Path, broker: Mosquitto, config: Path) -> None:
+    def __init__(self, state: Path, broker: Mosquitto | None, config: Path) -> None:
         self.state, self.broker, self.config = state, broker, config
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
@@ -38,6 +38,9 @@ class GatewayProcess:
         return "".join(self._lines)
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        password = (
+            {} if self.broker is None else {"DIDGW_MQTT_PASSWORD": self.broker.gateway_password}
+        )
         self._lines = []
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("didgw")), "run"],
@@ -48,7 +51,7 @@ class GatewayProcess:
                 **os.environ,
                 "DIDGW_STATE_DIR": str(self.state),
                 "DIDGW_CONFIG": str(self.config),
-                "DIDGW_MQTT_PASSWORD": self.broker.gateway_password,
+                **password,
                 "PYTHONUNBUFFERED": "1",
                 **(env or {}),
             },
