@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import socket
 import tomllib
 import typing
 import urllib.parse
@@ -635,6 +636,91 @@ class CredentialsSection(_Section):
 
 
 @dataclass(frozen=True)
+class HttpSection(_Section):
+    """People's front door: issuance, sign-in, pages and the JSON API, over HTTP(S)."""
+
+    enabled: bool = _setting(True, "Serve HTTP while the gateway runs.")
+    host: str = _setting(
+        "127.0.0.1",
+        "Address to listen on. Loopback may be plain HTTP; any other address is served over "
+        "HTTPS only (cert_file and key_file, or a certificate the gateway's own certificate "
+        "authority issues for public_url's host at start).",
+    )
+    port: int = _setting(8443, "Port to listen on.", _port)
+    cert_file: str = _setting(
+        "",
+        "The server's certificate chain (PEM), for a certificate from another authority. "
+        "Empty: plain HTTP on loopback, else one issued by the gateway's certificate "
+        "authority (tls/http.crt in the state directory, renewed at start when due).",
+        _existing_file,
+    )
+    key_file: str = _setting(
+        "", "The private key of cert_file (PEM), readable by its owner alone.", _secret_file
+    )
+    public_url: str = _setting(
+        "",
+        "The address wallets and browsers use to reach this server (scheme, host, port): the "
+        "credential issuer's identifier, where wallets post presentations, the passkeys' "
+        "relying party (its host must be a name, not an address, for passkeys). Empty: "
+        "http://localhost:<port> on loopback, else https://<host>:<port>.",
+        _http_url,
+    )
+    session_idle_minutes: int = _setting(
+        30, "A signed-in session ends after this long without a request.", _between(1, 1440)
+    )
+    session_hours: int = _setting(
+        12, "A signed-in session ends this long after sign-in, in use or not.", _between(1, 720)
+    )
+    source_rate: float = _setting(
+        5.0,
+        "Requests per second one address may make to the endpoints that need no sign-in "
+        "(sign-in, issuance, metadata), after a burst of source_burst; more are answered "
+        "429 with Retry-After.",
+        _positive,
+    )
+    source_burst: int = _setting(30, "See source_rate.", _between(1, 100_000))
+    max_pending_logins: int = _setting(
+        1024,
+        "Sign-in requests waiting for a wallet's answer, at most (each lives 5 minutes); "
+        "past it a new sign-in is refused (503) rather than an old one forgotten.",
+        _between(16, 1_000_000),
+    )
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        if bool(self.cert_file) != bool(self.key_file):
+            return [("cert_file", "cert_file and key_file are set together or not at all")]
+        return []
+
+    def exposures(self) -> list[tuple[str, str]]:
+        if not self.enabled or is_loopback(self.host):
+            return []
+        return [
+            (
+                "host",
+                f"people's front door is served over HTTPS on {_listening_where(self.host)} "
+                f'("{self.host}"): sign-in, credential issuance and the API can be reached by '
+                "other machines (each is rate-limited per address and needs a credential, a "
+                "passkey or an API token to do anything).",
+            )
+        ]
+
+    def tls(self) -> bool:
+        """HTTPS: an operator's certificate, or any address other than loopback."""
+        return bool(self.cert_file) or not is_loopback(self.host)
+
+    def base_url(self) -> str:
+        """``public_url`` without a trailing slash, or what it defaults to."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        if not self.tls():
+            return f"http://localhost:{self.port}"
+        name = self.host.strip("[]")
+        if name in ("", "0.0.0.0", "::"):  # noqa: S104 - naming it, not binding
+            name = socket.gethostname()
+        return f"https://{name if ':' not in name else f'[{name}]'}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the file it came from."""
 
@@ -650,6 +736,7 @@ class Config:
     meter: MeterSection = field(default_factory=MeterSection)
     market: MarketSection = field(default_factory=MarketSection)
     credentials: CredentialsSection = field(default_factory=CredentialsSection)
+    http: HttpSection = field(default_factory=HttpSection)
     source: str = "(built-in defaults)"
     #: what the file still says the old way (see :data:`MOVED`), one sentence each
     deprecations: tuple[str, ...] = ()
@@ -678,6 +765,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "meter": MeterSection,
     "market": MarketSection,
     "credentials": CredentialsSection,
+    "http": HttpSection,
 }
 
 #: Keys that moved: (old section, key) -> new section. The old place is still read, with

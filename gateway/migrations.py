@@ -294,6 +294,31 @@ def _anchor_txs(db: Database) -> None:
     )
 
 
+def _web_sessions(db: Database) -> None:
+    # People signed in over HTTP. A row is keyed by the SHA-256 of the cookie's token (the
+    # token itself is only in the browser); it keeps what the sign-in established (the
+    # permissions, and the revocation bits of the credentials behind them, so a revocation
+    # ends the session) and is deleted at sign-out, expiry or revocation.
+    db.execute(
+        """
+        CREATE TABLE web_sessions (
+            token_hash TEXT PRIMARY KEY,
+            did TEXT NOT NULL,
+            method TEXT NOT NULL CHECK (method IN ('presentation', 'passkey')),
+            csrf TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            seen_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            permissions TEXT NOT NULL,
+            status_indexes TEXT NOT NULL DEFAULT '[]',
+            presentations TEXT NOT NULL DEFAULT '[]',
+            disclosure INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX web_sessions_did ON web_sessions(did)")
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -305,4 +330,5 @@ MIGRATIONS: list[Migration] = [
     ("0008_energy_market", _energy_market),
     ("0009_credentials", _credentials),
     ("0010_anchor_txs", _anchor_txs),
+    ("0011_web_sessions", _web_sessions),
 ]

@@ -38,6 +38,8 @@ command -v npm >/dev/null || apt_missing+=(npm)
 if [[ $DEV -eq 1 ]]; then
     command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
     command -v openssl >/dev/null || apt_missing+=(openssl)
+    # The web pages' tests drive Debian's Chromium with Playwright (pip, no browser download).
+    [[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
 fi
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"
@@ -62,15 +64,17 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     echo "$want" > "$stamp"
 fi
 
-# --- npm packages for the did:key interoperability test ---------------------
+# --- npm packages of the interoperability tests ------------------------------
+# didkey-js: a reference did:key implementation; oid4vc-js: an OpenID4VCI/OpenID4VP wallet.
 if [[ $DEV -eq 1 ]]; then
-    js=tests/interop/didkey-js
-    lock=$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)
-    if [[ "$(cat "$js/node_modules/.didgw-lock" 2>/dev/null)" != "$lock" ]]; then
-        say "installing the reference did:key implementation (npm ci)"
-        npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
-        echo "$lock" > "$js/node_modules/.didgw-lock"
-    fi
+    for js in tests/interop/didkey-js tests/interop/oid4vc-js; do
+        lock=$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)
+        if [[ "$(cat "$js/node_modules/.didgw-lock" 2>/dev/null)" != "$lock" ]]; then
+            say "installing the npm packages of $js (npm ci)"
+            npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
+            echo "$lock" > "$js/node_modules/.didgw-lock"
+        fi
+    done
 fi
 # --- the local EVM dev chain (anvil): a static binary shipped in npm packages ----------
 # package.json pins @foundry-rs/anvil exactly, and it pins its per-platform binary package

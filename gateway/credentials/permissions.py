@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from gateway.credentials.kinds import BY_VCT
 from gateway.credentials.sd_jwt import VerifiedSdJwt, holder_did_matches
@@ -60,6 +61,27 @@ class Permissions:
         if side not in SIDES:
             return Decision(False, "bad_side")
         return ALLOWED if SIDES[side] in roles else Decision(False, "wrong_role")
+
+    def to_json(self) -> dict[str, Any]:
+        """What a web session or a passkey keeps of these permissions (:meth:`from_json`)."""
+        return {
+            "holder": self.holder,
+            "facility_manager": self.facility_manager,
+            "households": {h: sorted(r) for h, r in sorted(self.households.items())},
+            "presentation_digest": self.presentation_digest,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Permissions:
+        households = MappingProxyType(
+            {h: frozenset(roles) for h, roles in data.get("households", {}).items()}
+        )
+        return cls(
+            str(data["holder"]),
+            bool(data.get("facility_manager", False)),
+            households,
+            str(data.get("presentation_digest", "")),
+        )
 
     def names(self) -> list[str]:
         """The grants as short strings, for the session grant and the log."""

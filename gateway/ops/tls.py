@@ -19,6 +19,7 @@ in its directory, synced and renamed into place, so mosquitto never reads half o
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pwd
 import secrets
@@ -276,3 +277,76 @@ def _replace(path: Path, data: bytes, *, mode: int, owner: tuple[int, int] | Non
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+HTTP_CERT = "http.crt"
+HTTP_KEY = "http.key"
+
+
+def http_server_tls(
+    config: Config, state_dir: Path, passphrase: bytes | None, *, now: float
+) -> ssl.SSLContext | None:
+    """The TLS of the HTTP edge: None on plain loopback; the operator's ``cert_file`` and
+    ``key_file``; else a certificate of the gateway's CA for ``public_url``'s host (and
+    ``host`` when it is an address), in ``<state>/tls/http.crt`` with its key
+    (``http.key``, 0600), issued again at start when due."""
+    http = config.http
+    if not http.tls():
+        return None
+    if http.cert_file:
+        cert_path, key_path = Path(http.cert_file), Path(http.key_file)
+    else:
+        directory = state_dir / "tls"
+        cert_path, key_path = directory / HTTP_CERT, directory / HTTP_KEY
+        names = _http_names(config)
+        current = _read_cert(cert_path)
+        ca = None
+        if current is None or certs.renewal_reason(
+            current,
+            read_ca_cert(state_dir),
+            now=now,
+            renew_before_days=config.tls.renew_before_days,
+            names=names,
+        ):
+            ca = load_ca(state_dir, passphrase)
+        if ca is not None:
+            key = certs.generate_key()
+            cert = certs.issue_server(
+                *ca, key.public_key(), names, now=now, days=config.tls.broker_days
+            )
+            _private_dir(directory)
+            _replace(key_path, certs.private_pem(key), mode=0o600)
+            _replace(cert_path, certs.to_pem(cert, ca[1]), mode=0o644)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(
+            f"cannot load the HTTP certificate {cert_path} and key {key_path}: {exc}"
+        ) from None
+    return context
+
+
+def _http_names(config: Config) -> certs.Names:
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(config.http.base_url()).hostname or "localhost"
+    dns, ips = [], []
+    for name in {host.strip("[]"), config.http.host.strip("[]")}:
+        if name in ("", "0.0.0.0", "::"):  # noqa: S104 - naming it, not binding
+            continue
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            dns.append(name)
+        else:
+            ips.append(name)
+    return certs.parse_names(dns, ips).with_loopback()
+
+
+def _read_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return certs.load_pem(path.read_bytes(), str(path))[0]
+    except (OSError, DidgwError):
+        return None

@@ -43,12 +43,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import cbor2
 
 from gateway.auth.coap_auth import CoapAuthenticator, CoapSessions
+from gateway.auth.limits import PeerLimiter
 from gateway.auth.readings import Reading, ReadingChecker, ReadingRefused
 from gateway.auth.strict import AuthRefused
 from gateway.run.ingest import Ack, ReadingPipeline
@@ -84,24 +84,6 @@ _RETRY_LATER = frozenset({"rate_limited", "unavailable", "overloaded", "storage_
 def code_of(reason: str) -> tuple[int, int]:
     """The CoAP response code of a refusal reason."""
     return _CODES[reason]
-
-
-class PeerLimiter:
-    """A token bucket per peer address, ``rate`` per second up to ``burst``; the least
-    recently seen peers are forgotten past ``max_peers`` (bounded memory under a flood)."""
-
-    def __init__(self, rate: float, burst: int, *, max_peers: int = 65_536) -> None:
-        self._rate, self._burst, self._max = rate, float(burst), max_peers
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, peer: str, now: float) -> bool:
-        tokens, then = self._buckets.pop(peer, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - then) * self._rate)
-        allowed = tokens >= 1.0
-        self._buckets[peer] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
-        return allowed
 
 
 class CoapDevices:

@@ -456,6 +456,7 @@ class _Parts:
         self.market: MarketSide | None = None
         self.anchoring: Any = None
         self.exporter: Any = None
+        self.front_door: Any = None  # gateway.run.http.server.HttpEdge with [http] enabled
 
     async def start(self) -> None:
         config, env, gateway = self.config, self.env, self.gateway
@@ -489,6 +490,8 @@ class _Parts:
             self.health.gauges["coap_partial_uploads"] = lambda: float(uploads.partial_uploads)
         if config.metrics.enabled:
             self.exporter = _serve_metrics(config, self.health, self.db_path)
+        if config.http.enabled:
+            self.front_door = await _open_front_door(config, self.state_dir, env, gateway)
 
     def retime(self, config: Config) -> None:
         """Apply the :data:`LIVE` settings of a reloaded ``config`` to every part that uses them."""
@@ -498,6 +501,8 @@ class _Parts:
 
     async def stop(self) -> None:
         """Stop taking work, commit and acknowledge what is in flight, close everything."""
+        if self.front_door is not None:
+            await self.front_door.stop()
         self.mqtt.stop_taking()
         self.coap.stop_taking()
         self.recorder.close()  # commits what is queued; the acks go out before the link closes
@@ -544,6 +549,25 @@ async def serve(
             chore.cancel()
         await parts.stop()
         notifier.close()
+
+
+async def _open_front_door(
+    config: Config, state_dir: Path, env: Mapping[str, str], gateway: Gateway
+) -> Any:
+    """The HTTP edge, or None when its port cannot be had (readings matter more)."""
+    from gateway.run.http import open_front_door
+
+    http = config.http
+    try:
+        return await open_front_door(config, state_dir, env, gateway)
+    except OSError as exc:
+        log.error(
+            "cannot serve HTTP on %s port %d (%s); running without the front door",
+            http.host,
+            http.port,
+            exc,
+        )
+        return None
 
 
 def _serve_metrics(config: Config, health: Health, db_path: Path) -> Any:

@@ -77,10 +77,31 @@ def gateway(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Gatewa
     assert didgw("init", "--state-dir", str(state)).returncode == 0
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f"[metrics]\nport = {free_port()}\n\n"  # [mqtt] last: tests append keys to it
+        f"[metrics]\nport = {free_port()}\n\n[http]\nport = {free_port()}\n\n"
+        # [mqtt] last: tests append keys to it
         f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
         f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
     )
     process = GatewayProcess(state, mosquitto, config)
+    yield process
+    process.kill()
+
+
+@pytest.fixture
+def front_door(didgw: Run, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """``didgw run`` initialised in tmp_path/state with only its HTTP edge (MQTT, CoAP,
+    anchoring off), not yet started; ``front_door.url`` is its address (plain HTTP on
+    loopback). Its config ends with the [http] table, so a test can append keys to it."""
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[mqtt]\nenabled = false\n\n[coap]\nenabled = false\n\n"
+        f"[anchor]\nenabled = false\n\n[metrics]\nport = {free_port()}\n\n"
+        f"[http]\nport = {port}\n"
+    )
+    process = GatewayProcess(state, None, config)
+    process.url = f"http://localhost:{port}"
     yield process
     process.kill()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from gateway.auth import ReadingChecker, ReadingRefused
 from gateway.auth.coap_auth import AUTH_COSE_TYP, GRANT_COSE_TYP, CoapAuthenticator
 from gateway.auth.handshake import Handshake
+from gateway.auth.limits import PeerLimiter
 from gateway.auth.readings import READING_COSE_TYP, READING_REASONS
 from gateway.auth.strict import AuthRefused
 from gateway.identity import offline_resolver
@@ -25,7 +26,7 @@ from gateway.identity.cose import CoseError, Sign1, sig_structure, sign1
 from gateway.identity.keystore import generate_key
 from gateway.identity.signing import Signer
 from gateway.registry import Status
-from gateway.run.coap_devices import CoapDevices, PeerLimiter, code_of
+from gateway.run.coap_devices import CoapDevices, code_of
 from gateway.transports.coap import CoapRequest
 
 NOW = 1_700_000_000_000

@@ -1,0 +1,43 @@
+"""People's front door: the HTTP edge of ``didgw run``.
+
+``server.py`` is the server and what every request passes (headers, who is asking, rate
+limits, CSRF); each other module adds the routes of one part of the door:
+
+* ``pages.py``: the server-rendered pages' machinery, the home page, signing out.
+
+:func:`open_front_door` builds the edge with every part and starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.config import Config
+from gateway.identity import keystore
+from gateway.ops.tls import http_server_tls
+from gateway.run.http import pages
+from gateway.run.http.server import HttpEdge
+from gateway.service import Gateway
+
+log = logging.getLogger(__name__)
+
+
+async def open_front_door(
+    config: Config, state_dir: Path, env: Mapping[str, str], gateway: Gateway
+) -> HttpEdge:
+    """The HTTP edge with all its parts, listening. Raises OSError when the port cannot be
+    had, :class:`~gateway.errors.DidgwError` when its certificate cannot be made."""
+    passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
+    context = http_server_tls(config, state_dir, passphrase, now=time.time())
+    edge = HttpEdge(config, state_dir, env, gateway)
+    for part in (pages,):
+        part.add_routes(edge)
+    try:
+        await edge.start(context)
+    except BaseException:
+        await edge.stop()
+        raise
+    return edge
