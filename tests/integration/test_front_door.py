@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 from gateway_process import GatewayProcess
-
-import pytest
 
 pytestmark = pytest.mark.integration
 
