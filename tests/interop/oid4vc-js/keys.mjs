@@ -66,3 +66,15 @@ export async function verifyJwt(jwt, publicJwk) {
   const { payload, protectedHeader } = await jwtVerify(jwt, key);
   return { header: protectedHeader, payload };
 }
+
+// node keys.mjs new FILE: make a holder key in FILE (0600) and print its did:key.
+// node keys.mjs did FILE: print the did:key of the key in FILE.
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const [command, file] = process.argv.slice(2);
+  if (command === "new") console.log((await newKeyFile(file)).did);
+  else if (command === "did") console.log((await loadKey(file)).did);
+  else {
+    console.error("usage: node keys.mjs new|did FILE");
+    process.exit(2);
+  }
+}
