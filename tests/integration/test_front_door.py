@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+import ssl
+import time
+from pathlib import Path
+
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
 from gateway_process import GatewayProcess
+
+from gateway.identity import certs
 
 pytestmark = pytest.mark.integration
 
@@ -39,3 +48,57 @@ def test_a_stranger_is_rate_limited_and_told_when_to_come_back(
     refused = requests.get(front_door.url + "/", timeout=10)
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["Retry-After"]) <= 2
+
+
+def _https_get(port: int, name: str, ca: Path, path: str = "/") -> tuple[int, str]:
+    """GET over TLS to 127.0.0.1:port, checking the certificate against ``ca`` for ``name``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.sock = context.wrap_socket(raw, server_hostname=name)
+    connection.request("GET", path, headers={"Host": f"{name}:{port}"})
+    answer = connection.getresponse()
+    body = answer.read().decode()
+    hsts = answer.getheader("Strict-Transport-Security") or ""
+    connection.close()
+    return answer.status, hsts + "\n" + body
+
+
+def test_beyond_loopback_it_speaks_https_only_with_a_certificate_of_the_gateways_ca(
+    front_door: GatewayProcess,
+) -> None:
+    port = int(front_door.url.rsplit(":", 1)[1])
+    with front_door.config.open("a") as f:
+        f.write(f'host = "0.0.0.0"\npublic_url = "https://gateway.test:{port}"\n')
+    front_door.start()
+    assert front_door.wait_for("front door on https://gateway.test:")
+    ca = front_door.state / "tls" / "ca.crt"
+    status, text = _https_get(port, "gateway.test", ca)
+    assert status == 200 and "max-age=" in text
+    assert (front_door.state / "tls" / "http.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP beside it
+        requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+    with pytest.raises(ssl.SSLCertVerificationError):  # a name it was not issued for
+        _https_get(port, "elsewhere.test", ca)
+
+
+def test_an_operators_certificate_is_served_even_on_loopback(
+    front_door: GatewayProcess, tmp_path: Path
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = certs.generate_key()
+    ca = certs.new_ca(ca_key, common_name="Another CA", now=time.time())
+    names = certs.parse_names(["gateway.test"], [])
+    cert = certs.issue_server(ca_key, ca, key.public_key(), names, now=time.time(), days=30)
+    (tmp_path / "ca.pem").write_bytes(certs.to_pem(ca))
+    (tmp_path / "server.pem").write_bytes(certs.to_pem(cert, ca))
+    key_file = tmp_path / "server.key"
+    key_file.write_bytes(certs.private_pem(key))
+    key_file.chmod(0o600)
+    with front_door.config.open("a") as f:
+        f.write(f'cert_file = "{tmp_path / "server.pem"}"\nkey_file = "{key_file}"\n')
+    front_door.start()
+    port = int(front_door.url.rsplit(":", 1)[1])
+    status, _ = _https_get(port, "gateway.test", tmp_path / "ca.pem")
+    assert status == 200
+    assert not (front_door.state / "tls" / "http.crt").exists()
