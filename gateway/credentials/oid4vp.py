@@ -165,6 +165,7 @@ class LoginRequest:
     expires_ms: int
     answered: bool = False
     grant: VpGrant | None = None
+    disclosure: int | None = None  # the record entry of what the grant disclosed
     refusal: VpRefused | None = field(default=None, repr=False)
 
     def request_uri(self, base_url: str) -> str:
@@ -231,8 +232,10 @@ class PendingLogins:
     def finish(self, request_id: str, browser: str, now_ms: int) -> LoginRequest | None:
         """The answered request of this browser, removed (its grant opens one session)."""
         request = self.get(request_id, now_ms)
-        if request is None or request.browser != browser or not request.answered:
+        if request is None or request.browser != browser:
             return None
+        if request.grant is None and request.refusal is None:
+            return None  # not answered, or still being checked
         self._drop(request)
         return request
 
