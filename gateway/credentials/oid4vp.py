@@ -254,7 +254,6 @@ def request_object(
 ) -> str:
     """The signed request object (``typ`` ``oauth-authz-req+jwt``) of ``request``."""
     claims = {
-        "iss": client_id_of(signer.did),
         "aud": SELF_ISSUED_AUD,
         "client_id": client_id_of(signer.did),
         "response_type": "vp_token",

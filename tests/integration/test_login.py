@@ -13,6 +13,8 @@ import html
 import json
 import re
 import secrets
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -355,3 +357,83 @@ def test_revoking_the_credential_ends_the_session_within_a_second(door: Door) ->
     assert bob.did not in answer.text  # the next request is anonymous
     browser.cookies["didgw_session"] = token  # and stays so: the row is gone
     assert bob.did not in browser.get("/").text
+
+
+# -- the independent wallet (OpenWallet Foundation oid4vc-ts, sd-jwt-js, dcql) ------------
+
+JS_WALLET = Path(__file__).resolve().parents[1] / "interop" / "oid4vc-js"
+
+
+def js_wallet_did(key: Path) -> str:
+    out = subprocess.run(
+        [shutil.which("node") or "node", "keys.mjs", "new", str(key)],
+        cwd=JS_WALLET,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def js_present(key: Path, credentials: list[str], link: str, tmp: Path) -> dict[str, Any]:
+    files = []
+    for i, text in enumerate(credentials):
+        files += ["--credential", str(tmp / f"js-{i}.sdjwt")]
+        (tmp / f"js-{i}.sdjwt").write_text(text)
+    result = subprocess.run(
+        [
+            shutil.which("node") or "node",
+            "present.mjs",
+            "--key",
+            str(key),
+            *files,
+            "--request",
+            link,
+        ],
+        cwd=JS_WALLET,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
+
+
+@pytest.mark.parametrize("kind", ["household", "facility-manager"])
+def test_the_independent_wallet_signs_in(door: Door, tmp_path: Path, kind: str) -> None:
+    key = tmp_path / "js-holder.jwk"
+    did = js_wallet_did(key)
+    claims = [f"household={HOUSEHOLD}", "role=buyer", "name=Carol"] if kind == "household" else []
+    _, credential = door.issue(kind, did, *claims)
+    door.process.start()
+    browser = Browser(door.process.url)
+    link, request_id = browser.start()
+    summary = js_present(key, [credential], link, tmp_path)
+    assert summary["status"] == 200, summary
+    assert summary["body"]["redirect_uri"].endswith(f"/login/done?id={request_id}")
+    assert browser.finish(request_id).status_code == 303
+    assert did in browser.get("/").text
+    [disclosure] = door.entries("disclosure")
+    [session] = door.entries("person-session")
+    assert disclosure.actor == session.actor == did
+    shown = json.loads(disclosure.payload)["claims"][KINDS[kind].vct]
+    if kind == "household":
+        assert shown == {"household": HOUSEHOLD, "role": "buyer"}  # not the name
+    else:
+        assert shown == {}
+
+
+def test_the_independent_wallet_is_refused_a_revoked_credential(door: Door, tmp_path: Path) -> None:
+    key = tmp_path / "js-holder.jwk"
+    did = js_wallet_did(key)
+    cred_id, credential = door.issue("facility-manager", did)
+    door.cli("cred", "revoke", cred_id, "--reason", "lost")
+    door.process.start()
+    browser = Browser(door.process.url)
+    link, request_id = browser.start()
+    summary = js_present(key, [credential], link, tmp_path)
+    assert (summary["status"], summary["body"]["reason"]) == (400, "revoked")
+    assert browser.finish(request_id).status_code == 400
