@@ -22,127 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
 from gateway.auth import person_requests as requests
-from gateway.auth.strict import AuthRefused
 from gateway.auth.wallet import PersonGrant, WalletAuthenticator
-from gateway.chain.store import ChainStore, NewEntry
-from gateway.config import Config
-from gateway.credentials.permissions import Permissions
-from gateway.credentials.sd_jwt import UntrustedIssuer, VerifiedSdJwt, verify_presentation
-from gateway.db import write_transaction
-from gateway.errors import CredentialError, DidgwError
+from gateway.chain.store import NewEntry
+from gateway.errors import DidgwError
 from gateway.identity.signing import Signer
 from gateway.ops.logs import LogBudget
-from gateway.registry import Registry
 from gateway.run.mqtt_devices import AccountLock
-from gateway.service import build_issuer, build_resolver, build_status_lists
+from gateway.run.people import PeopleDesk, PersonSession
 from gateway.transports.dynsec import DynsecAdmin
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[..., None]
 T = TypeVar("T")
-
-
-@dataclass
-class _Session:
-    expires_ms: int
-    permissions: Permissions
-    digests: list[str]
-    disclosure: int  # the entry holding what the presentations disclosed
-    status_indexes: frozenset[int]
-
-
-class PeopleDesk:
-    """The database side, used from one thread only: presentations, registry, record."""
-
-    def __init__(self, config: Config, db: Any, gateway_did: str) -> None:
-        c = config.credentials
-        self.db = db
-        self.trusted_issuers = frozenset({gateway_did})
-        self.resolver = build_resolver(config)
-        self.chain = ChainStore(db)
-        self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
-        self.issuer = build_issuer(config, db, gateway_did)
-        self.status = build_status_lists(config, self.resolver, self.issuer)
-        self.max_kb_age = float(c.presentation_max_age_seconds)
-        self.skew = float(config.devices.clock_skew_seconds)  # replaced on a reload
-
-    def verify(self, text: str, nonce: str, aud: str) -> VerifiedSdJwt:
-        """One presentation for this nonce and audience, or the refusal's reason."""
-        try:
-            return verify_presentation(
-                text,
-                resolver=self.resolver,
-                now=time.time(),
-                nonce=nonce,
-                aud=aud,
-                status=self.status,
-                max_kb_age=self.max_kb_age,
-                clock_skew=self.skew,
-                trusted_issuers=self.trusted_issuers,
-            )
-        except UntrustedIssuer as exc:  # refused before anything it names was fetched
-            raise AuthRefused("not_permitted", str(exc)) from None
-        except CredentialError as exc:
-            detail = str(exc)
-            reason = "revoked" if "revoked" in detail else "bad_presentation"
-            if "failing closed" in detail or "unreachable" in detail:
-                reason = "unavailable"
-            raise AuthRefused(reason, detail) from None
-        except DidgwError as exc:
-            raise AuthRefused("unavailable", str(exc)) from None
-
-    def record_session(self, grant: PersonGrant, now_ms: int) -> tuple[int, list[str]]:
-        """The erasable disclosure entry and the session entry; returns the former's seq."""
-        digests = [p.digest for p in grant.presentations]
-        try:
-            with write_transaction(self.db.conn):
-                [disclosed] = self.chain.append_within(
-                    [requests.disclosure_entry(grant.did, digests, grant.disclosed())],
-                    now_ms=now_ms,
-                )
-                self.chain.append_within(
-                    [requests.session_entry(grant.did, digests, disclosed.seq, grant.expires_ms)],
-                    now_ms=now_ms,
-                )
-        except BaseException:
-            self.chain.resync()
-            raise
-        return disclosed.seq, digests
-
-    def manage(self, person: str, request: requests.PersonRequest, session: _Session) -> None:
-        """Register, suspend or revoke a device as ``person``, the action on the record."""
-        also = [
-            requests.action_entry(
-                person, request, digests=session.digests, disclosure=session.disclosure
-            )
-        ]
-        f, now = request.fields, time.time()
-        if request.action == "register":
-            self.registry.register(
-                f["did"], name=f["name"], kind=f["kind"], actor=person, now=now, also=also
-            )
-        elif request.action == "suspend":
-            self.registry.suspend(f["did"], actor=person, reason=f["reason"], now=now, also=also)
-        else:
-            self.registry.revoke(f["did"], actor=person, reason=f["reason"], now=now, also=also)
-
-    def revocations(self) -> tuple[int, frozenset[int]]:
-        return self.issuer.revision(), frozenset(self.issuer.revoked_indexes())
-
-    def status_list(self, signer: Signer) -> bytes:
-        credential = self.issuer.status_list_credential(signer, now=time.time())
-        return json.dumps(credential, separators=(",", ":")).encode()
 
 
 class MqttPeople:
@@ -171,7 +71,7 @@ class MqttPeople:
         self._status_every = status_every_s
         self._clock_ms = clock_ms
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-people")
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, PersonSession] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._auth_topic = policy.wallet_auth_topic(prefix)
@@ -245,7 +145,7 @@ class MqttPeople:
             await asyncio.to_thread(self._close_account, grant.did)
             self._sessions.pop(grant.did, None)
             return self._auth.refuse_unavailable(grant)
-        self._sessions[grant.did] = _Session(
+        self._sessions[grant.did] = PersonSession(
             grant.expires_ms, grant.permissions, digests, disclosure, grant.status_indexes
         )
         log.info("%s authenticated with a presentation: %s", grant.did, grant.permissions.names())
@@ -293,7 +193,7 @@ class MqttPeople:
         self._publish(topic, answer)
 
     async def _carry_out(
-        self, did: str, request: requests.PersonRequest, session: _Session
+        self, did: str, request: requests.PersonRequest, session: PersonSession
     ) -> bytes:
         if request.action == "order":
             return await self._order(did, request, session)
@@ -306,7 +206,9 @@ class MqttPeople:
         log.info("%s: %s %s", did, request.action, request.target)
         return requests.response(request.id, "done")
 
-    async def _order(self, did: str, request: requests.PersonRequest, session: _Session) -> bytes:
+    async def _order(
+        self, did: str, request: requests.PersonRequest, session: PersonSession
+    ) -> bytes:
         if self._market is None:
             raise requests.RequestRefused("market_disabled", "[market] is off", request.id)
 

@@ -244,7 +244,8 @@ class _MqttSide:
         if not config.credentials.enabled or self.broker is None:
             return None
         from gateway.auth.wallet import WalletAuthenticator, holder_status
-        from gateway.run.mqtt_people import MqttPeople, PeopleDesk
+        from gateway.run.mqtt_people import MqttPeople
+        from gateway.run.people import PeopleDesk
 
         desk = PeopleDesk(config, connect(state_dir / DB_NAME), gateway.did)
         signer = gateway.signer(env)
