@@ -92,13 +92,12 @@
         publicKey: creationOptions(options),
       });
       const nameInput = section.querySelector("[data-passkey-name]");
-      const done = await post("/passkeys/register", csrf, {
+      await post("/passkeys/register", csrf, {
         challenge: options.challenge,
         credential: asJson(credential),
         name: nameInput ? nameInput.value : "",
       });
-      say(section, `Passkey added: ${done.passkey}.`);
-      window.location.reload();
+      window.location.reload(); // the list shows the new passkey
     } catch (error) {
       say(section, `No passkey added: ${reason(error)}`, true);
     } finally {
@@ -120,7 +119,6 @@
         challenge: options.challenge,
         credential: asJson(credential),
       });
-      say(section, "Signed in.");
       window.location.assign(done.next || "/");
     } catch (error) {
       say(section, `Not signed in: ${reason(error)}`, true);
