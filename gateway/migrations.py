@@ -319,6 +319,33 @@ def _web_sessions(db: Database) -> None:
     db.execute("CREATE INDEX web_sessions_did ON web_sessions(did)")
 
 
+def _passkeys(db: Database) -> None:
+    # Passkeys (WebAuthn) bound to a person's DID after a presentation sign-in. A passkey
+    # login presents no credential, so the row keeps what the binding established: the
+    # permissions, the status indexes of the credentials behind them (re-checked at every
+    # login: revoked or expired refuses it) and the earliest of their expiries.
+    db.execute(
+        """
+        CREATE TABLE passkeys (
+            credential_id TEXT PRIMARY KEY,
+            did TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            public_key BLOB NOT NULL,
+            sign_count INTEGER NOT NULL,
+            user_handle TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            last_used_ms INTEGER,
+            permissions TEXT NOT NULL,
+            status_indexes TEXT NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            presentations TEXT NOT NULL DEFAULT '[]',
+            disclosure INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX passkeys_did ON passkeys(did)")
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -331,4 +358,5 @@ MIGRATIONS: list[Migration] = [
     ("0009_credentials", _credentials),
     ("0010_anchor_txs", _anchor_txs),
     ("0011_web_sessions", _web_sessions),
+    ("0012_passkeys", _passkeys),
 ]

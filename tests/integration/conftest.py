@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from anvil import Anvil, missing_anvil
 from broker import Mosquitto, free_port, missing_tools
+from browser import Browser, launched
 from gateway_process import GatewayProcess
+from people_web import PresentationSession
 from support import Run
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
@@ -105,3 +107,23 @@ def front_door(didgw: Run, tmp_path: Path) -> Iterator[GatewayProcess]:
     process.url = f"http://localhost:{port}"
     yield process
     process.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A real chromium (Playwright); fails, never skips, when it is not installed."""
+    with launched() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def presentation_session(didgw: Run, front_door: GatewayProcess) -> PresentationSession:
+    """A person signed in by presenting a real credential, as a cookie for the browser.
+
+    Stands in for the OpenID4VP sign-in (built separately); the integrator will swap this
+    fixture for a real sign-in at /login. Everything but the HTTP exchange is real: a
+    household credential issued by ``didgw cred issue``, a presentation of it made and
+    verified by the core, the session and its record entries written in the gateway's
+    database the way the sign-in does (``WebSessions.open(method="presentation")``).
+    """
+    return PresentationSession.sign_in(didgw, front_door)

@@ -12,7 +12,8 @@ Every request, in this order (the middlewares):
    token: 429 with ``Retry-After``.
 4. **CSRF**: a change (POST, PUT, PATCH, DELETE) made with the session cookie needs the
    session's anti-CSRF token (``X-CSRF-Token`` header or ``csrf_token`` form field) and,
-   when the browser sends one, an ``Origin`` equal to ``public_url``'s.
+   when the browser sends one (other than ``null``), an ``Origin`` equal to
+   ``public_url``'s.
 
 Bodies are capped at :data:`MAX_BODY_BYTES` (413). The handlers of each part of the front
 door live in their own module of this package and are added by :meth:`HttpEdge.add`;
@@ -210,7 +211,9 @@ class HttpEdge:
         principal: Principal | None = request["principal"]
         if request.method in UNSAFE and principal is not None and principal.session is not None:
             origin = request.headers.get("Origin")
-            if origin is not None and origin != _origin_of(self.base_url):
+            # A form posted under ``Referrer-Policy: no-referrer`` carries ``Origin: null``
+            # (Chromium), even from our own page: that says nothing, the token decides.
+            if origin not in (None, "null") and origin != _origin_of(self.base_url):
                 raise web.HTTPForbidden(text=f"refused: a change from another site ({origin})\n")
             sent = request.headers.get(CSRF_HEADER)
             if sent is None and request.content_type in (

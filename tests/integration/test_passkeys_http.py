@@ -1,0 +1,83 @@
+"""The passkey endpoints of a real ``didgw run`` against what a stranger or a careless
+page can send (the whole ceremony is in test_passkeys_browser.py)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from gateway_process import GatewayProcess
+from people_web import COOKIE, PresentationSession
+
+pytestmark = pytest.mark.integration
+
+
+def test_binding_needs_a_session_and_its_anti_csrf_token(
+    front_door: GatewayProcess, presentation_session: PresentationSession
+) -> None:
+    front_door.start()
+    url = front_door.url + "/passkeys/register/options"
+    stranger = requests.post(url, json={}, timeout=10)
+    assert stranger.status_code == 401 and stranger.json()["error"] == "not_signed_in"
+    cookie = {COOKIE: presentation_session.token}
+    forged = requests.post(url, json={}, cookies=cookie, timeout=10)
+    assert forged.status_code == 403 and "anti-CSRF" in forged.text
+    other_site = requests.post(
+        url,
+        json={},
+        cookies=cookie,
+        headers={"X-CSRF-Token": presentation_session.csrf, "Origin": "https://evil.example"},
+        timeout=10,
+    )
+    assert other_site.status_code == 403 and "another site" in other_site.text
+    asked = requests.post(
+        url, json={}, cookies=cookie, headers={"X-CSRF-Token": presentation_session.csrf},
+        timeout=10,
+    )  # fmt: skip
+    assert asked.status_code == 200, asked.text
+    assert asked.json()["rp"]["id"] == "localhost"
+
+
+def test_a_login_answer_to_no_challenge_or_no_json_is_refused(front_door: GatewayProcess) -> None:
+    front_door.start()
+    url = front_door.url + "/passkeys/login"
+    made_up = requests.post(
+        url, json={"challenge": "AAAA", "credential": {"id": "AA", "rawId": "AA"}}, timeout=10
+    )
+    assert made_up.status_code == 403 and made_up.json()["error"] == "unknown_challenge"
+    not_json = requests.post(url, data="x", timeout=10)
+    assert not_json.status_code == 400 and not_json.json()["error"] == "malformed"
+    real = requests.post(front_door.url + "/passkeys/login/options", timeout=10).json()
+    forged = requests.post(
+        url,
+        json={"challenge": real["challenge"], "credential": {"id": "AA", "rawId": "AA"}},
+        timeout=10,
+    )
+    assert forged.status_code == 403 and forged.json()["error"] == "unknown_passkey"
+    again = requests.post(
+        url,
+        json={"challenge": real["challenge"], "credential": {"id": "AA", "rawId": "AA"}},
+        timeout=10,
+    )
+    assert again.json()["error"] == "unknown_challenge"  # single use, even when refused
+
+
+def test_waiting_logins_are_bounded(front_door: GatewayProcess) -> None:
+    with front_door.config.open("a") as f:
+        f.write("max_pending_logins = 16\nsource_burst = 100\nsource_rate = 100.0\n")
+    front_door.start()
+    url = front_door.url + "/passkeys/login/options"
+    codes = [requests.post(url, timeout=10).status_code for _ in range(17)]
+    assert codes == [200] * 16 + [503]
+    assert "too many passkey ceremonies" in requests.post(url, timeout=10).json()["message"]
+
+
+def test_an_ip_address_base_url_turns_passkeys_off_with_the_reason(
+    front_door: GatewayProcess,
+) -> None:
+    port = front_door.url.rsplit(":", 1)[1]
+    with front_door.config.open("a") as f:
+        f.write(f'public_url = "http://127.0.0.1:{port}"\n')
+    front_door.start()
+    answer = requests.post(f"http://127.0.0.1:{port}/passkeys/login/options", timeout=10)
+    assert answer.status_code == 403
+    assert "need a host name, not the IP address 127.0.0.1" in answer.json()["message"]
