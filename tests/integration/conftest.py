@@ -14,7 +14,7 @@ from anvil import Anvil, missing_anvil
 from broker import Mosquitto, free_port, missing_tools
 from browser import Browser, launched
 from gateway_process import GatewayProcess
-from people_web import PresentationSession
+from people_web import Person
 from support import Run
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
@@ -117,13 +117,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def presentation_session(didgw: Run, front_door: GatewayProcess) -> PresentationSession:
-    """A person signed in by presenting a real credential, as a cookie for the browser.
-
-    Stands in for the OpenID4VP sign-in (built separately); the integrator will swap this
-    fixture for a real sign-in at /login. Everything but the HTTP exchange is real: a
-    household credential issued by ``didgw cred issue``, a presentation of it made and
-    verified by the core, the session and its record entries written in the gateway's
-    database the way the sign-in does (``WebSessions.open(method="presentation")``).
-    """
-    return PresentationSession.sign_in(didgw, front_door)
+def person(didgw: Run, front_door: GatewayProcess) -> Person:
+    """A household member with a credential the front door's gateway issued, who signs in at
+    /login with a wallet (``person.sign_in_browser(page)`` or ``person.sign_in_http()``)."""
+    return Person.issued(didgw, front_door)

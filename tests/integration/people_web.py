@@ -1,108 +1,89 @@
-"""People at the HTTP front door, for the tests: a signed-in session to start from.
-
-:class:`PresentationSession` stands in for the OpenID4VP sign-in at ``/login`` until it is
-here; the integrator swaps it for the real thing. Only the HTTP exchange is skipped.
-"""
+"""People at the HTTP front door, for the tests: a household member with a real credential
+who signs in at ``/login`` by OpenID4VP, with ``firmware-sim/web_wallet.py`` as her wallet,
+in a real browser (Playwright) or as a plain HTTP client."""
 
 from __future__ import annotations
 
+import html
 import re
-import secrets
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway_process import GatewayProcess, gateway_did
+import device as dev
+import requests
+import web_wallet
+from gateway_process import GatewayProcess
 from support import Run
 
-from gateway.auth import person_requests
-from gateway.auth.web_sessions import WebSessions
-from gateway.chain.store import ChainStore
-from gateway.config import load_config
-from gateway.credentials.permissions import permissions_from
-from gateway.credentials.sd_jwt import present, verify_presentation
-from gateway.db import connect, write_transaction
-from gateway.identity import Signer, offline_resolver
+from gateway.identity import Signer
 from gateway.identity.keystore import generate_key
-from gateway.service import build_issuer, build_status_lists
 
 COOKIE = "didgw_session"
+LOGIN_COOKIE = "didgw_login"
 
 
 @dataclass
-class PresentationSession:
-    did: str  # the person's did:key
-    credential_id: str  # the household credential behind the session (urn:uuid:…)
-    token: str  # the session cookie's value
-    csrf: str
+class Person:
+    """A household member (role buyer) holding a household credential of the gateway."""
+
+    identity: dev.Identity = field(repr=False)
+    credential: str = field(repr=False)  # the SD-JWT VC as issued
+    credential_id: str  # urn:uuid:…, for didgw cred revoke
     url: str  # the front door's base URL
 
+    @property
+    def did(self) -> str:
+        return self.identity.did
+
     @classmethod
-    def sign_in(cls, didgw: Run, front_door: GatewayProcess) -> PresentationSession:
+    def issued(cls, didgw: Run, front_door: GatewayProcess) -> Person:
+        """A new person and her credential, issued with ``didgw cred issue``."""
         state = front_door.state
-        gateway = gateway_did(didgw, state)
-        holder = Signer.for_did_key(generate_key())
+        identity = dev.Identity.from_key(dev.load_or_create_key(state.parent / "alice.pem"))
         household = Signer.for_did_key(generate_key()).did
         path = Path(state).parent / "alice.sdjwt"
         issued = didgw(
-            "cred", "issue", "household", "--subject", holder.did, "--format", "sd-jwt",
+            "cred", "issue", "household", "--subject", identity.did, "--format", "sd-jwt",
             "--claim", f"household={household}", "--claim", "role=buyer",
             "--claim", "name=Alice", "-o", str(path), "--state-dir", str(state),
         )  # fmt: skip
         assert issued.returncode == 0, issued.stderr
         match = re.search(r"issued (urn:uuid:\S+)", issued.stdout + issued.stderr)
         assert match is not None, issued.stdout
-        nonce, aud, now = secrets.token_urlsafe(16), front_door.url, time.time()
-        shown = present(
-            path.read_text().strip(), ["household", "role"], holder,
-            nonce=nonce, aud=aud, iat=int(now),
-        )  # fmt: skip
-        db = connect(state / "didgw.db")
-        config = load_config(front_door.config)
-        resolver = offline_resolver()
-        status = build_status_lists(config, resolver, build_issuer(config, db, gateway))
-        verified = verify_presentation(
-            shown, resolver=resolver, now=now, nonce=nonce, aud=aud,
-            status=status, trusted_issuers={gateway},
-        )  # fmt: skip
-        permissions = permissions_from([verified], holder=holder.did, trusted_issuers={gateway})
-        index = verified.claims["status"]["status_list"]["idx"]
-        expires_ms = int(verified.claims["exp"]) * 1000
-        now_ms = int(now * 1000)
-        try:
-            chain = ChainStore(db)
-            with write_transaction(db.conn):
-                [disclosed] = chain.append_within(
-                    [person_requests.disclosure_entry(
-                        holder.did, [verified.digest], {verified.vct: verified.disclosed}
-                    )],
-                    now_ms=now_ms,
-                )  # fmt: skip
-                chain.append_within(
-                    [person_requests.session_entry(
-                        holder.did, [verified.digest], disclosed.seq, expires_ms
-                    )],
-                    now_ms=now_ms,
-                )  # fmt: skip
-            sessions = WebSessions(
-                db, idle_ms=30 * 60_000, max_ms=12 * 3_600_000, random_bytes=secrets.token_bytes
-            )
-            token, session = sessions.open(
-                holder.did, "presentation", permissions, now_ms=now_ms, expires_ms=expires_ms,
-                status_indexes=[index], presentations=[verified.digest],
-                disclosure=disclosed.seq,
-            )  # fmt: skip
-        finally:
-            db.close()
-        return cls(holder.did, match[1], token, session.csrf, front_door.url)
+        return cls(identity, path.read_text().strip(), match[1], front_door.url)
 
-    def cookie(self) -> dict[str, object]:
-        """The session cookie as Playwright's ``context.add_cookies`` takes it."""
-        return {
-            "name": COOKIE,
-            "value": self.token,
-            "url": self.url,
-            "httpOnly": True,
-            "secure": True,
-            "sameSite": "Strict",
-        }
+    def answer(self, link: str) -> None:
+        """Her wallet answers the sign-in request of ``link`` (an openid4vp:// URI)."""
+        answer = web_wallet.sign_in(link, [self.credential], self.identity)
+        assert answer.status == 200, answer.body
+
+    def sign_in_browser(self, page: object) -> None:
+        """Sign in at /login in a Playwright page: the page shows the request, the wallet
+        answers it, the page's script notices and lands on / signed in."""
+        page.goto(self.url + "/login")  # type: ignore[attr-defined]
+        link = page.get_attribute("#open-wallet", "href")  # type: ignore[attr-defined]
+        assert link, "no wallet link on /login"
+        self.answer(link)
+        page.wait_for_url(self.url + "/", timeout=10_000)  # type: ignore[attr-defined]
+
+    def sign_in_http(self) -> tuple[str, str]:
+        """Sign in as a plain HTTP client: (the session cookie's value, its anti-CSRF token).
+        Cookies are sent by hand: they are Secure, and ``requests`` keeps Secure cookies
+        from http://localhost, which browsers count as secure."""
+        page = requests.get(self.url + "/login", timeout=10)
+        link = html.unescape(re.search(r'href="(openid4vp://[^"]+)"', page.text)[1])  # type: ignore[index]
+        request_id = re.search(r'name="id" value="([^"]+)"', page.text)[1]  # type: ignore[index]
+        self.answer(link)
+        finish = requests.post(
+            self.url + "/login/finish",
+            data={"id": request_id},
+            headers={"Cookie": f"{LOGIN_COOKIE}={page.cookies[LOGIN_COOKIE]}"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert finish.status_code == 303, finish.text
+        token = finish.cookies[COOKIE]
+        home = requests.get(self.url + "/", headers={"Cookie": f"{COOKIE}={token}"}, timeout=10)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', home.text)
+        assert csrf is not None, home.text
+        return token, csrf[1]

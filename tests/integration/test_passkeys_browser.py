@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from browser import DESKTOP, PHONE, Browser, add_authenticator, credentials_of
 from gateway_process import GatewayProcess
-from people_web import PresentationSession
+from people_web import Person
 from support import Run, wait_until
 
 from gateway.chain.store import ChainStore
@@ -47,15 +47,14 @@ def wait_for_passkeys(page: Any, front_door: GatewayProcess) -> None:
 
 def test_bind_a_passkey_sign_in_with_it_alone_and_lose_it_with_the_credential(
     front_door: GatewayProcess,
-    presentation_session: PresentationSession,
+    person: Person,
     browser: Browser,
     didgw: Run,
 ) -> None:
     front_door.start()
-    person = presentation_session
     page = browser.page(PHONE)
     cdp, authenticator = add_authenticator(page)
-    page.context.add_cookies([person.cookie()])  # type: ignore[list-item]
+    person.sign_in_browser(page)
 
     # Signed in by presentation: bind a passkey.
     page.goto(front_door.url + "/passkeys")
@@ -111,13 +110,12 @@ def test_bind_a_passkey_sign_in_with_it_alone_and_lose_it_with_the_credential(
 
 
 def test_remove_a_passkey_and_it_no_longer_signs_in(
-    front_door: GatewayProcess, presentation_session: PresentationSession, browser: Browser
+    front_door: GatewayProcess, person: Person, browser: Browser
 ) -> None:
     front_door.start()
-    person = presentation_session
     page = browser.page(DESKTOP)
     add_authenticator(page)
-    page.context.add_cookies([person.cookie()])  # type: ignore[list-item]
+    person.sign_in_browser(page)
     page.goto(front_door.url + "/passkeys")
     page.click("[data-passkey-bind]")
     wait_for_passkeys(page, front_door)

@@ -6,31 +6,32 @@ from __future__ import annotations
 import pytest
 import requests
 from gateway_process import GatewayProcess
-from people_web import COOKIE, PresentationSession
+from people_web import COOKIE, Person
 
 pytestmark = pytest.mark.integration
 
 
 def test_binding_needs_a_session_and_its_anti_csrf_token(
-    front_door: GatewayProcess, presentation_session: PresentationSession
+    front_door: GatewayProcess, person: Person
 ) -> None:
     front_door.start()
+    token, csrf = person.sign_in_http()
     url = front_door.url + "/passkeys/register/options"
     stranger = requests.post(url, json={}, timeout=10)
     assert stranger.status_code == 401 and stranger.json()["error"] == "not_signed_in"
-    cookie = {COOKIE: presentation_session.token}
+    cookie = {COOKIE: token}
     forged = requests.post(url, json={}, cookies=cookie, timeout=10)
     assert forged.status_code == 403 and "anti-CSRF" in forged.text
     other_site = requests.post(
         url,
         json={},
         cookies=cookie,
-        headers={"X-CSRF-Token": presentation_session.csrf, "Origin": "https://evil.example"},
+        headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"},
         timeout=10,
     )
     assert other_site.status_code == 403 and "another site" in other_site.text
     asked = requests.post(
-        url, json={}, cookies=cookie, headers={"X-CSRF-Token": presentation_session.csrf},
+        url, json={}, cookies=cookie, headers={"X-CSRF-Token": csrf},
         timeout=10,
     )  # fmt: skip
     assert asked.status_code == 200, asked.text
