@@ -229,7 +229,7 @@ class CredentialOffers:
                 )
                 left = MAX_PIN_TRIES - failed
                 message = (
-                    f"wrong transaction code; {left} tries left"
+                    f"wrong transaction code; {left} {'try' if left == 1 else 'tries'} left"
                     if left
                     else f"wrong transaction code; the offer is now locked after "
                     f"{MAX_PIN_TRIES} wrong ones: ask for a new one"
