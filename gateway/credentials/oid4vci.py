@@ -111,7 +111,6 @@ def issuer_metadata(base_url: str) -> dict[str, Any]:
         configurations[kind.name] = {
             "format": FORMAT,
             "vct": kind.vct,
-            "scope": kind.name,
             "cryptographic_binding_methods_supported": ["jwk", "did:key"],
             "credential_signing_alg_values_supported": ["EdDSA"],
             "proof_types_supported": {"jwt": {"proof_signing_alg_values_supported": ["EdDSA"]}},
