@@ -80,10 +80,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "firmware-sim")]
 
 # The device side: only what a device vendor has (firmware-sim shares no code with gateway/).
-import device as dev  # noqa: E402
+import device as dev
 
 # The broker: the gateway's private-broker launcher (dynamic security, its policy and account).
-from gateway.ops import broker as brokers  # noqa: E402
+from gateway.ops import broker as brokers
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
 WINDOW = 1_000  # unacknowledged QoS 1 publishes per client at most (paho allows 65,535)

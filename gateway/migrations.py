@@ -344,6 +344,30 @@ def _passkeys(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX passkeys_did ON passkeys(did)")
+def _credential_offers(db: Database) -> None:
+    # OpenID4VCI pre-authorized offers. No secret is stored: the offer id (in the offer URL),
+    # the pre-authorized code and the access token as SHA-256, the PIN as an HMAC keyed by
+    # the code. ``claims`` waits here until the credential is issued, then is cleared.
+    # ``credential_id`` is '' while the credential is being issued, its id once it is.
+    db.execute(
+        """
+        CREATE TABLE credential_offers (
+            id_hash TEXT PRIMARY KEY,
+            code_hash TEXT NOT NULL UNIQUE,
+            pin_mac TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            claims TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            used_ms INTEGER,
+            locked_ms INTEGER,
+            failed_pins INTEGER NOT NULL DEFAULT 0,
+            token_hash TEXT UNIQUE,
+            token_expires_ms INTEGER,
+            credential_id TEXT
+        )
+        """
+    )
 
 
 MIGRATIONS: list[Migration] = [
@@ -359,4 +383,5 @@ MIGRATIONS: list[Migration] = [
     ("0010_anchor_txs", _anchor_txs),
     ("0011_web_sessions", _web_sessions),
     ("0012_passkeys", _passkeys),
+    ("0013_credential_offers", _credential_offers),
 ]

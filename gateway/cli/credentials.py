@@ -1,4 +1,5 @@
-"""``didgw cred …``: issue, list, revoke and verify credentials; present one (wallet side)."""
+"""``didgw cred …``: issue, offer (OpenID4VCI), list, revoke and verify credentials; present one
+(wallet side)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,48 @@ def cmd_cred_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> int:
+    """``90s``, ``10m``, ``1h``, ``2d`` → seconds."""
+    from gateway.errors import CredentialError
+
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise CredentialError(f"--expires takes a number and a unit (s, m, h, d), got {text!r}")
+    return int(number) * _UNITS[unit]
+
+
+def cmd_cred_offer(args: argparse.Namespace) -> int:
+    import secrets
+
+    from gateway.credentials import oid4vci
+    from gateway.credentials.offers import CredentialOffers
+
+    claims = _claims(args.claim)
+    expires = _duration(args.expires)
+    with open_gateway(args) as gateway:
+        base_url = gateway.config.http.base_url()
+        offer = CredentialOffers(gateway.db).create(
+            args.type,
+            claims,
+            now_ms=int(time.time() * 1000),
+            expires_seconds=expires,
+            random_bytes=secrets.token_bytes,
+        )
+    uri = oid4vci.offer_uri(base_url, offer.offer_id)
+    if args.json:
+        until = when(offer.expires_ms / 1000)
+        print_json({"kind": offer.kind, "uri": uri, "pin": offer.pin, "expires": until})
+        return 0
+    print(f"a {offer.kind} credential offer, single use, until {when(offer.expires_ms / 1000)}")
+    print(oid4vci.offer_qr_text(uri), end="")
+    print(f"offer: {uri}")
+    print(f"PIN:   {offer.pin}  (tell it to the person another way than the offer)")
+    return 0
+
+
 def cmd_cred_list(args: argparse.Namespace) -> int:
     with open_gateway(args) as gateway:
         records = gateway.issuer().records()
@@ -202,7 +245,9 @@ def cmd_cred_present(args: argparse.Namespace) -> int:
 
 
 def register(tree: CommandTree) -> None:
-    group = tree.group("cred", "verifiable credentials: issue, list, revoke, verify, present")
+    group = tree.group(
+        "cred", "verifiable credentials: issue, offer, list, revoke, verify, present"
+    )
     commands: list[tuple[str, Handler, str, str]] = [
         (
             "issue",
@@ -210,6 +255,14 @@ def register(tree: CommandTree) -> None:
             "issue a credential (household, facility-manager, device-owner, vouch)",
             "didgw cred issue household --subject did:key:z6Mk… --format sd-jwt "
             "--claim household=did:key:z6Mk… --claim role=seller -o alice.sdjwt",
+        ),
+        (
+            "offer",
+            cmd_cred_offer,
+            "offer a credential to a wallet (OpenID4VCI): prints the offer URI, its QR code "
+            "and the PIN",
+            "didgw cred offer household --claim household=did:key:z6Mk… --claim role=seller "
+            "--expires 10m",
         ),
         (
             "list",
@@ -248,6 +301,15 @@ def register(tree: CommandTree) -> None:
     p.add_argument("--format", choices=["vc", "sd-jwt"], default="vc", help="default: vc")
     p.add_argument("--claim", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-o", "--output", metavar="FILE", help="write to a new 0600 file")
+    p = parsers["offer"]
+    p.add_argument(
+        "type", metavar="TYPE", help="household, facility-manager, device-owner or vouch"
+    )
+    p.add_argument("--claim", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--expires", default="10m", metavar="DURATION", help="e.g. 90s, 10m, 1h, 2d (default 10m)"
+    )
+    p.add_argument("--json", action="store_true", help="print the URI and PIN as JSON, no QR")
     parsers["list"].add_argument("--json", action="store_true", help="print JSON")
     p = parsers["revoke"]
     p.add_argument("id", metavar="ID", help="the credential's id (urn:uuid:…)")
