@@ -344,6 +344,8 @@ def _passkeys(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX passkeys_did ON passkeys(did)")
+
+
 def _credential_offers(db: Database) -> None:
     # OpenID4VCI pre-authorized offers. No secret is stored: the offer id (in the offer URL),
     # the pre-authorized code and the access token as SHA-256, the PIN as an HMAC keyed by

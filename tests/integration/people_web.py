@@ -8,6 +8,7 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import device as dev
 import requests
@@ -87,3 +88,49 @@ class Person:
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', home.text)
         assert csrf is not None, home.text
         return token, csrf[1]
+
+
+@dataclass
+class Browser:
+    """A browser: its cookies (sent by hand: the cookies are Secure, the test is on loopback
+    HTTP, where a real browser counts localhost as secure and ``requests`` does not)."""
+
+    url: str
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def _keep(self, answer: requests.Response) -> requests.Response:
+        for cookie in answer.cookies:
+            if cookie.value:
+                self.cookies[cookie.name] = cookie.value
+            else:
+                self.cookies.pop(cookie.name, None)
+        if 'didgw_login=""' in answer.headers.get("Set-Cookie", ""):
+            self.cookies.pop("didgw_login", None)
+        return answer
+
+    def _headers(self) -> dict[str, str]:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        answer = requests.get(
+            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False, **kwargs
+        )
+        return self._keep(answer)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        answer = requests.post(
+            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False, **kwargs
+        )
+        return self._keep(answer)
+
+    def start(self) -> tuple[str, str]:
+        """GET /login: (the openid4vp:// link, the request id)."""
+        page = self.get("/login")
+        assert page.status_code == 200, page.text
+        link = html.unescape(re.search(r'href="(openid4vp://[^"]+)"', page.text)[1])  # type: ignore[index]
+        request_id = re.search(r'name="id" value="([^"]+)"', page.text)[1]  # type: ignore[index]
+        assert 'src="data:image/svg+xml' in page.text  # the QR code of the same link
+        return link, request_id
+
+    def finish(self, request_id: str) -> requests.Response:
+        return self.post("/login/finish", data={"id": request_id})

@@ -6,21 +6,19 @@ checks it. Then the refusals a wallet meets: an offer used twice, expired, locke
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from gateway_process import GatewayProcess
-from support import ROOT, Run, wait_until
+from js_wallet import new_wallet, receive
+from support import Run, wait_until
 
 from gateway.credentials.sd_jwt import b64u_decode
 
 pytestmark = pytest.mark.integration
 
-WALLET = ROOT / "tests" / "interop" / "oid4vc-js"
 SOMEONE = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
 CLAIMS = {
     "household": {"household": SOMEONE, "role": "seller", "name": "Alice"},
@@ -28,22 +26,6 @@ CLAIMS = {
     "device-owner": {"device": SOMEONE},
     "vouch": {"device": SOMEONE, "kind": "meter"},
 }
-
-
-def node(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("node")
-    assert binary, "node is not installed: run scripts/setup.sh --dev"
-    assert (WALLET / "node_modules").is_dir(), "run scripts/setup.sh --dev (npm ci)"
-    return subprocess.run(
-        [binary, *args], capture_output=True, text=True, timeout=120, check=False, cwd=WALLET
-    )
-
-
-def new_wallet(tmp_path: Path, name: str = "wallet") -> tuple[Path, str]:
-    key = tmp_path / f"{name}.jwk"
-    made = node("keys.mjs", "new", str(key))
-    assert made.returncode == 0, made.stderr
-    return key, made.stdout.strip()
 
 
 def offer(
@@ -56,17 +38,6 @@ def offer(
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     return dict(json.loads(made.stdout))
-
-
-def receive(
-    key: Path, made: dict[str, str], out: Path, *, pin: str | None = None, binding: str = "did"
-) -> tuple[int, dict[str, Any]]:
-    ran = node(
-        "receive.mjs", "--key", str(key), "--offer", made["uri"], "--pin", pin or made["pin"],
-        "--out", str(out), "--binding", binding, "--allow-http",
-    )  # fmt: skip
-    assert ran.stdout.strip(), ran.stderr
-    return ran.returncode, json.loads(ran.stdout.strip().splitlines()[-1])
 
 
 def verify(didgw: Run, door: GatewayProcess, path: Path) -> dict[str, Any]:

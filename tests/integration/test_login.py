@@ -9,15 +9,11 @@ page, and leaves no session and no session on the record.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,8 @@ import pytest
 import requests
 import web_wallet as ww
 from gateway_process import GatewayProcess
+from js_wallet import new_wallet, presented
+from people_web import Browser
 from support import Run
 
 from gateway.chain.store import ChainStore
@@ -40,52 +38,6 @@ from gateway.service import open_gateway
 pytestmark = pytest.mark.integration
 
 HOUSEHOLD = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
-
-
-@dataclass
-class Browser:
-    """A browser: its cookies (sent by hand: the cookies are Secure, the test is on loopback
-    HTTP, where a real browser counts localhost as secure and ``requests`` does not)."""
-
-    url: str
-    cookies: dict[str, str] = field(default_factory=dict)
-
-    def _keep(self, answer: requests.Response) -> requests.Response:
-        for cookie in answer.cookies:
-            if cookie.value:
-                self.cookies[cookie.name] = cookie.value
-            else:
-                self.cookies.pop(cookie.name, None)
-        if 'didgw_login=""' in answer.headers.get("Set-Cookie", ""):
-            self.cookies.pop("didgw_login", None)
-        return answer
-
-    def _headers(self) -> dict[str, str]:
-        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        answer = requests.get(
-            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False, **kwargs
-        )
-        return self._keep(answer)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        answer = requests.post(
-            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False, **kwargs
-        )
-        return self._keep(answer)
-
-    def start(self) -> tuple[str, str]:
-        """GET /login: (the openid4vp:// link, the request id)."""
-        page = self.get("/login")
-        assert page.status_code == 200, page.text
-        link = html.unescape(re.search(r'href="(openid4vp://[^"]+)"', page.text)[1])  # type: ignore[index]
-        request_id = re.search(r'name="id" value="([^"]+)"', page.text)[1]  # type: ignore[index]
-        assert 'src="data:image/svg+xml' in page.text  # the QR code of the same link
-        return link, request_id
-
-    def finish(self, request_id: str) -> requests.Response:
-        return self.post("/login/finish", data={"id": request_id})
 
 
 class Door:
@@ -361,57 +313,17 @@ def test_revoking_the_credential_ends_the_session_within_a_second(door: Door) ->
 
 # -- the independent wallet (OpenWallet Foundation oid4vc-ts, sd-jwt-js, dcql) ------------
 
-JS_WALLET = Path(__file__).resolve().parents[1] / "interop" / "oid4vc-js"
-
-
-def js_wallet_did(key: Path) -> str:
-    out = subprocess.run(
-        [shutil.which("node") or "node", "keys.mjs", "new", str(key)],
-        cwd=JS_WALLET,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
-def js_present(key: Path, credentials: list[str], link: str, tmp: Path) -> dict[str, Any]:
-    files = []
-    for i, text in enumerate(credentials):
-        files += ["--credential", str(tmp / f"js-{i}.sdjwt")]
-        (tmp / f"js-{i}.sdjwt").write_text(text)
-    result = subprocess.run(
-        [
-            shutil.which("node") or "node",
-            "present.mjs",
-            "--key",
-            str(key),
-            *files,
-            "--request",
-            link,
-        ],
-        cwd=JS_WALLET,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode in (0, 1), result.stderr
-    summary: dict[str, Any] = json.loads(result.stdout)
-    return summary
-
 
 @pytest.mark.parametrize("kind", ["household", "facility-manager"])
 def test_the_independent_wallet_signs_in(door: Door, tmp_path: Path, kind: str) -> None:
-    key = tmp_path / "js-holder.jwk"
-    did = js_wallet_did(key)
+    key, did = new_wallet(tmp_path, "js-holder")
     claims = [f"household={HOUSEHOLD}", "role=buyer", "name=Carol"] if kind == "household" else []
     _, credential = door.issue(kind, did, *claims)
     door.process.start()
     browser = Browser(door.process.url)
     link, request_id = browser.start()
-    summary = js_present(key, [credential], link, tmp_path)
+    (tmp_path / "js.sdjwt").write_text(credential)
+    summary = presented(key, [tmp_path / "js.sdjwt"], link)
     assert summary["status"] == 200, summary
     assert summary["body"]["redirect_uri"].endswith(f"/login/done?id={request_id}")
     assert browser.finish(request_id).status_code == 303
@@ -427,13 +339,13 @@ def test_the_independent_wallet_signs_in(door: Door, tmp_path: Path, kind: str) 
 
 
 def test_the_independent_wallet_is_refused_a_revoked_credential(door: Door, tmp_path: Path) -> None:
-    key = tmp_path / "js-holder.jwk"
-    did = js_wallet_did(key)
+    key, did = new_wallet(tmp_path, "js-holder")
     cred_id, credential = door.issue("facility-manager", did)
     door.cli("cred", "revoke", cred_id, "--reason", "lost")
     door.process.start()
     browser = Browser(door.process.url)
     link, request_id = browser.start()
-    summary = js_present(key, [credential], link, tmp_path)
+    (tmp_path / "js.sdjwt").write_text(credential)
+    summary = presented(key, [tmp_path / "js.sdjwt"], link)
     assert (summary["status"], summary["body"]["reason"]) == (400, "revoked")
     assert browser.finish(request_id).status_code == 400
