@@ -40,6 +40,8 @@ if [[ $DEV -eq 1 ]]; then
     command -v openssl >/dev/null || apt_missing+=(openssl)
     # The web pages' tests drive Debian's Chromium with Playwright (pip, no browser download).
     [[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
+    # zbarimg reads the QR codes the pages draw, as a phone's camera would.
+    command -v zbarimg >/dev/null || apt_missing+=(zbar-tools)
 fi
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"

@@ -129,7 +129,8 @@ class Browser:
         assert page.status_code == 200, page.text
         link = html.unescape(re.search(r'href="(openid4vp://[^"]+)"', page.text)[1])  # type: ignore[index]
         request_id = re.search(r'name="id" value="([^"]+)"', page.text)[1]  # type: ignore[index]
-        assert 'src="data:image/svg+xml' in page.text  # the QR code of the same link
+        qr = re.search(r'data-qr="([^"]+)"', page.text)  # the QR code of the same link
+        assert qr is not None and html.unescape(qr[1]) == link
         return link, request_id
 
     def finish(self, request_id: str) -> requests.Response:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import secrets
 
-import segno
 from aiohttp import web
 
 from gateway.credentials import oid4vp
@@ -83,12 +82,7 @@ class LoginDoor:
         except PoolFull as exc:
             return render(request, "login.html", title="Sign in", status=503, busy=str(exc))
         link = oid4vp.authorization_url(made, gateway_did=edge.gateway.did, base_url=edge.base_url)
-        # A fixed mask: choosing the best of eight costs three quarters of the QR code's
-        # time (8 ms of 11 here), and any mask scans.
-        qr = segno.make(link, error="m", mask=0).svg_data_uri(scale=4, border=2)
-        response = render(
-            request, "login.html", title="Sign in", busy=None, link=link, qr=qr, id=made.id
-        )
+        response = render(request, "login.html", title="Sign in", busy=None, link=link, id=made.id)
         response.set_cookie(
             LOGIN_COOKIE,
             token,
