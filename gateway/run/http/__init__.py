@@ -3,7 +3,9 @@
 ``server.py`` is the server and what every request passes (headers, who is asking, rate
 limits, CSRF); each other module adds the routes of one part of the door:
 
-* ``pages.py``: the server-rendered pages' machinery, the home page, signing out.
+* ``pages.py``: the server-rendered pages' machinery, the home page, signing out;
+* ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
+  side, ``openapi.json`` its description).
 
 :func:`open_front_door` builds the edge with every part and starts it.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.identity import keystore
 from gateway.ops.tls import http_server_tls
-from gateway.run.http import pages
+from gateway.run.http import api, pages
 from gateway.run.http.server import HttpEdge
 from gateway.service import Gateway
 
@@ -33,7 +35,7 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages,):
+    for part in (pages, api):
         part.add_routes(edge)
     try:
         await edge.start(context)
