@@ -372,6 +372,33 @@ def _credential_offers(db: Database) -> None:
     )
 
 
+def _api_tokens(db: Database) -> None:
+    # Tokens for the JSON API. Only the SHA-256 of a token is kept (the token is shown once
+    # when created); a revoked token keeps its row, so a name is never reused.
+    db.execute(
+        """
+        CREATE TABLE api_tokens (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('operator', 'facility-manager', 'reader')),
+            token_hash TEXT NOT NULL UNIQUE,
+            created_ms INTEGER NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_ms INTEGER,
+            last_used_ms INTEGER,
+            revoked_ms INTEGER,
+            revoked_by TEXT
+        )
+        """
+    )
+
+
+def _device_pages(db: Database) -> None:
+    # The API lists devices a page at a time in registration order (created_at, did), all
+    # of them or of one status: each page is an index range, however many devices there are.
+    db.execute("CREATE INDEX devices_order ON devices(created_at, did)")
+    db.execute("CREATE INDEX devices_status_order ON devices(status, created_at, did)")
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -386,4 +413,6 @@ MIGRATIONS: list[Migration] = [
     ("0011_web_sessions", _web_sessions),
     ("0012_passkeys", _passkeys),
     ("0013_credential_offers", _credential_offers),
+    ("0014_api_tokens", _api_tokens),
+    ("0015_device_pages", _device_pages),
 ]

@@ -1,10 +1,10 @@
 """The ``didgw`` command: each subcommand is a few lines over a library call.
 
 One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
-``energy``, ``credentials``, ``running``, ``settings``, ``tls``), each declaring its parsers next to
-its handlers; ``demo`` is ``didgw demo``. Nothing imports this package. Start-up must
-stay fast (``didgw --help`` well under 0.3 s on a Pi), so only the standard
-library is imported until a command runs. Exit status: 0 done, 1 refused (the
+``energy``, ``credentials``, ``api_tokens``, ``running``, ``settings``, ``tls``), each
+declaring its parsers next to its handlers; ``demo`` is ``didgw demo``. Nothing imports
+this package. Start-up must stay fast (``didgw --help`` well under 0.3 s on a Pi), so only
+the standard library is imported until a command runs. Exit status: 0 done, 1 refused (the
 message says why), 2 usage error.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from gateway.cli import (
     anchor,
+    api_tokens,
     chain,
     credentials,
     devices,
@@ -48,7 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"didgw {__version__}")
     tree = CommandTree(parser)
-    for module in (identity, devices, chain, anchor, energy, credentials, running, settings, tls):
+    for module in (
+        identity,
+        devices,
+        chain,
+        anchor,
+        energy,
+        credentials,
+        api_tokens,
+        running,
+        settings,
+        tls,
+    ):
         module.register(tree)
     return parser
 

@@ -84,6 +84,36 @@ class Registry:
             args.append(status.value)
         return [_device(row) for row in self._db.execute(sql + " ORDER BY created_at, did", args)]
 
+    def page(
+        self,
+        *,
+        limit: int,
+        after: tuple[float, str] | None = None,
+        status: Status | None = None,
+        query: str = "",
+    ) -> list[Device]:
+        """Up to ``limit`` devices in registration order (``created_at``, ``did``) after the
+        position ``after`` (a cursor: the last device of the previous page), of one
+        ``status``, whose name or DID contains ``query``. An index range (``devices_order``,
+        ``devices_status_order``), so a page costs the same however many devices there are."""
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if after is not None:
+            where.append("(created_at, did) > (?, ?)")
+            args += [after[0], after[1]]
+        if query:
+            pattern = (
+                "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            )
+            where.append("(name LIKE ? ESCAPE '\\' OR did LIKE ? ESCAPE '\\')")
+            args += [pattern, pattern]
+        sql = _SELECT_DEVICES + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.execute(sql + " ORDER BY created_at, did LIMIT ?", [*args, limit])
+        return [_device(row) for row in rows]
+
     def history(self, did: str) -> list[AuditRecord]:
         rows = self._db.execute(_SELECT_AUDIT + " WHERE device = ? ORDER BY id", [did])
         return [_audit_record(row) for row in rows]
@@ -145,8 +175,10 @@ class Registry:
         """Stop a device temporarily (a stolen sensor, a meter under repair)."""
         return self._transition("suspend", did, actor=actor, reason=reason, now=now, also=also)
 
-    def resume(self, did: str, *, actor: str, reason: str, now: float) -> Device:
-        return self._transition("resume", did, actor=actor, reason=reason, now=now)
+    def resume(
+        self, did: str, *, actor: str, reason: str, now: float, also: Sequence[NewEntry] = ()
+    ) -> Device:
+        return self._transition("resume", did, actor=actor, reason=reason, now=now, also=also)
 
     def revoke(
         self, did: str, *, actor: str, reason: str, now: float, also: Sequence[NewEntry] = ()
@@ -154,7 +186,16 @@ class Registry:
         """Remove a device for good. Its DID can never be registered again."""
         return self._transition("revoke", did, actor=actor, reason=reason, now=now, also=also)
 
-    def rotate(self, old: str, new: str, *, actor: str, reason: str, now: float) -> Device:
+    def rotate(
+        self,
+        old: str,
+        new: str,
+        *,
+        actor: str,
+        reason: str,
+        now: float,
+        also: Sequence[NewEntry] = (),
+    ) -> Device:
         """Move a device to a new DID (new key): the new one takes over, the old is revoked."""
         _check_actor(actor, reason)
         current = self.get(old)
@@ -186,6 +227,7 @@ class Registry:
             self._audit(
                 "register", new, actor=actor, reason=reason, now=now, detail={"replaces": old}
             )
+            self._also(also, now)
         return replacement
 
     # -- internals ---------------------------------------------------------

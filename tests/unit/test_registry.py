@@ -323,3 +323,25 @@ def test_if_the_record_cannot_be_written_the_change_is_not_made(db: Database, ne
     assert chain.size == size  # resynchronised after the rollback
     registry.suspend(did, actor="fm", reason="battery", now=T0 + 2)
     assert chain.size == size + 1
+
+
+def test_pages_follow_registration_order_by_an_index_and_escape_the_query(
+    registry: Registry, db: Database, new_did: Any
+) -> None:
+    dids = [new_did().did for _ in range(7)]
+    for i, did in enumerate(dids):
+        registry.register(did, name=f"dev_{i}%", kind="sensor", actor="t", now=10.0 + i // 2)
+    ordered = sorted(dids, key=lambda d: (10.0 + dids.index(d) // 2, d))
+    first = registry.page(limit=3)
+    rest = registry.page(limit=10, after=(first[-1].created_at, first[-1].did))
+    assert [d.did for d in first + rest] == ordered
+    assert [d.name for d in registry.page(limit=10, query="_3%")] == ["dev_3%"]
+    assert registry.page(limit=10, query="v_3_") == []  # '_' is no wildcard
+    assert registry.page(limit=10, status=Status.SUSPENDED) == []
+    for status in (None, Status.ACTIVE):
+        where = "" if status is None else "status = 'active' AND "
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM devices WHERE "  # noqa: S608 - constants
+            f"{where}(created_at, did) > (1.0, 'x') ORDER BY created_at, did LIMIT 5"
+        ).fetchall()
+        assert "USING INDEX devices_" in str(plan) and "TEMP B-TREE" not in str(plan), plan

@@ -6,7 +6,9 @@ limits, CSRF); each other module adds the routes of one part of the door:
 * ``pages.py``: the server-rendered pages' machinery, the home page, signing out;
 * ``login.py``: signing in with a wallet (OpenID4VP);
 * ``passkeys.py``: binding a passkey after a presentation sign-in, signing in with one;
-* ``issuance.py``: issuing credentials to wallets (OpenID4VCI).
+* ``issuance.py``: issuing credentials to wallets (OpenID4VCI);
+* ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
+  side, ``openapi.json`` its description).
 
 :func:`open_front_door` builds the edge with every part and starts it.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.identity import keystore
 from gateway.ops.tls import http_server_tls
-from gateway.run.http import issuance, login, pages, passkeys
+from gateway.run.http import api, issuance, login, pages, passkeys
 from gateway.run.http.server import HttpEdge
 from gateway.service import Gateway
 
@@ -36,7 +38,7 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance):
+    for part in (pages, login, passkeys, issuance, api):
         part.add_routes(edge)
     try:
         await edge.start(context)

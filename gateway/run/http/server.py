@@ -61,6 +61,17 @@ CSP = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 STATIC_DIR = Path(__file__).parent / "static"
+#: Under this path every refusal is JSON ``{"error": code, "detail": text}`` (the API's).
+API_PREFIX = "/api/"
+_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    429: "too_many_requests",
+}
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,8 @@ class HttpEdge:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
+            if exc.status >= 400 and request.path.startswith(API_PREFIX):
+                response = _json_refusal(exc)
         _secure_headers(response.headers, tls=self.tls)
         if isinstance(response, web.HTTPException) and response.status >= 400:
             raise response
@@ -274,6 +287,14 @@ def _secure_headers(headers: Any, *, tls: bool) -> None:
     headers.setdefault("Cache-Control", "no-store")
     if tls:
         headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
+def _json_refusal(exc: web.HTTPException) -> web.Response:
+    """The edge's own refusal (rate limit, CSRF, body cap, no such route) as the API's JSON."""
+    body = {"error": _ERROR_CODES.get(exc.status, "error"), "detail": (exc.text or "").strip()}
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type",
+               "content-length")}  # fmt: skip
+    return web.json_response(body, status=exc.status, headers=headers)
 
 
 def _origin_of(url: str) -> str:

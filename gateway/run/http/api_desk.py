@@ -1,0 +1,320 @@
+"""The JSON API's database side: the same core the CLI calls, on the edge's desk thread.
+
+Every method runs on the desk thread (:meth:`HttpEdge.desk`) with the edge's own
+connection; the objects are built once and kept. Nothing here speaks HTTP: the handlers
+in ``api.py`` parse, ask :mod:`gateway.auth.api_access`, call one method, answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gateway.anchor.queue import Anchor, AnchorQueue
+from gateway.auth import api_tokens
+from gateway.auth import person_requests as requests
+from gateway.auth.api_tokens import ApiTokens
+from gateway.chain.check import entry_fields
+from gateway.chain.store import ChainStore, Entry, NewEntry
+from gateway.config import Config
+from gateway.credentials.issuer import IssuedRecord
+from gateway.market.service import Market, MarketSettings
+from gateway.ops.health import stored_health
+from gateway.registry import Device, Registry, Status
+from gateway.run.http.server import Principal
+from gateway.service import build_issuer, build_resolver
+
+
+class ApiDesk:
+    """Registry, issuer, record, market, anchors and tokens on one connection."""
+
+    def __init__(self, config: Config, db: Any, gateway_did: str) -> None:
+        self.config = config
+        self.db = db
+        self.gateway_did = gateway_did
+        self.resolver = build_resolver(config)
+        self.chain = ChainStore(db)
+        self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
+        self.issuer = build_issuer(config, db, gateway_did)
+        self.tokens = ApiTokens(db, gateway_did=gateway_did)
+        m = config.market
+        settings = MarketSettings(
+            interval_ms=m.interval_seconds * 1000,
+            max_ahead=m.max_ahead_intervals,
+            max_wh=m.max_order_wh,
+            max_price=m.max_price,
+            retail=m.retail_price,
+            feed_in=m.feed_in_price,
+        )
+        self.market = Market(db, self.registry, self.resolver, None, settings)
+
+    # -- who is asking ---------------------------------------------------------------
+
+    def token_auth(self, secret: str, now_ms: int) -> Principal | None:
+        """``HttpEdge.token_auth``: the principal of a usable token, else None."""
+        token = self.tokens.check(secret, now_ms)
+        if token is None:
+            return None
+        return Principal(
+            api_tokens.principal_name(token.name),
+            api_tokens.permissions_of(token),
+            scope=token.role,
+        )
+
+    # -- devices -----------------------------------------------------------------------
+
+    def devices(
+        self, limit: int, after: tuple[float, str] | None, status: Status | None, query: str
+    ) -> tuple[list[Device], str | None]:
+        """One page, and the cursor of the next (None on the last page)."""
+        found = self.registry.page(limit=limit + 1, after=after, status=status, query=query)
+        page = found[:limit]
+        more = len(found) > limit
+        return page, encode_cursor(page[-1]) if more and page else None
+
+    def device(self, did: str) -> dict[str, Any]:
+        device = self.registry.get(did)
+        history = self.registry.history(did)
+        return {**device.to_json(), "history": [r.to_json() for r in history]}
+
+    def change_device(
+        self, principal: Principal, action: str, did: str, fields: Mapping[str, Any]
+    ) -> Device:
+        """Register, suspend, resume, revoke or rotate as ``principal``: a person's change
+        carries a ``person-action`` entry with the digests of her presentations."""
+        now = time.time()
+        also = _person_action(principal, action, did, fields)
+        reason = str(fields.get("reason") or "")
+        actor = principal.name
+        if action == "register":
+            return self.registry.register(
+                did,
+                name=fields["name"],
+                kind=fields["kind"],
+                owner=fields.get("owner"),
+                topics=fields.get("topics", ()),
+                capabilities=fields.get("capabilities", ()),
+                metadata=fields.get("metadata"),
+                actor=actor,
+                reason=reason or "registered",
+                now=now,
+                also=also,
+            )
+        if action == "rotate":
+            return self.registry.rotate(
+                did, fields["new_did"], actor=actor, reason=reason, now=now, also=also
+            )
+        change: Callable[..., Device] = getattr(self.registry, action)
+        return change(did, actor=actor, reason=reason, now=now, also=also)
+
+    # -- credentials ---------------------------------------------------------------------
+
+    def credentials(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.issuer.records()]
+
+    def revoke_credential(self, cred_id: str, by: str, reason: str) -> IssuedRecord:
+        return self.issuer.revoke(cred_id, by=by, reason=reason, now=time.time())
+
+    # -- the market ------------------------------------------------------------------------
+
+    def next_interval(self, now_ms: int) -> int:
+        step = self.market.settings.interval_ms
+        return now_ms - now_ms % step + step
+
+    def orders(self, interval: int) -> list[dict[str, Any]]:
+        book = self.market.book(interval)
+        return [
+            {"household": o.id.household, "seq": o.id.seq, "side": o.side, "wh": o.wh,
+             "price": o.price}
+            for o in sorted(book, key=lambda o: (o.side, o.price, o.id))
+        ]  # fmt: skip
+
+    def trades(self, interval: int | None) -> list[dict[str, Any]]:
+        return self.market.trades(interval)
+
+    def statements(self, household: str, interval: int | None) -> list[dict[str, Any]]:
+        return self.market.statements(household, interval)
+
+    # -- the record --------------------------------------------------------------------------
+
+    def entries(self, after: int | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Up to ``limit`` entries with a seq greater than ``after``, and the record's size."""
+        start = 0 if after is None else after + 1
+        found = [entry_json(e) for e in itertools.islice(self.chain.entries(start), limit)]
+        return found, self._size()
+
+    def entry(self, seq: int) -> dict[str, Any]:
+        return entry_json(self.chain.get(seq))
+
+    def inclusion(self, seq: int, size: int | None) -> dict[str, Any]:
+        self.chain.resync()
+        size = size or self.chain.size
+        path = self.chain.inclusion_proof(seq, size)
+        return {
+            "leaf_index": seq,
+            "tree_size": size,
+            "leaf_hash": self.chain.leaf(seq).hex(),
+            "path": [h.hex() for h in path],
+            "root": self.chain.root_at(size).hex(),
+        }
+
+    def consistency(self, first: int, second: int) -> dict[str, Any]:
+        self.chain.resync()
+        path = self.chain.consistency_proof(first, second)
+        return {
+            "first": first,
+            "second": second,
+            "path": [h.hex() for h in path],
+            "first_root": self.chain.root_at(first).hex(),
+            "second_root": self.chain.root_at(second).hex(),
+        }
+
+    def _size(self) -> int:
+        row = self.db.execute("SELECT max(seq) FROM chain_entries").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
+    # -- anchors and health --------------------------------------------------------------------
+
+    def anchor_status(self) -> dict[str, Any]:
+        """What ``didgw anchor status --offline --json`` shows (no ledger probe)."""
+        queue = AnchorQueue(self.db)
+        size = self._size()
+        last = queue.last_confirmed()
+        anchored = 0 if last is None else last.size
+        oldest = self.chain.get(anchored).ts / 1000 if size > anchored else None
+        health = queue.meta().get("health")
+        a = self.config.anchor
+        return {
+            "enabled": a.enabled,
+            "rpc_url": a.rpc_url,
+            "chain_id": a.chain_id,
+            "address": self._ledger_address(),
+            "record_size": size,
+            "anchored_size": anchored,
+            "unanchored_entries": size - anchored,
+            "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
+            "last_anchor": None if last is None else anchor_json(last),
+            "in_flight": _in_flight(queue.in_flight()),
+            "queue": queue.counts(),
+            "loop_health": None
+            if health is None
+            else {"value": health[0], "since": iso(health[1] / 1000)},
+        }
+
+    def _ledger_address(self) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'ledger_binding'").fetchone()
+        if row is None:
+            return None
+        part = str(row[0]).split(".")[1]
+        body = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        return str(body["address"])
+
+    def status(self) -> dict[str, Any]:
+        """The stored health figures (``didgw status`` reads the same)."""
+        h = stored_health(self.db.conn)
+        return {
+            "running": True,
+            "gateway": self.gateway_did,
+            "record_entries": h.chain_entries,
+            "devices": h.devices,
+            "anchored_entries": h.anchored_entries,
+            "anchor_age_seconds": h.anchor_age_s,
+            "anchor_queue": h.anchor_queue,
+            "ledger": h.ledger,
+            "market_intervals_cleared": h.market_intervals_cleared,
+        }
+
+
+def _person_action(
+    principal: Principal, action: str, did: str, fields: Mapping[str, Any]
+) -> Sequence[NewEntry]:
+    """The ``person-action`` entry of a change a signed-in person makes (none for tokens)."""
+    session = principal.session
+    if session is None:
+        return ()
+    detail = {"new_device": fields["new_did"]} if action == "rotate" else {}
+    request = requests.PersonRequest(
+        "http-" + secrets.token_hex(8), action, {"did": did, "via": "http"}
+    )
+    return [
+        requests.action_entry(
+            principal.name,
+            request,
+            digests=list(session.presentations),
+            disclosure=-1 if session.disclosure is None else session.disclosure,
+            **detail,
+        )
+    ]
+
+
+def encode_cursor(device: Device) -> str:
+    raw = json.dumps([device.created_at, device.did], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(text: str) -> tuple[float, str]:
+    """A cursor from :func:`encode_cursor`; ValueError for anything else."""
+    if len(text) > 1024:
+        raise ValueError("too long")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    value = json.loads(raw)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], int | float)
+        or isinstance(value[0], bool)
+        or not isinstance(value[1], str)
+    ):
+        raise ValueError("not a device cursor")
+    return float(value[0]), value[1]
+
+
+def iso(ts: float | None) -> str | None:
+    from datetime import UTC, datetime
+
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """An entry as ``didgw chain show`` prints it."""
+    payload: Any = None
+    if entry.payload is not None:
+        try:
+            payload = entry.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = {"base64": base64.b64encode(entry.payload).decode()}
+    return {
+        **entry_fields(entry),
+        "time": iso(entry.ts / 1000),
+        "payload": payload,
+        "erased": entry.erased,
+        "erased_by": entry.erased_by,
+    }
+
+
+def anchor_json(a: Anchor) -> dict[str, Any]:
+    return {
+        "size": a.size,
+        "state": a.state,
+        "created": iso(a.created_ms / 1000),
+        "covered_by": a.covered_by,
+        "nonce": a.nonce,
+        "tx_hash": None if a.tx_hash is None else "0x" + a.tx_hash.hex(),
+        "sends": a.sends,
+        "block_number": a.block_number,
+        "confirmed": iso(None if a.confirmed_ms is None else a.confirmed_ms / 1000),
+    }
+
+
+def _in_flight(flight: Anchor | None) -> dict[str, Any] | None:
+    if flight is None or flight.sent_ms is None:
+        return None
+    ago = round(time.time() - flight.sent_ms / 1000, 1)
+    return {**anchor_json(flight), "last_sent_seconds_ago": ago}
