@@ -131,7 +131,7 @@ def action_entry(
     request: PersonRequest,
     *,
     digests: list[str],
-    disclosure: int,
+    disclosure: int | None,
     **details: Any,
 ) -> NewEntry:
     """One action carried out, with the digests of the presentations that allowed it."""

@@ -37,16 +37,23 @@ class Person:
         return self.identity.did
 
     @classmethod
-    def issued(cls, didgw: Run, front_door: GatewayProcess) -> Person:
-        """A new person and her credential, issued with ``didgw cred issue``."""
+    def issued(
+        cls, didgw: Run, front_door: GatewayProcess, kind: str = "household", name: str = "alice"
+    ) -> Person:
+        """A new person and her credential of ``kind`` (a household member, role buyer, of a
+        household of her own; or a facility manager), issued with ``didgw cred issue``."""
         state = front_door.state
-        identity = dev.Identity.from_key(dev.load_or_create_key(state.parent / "alice.pem"))
-        household = Signer.for_did_key(generate_key()).did
-        path = Path(state).parent / "alice.sdjwt"
+        identity = dev.Identity.from_key(dev.load_or_create_key(state.parent / f"{name}.pem"))
+        path = Path(state).parent / f"{name}.sdjwt"
+        if kind == "household":
+            household = Signer.for_did_key(generate_key()).did
+            claims = [f"household={household}", "role=buyer", f"name={name.title()}"]
+        else:
+            claims = [f"name={name.title()}"]
         issued = didgw(
-            "cred", "issue", "household", "--subject", identity.did, "--format", "sd-jwt",
-            "--claim", f"household={household}", "--claim", "role=buyer",
-            "--claim", "name=Alice", "-o", str(path), "--state-dir", str(state),
+            "cred", "issue", kind, "--subject", identity.did, "--format", "sd-jwt",
+            *[a for c in claims for a in ("--claim", c)],
+            "-o", str(path), "--state-dir", str(state),
         )  # fmt: skip
         assert issued.returncode == 0, issued.stderr
         match = re.search(r"issued (urn:uuid:\S+)", issued.stdout + issued.stderr)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,10 @@ import pytest
 import requests
 from gateway_process import GatewayProcess
 from jsonschema import Draft202012Validator
+from people_web import Person
 from support import Run
 
-from gateway.auth.web_sessions import WebSessions
 from gateway.config import load_config
-from gateway.credentials.permissions import Permissions
-from gateway.db import connect
 from gateway.identity.did_key import did_from_public_key
 from gateway.identity.keystore import generate_key, public_bytes
 from gateway.service import open_gateway
@@ -293,22 +290,17 @@ def test_a_token_secret_never_appears_in_output_database_or_list(
 
 
 def test_a_signed_in_person_changes_devices_with_the_csrf_token_and_is_on_the_record(
-    front_door: GatewayProcess,
+    front_door: GatewayProcess, didgw: Run
 ) -> None:
-    """A session as sign-in (OpenID4VP, built elsewhere) leaves it: opened in the table."""
-    person = new_did()
-    db = connect(front_door.state / "didgw.db")
-    sessions = WebSessions(db, idle_ms=600_000, max_ms=3_600_000, random_bytes=secrets.token_bytes)
-    now_ms = int(time.time() * 1000)
-    cookie, session = sessions.open(
-        person, "presentation", Permissions(person, facility_manager=True), now_ms=now_ms,
-        presentations=["ab" * 32], disclosure=0,
-    )  # fmt: skip
-    household = new_did()
-    homes = Permissions(household, households={"did:key:zHome": frozenset({"buyer"})})
-    member_cookie, _ = sessions.open(household, "presentation", homes, now_ms=now_ms)
-    db.close()
+    """People use the session of their sign-in at /login (OpenID4VP): a facility manager
+    changes devices, a household member reads only her own market data."""
+    manager = Person.issued(didgw, front_door, "facility-manager", "frank")
+    member = Person.issued(didgw, front_door, "household", "hanna")
     front_door.start()
+    cookie, csrf = manager.sign_in_http()
+    member_cookie, _ = member.sign_in_http()
+    person = manager.did
+    [sign_in] = [r for r in records(front_door.state, "person-session") if r["actor"] == person]
     jar = {"didgw_session": cookie}
     did = new_did()
     body = {"did": did, "name": "hall sensor", "kind": "sensor"}
@@ -320,12 +312,13 @@ def test_a_signed_in_person_changes_devices_with_the_csrf_token_and_is_on_the_re
     )
     made = requests.post(
         front_door.url + "/api/devices", json=body, cookies=jar, timeout=10,
-        headers={"X-CSRF-Token": session.csrf},
+        headers={"X-CSRF-Token": csrf},
     )  # fmt: skip
     assert made.status_code == 201, made.text
     [action] = records(front_door.state, "person-action")
     assert action["actor"] == person and action["action"] == "register"
-    assert action["device"] == did and action["presentations"] == ["ab" * 32]
+    assert action["device"] == did
+    assert action["presentations"] == sign_in["presentations"]  # the sign-in's digests
     shown = requests.get(front_door.url + f"/api/devices/{did}", cookies=jar, timeout=10).json()
     assert shown["history"][0]["actor"] == person
     member = {"didgw_session": member_cookie}

@@ -246,7 +246,7 @@ def _person_action(
             principal.name,
             request,
             digests=list(session.presentations),
-            disclosure=-1 if session.disclosure is None else session.disclosure,
+            disclosure=session.disclosure,
             **detail,
         )
     ]
