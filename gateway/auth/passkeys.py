@@ -19,6 +19,10 @@ keeps the state between the two halves of each ceremony:
 Because a passkey login presents no credential, a passkey keeps what the binding
 presentation established (see ``passkey_store.py``) and every login re-checks the status
 and expiry of the credentials behind it. Sans-IO: time and randomness come in.
+
+py_webauthn is imported at the first ceremony (:func:`_webauthn`), not with the front
+door: with pyOpenSSL and pyasn1 it is about 4 MB of a Pi's memory that a gateway whose
+people never bind a passkey does not need.
 """
 
 from __future__ import annotations
@@ -31,15 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
-
-import webauthn
-from webauthn.helpers import exceptions as webauthn_errors
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from gateway.auth.person_requests import SESSION_KIND
 from gateway.chain.store import NewEntry
@@ -59,6 +54,15 @@ class PasskeyRefused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason, self.message = reason, message
+
+
+def _webauthn() -> Any:
+    """py_webauthn, imported at the first ceremony (see the module docstring)."""
+    import webauthn
+    import webauthn.helpers.exceptions
+    import webauthn.helpers.structs
+
+    return webauthn
 
 
 def b64u(data: bytes) -> str:
@@ -186,7 +190,7 @@ class Ceremonies:
         challenge = self.registrations.new(
             Pending(REGISTER, now_ms + CHALLENGE_MS, did, session), now_ms=now_ms
         )
-        options = webauthn.generate_registration_options(
+        options = _webauthn().generate_registration_options(
             rp_id=self.rp.rp_id,
             rp_name=self.rp.name,
             user_id=user_handle(did),
@@ -194,13 +198,16 @@ class Ceremonies:
             user_display_name=short_did(did),
             challenge=challenge,
             timeout=CHALLENGE_MS,
-            authenticator_selection=AuthenticatorSelectionCriteria(
-                resident_key=ResidentKeyRequirement.PREFERRED,
-                user_verification=UserVerificationRequirement.PREFERRED,
+            authenticator_selection=_webauthn().helpers.structs.AuthenticatorSelectionCriteria(
+                resident_key=_webauthn().helpers.structs.ResidentKeyRequirement.PREFERRED,
+                user_verification=_webauthn().helpers.structs.UserVerificationRequirement.PREFERRED,
             ),
-            exclude_credentials=[PublicKeyCredentialDescriptor(id=unb64u(cid)) for cid in existing],
+            exclude_credentials=[
+                _webauthn().helpers.structs.PublicKeyCredentialDescriptor(id=unb64u(cid))
+                for cid in existing
+            ],
         )
-        result: dict[str, Any] = json.loads(webauthn.options_to_json(options))
+        result: dict[str, Any] = json.loads(_webauthn().options_to_json(options))
         return result
 
     def verify_registration(self, body: Any, did: str, session: str, *, now_ms: int) -> NewPasskey:
@@ -210,13 +217,18 @@ class Ceremonies:
         if pending.did != did or pending.session != session:
             raise PasskeyRefused("unknown_challenge", "this passkey request was not made here")
         try:
-            verified = webauthn.verify_registration_response(
+            verified = _webauthn().verify_registration_response(
                 credential=credential,
                 expected_challenge=challenge,
                 expected_rp_id=self.rp.rp_id,
                 expected_origin=self.rp.origin,
             )
-        except (webauthn_errors.WebAuthnException, ValueError, KeyError, TypeError) as exc:
+        except (
+            _webauthn().helpers.exceptions.WebAuthnException,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             raise PasskeyRefused("bad_passkey", f"the passkey was not accepted: {exc}") from None
         return NewPasskey(
             b64u(verified.credential_id),
@@ -228,13 +240,13 @@ class Ceremonies:
     def authentication_options(self, *, now_ms: int) -> dict[str, Any]:
         """``navigator.credentials.get`` options: no user named (discoverable credentials)."""
         challenge = self.logins.new(Pending(LOGIN, now_ms + CHALLENGE_MS), now_ms=now_ms)
-        options = webauthn.generate_authentication_options(
+        options = _webauthn().generate_authentication_options(
             rp_id=self.rp.rp_id,
             challenge=challenge,
             timeout=CHALLENGE_MS,
-            user_verification=UserVerificationRequirement.PREFERRED,
+            user_verification=_webauthn().helpers.structs.UserVerificationRequirement.PREFERRED,
         )
-        result: dict[str, Any] = json.loads(webauthn.options_to_json(options))
+        result: dict[str, Any] = json.loads(_webauthn().options_to_json(options))
         return result
 
     def login_challenge(self, body: Any, *, now_ms: int) -> tuple[bytes, dict[str, Any], str]:
@@ -262,7 +274,7 @@ class Ceremonies:
         if sent_handle and sent_handle != handle:
             raise PasskeyRefused("bad_passkey", "the passkey belongs to someone else")
         try:
-            verified = webauthn.verify_authentication_response(
+            verified = _webauthn().verify_authentication_response(
                 credential=credential,
                 expected_challenge=challenge,
                 expected_rp_id=self.rp.rp_id,
@@ -270,9 +282,14 @@ class Ceremonies:
                 credential_public_key=public_key,
                 credential_current_sign_count=sign_count,
             )
-        except (webauthn_errors.WebAuthnException, ValueError, KeyError, TypeError) as exc:
+        except (
+            _webauthn().helpers.exceptions.WebAuthnException,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             raise PasskeyRefused("bad_passkey", f"the passkey was not accepted: {exc}") from None
-        return verified.new_sign_count
+        return int(verified.new_sign_count)
 
 
 def _parse(body: Any) -> tuple[bytes, dict[str, Any]]:
