@@ -102,3 +102,19 @@ def test_an_operators_certificate_is_served_even_on_loopback(
     status, _ = _https_get(port, "gateway.test", tmp_path / "ca.pem")
     assert status == 200
     assert not (front_door.state / "tls" / "http.crt").exists()
+
+
+def test_a_flood_of_refused_sign_ins_is_counted_not_logged_line_by_line(
+    front_door: GatewayProcess,
+) -> None:
+    with front_door.config.open("a") as f:
+        f.write("source_rate = 1000.0\nsource_burst = 1000\n")
+    front_door.start()
+    for i in range(100):
+        answer = requests.post(
+            front_door.url + "/oid4vp/response", data={"state": f"s{i}", "vp_token": "{}"},
+            timeout=10,
+        )  # fmt: skip
+        assert answer.status_code == 400
+    time.sleep(0.5)
+    assert front_door.output.count("sign-in refused") == 20

@@ -112,7 +112,8 @@ class LoginDoor:
             claimed = self.pending.claim(state, self.edge.now_ms())
             grant = await self.edge.desk(self.check, claimed, vp_token)
         except VpRefused as refusal:
-            log.info("sign-in refused: %s", refusal)
+            if self.edge.refusals.take(self.edge.now_ms(), refusal.reason):
+                log.info("sign-in refused: %s", refusal)
             if claimed is not None:
                 claimed.refusal = refusal
             error = "invalid_request" if refusal.reason == "malformed" else "access_denied"

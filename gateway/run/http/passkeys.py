@@ -240,7 +240,8 @@ class _Passkeys:
 
             passkey = await self.edge.desk(check)
         except PasskeyRefused as exc:
-            log.info("passkey sign-in refused: %s", exc)
+            if self.edge.refusals.take(self.edge.now_ms(), f"passkey {exc.reason}"):
+                log.info("passkey sign-in refused: %s", exc)
             return _refusal(exc)
         response = web.json_response({"ok": True, "next": "/passkeys"})
         await self.edge.sign_in(

@@ -44,6 +44,7 @@ from gateway.auth.web_sessions import WebSession, WebSessions
 from gateway.config import Config
 from gateway.credentials.permissions import Permissions
 from gateway.db import DB_NAME, connect
+from gateway.ops.logs import LogBudget
 from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ class HttpEdge:
             random_bytes=secrets.token_bytes,
         )
         self.limiter = PeerLimiter(http.source_rate, http.source_burst)
+        #: what strangers get refused is logged within a budget (a flood is counted, not
+        #: written line by line): ask ``refusals.take(now_ms, reason)`` before logging one.
+        self.refusals = LogBudget("front door refusals", logger=log)
         self.app = web.Application(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._headers, self._who, self._limit, self._csrf],
@@ -263,6 +267,7 @@ class HttpEdge:
         while True:
             try:
                 await self.desk(functools.partial(self.sessions.sweep, now_ms=self.now_ms()))
+                self.refusals.flush(self.now_ms())
             except Exception as exc:  # the next round tries again
                 log.error("http sessions: %s", exc)
             await asyncio.sleep(interval)
