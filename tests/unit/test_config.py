@@ -209,6 +209,7 @@ def test_the_defaults_expose_nothing() -> None:
         ('[metrics]\nhost = "192.168.1.20"\n', "metrics.host", "without authentication"),
         ('[coap]\nenabled = true\nhost = "::"\n', "coap.host", "every interface of this machine"),
         ('[coap]\nenabled = true\nhost = "10.0.0.2"\n', "coap.host", "unencrypted"),
+        ('[http]\nhost = "0.0.0.0"\n', "http.host", "over HTTPS on every interface"),
     ],
 )
 def test_a_server_off_loopback_is_an_exposure_warning(toml: str, key: str, says: str) -> None:
@@ -235,6 +236,25 @@ def test_a_broker_elsewhere_without_tls_is_warned_about_and_with_tls_is_not() ->
     assert parse_config({"mqtt": {"host": "b.lan", "tls": True}}, source="t").warnings() == []
     off = parse_config({"mqtt": {"host": "b.lan", "enabled": False}}, source="t")
     assert off.warnings() == []
+
+
+def test_the_front_door_is_plain_http_only_on_loopback_and_names_its_address(
+    tmp_path: Path,
+) -> None:
+    loopback = Config().http
+    assert not loopback.tls() and loopback.base_url() == "http://localhost:8443"
+    lan = parse_config({"http": {"host": "192.168.1.20", "port": 443}}, source="t").http
+    assert lan.tls() and lan.base_url() == "https://192.168.1.20:443"
+    named = parse_config(
+        {"http": {"host": "0.0.0.0", "public_url": "https://gw.home.arpa:8443/"}}, source="t"
+    ).http
+    assert named.tls() and named.base_url() == "https://gw.home.arpa:8443"
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="cert_file and key_file are set together"):
+        parse_config({"http": {"cert_file": str(cert)}}, source="t.toml")
+    with pytest.raises(ConfigError, match="public_url"):
+        parse_config({"http": {"public_url": "ftp://gw"}}, source="t.toml")
 
 
 def test_tls_settings_that_cannot_work_together_are_refused(tmp_path: Path) -> None:
