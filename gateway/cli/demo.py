@@ -65,6 +65,7 @@ class Demo:
             "coap": free_port(socket.SOCK_DGRAM),
             "anvil": free_port(),
             "metrics": free_port(),
+            "http": free_port(),
         }
         self.env = {**os.environ, "DIDGW_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
         self.broker = PrivateBroker(
@@ -166,6 +167,7 @@ class Demo:
             f'password_file = "{password}"\n'
             f"[coap]\nenabled = true\nport = {self.ports['coap']}\n"
             f"[metrics]\nport = {self.ports['metrics']}\n"
+            f"[http]\nport = {self.ports['http']}\n"
             "[meter]\nenabled = true\nrecord_every_seconds = 1.0\n"
             f"[market]\nenabled = true\ninterval_seconds = {INTERVAL}\ntick_seconds = 0.2\n"
             f'[anchor]\nenabled = true\nrpc_url = "{rpc}"\nevery_seconds = 5.0\n'
@@ -233,6 +235,10 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
     demo.fund(rpc, ledger)
     demo.write_config(rpc)
     say(f"  gateway {gateway_did}\n  its ledger account {ledger} (funded on anvil)")
+    say(
+        f"  people's front door: http://localhost:{demo.ports['http']}/ (sign in with a wallet "
+        "at /login; receive a credential with didgw cred offer)"
+    )
 
     fleet_dir = demo.tmp / "fleet"
     dids = subprocess.run(
