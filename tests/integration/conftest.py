@@ -121,3 +121,24 @@ def person(didgw: Run, front_door: GatewayProcess) -> Person:
     """A household member with a credential the front door's gateway issued, who signs in at
     /login with a wallet (``person.sign_in_browser(page)`` or ``person.sign_in_http()``)."""
     return Person.issued(didgw, front_door)
+
+
+@pytest.fixture
+def https_front_door(front_door: GatewayProcess, didgw: Run) -> GatewayProcess:
+    """The ``front_door`` over HTTPS on loopback, as a wallet meets it on a LAN: a
+    certificate for localhost from the gateway's own certificate authority (issued with
+    ``didgw tls issue``), served as ``[http] cert_file``; ``front_door.ca`` is the authority's
+    certificate, which the clients trust."""
+    state = front_door.state
+    issued = didgw("tls", "issue", "--name", "localhost", "--state-dir", str(state))
+    assert issued.returncode == 0, issued.stderr
+    port = front_door.url.rsplit(":", 1)[1]
+    with front_door.config.open("a") as f:
+        f.write(
+            f'cert_file = "{state / "tls" / "broker.crt"}"\n'
+            f'key_file = "{state / "tls" / "broker.key"}"\n'
+            f'public_url = "https://localhost:{port}"\n'
+        )
+    front_door.url = f"https://localhost:{port}"
+    front_door.ca = state / "tls" / "ca.crt"
+    return front_door

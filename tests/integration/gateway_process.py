@@ -29,6 +29,7 @@ class GatewayProcess:
     def __init__(self, state: Path, broker: Mosquitto | None, config: Path) -> None:
         self.state, self.broker, self.config = state, broker, config
         self.url = ""  # the HTTP edge's address, where a fixture turned it on
+        self.ca: Path | None = None  # the authority of its certificate, over HTTPS
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None

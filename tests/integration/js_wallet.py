@@ -5,6 +5,7 @@ OpenID4VCI (``receive.mjs``), answering a sign-in by OpenID4VP (``present.mjs``)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,13 +16,17 @@ from support import ROOT
 WALLET = ROOT / "tests" / "interop" / "oid4vc-js"
 
 
-def node(*args: str) -> subprocess.CompletedProcess[str]:
+def node(*args: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a script of the wallet; ``ca``: a certificate authority it trusts besides the
+    system's (the gateway's own, for HTTPS)."""
     binary = shutil.which("node")
     assert binary, "node is not installed: run scripts/setup.sh --dev"
     assert (WALLET / "node_modules").is_dir(), "run scripts/setup.sh --dev (npm ci)"
+    env = {**os.environ, **({"NODE_EXTRA_CA_CERTS": str(ca)} if ca is not None else {})}
     return subprocess.run(
-        [binary, *args], capture_output=True, text=True, timeout=120, check=False, cwd=WALLET
-    )
+        [binary, *args], capture_output=True, text=True, timeout=120, check=False, cwd=WALLET,
+        env=env,
+    )  # fmt: skip
 
 
 def new_wallet(tmp_path: Path, name: str = "wallet") -> tuple[Path, str]:
@@ -33,24 +38,33 @@ def new_wallet(tmp_path: Path, name: str = "wallet") -> tuple[Path, str]:
 
 
 def receive(
-    key: Path, made: dict[str, str], out: Path, *, pin: str | None = None, binding: str = "did"
+    key: Path,
+    made: dict[str, str],
+    out: Path,
+    *,
+    pin: str | None = None,
+    binding: str = "did",
+    ca: Path | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Receive the credential of offer ``made`` (``didgw cred offer --json``) into ``out``:
-    (exit status, the wallet's JSON summary)."""
+    (exit status, the wallet's JSON summary). Over HTTPS with ``ca``, else plain HTTP on
+    loopback (``--allow-http``)."""
     ran = node(
         "receive.mjs", "--key", str(key), "--offer", made["uri"], "--pin", pin or made["pin"],
-        "--out", str(out), "--binding", binding, "--allow-http",
+        "--out", str(out), "--binding", binding, *([] if ca else ["--allow-http"]), ca=ca,
     )  # fmt: skip
     assert ran.stdout.strip(), ran.stderr
     return ran.returncode, json.loads(ran.stdout.strip().splitlines()[-1])
 
 
-def present(key: Path, credentials: list[Path], link: str) -> subprocess.CompletedProcess[str]:
+def present(
+    key: Path, credentials: list[Path], link: str, *, ca: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Answer the sign-in request of ``link`` (openid4vp://…) with these credential files.
     Exit 0 or 1 with a JSON line ({"status", "body", "disclosed"}) when the gateway was
     answered; 2 when the wallet had nothing to answer with (the reason on stderr)."""
     files = [a for path in credentials for a in ("--credential", str(path))]
-    return node("present.mjs", "--key", str(key), *files, "--request", link)
+    return node("present.mjs", "--key", str(key), *files, "--request", link, ca=ca)
 
 
 def presented(key: Path, credentials: list[Path], link: str) -> dict[str, Any]:

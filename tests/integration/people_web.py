@@ -104,6 +104,7 @@ class Browser:
 
     url: str
     cookies: dict[str, str] = field(default_factory=dict)
+    ca: str | None = None  # over HTTPS: the certificate authority to check the server with
 
     def _keep(self, answer: requests.Response) -> requests.Response:
         for cookie in answer.cookies:
@@ -120,14 +121,16 @@ class Browser:
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         answer = requests.get(
-            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False, **kwargs
-        )
+            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False,
+            verify=self.ca or True, **kwargs,
+        )  # fmt: skip
         return self._keep(answer)
 
     def post(self, path: str, **kwargs: Any) -> requests.Response:
         answer = requests.post(
-            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False, **kwargs
-        )
+            self.url + path, headers=self._headers(), timeout=10, allow_redirects=False,
+            verify=self.ca or True, **kwargs,
+        )  # fmt: skip
         return self._keep(answer)
 
     def start(self) -> tuple[str, str]:

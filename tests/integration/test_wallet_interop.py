@@ -1,4 +1,5 @@
-"""One independent wallet end to end against a real ``didgw run``: it receives a credential
+"""One independent wallet end to end against a real ``didgw run`` over HTTPS (a certificate
+of the gateway's own authority, which the wallet is told to trust): it receives a credential
 of each kind by OpenID4VCI (an offer made with ``didgw cred offer``), then uses it to sign in
 by OpenID4VP at /login. The wallet is the OpenWallet Foundation's oid4vc-ts with sd-jwt-js
 and dcql (tests/interop/oid4vc-js); nothing in it comes from didgw."""
@@ -41,9 +42,12 @@ def entries(door: GatewayProcess, kind: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("kind", list(CLAIMS))
 def test_a_credential_received_by_openid4vci_signs_in_by_openid4vp(
-    front_door: GatewayProcess, didgw: Run, tmp_path: Path, kind: str
+    https_front_door: GatewayProcess, didgw: Run, tmp_path: Path, kind: str
 ) -> None:
+    front_door = https_front_door
     front_door.start()
+    ca = front_door.ca
+    assert ca is not None
     key, holder = new_wallet(tmp_path)
     args = [f"--claim={k}={v}" for k, v in CLAIMS[kind].items()]
     offered = didgw(
@@ -52,12 +56,14 @@ def test_a_credential_received_by_openid4vci_signs_in_by_openid4vp(
     )  # fmt: skip
     assert offered.returncode == 0, offered.stderr
     credential = tmp_path / f"{kind}.sdjwt"
-    code, summary = receive(key, json.loads(offered.stdout), credential)
+    made = json.loads(offered.stdout)
+    assert made["uri"].startswith("openid-credential-offer://?credential_offer_uri=https")
+    code, summary = receive(key, made, credential, ca=ca)
     assert code == 0, summary
 
-    browser = Browser(front_door.url)
+    browser = Browser(front_door.url, ca=str(ca))
     link, request_id = browser.start()
-    answered = present(key, [credential], link)
+    answered = present(key, [credential], link, ca=ca)
     if kind not in DISCLOSED:  # grants nothing here: the sign-in query does not ask for it
         assert answered.returncode == 2
         assert "no credential of this wallet answers the query" in answered.stderr

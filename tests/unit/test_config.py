@@ -246,7 +246,8 @@ def test_the_front_door_is_plain_http_only_on_loopback_and_names_its_address(
     lan = parse_config({"http": {"host": "192.168.1.20", "port": 443}}, source="t").http
     assert lan.tls() and lan.base_url() == "https://192.168.1.20:443"
     named = parse_config(
-        {"http": {"host": "0.0.0.0", "public_url": "https://gw.home.arpa:8443/"}}, source="t"
+        {"http": {"host": "0.0.0.0", "public_url": "https://gw.home.arpa:8443/"}},  # noqa: S104
+        source="t",
     ).http
     assert named.tls() and named.base_url() == "https://gw.home.arpa:8443"
     cert = tmp_path / "c.pem"

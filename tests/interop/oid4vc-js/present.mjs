@@ -97,10 +97,11 @@ async function main() {
     kbSigner: (data) => nodeSign(null, Buffer.from(data), keyObject).toString("base64url"),
   });
 
-  // The libraries want https URLs; the tests' gateway is plain HTTP on loopback (as a
-  // browser, localhost only is let through).
+  // The libraries want https URLs; a gateway on plain HTTP is let through on loopback only
+  // (as a browser lets localhost through).
   const requestUri = new URL(new URL(args.request).searchParams.get("request_uri") ?? "");
-  if (["localhost", "127.0.0.1", "[::1]"].includes(requestUri.hostname)) {
+  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(requestUri.hostname);
+  if (requestUri.protocol === "http:" && loopback) {
     setGlobalConfig({ allowInsecureUrls: true });
   }
   const client = new Openid4vpClient({ callbacks });
