@@ -42,6 +42,7 @@ from gateway.identity.resolver import (
     Resolver,
 )
 from gateway.identity.signing import Signer
+from gateway.market.service import MarketSettings
 from gateway.registry import Registry
 
 KEY_FILE = Path("keys") / "gateway.pem"
@@ -152,6 +153,19 @@ def build_issuer(config: Config, db: Database, gateway_did: str) -> CredentialIs
         list_url=c.status_list_url,
         validity_seconds=c.validity_days * 86400,
         status_valid_seconds=c.status_valid_seconds,
+    )
+
+
+def market_settings(config: Config) -> MarketSettings:
+    """The market's rules from ``[market]``."""
+    m = config.market
+    return MarketSettings(
+        interval_ms=m.interval_seconds * 1000,
+        max_ahead=m.max_ahead_intervals,
+        max_wh=m.max_order_wh,
+        max_price=m.max_price,
+        retail=m.retail_price,
+        feed_in=m.feed_in_price,
     )
 
 

@@ -7,12 +7,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.cli._base import CommandTree, load_config, open_gateway, print_json, when
-
-if TYPE_CHECKING:
-    from gateway.anchor.queue import Anchor
+from gateway.cli._base import CommandTree, load_config, open_gateway, print_json
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
@@ -79,33 +76,19 @@ def _tx_hash(receipt: Any) -> bytes | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.anchor.queue import AnchorQueue
+    from gateway.anchor.status import anchor_status
 
     config = load_config(args)
     with open_gateway(args) as gateway:
-        queue = AnchorQueue(gateway.db)
         chain = gateway.chain()
-        last = queue.last_confirmed()
-        anchored = 0 if last is None else last.size
-        oldest = chain.get(anchored).ts / 1000 if chain.size > anchored else None
-        binding = gateway.ledger_binding()
-        status: dict[str, Any] = {
-            "enabled": config.anchor.enabled,
-            "rpc_url": config.anchor.rpc_url,
-            "chain_id": config.anchor.chain_id,
-            "address": _binding_address(binding),
-            "record_size": chain.size,
-            "anchored_size": anchored,
-            "unanchored_entries": chain.size - anchored,
-            "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
-            "last_anchor": None if last is None else _anchor_json(last),
-            "in_flight": _in_flight_json(queue.in_flight()),
-            "queue": queue.counts(),
-            "loop_health": {
-                k: {"value": v, "since": when(ms / 1000)}
-                for k, (v, ms) in queue.meta().items()
-                if k == "health"
-            }.get("health"),
-        }
+        status = anchor_status(
+            AnchorQueue(gateway.db),
+            chain,
+            config.anchor,
+            size=chain.size,
+            binding=gateway.ledger_binding(),
+            now=time.time(),
+        )
     probe = config.anchor.enabled and not args.offline
     status["ledger"] = _probe(config, status["address"]) if probe else None
     if args.json:
@@ -114,26 +97,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_status(status)
     ledger = status["ledger"]
     return 1 if ledger is not None and ledger["problem"] else 0
-
-
-def _in_flight_json(flight: Anchor | None) -> dict[str, Any] | None:
-    """The anchor whose transaction awaits its block: how long, and how often sent."""
-    if flight is None or flight.sent_ms is None:
-        return None
-    return {
-        **_anchor_json(flight),
-        "last_sent_seconds_ago": round(time.time() - flight.sent_ms / 1000, 1),
-    }
-
-
-def _binding_address(binding: str | None) -> str | None:
-    import base64
-
-    if binding is None:
-        return None
-    part = binding.split(".")[1]
-    body = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    return str(body["address"])
 
 
 def _probe(config: Any, address: str | None) -> dict[str, Any]:
@@ -202,25 +165,12 @@ def _print_status(s: dict[str, Any]) -> None:
         )
 
 
-def _anchor_json(a: Anchor) -> dict[str, Any]:
-    return {
-        "size": a.size,
-        "state": a.state,
-        "created": when(a.created_ms / 1000),
-        "covered_by": a.covered_by,
-        "nonce": a.nonce,
-        "tx_hash": None if a.tx_hash is None else "0x" + a.tx_hash.hex(),
-        "sends": a.sends,
-        "block_number": a.block_number,
-        "confirmed": when(None if a.confirmed_ms is None else a.confirmed_ms / 1000),
-    }
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from gateway.anchor.queue import AnchorQueue
+    from gateway.anchor.status import anchor_json
 
     with open_gateway(args) as gateway:
-        anchors = [_anchor_json(a) for a in AnchorQueue(gateway.db).recent(args.limit)]
+        anchors = [anchor_json(a) for a in AnchorQueue(gateway.db).recent(args.limit)]
     if args.json:
         print_json(anchors)
         return 0

@@ -110,17 +110,10 @@ def cmd_meter_list(args: argparse.Namespace) -> int:
 
 
 def _market(gateway: Any) -> Any:
-    from gateway.market.service import Market, MarketSettings
+    from gateway.market.service import Market
+    from gateway.service import market_settings
 
-    m = gateway.config.market
-    settings = MarketSettings(
-        interval_ms=m.interval_seconds * 1000,
-        max_ahead=m.max_ahead_intervals,
-        max_wh=m.max_order_wh,
-        max_price=m.max_price,
-        retail=m.retail_price,
-        feed_in=m.feed_in_price,
-    )
+    settings = market_settings(gateway.config)
     return Market(gateway.db, gateway.registry, gateway.resolver, None, settings)
 
 

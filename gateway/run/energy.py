@@ -27,10 +27,10 @@ from gateway.energy.meter import MeterRecorder, meters
 from gateway.energy.p1 import P1Splitter, Telegram
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
-from gateway.market.service import Market, MarketSettings, Message
+from gateway.market.service import Market, Message
 from gateway.ops.health import Health
 from gateway.registry import Registry, Status
-from gateway.service import Gateway, build_resolver
+from gateway.service import Gateway, build_resolver, market_settings
 from gateway.transports.serial import SerialReader, SerialSettings
 
 log = logging.getLogger(__name__)
@@ -139,14 +139,7 @@ class MarketSide:
             Registry(db, gateway.resolver),
             build_resolver(config),
             signer,
-            MarketSettings(
-                interval_ms=m.interval_seconds * 1000,
-                max_ahead=m.max_ahead_intervals,
-                max_wh=m.max_order_wh,
-                max_price=m.max_price,
-                retail=m.retail_price,
-                feed_in=m.feed_in_price,
-            ),
+            market_settings(config),
         )
         self._tick = m.tick_seconds
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-market")

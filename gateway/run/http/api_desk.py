@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gateway.anchor.queue import Anchor, AnchorQueue
+from gateway.anchor.queue import AnchorQueue
+from gateway.anchor.status import anchor_status
 from gateway.auth import api_tokens
 from gateway.auth import person_requests as requests
 from gateway.auth.api_tokens import ApiTokens
@@ -23,11 +24,11 @@ from gateway.chain.check import entry_fields
 from gateway.chain.store import ChainStore, Entry, NewEntry
 from gateway.config import Config
 from gateway.credentials.issuer import IssuedRecord
-from gateway.market.service import Market, MarketSettings
+from gateway.market.service import Market
 from gateway.ops.health import stored_health
 from gateway.registry import Device, Registry, Status
 from gateway.run.http.server import Principal
-from gateway.service import build_issuer, build_resolver
+from gateway.service import build_issuer, build_resolver, market_settings
 
 
 class ApiDesk:
@@ -42,15 +43,7 @@ class ApiDesk:
         self.registry = Registry(db, self.resolver, chain=self.chain, gateway_did=gateway_did)
         self.issuer = build_issuer(config, db, gateway_did)
         self.tokens = ApiTokens(db, gateway_did=gateway_did)
-        m = config.market
-        settings = MarketSettings(
-            interval_ms=m.interval_seconds * 1000,
-            max_ahead=m.max_ahead_intervals,
-            max_wh=m.max_order_wh,
-            max_price=m.max_price,
-            retail=m.retail_price,
-            feed_in=m.feed_in_price,
-        )
+        settings = market_settings(config)
         self.market = Market(db, self.registry, self.resolver, None, settings)
 
     # -- who is asking ---------------------------------------------------------------
@@ -182,37 +175,15 @@ class ApiDesk:
 
     def anchor_status(self) -> dict[str, Any]:
         """What ``didgw anchor status --offline --json`` shows (no ledger probe)."""
-        queue = AnchorQueue(self.db)
-        size = self._size()
-        last = queue.last_confirmed()
-        anchored = 0 if last is None else last.size
-        oldest = self.chain.get(anchored).ts / 1000 if size > anchored else None
-        health = queue.meta().get("health")
-        a = self.config.anchor
-        return {
-            "enabled": a.enabled,
-            "rpc_url": a.rpc_url,
-            "chain_id": a.chain_id,
-            "address": self._ledger_address(),
-            "record_size": size,
-            "anchored_size": anchored,
-            "unanchored_entries": size - anchored,
-            "lag_seconds": None if oldest is None else round(time.time() - oldest, 1),
-            "last_anchor": None if last is None else anchor_json(last),
-            "in_flight": _in_flight(queue.in_flight()),
-            "queue": queue.counts(),
-            "loop_health": None
-            if health is None
-            else {"value": health[0], "since": iso(health[1] / 1000)},
-        }
-
-    def _ledger_address(self) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'ledger_binding'").fetchone()
-        if row is None:
-            return None
-        part = str(row[0]).split(".")[1]
-        body = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-        return str(body["address"])
+        return anchor_status(
+            AnchorQueue(self.db),
+            self.chain,
+            self.config.anchor,
+            size=self._size(),
+            binding=None if row is None else str(row[0]),
+            now=time.time(),
+        )
 
     def status(self) -> dict[str, Any]:
         """The stored health figures (``didgw status`` reads the same)."""
@@ -297,24 +268,3 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "erased": entry.erased,
         "erased_by": entry.erased_by,
     }
-
-
-def anchor_json(a: Anchor) -> dict[str, Any]:
-    return {
-        "size": a.size,
-        "state": a.state,
-        "created": iso(a.created_ms / 1000),
-        "covered_by": a.covered_by,
-        "nonce": a.nonce,
-        "tx_hash": None if a.tx_hash is None else "0x" + a.tx_hash.hex(),
-        "sends": a.sends,
-        "block_number": a.block_number,
-        "confirmed": iso(None if a.confirmed_ms is None else a.confirmed_ms / 1000),
-    }
-
-
-def _in_flight(flight: Anchor | None) -> dict[str, Any] | None:
-    if flight is None or flight.sent_ms is None:
-        return None
-    ago = round(time.time() - flight.sent_ms / 1000, 1)
-    return {**anchor_json(flight), "last_sent_seconds_ago": ago}
