@@ -14,6 +14,14 @@ from typing import Any
 from support import ROOT
 
 WALLET = ROOT / "tests" / "interop" / "oid4vc-js"
+#: The claims of one credential of each kind, for offers to the wallet.
+SOMEONE = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+CLAIMS = {
+    "household": {"household": SOMEONE, "role": "seller", "name": "Alice"},
+    "facility-manager": {"site": "Block C", "name": "Bob"},
+    "device-owner": {"device": SOMEONE},
+    "vouch": {"device": SOMEONE, "kind": "meter"},
+}
 
 
 def node(*args: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,21 @@ from gateway.identity.keystore import generate_key
 
 COOKIE = "didgw_session"
 LOGIN_COOKIE = "didgw_login"
+
+
+def issue_credential(
+    didgw: Run, state: Path, kind: str, subject: str, claims: Sequence[str], *, out: Path
+) -> tuple[str, str]:
+    """Issue an SD-JWT VC with ``didgw cred issue`` into ``out``: (its id, its text)."""
+    issued = didgw(
+        "cred", "issue", kind, "--subject", subject, "--format", "sd-jwt",
+        *[a for c in claims for a in ("--claim", c)],
+        "-o", str(out), "--state-dir", str(state),
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    match = re.search(r"issued (urn:uuid:\S+)", issued.stdout + issued.stderr)
+    assert match is not None, issued.stdout
+    return match[1], out.read_text().strip()
 
 
 @dataclass
@@ -50,15 +66,8 @@ class Person:
             claims = [f"household={household}", "role=buyer", f"name={name.title()}"]
         else:
             claims = [f"name={name.title()}"]
-        issued = didgw(
-            "cred", "issue", kind, "--subject", identity.did, "--format", "sd-jwt",
-            *[a for c in claims for a in ("--claim", c)],
-            "-o", str(path), "--state-dir", str(state),
-        )  # fmt: skip
-        assert issued.returncode == 0, issued.stderr
-        match = re.search(r"issued (urn:uuid:\S+)", issued.stdout + issued.stderr)
-        assert match is not None, issued.stdout
-        return cls(identity, path.read_text().strip(), match[1], front_door.url)
+        credential_id, text = issue_credential(didgw, state, kind, identity.did, claims, out=path)
+        return cls(identity, text, credential_id, front_door.url)
 
     def answer(self, link: str) -> None:
         """Her wallet answers the sign-in request of ``link`` (an openid4vp:// URI)."""

@@ -12,20 +12,12 @@ from typing import Any
 import pytest
 import requests
 from gateway_process import GatewayProcess
-from js_wallet import new_wallet, receive
+from js_wallet import CLAIMS, new_wallet, receive
 from support import Run, wait_until
 
 from gateway.credentials.sd_jwt import b64u_decode
 
 pytestmark = pytest.mark.integration
-
-SOMEONE = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
-CLAIMS = {
-    "household": {"household": SOMEONE, "role": "seller", "name": "Alice"},
-    "facility-manager": {"site": "Block C", "name": "Bob"},
-    "device-owner": {"device": SOMEONE},
-    "vouch": {"device": SOMEONE, "kind": "meter"},
-}
 
 
 def offer(

@@ -23,7 +23,7 @@ import requests
 import web_wallet as ww
 from gateway_process import GatewayProcess
 from js_wallet import new_wallet, presented
-from people_web import Browser
+from people_web import Browser, issue_credential
 from support import Run
 
 from gateway.chain.store import ChainStore
@@ -57,22 +57,7 @@ class Door:
     def issue(self, kind: str, subject: str, *claims: str) -> tuple[str, str]:
         """(credential id, SD-JWT text) issued with ``didgw cred issue``."""
         path = self.tmp / f"{secrets.token_hex(4)}.sdjwt"
-        args = [a for c in claims for a in ("--claim", c)]
-        out = self.cli(
-            "cred",
-            "issue",
-            kind,
-            "--subject",
-            subject,
-            "--format",
-            "sd-jwt",
-            *args,
-            "-o",
-            str(path),
-        )
-        match = re.search(r"issued (urn:uuid:\S+)", out)
-        assert match is not None, out
-        return match[1], path.read_text().strip()
+        return issue_credential(self.didgw, self.process.state, kind, subject, claims, out=path)
 
     def issue_expired(self, subject: str) -> str:
         gateway = open_gateway(load_config(self.process.config), self.process.state)

@@ -10,7 +10,6 @@ presentation's digest, and the disclosed personal data in an erasable entry of i
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import threading
 import time
@@ -23,6 +22,7 @@ import pytest
 import wallet as wal
 from broker import Mosquitto, free_port
 from gateway_process import GatewayProcess
+from people_web import issue_credential
 from support import Run
 
 from gateway.chain.store import ChainStore
@@ -67,22 +67,7 @@ class Site:
     def issue(self, kind: str, subject: str, name: str, *claims: str) -> tuple[str, str]:
         """(credential id, SD-JWT text) issued with ``didgw cred issue``."""
         path = self.tmp / f"{name}.sdjwt"
-        args = [a for c in claims for a in ("--claim", c)]
-        out = self.run(
-            "cred",
-            "issue",
-            kind,
-            "--subject",
-            subject,
-            "--format",
-            "sd-jwt",
-            *args,
-            "-o",
-            str(path),
-        )
-        match = re.search(r"issued (urn:uuid:\S+)", out)
-        assert match is not None, out
-        return match[1], path.read_text().strip()
+        return issue_credential(self.didgw, self.state, kind, subject, claims, out=path)
 
     def device(self, name: str) -> Any:
         return dev.Device(

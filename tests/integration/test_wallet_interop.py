@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from gateway_process import GatewayProcess
-from js_wallet import new_wallet, present, receive
+from js_wallet import CLAIMS, SOMEONE, new_wallet, present, receive
 from people_web import Browser
 from support import Run
 
@@ -20,13 +20,6 @@ from gateway.db import connect
 
 pytestmark = pytest.mark.integration
 
-SOMEONE = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
-CLAIMS = {
-    "household": {"household": SOMEONE, "role": "seller", "name": "Alice"},
-    "facility-manager": {"site": "Block C", "name": "Bob"},
-    "device-owner": {"device": SOMEONE},
-    "vouch": {"device": SOMEONE, "kind": "meter"},
-}
 #: What each kind's sign-in discloses: the DCQL query asks for household and role only.
 DISCLOSED = {"household": {"household": SOMEONE, "role": "seller"}, "facility-manager": {}}
 
