@@ -65,6 +65,11 @@ def _webauthn() -> Any:
     return webauthn
 
 
+def _not_accepted() -> tuple[type[Exception], ...]:
+    """What py_webauthn raises for an answer it does not accept (malformed ones too)."""
+    return (_webauthn().helpers.exceptions.WebAuthnException, ValueError, KeyError, TypeError)
+
+
 def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -223,12 +228,7 @@ class Ceremonies:
                 expected_rp_id=self.rp.rp_id,
                 expected_origin=self.rp.origin,
             )
-        except (
-            _webauthn().helpers.exceptions.WebAuthnException,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as exc:
+        except _not_accepted() as exc:
             raise PasskeyRefused("bad_passkey", f"the passkey was not accepted: {exc}") from None
         return NewPasskey(
             b64u(verified.credential_id),
@@ -282,12 +282,7 @@ class Ceremonies:
                 credential_public_key=public_key,
                 credential_current_sign_count=sign_count,
             )
-        except (
-            _webauthn().helpers.exceptions.WebAuthnException,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as exc:
+        except _not_accepted() as exc:
             raise PasskeyRefused("bad_passkey", f"the passkey was not accepted: {exc}") from None
         return int(verified.new_sign_count)
 
