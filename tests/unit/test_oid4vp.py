@@ -269,3 +269,18 @@ def test_the_config_offers_the_response_modes_of_the_verifier() -> None:
     assert HttpSection().response_mode == oid4vp.RESPONSE_MODES[0]
     for mode in oid4vp.RESPONSE_MODES:
         assert pool().new("b", 0, mode).response_mode == mode
+
+
+@pytest.mark.parametrize(("curve", "enc"), [("P-256", "A128GCM"), ("X25519", "A256GCM")])
+def test_the_test_wallets_own_ecdh_es_opens_here(curve: str, enc: str) -> None:
+    """firmware-sim/web_wallet.py encrypts with cryptography alone (Concat KDF by hand):
+    a second implementation against joserfc's, both ways of a mistake in either."""
+    import web_wallet as ww
+
+    logins = pool()
+    request = logins.new("b", 0)
+    assert request.keys is not None
+    jwk = next(k for k in request.keys.jwks()["keys"] if k["crv"] == curve)
+    payload = json.dumps({"vp_token": VP_TOKEN, "state": request.state}).encode()
+    claimed, vp_token = oid4vp.take_response({"response": ww.encrypt(payload, jwk, enc)}, logins, 1)
+    assert (claimed, vp_token) == (request, VP_TOKEN)
