@@ -85,6 +85,10 @@ REASONS = {
     "unavailable": "the gateway cannot check the presentation now; try again",
 }
 
+#: The reasons answered ``invalid_request`` (the response's form is wrong); the others are
+#: ``access_denied`` (a well-formed response, refused).
+INVALID_REQUEST = frozenset({"malformed", "bad_encryption", "not_encrypted"})
+
 HOUSEHOLD_QUERY_ID = "household"
 MANAGER_QUERY_ID = "facility_manager"
 

@@ -239,7 +239,7 @@ def test_a_bad_envelope_is_refused_and_the_sign_in_still_waits(door: Door, attac
     assert set(form) == {"response"}
     answer = ww.post(request, form)
     assert (answer.status, answer.body["reason"]) == (400, "bad_encryption"), answer.body
-    assert answer.body["error"] == "access_denied"
+    assert answer.body["error"] == "invalid_request"
     assert browser.get(f"/login/status?id={request_id}").json() == {"status": "waiting"}
     assert door.entries("person-session") == []
     assert door.entries("disclosure") == []
@@ -256,6 +256,7 @@ def test_a_plain_answer_to_an_encrypted_request_is_refused(door: Door) -> None:
     answer = ww.sign_in(link, [credential], bob, tamper=ww.Tamper(plain=True))
     assert set(answer.form) == {"vp_token", "state"}
     assert (answer.status, answer.body["reason"]) == (400, "not_encrypted")
+    assert answer.body["error"] == "invalid_request"
     status = browser.get(f"/login/status?id={request_id}").json()
     assert status == {"status": "refused", "reason": "not_encrypted"}
     page = browser.finish(request_id)

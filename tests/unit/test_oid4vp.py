@@ -120,6 +120,7 @@ def test_every_reason_is_explained() -> None:
         assert VpRefused(reason).reason == reason
     with pytest.raises(ValueError):
         VpRefused("no such reason")
+    assert set(oid4vp.REASONS) >= oid4vp.INVALID_REQUEST
 
 
 # -- encrypted responses (direct_post.jwt) -------------------------------------------------

@@ -123,7 +123,8 @@ class LoginDoor:
             log.info("sign-in refused: %s", refusal)
             if claimed is not None:
                 claimed.refusal = refusal
-            error = "invalid_request" if refusal.reason == "malformed" else "access_denied"
+            invalid = refusal.reason in oid4vp.INVALID_REQUEST
+            error = "invalid_request" if invalid else "access_denied"
             return web.json_response(
                 {
                     "error": error,
