@@ -351,7 +351,7 @@ def take_response(
         request, plaintext = pending.open(token, now_ms)
         try:
             payload = json.loads(plaintext)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
             raise VpRefused("malformed", "the decrypted response is not JSON") from None
         if not isinstance(payload, dict):
             raise VpRefused("malformed", "the decrypted response is not a JSON object")
@@ -386,7 +386,7 @@ def parse_response(form: Mapping[str, Any]) -> tuple[str, dict[str, list[str]]]:
         raise VpRefused("malformed", "the response needs a vp_token (a JSON object)")
     try:
         value = json.loads(token)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         raise VpRefused("malformed", "vp_token is not JSON") from None
     return state, _vp_token_of(value)
 

@@ -108,7 +108,7 @@ def header_of(token: str) -> dict[str, Any]:
         raise EnvelopeRefused("the JWE header is too long")
     try:
         header = json.loads(_unb64u(parts[0]))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         raise EnvelopeRefused("the JWE header is not JSON") from None
     if not isinstance(header, dict):
         raise EnvelopeRefused("the JWE header is not a JSON object")

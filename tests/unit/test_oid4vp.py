@@ -107,6 +107,7 @@ def test_a_direct_post_request_offers_no_key() -> None:
         {"state": "s", "vp_token": '{"household": "a~b"}'},
         {"state": "s", "vp_token": '{"household": ["a~", "b~"]}'},
         {"state": "s" * 65, "vp_token": '{"household": ["a~"]}'},
+        {"state": "s", "vp_token": "[" * 50_000},  # deeper than Python's recursion limit
     ],
 )
 def test_a_malformed_response_is_refused_before_any_lookup(form: dict[str, str]) -> None:
@@ -225,7 +226,9 @@ def test_an_encrypted_response_to_a_plain_request_is_refused() -> None:
     assert claimed is plain
 
 
-@pytest.mark.parametrize("case", ["array", "string", "no_vp_token", "vp_token_string", "no_state"])
+@pytest.mark.parametrize(
+    "case", ["array", "string", "no_vp_token", "vp_token_string", "no_state", "nested"]
+)
 def test_a_malformed_decrypted_response_is_refused(case: str) -> None:
     logins = pool()
     request = logins.new("b", 0)
@@ -235,8 +238,14 @@ def test_a_malformed_decrypted_response_is_refused(case: str) -> None:
         "no_vp_token": {"state": request.state},
         "vp_token_string": {"state": request.state, "vp_token": json.dumps(VP_TOKEN)},
         "no_state": {"vp_token": VP_TOKEN},
+        "nested": [],
     }[case]
-    assert refused({"response": sealed(request, payload)}, logins) == "malformed"
+    token = sealed(request, payload)
+    if case == "nested":  # deeper than Python's recursion limit
+        key = public_key(request)
+        head = {"alg": "ECDH-ES", "enc": "A128GCM", "kid": str(key.kid)}
+        token = jwe.encrypt_compact(head, b"[" * 30_000, key)
+    assert refused({"response": token}, logins) == "malformed"
 
 
 def test_an_encrypted_response_after_the_request_expired_is_refused() -> None:
@@ -285,3 +294,10 @@ def test_the_test_wallets_own_ecdh_es_opens_here(curve: str, enc: str) -> None:
     payload = json.dumps({"vp_token": VP_TOKEN, "state": request.state}).encode()
     claimed, vp_token = oid4vp.take_response({"response": ww.encrypt(payload, jwk, enc)}, logins, 1)
     assert (claimed, vp_token) == (request, VP_TOKEN)
+
+
+def test_a_deeply_nested_jwe_header_is_refused() -> None:
+    logins = pool()
+    logins.new("b", 0)
+    head = oid4vp.b64u(b"[" * 1500)  # under the header's size bound, over Python's recursion
+    assert refused({"response": f"{head}..a.b.c"}, logins) == "bad_encryption"
