@@ -5,12 +5,17 @@ What a phone wallet does with the ``openid4vp://`` link or QR code of ``/login``
 signed by the DID its ``client_id`` names (``decentralized_identifier:<did:key>``), pick
 the credentials that answer the DCQL query, present each disclosing only the claims
 asked for, with a key-binding JWT over the request's nonce and the client_id, and post
-``vp_token`` and ``state`` to ``response_uri`` (``direct_post``).
+``vp_token`` and ``state`` to ``response_uri``: encrypted to a key of the request's
+``client_metadata.jwks`` as a compact JWE in ``response`` (``direct_post.jwt``: ECDH-ES,
+Concat KDF, AES-GCM, written here on ``cryptography``, not with a JOSE library), or in
+the clear (``direct_post``), as the request says.
 
 For the gateway's tests and benchmarks it can also misbehave on purpose (:class:`Tamper`):
 another nonce or audience, a changed disclosure, a key-binding JWT signed by another key,
-a claim disclosed beyond the query. Written with public libraries only (cryptography,
-joserfc, through ``device.py`` beside it); nothing is imported from the gateway.
+a claim disclosed beyond the query; and for an encrypted response: the answer in the
+clear, another ``enc``, another ``kid``, another key, a changed ciphertext, a padded
+(oversized) envelope. Written with public libraries only (cryptography, joserfc, through
+``device.py`` beside it); nothing is imported from the gateway.
 
     python firmware-sim/web_wallet.py --key bob.pem --credential bob.sdjwt 'openid4vp://?…'
 """
@@ -21,6 +26,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -31,7 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,6 +53,9 @@ KB_TYP = "kb+jwt"
 REQUEST_TYP = "oauth-authz-req+jwt"
 DID_PREFIX = "decentralized_identifier:"
 MAX_ANSWER_BYTES = 256 * 1024
+RESPONSE_MODES = ("direct_post", "direct_post.jwt")
+#: AES-GCM key sizes by JWE ``enc`` (A192GCM only to misbehave: the gateway offers none).
+ENC_BITS = {"A128GCM": 128, "A192GCM": 192, "A256GCM": 256}
 
 
 class WebWalletError(Exception):
@@ -58,6 +71,14 @@ class Tamper:
     disclosure: bool = False  # change a disclosed value (the issuer's digest no longer fits)
     kb_key: Ed25519PrivateKey | None = field(default=None, repr=False)  # sign the KB-JWT so
     disclose_extra: tuple[str, ...] = ()  # claims disclosed beyond the query
+    # an encrypted (direct_post.jwt) request:
+    plain: bool = False  # answer it in the clear anyway
+    curve: str = "P-256"  # encrypt to the request's key on this curve (or X25519)
+    jwe_enc: str | None = None  # this enc instead of one the request offers
+    jwe_kid: str | None = None  # this kid in the header instead of the key's
+    jwe_to: dict[str, str] | None = None  # encrypt to this public JWK (under the key's kid)
+    jwe_flip: bool = False  # change a bit of the ciphertext
+    jwe_pad: int = 0  # grow the plaintext by this many characters
 
 
 @dataclass(frozen=True)
@@ -138,8 +159,10 @@ def fetch_request(link: str) -> AuthorizationRequest:
         claims = json.loads(jws.deserialize_compact(token, key, algorithms=["EdDSA"]).payload)
     except Exception as exc:
         raise WebWalletError(f"the request object's signature does not verify: {exc}") from None
-    if claims.get("client_id") != client_id or claims.get("response_mode") != "direct_post":
+    if claims.get("client_id") != client_id:
         raise WebWalletError("the request object does not match its link")
+    if claims.get("response_mode") not in RESPONSE_MODES:
+        raise WebWalletError(f"this wallet answers by {' or '.join(RESPONSE_MODES)} only")
     return AuthorizationRequest(client_id, claims, token)
 
 
@@ -204,7 +227,8 @@ def respond(
     tamper: Tamper = Tamper(),
     now: float | None = None,
 ) -> dict[str, str]:
-    """The ``direct_post`` form answering ``request``: ``vp_token`` and ``state``."""
+    """The form answering ``request``: ``vp_token`` and ``state`` (``direct_post``), or
+    the two sealed in ``response`` (``direct_post.jwt``)."""
     iat = int(time.time() if now is None else now)
     vp_token = {
         query_id: [
@@ -222,7 +246,73 @@ def respond(
             request.claims["dcql_query"], credentials
         ).items()
     }
-    return {"vp_token": json.dumps(vp_token), "state": request.state}
+    form = {"vp_token": json.dumps(vp_token), "state": request.state}
+    if request.claims.get("response_mode") == "direct_post.jwt" and not tamper.plain:
+        return {"response": seal(request, form, tamper)}
+    return form
+
+
+def _with_length(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def _agree(jwk: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """ECDH with a new ephemeral key against ``jwk``: (Z, the ephemeral public JWK)."""
+    if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+        x, y = (int.from_bytes(dev.b64u_decode(jwk[c], "EC coordinate"), "big") for c in "xy")
+        peer = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+        mine = ec.generate_private_key(ec.SECP256R1())
+        numbers = mine.public_key().public_numbers()
+        epk = {"kty": "EC", "crv": "P-256"}
+        epk |= {
+            "x": _b64u(numbers.x.to_bytes(32, "big")),
+            "y": _b64u(numbers.y.to_bytes(32, "big")),
+        }
+        return mine.exchange(ec.ECDH(), peer), epk
+    if jwk.get("kty") == "OKP" and jwk.get("crv") == "X25519":
+        peer_x = x25519.X25519PublicKey.from_public_bytes(dev.b64u_decode(jwk["x"], "OKP x"))
+        mine_x = x25519.X25519PrivateKey.generate()
+        epk = {"kty": "OKP", "crv": "X25519", "x": _b64u(mine_x.public_key().public_bytes_raw())}
+        return mine_x.exchange(peer_x), epk
+    raise WebWalletError(f"cannot encrypt to a {jwk.get('kty')}/{jwk.get('crv')} key")
+
+
+def encrypt(payload: bytes, jwk: dict[str, Any], enc: str, tamper: Tamper = Tamper()) -> str:
+    """A compact JWE of ``payload`` to ``jwk``: ECDH-ES (direct key agreement, RFC 7518
+    §4.6), the content key from the Concat KDF over Z (no apu, no apv), AES-GCM with the
+    protected header as additional data."""
+    z, epk = _agree(tamper.jwe_to or jwk)
+    bits = ENC_BITS[enc]
+    other_info = _with_length(enc.encode()) + _with_length(b"") * 2 + bits.to_bytes(4, "big")
+    cek = ConcatKDFHash(hashes.SHA256(), bits // 8, other_info).derive(z)
+    header = {"alg": "ECDH-ES", "enc": enc, "kid": tamper.jwe_kid or jwk["kid"], "epk": epk}
+    protected = _b64u(_json(header))
+    iv = os.urandom(12)
+    sealed = AESGCM(cek).encrypt(iv, payload, protected.encode("ascii"))
+    ciphertext, tag = bytearray(sealed[:-16]), sealed[-16:]
+    if tamper.jwe_flip:
+        ciphertext[0] ^= 1
+    return ".".join([protected, "", _b64u(iv), _b64u(bytes(ciphertext)), _b64u(tag)])
+
+
+def seal(request: AuthorizationRequest, form: dict[str, str], tamper: Tamper = Tamper()) -> str:
+    """The ``response`` JWE of a ``direct_post.jwt`` answer: ``vp_token`` (an object, not
+    a string: the payload's members are the response's parameters) and ``state``."""
+    metadata = request.claims.get("client_metadata", {})
+    keys = [k for k in metadata.get("jwks", {}).get("keys", []) if k.get("use", "enc") == "enc"]
+    chosen = [
+        k for k in keys if k.get("crv") == tamper.curve and k.get("alg", "ECDH-ES") == "ECDH-ES"
+    ]
+    if not chosen:
+        raise WebWalletError(f"the request offers no ECDH-ES key on {tamper.curve}")
+    offered = metadata.get("encrypted_response_enc_values_supported", ["A128GCM"])
+    enc = tamper.jwe_enc or next((e for e in offered if e in ENC_BITS), "")
+    if not enc:
+        raise WebWalletError(f"the request offers no enc this wallet has: {offered}")
+    payload: dict[str, Any] = {"vp_token": json.loads(form["vp_token"]), "state": form["state"]}
+    if tamper.jwe_pad:
+        payload["padding"] = "x" * tamper.jwe_pad
+    return encrypt(_json(payload), chosen[0], enc, tamper)
 
 
 def post(request: AuthorizationRequest, form: dict[str, str]) -> Answer:

@@ -685,6 +685,18 @@ class HttpSection(_Section):
         "past it a new sign-in is refused (503) rather than an old one forgotten.",
         _between(16, 1_000_000),
     )
+    response_mode: str = _setting(
+        "direct_post.jwt",
+        "How a wallet sends its answer to a sign-in (OpenID4VP): direct_post.jwt encrypts "
+        "it to a key made for that one sign-in, so the personal data it discloses is "
+        "readable by the gateway alone, past any TLS proxy or log in between; direct_post "
+        "sends it in the clear inside TLS, for wallets that cannot encrypt.",
+        lambda v: (
+            None
+            if v in ("direct_post.jwt", "direct_post")
+            else 'must be "direct_post.jwt" or "direct_post"'
+        ),
+    )
 
     def cross_checks(self) -> list[tuple[str, str]]:
         if bool(self.cert_file) != bool(self.key_file):

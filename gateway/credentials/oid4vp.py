@@ -1,9 +1,11 @@
 """OpenID4VP 1.0: the gateway as verifier of a person's sign-in, sans-IO.
 
 The gateway asks a wallet for an SD-JWT VC presentation (``dc+sd-jwt``) with a signed
-request object passed by reference (``request_uri``), and takes the answer by
-``direct_post`` at its ``response_uri``. Time and randomness come in as arguments;
-verifying a presentation (which reads the revocation list) is injected as ``verify``.
+request object passed by reference (``request_uri``), and takes the answer at its
+``response_uri``: encrypted to the request's own key (``direct_post.jwt``, the default:
+:mod:`gateway.credentials.response_encryption`) or in the clear (``direct_post``, when
+``[http] response_mode`` says so). Time and randomness come in as arguments; verifying a
+presentation (which reads the revocation list) is injected as ``verify``.
 
 **Client identifier.** ``decentralized_identifier:<gateway DID>`` (OpenID4VP 1.0 §5.9.3):
 the gateway has a DID and a key in it, and no web PKI certificate of a public name (it
@@ -19,7 +21,9 @@ credential, disclosing nothing personal; ``credential_sets`` offers the two.
 
 **Pending requests** (:class:`PendingLogins`): bounded, never evicted (a full pool
 refuses a new sign-in), each alive :data:`REQUEST_LIFETIME_MS`, answered at most once:
-the first response naming a request's ``state`` consumes it, whatever its outcome.
+the first response naming a request's ``state`` consumes it, whatever its outcome. An
+encrypted response names its ``state`` only inside the envelope: one that does not open
+with the request's key names none, and consumes nothing.
 
 **Refusals** (:class:`VpRefused`) carry a stable ``reason`` (:data:`REASONS`), the same on
 the wallet's error answer, on the browser's page and in docs/protocol/openid4vp.md.
@@ -34,8 +38,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.credentials import response_encryption
 from gateway.credentials.kinds import KINDS
 from gateway.credentials.permissions import Permissions
+from gateway.credentials.response_encryption import EnvelopeRefused, ResponseKeys
 from gateway.credentials.sd_jwt import UntrustedIssuer, VerifiedSdJwt, split
 from gateway.errors import CredentialError, DidgwError
 from gateway.identity.signing import Signer, sign_jws
@@ -50,10 +56,18 @@ NONCE_BYTES = 16  # 128 bits, base64url
 ID_BYTES = 16
 MAX_STATE_CHARS = 64
 MAX_VP_TOKEN_BYTES = 60 * 1024
+DIRECT_POST = "direct_post"
+DIRECT_POST_JWT = "direct_post.jwt"
+#: What ``[http] response_mode`` may say; the first is the default.
+RESPONSE_MODES = (DIRECT_POST_JWT, DIRECT_POST)
 
 #: Every refusal's reason, stable: wallets, pages and docs use these strings.
 REASONS = {
-    "malformed": "the response is not a form with state and a vp_token JSON object",
+    "malformed": "the response is not a form with state and a vp_token JSON object, "
+    "nor one with a response JWE of vp_token and state",
+    "bad_encryption": "the response JWE is not ECDH-ES with an offered enc to a key of "
+    "this sign-in request, or does not decrypt with it",
+    "not_encrypted": "the sign-in request asked for an encrypted response (direct_post.jwt)",
     "unknown_request": "no sign-in request has this state (never made, or finished)",
     "expired_request": "the sign-in request is older than 5 minutes",
     "replayed": "the sign-in request was already answered once",
@@ -70,6 +84,10 @@ REASONS = {
     "bad_presentation": "the presentation is not a valid SD-JWT VC with key binding",
     "unavailable": "the gateway cannot check the presentation now; try again",
 }
+
+#: The reasons answered ``invalid_request`` (the response's form is wrong); the others are
+#: ``access_denied`` (a well-formed response, refused).
+INVALID_REQUEST = frozenset({"malformed", "bad_encryption", "not_encrypted"})
 
 HOUSEHOLD_QUERY_ID = "household"
 MANAGER_QUERY_ID = "facility_manager"
@@ -163,6 +181,9 @@ class LoginRequest:
     browser: str  # browser_hash of the login cookie that started it
     created_ms: int
     expires_ms: int
+    response_mode: str = DIRECT_POST_JWT
+    #: the ephemeral keys a direct_post.jwt response is encrypted to (None: direct_post)
+    keys: ResponseKeys | None = field(default=None, repr=False)
     answered: bool = False
     grant: VpGrant | None = None
     disclosure: int | None = None  # the record entry of what the grant disclosed
@@ -186,6 +207,7 @@ class PendingLogins:
         self._random = random_bytes
         self._by_id: dict[str, LoginRequest] = {}
         self._by_state: dict[str, LoginRequest] = {}
+        self._by_kid: dict[str, LoginRequest] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -194,7 +216,9 @@ class PendingLogins:
         for request in [r for r in self._by_id.values() if r.expires_ms <= now_ms]:
             self._drop(request)
 
-    def new(self, browser: str, now_ms: int) -> LoginRequest:
+    def new(self, browser: str, now_ms: int, response_mode: str = DIRECT_POST_JWT) -> LoginRequest:
+        if response_mode not in RESPONSE_MODES:
+            raise ValueError(f"response_mode must be one of {RESPONSE_MODES}")
         self.purge(now_ms)
         if len(self._by_id) >= self.capacity:
             raise PoolFull(f"{self.capacity} sign-ins are waiting for a wallet; try again soon")
@@ -205,7 +229,12 @@ class PendingLogins:
             browser,
             now_ms,
             now_ms + self.lifetime_ms,
+            response_mode,
         )
+        if response_mode == DIRECT_POST_JWT:
+            request.keys = response_encryption.new_keys(self._random)
+            for kid in request.keys.kids():
+                self._by_kid[kid] = request
         self._by_id[request.id] = request
         self._by_state[request.state] = request
         return request
@@ -229,6 +258,23 @@ class PendingLogins:
         request.answered = True
         return request
 
+    def open(self, token: str, now_ms: int) -> tuple[LoginRequest, bytes]:
+        """The request whose key ``token`` (a compact JWE) is encrypted to, and the
+        plaintext; ``bad_encryption`` (or ``expired_request``) consumes nothing."""
+        try:
+            kid = response_encryption.header_of(token)["kid"]
+        except EnvelopeRefused as exc:
+            raise VpRefused("bad_encryption", str(exc)) from None
+        request = self._by_kid.get(kid)
+        if request is None or request.keys is None:
+            raise VpRefused("bad_encryption", "the JWE's kid names no key of a pending sign-in")
+        if request.expires_ms <= now_ms:
+            raise VpRefused("expired_request", "the sign-in request has expired; start again")
+        try:
+            return request, response_encryption.decrypt(token, request.keys)
+        except EnvelopeRefused as exc:
+            raise VpRefused("bad_encryption", str(exc)) from None
+
     def finish(self, request_id: str, browser: str, now_ms: int) -> LoginRequest | None:
         """The answered request of this browser, removed (its grant opens one session)."""
         request = self.get(request_id, now_ms)
@@ -242,6 +288,8 @@ class PendingLogins:
     def _drop(self, request: LoginRequest) -> None:
         self._by_id.pop(request.id, None)
         self._by_state.pop(request.state, None)
+        for kid in request.keys.kids() if request.keys is not None else ():
+            self._by_kid.pop(kid, None)
 
 
 def request_object(
@@ -257,17 +305,27 @@ def request_object(
         "aud": SELF_ISSUED_AUD,
         "client_id": client_id_of(signer.did),
         "response_type": "vp_token",
-        "response_mode": "direct_post",
+        "response_mode": request.response_mode,
         "response_uri": f"{base_url}/oid4vp/response",
         "nonce": request.nonce,
         "state": request.state,
         "dcql_query": SIGN_IN_QUERY,
-        "client_metadata": {"vp_formats_supported": VP_FORMATS},
+        "client_metadata": client_metadata(request),
         "iat": now_ms // 1000,
         "exp": request.expires_ms // 1000,
     }
     body = json.dumps(claims, separators=(",", ":")).encode()
     return sign_jws(body, signer, headers={"typ": REQUEST_TYP})
+
+
+def client_metadata(request: LoginRequest) -> dict[str, Any]:
+    """What the wallet needs of the verifier: the formats taken, and for an encrypted
+    response the request's public keys and the ``enc`` values taken."""
+    metadata: dict[str, Any] = {"vp_formats_supported": VP_FORMATS}
+    if request.keys is not None:
+        metadata["jwks"] = request.keys.jwks()
+        metadata["encrypted_response_enc_values_supported"] = list(response_encryption.ENC_VALUES)
+    return metadata
 
 
 def authorization_url(request: LoginRequest, *, gateway_did: str, base_url: str) -> str:
@@ -280,24 +338,68 @@ def authorization_url(request: LoginRequest, *, gateway_did: str, base_url: str)
     return f"openid4vp://?{query}"
 
 
-def parse_response(form: Mapping[str, Any]) -> tuple[str, dict[str, list[str]]]:
-    """(state, vp_token) of a ``direct_post`` body, or ``malformed``."""
-    state, token = form.get("state"), form.get("vp_token")
+def take_response(
+    form: Mapping[str, Any], pending: PendingLogins, now_ms: int
+) -> tuple[LoginRequest, dict[str, list[str]]]:
+    """The request a response answers, claimed, and its ``vp_token``: from a
+    ``direct_post.jwt`` body (``response``, a JWE) or a ``direct_post`` one. A claimed
+    request's refusal is kept on it (its browser's page shows it)."""
+    if "response" in form:
+        token = form["response"]
+        if "vp_token" in form or "state" in form or not isinstance(token, str):
+            raise VpRefused("malformed", "an encrypted response is the one field response")
+        request, plaintext = pending.open(token, now_ms)
+        try:
+            payload = json.loads(plaintext)
+        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+            raise VpRefused("malformed", "the decrypted response is not JSON") from None
+        if not isinstance(payload, dict):
+            raise VpRefused("malformed", "the decrypted response is not a JSON object")
+        state = _state_of(payload)
+        if state != request.state:
+            raise VpRefused("bad_encryption", "encrypted to the key of another sign-in")
+        claimed = pending.claim(state, now_ms)
+        try:
+            return claimed, _vp_token_of(payload.get("vp_token"))
+        except VpRefused as refusal:
+            claimed.refusal = refusal
+            raise
+    state, vp_token = parse_response(form)
+    claimed = pending.claim(state, now_ms)
+    if claimed.response_mode != DIRECT_POST:
+        claimed.refusal = VpRefused("not_encrypted", "post the response JWE as response")
+        raise claimed.refusal
+    return claimed, vp_token
+
+
+def _state_of(fields: Mapping[str, Any]) -> str:
+    state = fields.get("state")
     if not isinstance(state, str) or not 0 < len(state) <= MAX_STATE_CHARS:
         raise VpRefused("malformed", "the response needs a state")
+    return state
+
+
+def parse_response(form: Mapping[str, Any]) -> tuple[str, dict[str, list[str]]]:
+    """(state, vp_token) of a ``direct_post`` body, or ``malformed``."""
+    state, token = _state_of(form), form.get("vp_token")
     if not isinstance(token, str) or len(token.encode()) > MAX_VP_TOKEN_BYTES:
         raise VpRefused("malformed", "the response needs a vp_token (a JSON object)")
     try:
         value = json.loads(token)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         raise VpRefused("malformed", "vp_token is not JSON") from None
+    return state, _vp_token_of(value)
+
+
+def _vp_token_of(value: Any) -> dict[str, list[str]]:
+    """A ``vp_token`` (parsed): an object of arrays of one presentation, or ``malformed``."""
     if not isinstance(value, dict) or not value:
         raise VpRefused("malformed", "vp_token is a JSON object keyed by credential query id")
     for key, items in value.items():
         ok = isinstance(items, list) and len(items) == 1 and isinstance(items[0], str)
         if not ok:
             raise VpRefused("malformed", f"vp_token[{key!r}] must be an array of 1 presentation")
-    return state, value
+    return value
 
 
 def _query_ids() -> set[str]:

@@ -66,18 +66,28 @@ def receive(
 
 
 def present(
-    key: Path, credentials: list[Path], link: str, *, ca: Path | None = None
+    key: Path,
+    credentials: list[Path],
+    link: str,
+    *,
+    curve: str | None = None,
+    ca: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Answer the sign-in request of ``link`` (openid4vp://…) with these credential files.
-    Exit 0 or 1 with a JSON line ({"status", "body", "disclosed"}) when the gateway was
-    answered; 2 when the wallet had nothing to answer with (the reason on stderr)."""
+    """Answer the sign-in request of ``link`` (openid4vp://…) with these credential files
+    (an encrypted answer to the key on ``curve``, else to the one the library picks; over
+    HTTPS, trusting ``ca``). Exit 0 or 1 with a JSON line ({"status", "body", "disclosed",
+    "response_mode", "encryption"}) when the gateway was answered; 2 when the wallet had
+    nothing to answer with (the reason on stderr)."""
     files = [a for path in credentials for a in ("--credential", str(path))]
-    return node("present.mjs", "--key", str(key), *files, "--request", link, ca=ca)
+    chosen = ["--curve", curve] if curve else []
+    return node("present.mjs", "--key", str(key), *files, "--request", link, *chosen, ca=ca)
 
 
-def presented(key: Path, credentials: list[Path], link: str) -> dict[str, Any]:
+def presented(
+    key: Path, credentials: list[Path], link: str, *, curve: str | None = None
+) -> dict[str, Any]:
     """:func:`present`, when the wallet must have answered: its JSON summary."""
-    ran = present(key, credentials, link)
+    ran = present(key, credentials, link, curve=curve)
     assert ran.returncode in (0, 1), ran.stderr
     summary: dict[str, Any] = json.loads(ran.stdout)
     return summary

@@ -22,6 +22,7 @@ import pytest
 import requests
 import web_wallet as ww
 from gateway_process import GatewayProcess
+from joserfc.jwk import ECKey
 from js_wallet import new_wallet, presented
 from people_web import Browser, issue_credential
 from support import Run
@@ -191,6 +192,86 @@ def test_unknown_state_malformed_and_oversized_responses_are_refused(door: Door)
     assert (malformed.status_code, malformed.json()["reason"]) == (400, "malformed")
     huge = requests.post(url, data={"state": "s", "vp_token": "x" * 70_000}, timeout=10)
     assert huge.status_code == 413
+    junk = requests.post(url, data={"response": "a.b.c.d.e"}, timeout=10)
+    assert (junk.status_code, junk.json()["reason"]) == (400, "bad_encryption")
+    huge = requests.post(url, data={"response": "x" * 70_000}, timeout=10)
+    assert huge.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "attack", ["another_key", "another_enc", "tampered", "wrong_kid", "oversized"]
+)
+def test_a_bad_envelope_is_refused_and_the_sign_in_still_waits(door: Door, attack: str) -> None:
+    """An encrypted response that does not open with the request's key names no state:
+    refused (bad_encryption), it consumes nothing and the holder's own answer still works."""
+    bob = door.holder("bob")
+    _, credential = door.issue("facility-manager", bob.did)
+    door.process.start()
+    browser = Browser(door.process.url)
+    link, request_id = browser.start()
+    request = ww.fetch_request(link)
+    assert request.claims["response_mode"] == "direct_post.jwt"
+    other = {"kty": "EC", "crv": "P-256", "kid": "k"}
+    other |= {k: v for k, v in ECKey.generate_key("P-256").as_dict().items() if k in "xy"}
+    tamper = {
+        "another_key": ww.Tamper(jwe_to=other),
+        "another_enc": ww.Tamper(jwe_enc="A192GCM"),
+        "tampered": ww.Tamper(jwe_flip=True),
+        "wrong_kid": ww.Tamper(jwe_kid=ww._b64u(secrets.token_bytes(16))),
+        "oversized": ww.Tamper(jwe_pad=40_000),
+    }[attack]
+    form = ww.respond(request, [credential], bob, tamper=tamper)
+    assert set(form) == {"response"}
+    answer = ww.post(request, form)
+    assert (answer.status, answer.body["reason"]) == (400, "bad_encryption"), answer.body
+    assert answer.body["error"] == "invalid_request"
+    assert browser.get(f"/login/status?id={request_id}").json() == {"status": "waiting"}
+    assert door.entries("person-session") == []
+    assert door.entries("disclosure") == []
+    assert ww.post(request, ww.respond(request, [credential], bob)).status == 200
+    assert browser.finish(request_id).status_code == 303
+
+
+def test_a_plain_answer_to_an_encrypted_request_is_refused(door: Door) -> None:
+    bob = door.holder("bob")
+    _, credential = door.issue("facility-manager", bob.did)
+    door.process.start()
+    browser = Browser(door.process.url)
+    link, request_id = browser.start()
+    answer = ww.sign_in(link, [credential], bob, tamper=ww.Tamper(plain=True))
+    assert set(answer.form) == {"vp_token", "state"}
+    assert (answer.status, answer.body["reason"]) == (400, "not_encrypted")
+    assert answer.body["error"] == "invalid_request"
+    status = browser.get(f"/login/status?id={request_id}").json()
+    assert status == {"status": "refused", "reason": "not_encrypted"}
+    page = browser.finish(request_id)
+    assert page.status_code == 400
+    assert "not_encrypted" in page.text
+    assert "didgw_session" not in browser.cookies
+    assert door.entries("person-session") == []
+
+
+def test_response_mode_direct_post_takes_the_answer_in_the_clear(door: Door) -> None:
+    with door.process.config.open("a") as f:
+        f.write('response_mode = "direct_post"\n')
+    bob = door.holder("bob")
+    _, credential = door.issue("facility-manager", bob.did)
+    door.process.start()
+    browser = Browser(door.process.url)
+    link, request_id = browser.start()
+    request = ww.fetch_request(link)
+    assert request.claims["response_mode"] == "direct_post"
+    assert "jwks" not in request.claims["client_metadata"]  # no key to encrypt to
+    stray = {"kty": "EC", "crv": "P-256", "kid": "k", "use": "enc"}
+    stray |= {k: v for k, v in ECKey.generate_key("P-256").as_dict().items() if k in "xy"}
+    form = ww.respond(request, [credential], bob)
+    assert set(form) == {"vp_token", "state"}
+    sealed = ww.encrypt(json.dumps(form).encode(), stray, "A128GCM")
+    refused = ww.post(request, {"response": sealed})
+    assert (refused.status, refused.body["reason"]) == (400, "bad_encryption")
+    assert ww.post(request, form).status == 200
+    assert browser.finish(request_id).status_code == 303
+    assert bob.did in browser.get("/").text
 
 
 def test_another_browser_cannot_finish_someone_elses_sign_in(door: Door) -> None:
@@ -299,8 +380,12 @@ def test_revoking_the_credential_ends_the_session_within_a_second(door: Door) ->
 # -- the independent wallet (OpenWallet Foundation oid4vc-ts, sd-jwt-js, dcql) ------------
 
 
-@pytest.mark.parametrize("kind", ["household", "facility-manager"])
-def test_the_independent_wallet_signs_in(door: Door, tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "curve"), [("household", None), ("facility-manager", None), ("household", "X25519")]
+)
+def test_the_independent_wallet_signs_in_with_an_encrypted_response(
+    door: Door, tmp_path: Path, kind: str, curve: str | None
+) -> None:
     key, did = new_wallet(tmp_path, "js-holder")
     claims = [f"household={HOUSEHOLD}", "role=buyer", "name=Carol"] if kind == "household" else []
     _, credential = door.issue(kind, did, *claims)
@@ -308,8 +393,11 @@ def test_the_independent_wallet_signs_in(door: Door, tmp_path: Path, kind: str) 
     browser = Browser(door.process.url)
     link, request_id = browser.start()
     (tmp_path / "js.sdjwt").write_text(credential)
-    summary = presented(key, [tmp_path / "js.sdjwt"], link)
+    summary = presented(key, [tmp_path / "js.sdjwt"], link, curve=curve)
     assert summary["status"] == 200, summary
+    assert summary["response_mode"] == "direct_post.jwt"
+    # the library takes the verifier's first key unless told, and its own first enc
+    assert summary["encryption"] == {"alg": "ECDH-ES", "enc": "A256GCM", "crv": curve or "P-256"}
     assert summary["body"]["redirect_uri"].endswith(f"/login/done?id={request_id}")
     assert browser.finish(request_id).status_code == 303
     assert did in browser.get("/").text
@@ -321,6 +409,24 @@ def test_the_independent_wallet_signs_in(door: Door, tmp_path: Path, kind: str) 
         assert shown == {"household": HOUSEHOLD, "role": "buyer"}  # not the name
     else:
         assert shown == {}
+
+
+def test_the_independent_wallet_answers_in_the_clear_when_asked_to(
+    door: Door, tmp_path: Path
+) -> None:
+    with door.process.config.open("a") as f:
+        f.write('response_mode = "direct_post"\n')
+    key, did = new_wallet(tmp_path, "js-holder")
+    _, credential = door.issue("facility-manager", did)
+    door.process.start()
+    browser = Browser(door.process.url)
+    link, request_id = browser.start()
+    (tmp_path / "js.sdjwt").write_text(credential)
+    summary = presented(key, [tmp_path / "js.sdjwt"], link)
+    assert (summary["status"], summary["response_mode"]) == (200, "direct_post"), summary
+    assert summary["encryption"] is None
+    assert browser.finish(request_id).status_code == 303
+    assert did in browser.get("/").text
 
 
 def test_the_independent_wallet_is_refused_a_revoked_credential(door: Door, tmp_path: Path) -> None:

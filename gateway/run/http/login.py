@@ -7,9 +7,11 @@ Thin over :mod:`gateway.credentials.oid4vp` and the people's desk
   short-lived ``HttpOnly`` ``SameSite=Strict`` login cookie binds the request to this
   browser: only the browser that started a sign-in can finish it.
 * ``GET /oid4vp/requests/<id>``: the signed request object.
-* ``POST /oid4vp/response`` (``direct_post``): verified, put on the record (a disclosure
-  entry and a person-session entry), the request marked answered; the answer is a JSON
-  ``redirect_uri`` to ``/login/done`` (the same-device flow returns the browser there).
+* ``POST /oid4vp/response`` (``direct_post.jwt``: a JWE in ``response``, encrypted to the
+  request's own key; or ``direct_post``, as ``[http] response_mode`` says): verified, put
+  on the record (a disclosure entry and a person-session entry), the request marked
+  answered; the answer is a JSON ``redirect_uri`` to ``/login/done`` (the same-device
+  flow returns the browser there).
 * ``GET /login/status?id=`` tells the page's script (``static/login.js``, polling once
   every 1.5 s) whether the wallet answered; then ``POST /login/finish`` (or ``GET
   /login/done``) opens the session and goes to ``/``, or shows why it was refused.
@@ -63,6 +65,7 @@ class LoginDoor:
         self.signer = edge.gateway.signer(edge.env)
         self.client_id = oid4vp.client_id_of(edge.gateway.did)
         self.session_ms = http.session_hours * 3_600_000
+        self.response_mode = http.response_mode
 
     def mine(self, request: web.Request) -> LoginRequest | None:
         """The live sign-in of ``id`` if this browser started it."""
@@ -78,7 +81,7 @@ class LoginDoor:
             raise web.HTTPSeeOther("/")
         token = secrets.token_urlsafe(32)
         try:
-            made = self.pending.new(oid4vp.browser_hash(token), edge.now_ms())
+            made = self.pending.new(oid4vp.browser_hash(token), edge.now_ms(), self.response_mode)
         except PoolFull as exc:
             return render(request, "login.html", title="Sign in", status=503, busy=str(exc))
         link = oid4vp.authorization_url(made, gateway_did=edge.gateway.did, base_url=edge.base_url)
@@ -108,15 +111,15 @@ class LoginDoor:
         form = await request.post()
         claimed: LoginRequest | None = None
         try:
-            state, vp_token = oid4vp.parse_response(form)
-            claimed = self.pending.claim(state, self.edge.now_ms())
+            claimed, vp_token = oid4vp.take_response(form, self.pending, self.edge.now_ms())
             grant = await self.edge.desk(self.check, claimed, vp_token)
         except VpRefused as refusal:
             if self.edge.refusals.take(self.edge.now_ms(), refusal.reason):
                 log.info("sign-in refused: %s", refusal)
             if claimed is not None:
                 claimed.refusal = refusal
-            error = "invalid_request" if refusal.reason == "malformed" else "access_denied"
+            invalid = refusal.reason in oid4vp.INVALID_REQUEST
+            error = "invalid_request" if invalid else "access_denied"
             return web.json_response(
                 {
                     "error": error,

@@ -1,6 +1,7 @@
 // An independent wallet answering an OpenID4VP 1.0 sign-in request (didgw's /login).
 //
 //   node present.mjs --key KEYFILE --credential FILE [--credential FILE…] --request 'openid4vp://…'
+//        [--curve P-256|X25519]
 //
 // The request is resolved and its signed request object checked by @openid4vc/openid4vp
 // (client identifier prefix decentralized_identifier: the request object must be signed by
@@ -8,14 +9,17 @@
 // wallet's credentials against the DCQL query and picks an option of its credential set;
 // @sd-jwt/sd-jwt-vc presents each chosen credential disclosing only the claims the query
 // names, with a key-binding JWT (nonce of the request, aud = client_id); the response is
-// posted with direct_post by @openid4vc/openid4vp. Prints one JSON line:
-// {"status": <HTTP status>, "body": <the verifier's answer>, "disclosed": {query id: [claims]}}.
+// posted by @openid4vc/openid4vp as the request's response_mode says: direct_post, or
+// direct_post.jwt, encrypted by jose (CompactEncrypt, ECDH-ES) to the key of the request's
+// client_metadata.jwks that the library picks (the first), or to the key on --curve.
+// Prints one JSON line: {"status": <HTTP status>, "body": <the verifier's answer>,
+// "disclosed": {query id: [claims]}, "response_mode": …, "encryption": {alg, enc, crv}}.
 import { Openid4vpClient } from "@openid4vc/openid4vp";
 import { setGlobalConfig } from "@openid4vc/utils";
 import { SDJwtVcInstance } from "@sd-jwt/sd-jwt-vc";
 import { digest, generateSalt } from "@sd-jwt/crypto-nodejs";
 import { DcqlQuery } from "dcql";
-import { importJWK, jwtVerify, decodeProtectedHeader } from "jose";
+import { importJWK, jwtVerify, decodeProtectedHeader, CompactEncrypt } from "jose";
 import { readFileSync } from "node:fs";
 import { sign as nodeSign, createPrivateKey } from "node:crypto";
 import { loadKey, sha256, random } from "./keys.mjs";
@@ -51,6 +55,7 @@ function parseArgs(argv) {
     if (name === "--key") args.key = value;
     else if (name === "--credential") args.credentials.push(value);
     else if (name === "--request") args.request = value;
+    else if (name === "--curve") args.curve = value;
     else throw new Error(`unknown argument ${name}`);
   }
   if (!args.key || !args.request || !args.credentials.length) {
@@ -58,6 +63,8 @@ function parseArgs(argv) {
   }
   return args;
 }
+
+let encryption = null; // what encryptJwe did, for the summary
 
 const callbacks = {
   fetch,
@@ -77,8 +84,20 @@ const callbacks = {
   signJwt: async () => {
     throw new Error("this wallet signs nothing but key-binding JWTs");
   },
-  encryptJwe: async () => {
-    throw new Error("direct_post.jwt is not used here");
+  // direct_post.jwt: the library names the verifier's key, alg and enc (and apu/apv, as
+  // base64url); jose encrypts. The JWE's kid is the key's (OpenID4VP 1.0 §8.3).
+  async encryptJwe(encryptor, data) {
+    if (encryptor.method !== "jwk") throw new Error(`cannot encrypt to ${encryptor.method}`);
+    const { publicJwk, alg, enc, apu, apv } = encryptor;
+    const key = await importJWK(publicJwk, alg);
+    const header = { alg, enc, ...(publicJwk.kid ? { kid: publicJwk.kid } : {}) };
+    const jwe = new CompactEncrypt(new TextEncoder().encode(data)).setProtectedHeader(header);
+    const parameters = {};
+    if (apu) parameters.apu = Buffer.from(apu, "base64url");
+    if (apv) parameters.apv = Buffer.from(apv, "base64url");
+    if (apu || apv) jwe.setKeyManagementParameters(parameters);
+    encryption = { alg, enc, crv: publicJwk.crv };
+    return { encryptionJwk: publicJwk, jwe: await jwe.encrypt(key) };
   },
   decryptJwe: async () => {
     throw new Error("encrypted requests are not used here");
@@ -153,13 +172,30 @@ async function main() {
     vpToken[queryId] = [presentation];
   }
 
-  const { authorizationResponsePayload } = await client.createOpenid4vpAuthorizationResponse({
+  // direct_post.jwt: what this wallet can do (the library checks the request's offer
+  // against it and picks alg, enc and the key)
+  let jarm;
+  if (request.response_mode === "direct_post.jwt") {
+    const keys = request.client_metadata?.jwks?.keys ?? [];
+    const jwk = args.curve ? keys.find((k) => k.crv === args.curve) : undefined;
+    if (args.curve && !jwk) throw new Error(`the request offers no key on ${args.curve}`);
+    jarm = {
+      encryption: jwk ? { jwk } : {},
+      serverMetadata: {
+        authorization_encryption_alg_values_supported: ["ECDH-ES"],
+        authorization_encryption_enc_values_supported: ["A256GCM", "A128GCM"],
+      },
+    };
+  }
+  const created = await client.createOpenid4vpAuthorizationResponse({
     authorizationRequestPayload: request,
     authorizationResponsePayload: { vp_token: vpToken },
+    jarm,
   });
-  const { response } = await client.submitOpenid4vpAuthorizationResponse({
+  const { response, responseMode } = await client.submitOpenid4vpAuthorizationResponse({
     authorizationRequestPayload: request,
-    authorizationResponsePayload,
+    authorizationResponsePayload: created.authorizationResponsePayload,
+    jarm: created.jarm ? { responseJwt: created.jarm.responseJwt } : undefined,
   });
   const text = await response.text();
   let body;
@@ -168,7 +204,9 @@ async function main() {
   } catch {
     body = { text };
   }
-  console.log(JSON.stringify({ status: response.status, body, disclosed }));
+  console.log(
+    JSON.stringify({ status: response.status, body, disclosed, response_mode: responseMode, encryption }),
+  );
   return response.ok ? 0 : 1;
 }
 
