@@ -234,7 +234,7 @@ class MqttPeople:
     # -- expiry, revocation, the status list ------------------------------------------
 
     async def watch(self, interval: float = 0.5) -> None:
-        """Close expired and revoked sessions; republish the list when it changes."""
+        """Close expired, revoked and suspended sessions; republish the list when it changes."""
         seen = -1
         last_published = 0.0
         while True:
