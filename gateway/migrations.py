@@ -399,6 +399,16 @@ def _device_pages(db: Database) -> None:
     db.execute("CREATE INDEX devices_status_order ON devices(status, created_at, did)")
 
 
+def _credential_suspension(db: Database) -> None:
+    # A credential the operator suspended: refused at every sign-in and the sessions behind
+    # it ended, until it is resumed (which clears the three columns). Suspension is this
+    # gateway's own, not published in its status list (docs/formats.md). A revoked credential
+    # cannot be suspended or resumed: the ``credentials_no_unrevoke`` trigger refuses any
+    # change to its row.
+    for column in ("suspended_ms INTEGER", "suspended_by TEXT", "suspend_reason TEXT"):
+        db.execute(f"ALTER TABLE credentials ADD COLUMN {column}")
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -415,4 +425,5 @@ MIGRATIONS: list[Migration] = [
     ("0013_credential_offers", _credential_offers),
     ("0014_api_tokens", _api_tokens),
     ("0015_device_pages", _device_pages),
+    ("0016_credential_suspension", _credential_suspension),
 ]

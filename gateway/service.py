@@ -178,6 +178,7 @@ def build_status_lists(config: Config, resolver: Resolver, issuer: CredentialIss
         resolver=resolver,
         freshness=Freshness(ttl=r.cache_ttl, max_stale=r.cache_max_stale),
         local=issuer.local_list,
+        local_suspended=issuer.local_suspended,
         fetch=make_fetch(timeout=r.timeout, max_bytes=1 << 20, ca_file=r.ca_file),
     )
 

@@ -97,26 +97,32 @@ class PasskeyStore:
 
     def credentials_expiry(self, status_indexes: Collection[int], *, now_ms: int) -> int:
         """The earliest expiry of these credentials, or a refusal (none, unknown, revoked,
-        expired): the check of every passkey binding and login."""
+        suspended, expired): the check of every passkey binding and login."""
         if not status_indexes:
             raise PasskeyRefused(
                 "no_credential", "no credential of this gateway's is behind this sign-in"
             )
         marks = ",".join("?" * len(status_indexes))
         rows = self._db.execute(
-            f"SELECT status_index, expires_ms, revoked_ms FROM credentials "  # noqa: S608
+            f"SELECT status_index, expires_ms, revoked_ms, suspended_ms FROM credentials "  # noqa: S608
             f"WHERE status_index IN ({marks})",
             sorted(status_indexes),
         ).fetchall()
         if len(rows) != len(status_indexes):
             raise PasskeyRefused("no_credential", "a credential behind this passkey is unknown")
-        if any(revoked is not None for _, _, revoked in rows):
+        if any(revoked is not None for _, _, revoked, _ in rows):
             raise PasskeyRefused(
                 "revoked",
                 "the credential behind this passkey was revoked; "
                 "ask for a new one and sign in with it",
             )
-        earliest = min(int(expires) for _, expires, _ in rows)
+        if any(suspended is not None for _, _, _, suspended in rows):
+            raise PasskeyRefused(
+                "suspended",
+                "the credential behind this passkey is suspended; "
+                "ask the gateway's operator to resume it",
+            )
+        earliest = min(int(expires) for _, expires, _, _ in rows)
         if earliest <= now_ms:
             raise PasskeyRefused(
                 "expired",

@@ -48,6 +48,7 @@ REASONS = (
     # the wallet protocol (people): gateway/auth/wallet.py
     "bad_presentation",
     "revoked",
+    "suspended",
     "not_permitted",
 )
 MAX_MESSAGE_BYTES = 8192

@@ -15,7 +15,7 @@ goes in is the core's ``known`` predicate: people the gateway issued a credentia
 so that a flood of fresh ``did:key`` hellos cannot crowd them out. Checks, the first
 failure being the answer: ``malformed`` → ``bad_nonce`` (read from the key-binding JWT
 before anything is verified, so a forgery cannot spend a real nonce) →
-``not_permitted`` / ``bad_presentation`` / ``revoked`` / ``unavailable``
+``not_permitted`` / ``bad_presentation`` / ``revoked`` / ``suspended`` / ``unavailable``
 (verification, injected as ``verify``, which refuses an issuer other than the gateway
 before anything the credential names is fetched) → ``clock_skew`` → ``not_permitted``
 (the credentials grant nothing, or are not about this holder).
@@ -54,7 +54,7 @@ _MEMBERS = frozenset({"type", "did", "reply", "presentations"})
 
 #: ``verify(text, nonce, aud)``: a presentation that passed every check, else
 #: :class:`AuthRefused` (``not_permitted`` for an untrusted issuer, ``bad_presentation``,
-#: ``revoked`` or ``unavailable``).
+#: ``revoked``, ``suspended`` or ``unavailable``).
 Verify = Callable[[str, str, str], VerifiedSdJwt]
 
 

@@ -6,10 +6,11 @@ and the table holds only the token's SHA-256, so a copy of the database signs no
 Each session also carries its anti-CSRF token (sent back by the page with every change).
 
 A session ends at whichever comes first: ``idle_ms`` without a request, ``max_ms`` after
-sign-in, the expiry of a credential behind it, sign-out, or the revocation of a
-credential behind it. The last is checked against the gateway's own credentials table on
-every lookup (an indexed query), so a revoked person's next request is refused whatever
-the sweeper's pace; :meth:`WebSessions.close_revoked` deletes the rows as well.
+sign-in, the expiry of a credential behind it, sign-out, or the revocation or suspension
+of a credential behind it. The last is checked against the gateway's own credentials table
+on every lookup (an indexed query), so a revoked or suspended person's next request is
+refused whatever the sweeper's pace; :meth:`WebSessions.close_revoked` deletes the rows as
+well. A resumption does not bring an ended session back.
 
 Time and randomness come in as arguments; nothing here reads the clock.
 """
@@ -131,7 +132,7 @@ class WebSessions:
 
     def find(self, token: str, *, now_ms: int) -> WebSession | None:
         """The live session of ``token``, or None (unknown, idle too long, past its end, or
-        a credential behind it revoked: such a session is deleted on the way)."""
+        a credential behind it revoked or suspended: such a session is deleted on the way)."""
         if not token or len(token) > 128:
             return None
         key = token_hash(token)
@@ -175,7 +176,7 @@ class WebSessions:
         return self._delete("did = ?", [did])
 
     def close_revoked(self) -> int:
-        """End every session that a revoked credential is behind."""
+        """End every session that a revoked or suspended credential is behind."""
         rows = self._db.execute(
             "SELECT token_hash, status_indexes FROM web_sessions WHERE status_indexes != '[]'"
         ).fetchall()
@@ -203,7 +204,8 @@ class WebSessions:
             return set()
         marks = ",".join("?" * len(indexes))
         rows = self._db.execute(
-            f"SELECT status_index FROM credentials WHERE revoked_ms IS NOT NULL "  # noqa: S608 - only placeholders
+            "SELECT status_index FROM credentials "  # noqa: S608 - only placeholders
+            "WHERE (revoked_ms IS NOT NULL OR suspended_ms IS NOT NULL) "
             f"AND status_index IN ({marks})",
             list(indexes),
         ).fetchall()

@@ -1,5 +1,5 @@
-"""``didgw cred …``: issue, offer (OpenID4VCI), list, revoke and verify credentials; present one
-(wallet side)."""
+"""``didgw cred …``: issue, offer (OpenID4VCI), list, suspend, resume, revoke and verify
+credentials; present one (wallet side)."""
 
 from __future__ import annotations
 
@@ -153,7 +153,12 @@ def cmd_cred_list(args: argparse.Namespace) -> int:
         print_json([r.to_json() for r in records])
         return 0
     for r in records:
-        state = f"revoked {when(r.revoked_ms / 1000)}" if r.revoked_ms else "valid"
+        if r.revoked_ms is not None:
+            state = f"revoked {when(r.revoked_ms / 1000)}"
+        elif r.suspended_ms is not None:
+            state = f"suspended {when(r.suspended_ms / 1000)}"
+        else:
+            state = "valid"
         print(
             f"{r.id}  {r.type:<16} {r.format:<6} {r.subject}  "
             f"issued {when(r.issued_ms / 1000)}  {state}"
@@ -167,6 +172,24 @@ def cmd_cred_revoke(args: argparse.Namespace) -> int:
             args.id, by=actor(args), reason=args.reason, now=time.time()
         )
     print(f"revoked {record.id} (status bit {record.status_index})")
+    return 0
+
+
+def cmd_cred_suspend(args: argparse.Namespace) -> int:
+    with open_gateway(args) as gateway:
+        record = gateway.issuer().suspend(
+            args.id, by=actor(args), reason=args.reason, now=time.time()
+        )
+    print(f"suspended {record.id} (refused at sign-in here until resumed; not published)")
+    return 0
+
+
+def cmd_cred_resume(args: argparse.Namespace) -> int:
+    with open_gateway(args) as gateway:
+        record = gateway.issuer().resume(
+            args.id, by=actor(args), reason=args.reason, now=time.time()
+        )
+    print(f"resumed {record.id}")
     return 0
 
 
@@ -246,7 +269,8 @@ def cmd_cred_present(args: argparse.Namespace) -> int:
 
 def register(tree: CommandTree) -> None:
     group = tree.group(
-        "cred", "verifiable credentials: issue, offer, list, revoke, verify, present"
+        "cred",
+        "verifiable credentials: issue, offer, list, suspend, resume, revoke, verify, present",
     )
     commands: list[tuple[str, Handler, str, str]] = [
         (
@@ -269,6 +293,19 @@ def register(tree: CommandTree) -> None:
             cmd_cred_list,
             "list the credentials this gateway issued",
             "didgw cred list --json",
+        ),
+        (
+            "suspend",
+            cmd_cred_suspend,
+            "suspend a credential: refused at every sign-in here and its sessions ended, "
+            "until resumed",
+            "didgw cred suspend urn:uuid:… --reason 'phone lost, looking for it'",
+        ),
+        (
+            "resume",
+            cmd_cred_resume,
+            "resume a suspended credential (new sign-ins go through again)",
+            "didgw cred resume urn:uuid:… --reason 'phone found'",
         ),
         (
             "revoke",
@@ -311,9 +348,10 @@ def register(tree: CommandTree) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the URI and PIN as JSON, no QR")
     parsers["list"].add_argument("--json", action="store_true", help="print JSON")
-    p = parsers["revoke"]
-    p.add_argument("id", metavar="ID", help="the credential's id (urn:uuid:…)")
-    change_options(p, reason_required=True)
+    for name in ("suspend", "resume", "revoke"):
+        p = parsers[name]
+        p.add_argument("id", metavar="ID", help="the credential's id (urn:uuid:…)")
+        change_options(p, reason_required=True)
     p = parsers["verify"]
     p.add_argument("file", metavar="FILE")
     p.add_argument("--nonce", help="the nonce a presentation's key binding must be over")

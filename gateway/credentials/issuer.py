@@ -1,10 +1,16 @@
-"""The gateway as an issuer: issue, list and revoke credentials, and sign its status list.
+"""The gateway as an issuer: issue, list, suspend, resume and revoke credentials, and sign
+its status list.
 
 Only what a credential *is* is kept (id, kind, subject DID, format, status bit, times):
-its claims stay with the holder. Each issuance and revocation is a ``credential`` entry
-on the record, written in the same transaction as the table, so neither can exist
-without the other. Status bits are picked at random among the free ones (the
-specification's advice: consecutive bits would tell a verifier who was issued when).
+its claims stay with the holder. Each issuance, suspension, resumption and revocation is
+a ``credential`` entry on the record, written in the same transaction as the table, so
+neither can exist without the other. Status bits are picked at random among the free ones
+(the specification's advice: consecutive bits would tell a verifier who was issued when).
+
+A revocation is for good and published (the credential's bit in the status list). A
+suspension is undone by a resumption and is *not* published: it is enforced by this
+gateway only, which trusts no issuer but itself and reads its own table at every check
+(:meth:`CredentialIssuer.local_suspended`; docs/formats.md says why).
 
 Time and randomness come in as arguments; nothing here reads the clock.
 """
@@ -49,13 +55,26 @@ class IssuedRecord:
     revoked_ms: int | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
+    suspended_ms: int | None = None
+    suspended_by: str | None = None
+    suspend_reason: str | None = None
 
     @property
     def revoked(self) -> bool:
         return self.revoked_ms is not None
 
+    @property
+    def suspended(self) -> bool:
+        """Suspended now (a revoked credential may have been suspended before: revoked wins)."""
+        return self.suspended_ms is not None and not self.revoked
+
+    @property
+    def state(self) -> str:
+        """``revoked``, ``suspended`` or ``valid`` (expiry is not a state: it needs a clock)."""
+        return "revoked" if self.revoked else "suspended" if self.suspended else "valid"
+
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "revoked": self.revoked}
+        return {**self.__dict__, "revoked": self.revoked, "suspended": self.suspended}
 
 
 @dataclass(frozen=True)
@@ -152,12 +171,11 @@ class CredentialIssuer:
                 return index
         raise CredentialError("the status list is full; no revocation bit is free")
 
-    # -- listing and revoking ---------------------------------------------------
+    # -- listing, suspending and revoking -------------------------------------------
 
     def records(self) -> list[IssuedRecord]:
         rows = self._db.execute(
-            "SELECT id, type, subject, format, status_index, issued_ms, expires_ms, revoked_ms, "
-            "revoked_by, revoke_reason FROM credentials ORDER BY issued_ms, id"
+            f"SELECT {_COLUMNS} FROM credentials ORDER BY issued_ms, id"  # noqa: S608
         ).fetchall()
         return [IssuedRecord(*row) for row in rows]
 
@@ -170,8 +188,7 @@ class CredentialIssuer:
 
     def get(self, cred_id: str) -> IssuedRecord:
         row = self._db.execute(
-            "SELECT id, type, subject, format, status_index, issued_ms, expires_ms, revoked_ms, "
-            "revoked_by, revoke_reason FROM credentials WHERE id = ?",
+            f"SELECT {_COLUMNS} FROM credentials WHERE id = ?",  # noqa: S608
             [cred_id],
         ).fetchone()
         if row is None:
@@ -194,6 +211,58 @@ class CredentialIssuer:
             revoked = self.get(cred_id)
             self._record("revoke", revoked, now, by=by, reason=reason)
         return revoked
+
+    def suspend(self, cred_id: str, *, by: str, reason: str, now: float) -> IssuedRecord:
+        """Refuse the credential at every sign-in here, and end the sessions behind it,
+        until :meth:`resume`. Not published in the status list (see the module docstring)."""
+        return self._suspension("suspend", cred_id, by=by, reason=reason, now=now)
+
+    def resume(self, cred_id: str, *, by: str, reason: str, now: float) -> IssuedRecord:
+        """Undo :meth:`suspend`: new sign-ins with the credential go through again (the
+        sessions that the suspension ended stay ended)."""
+        return self._suspension("resume", cred_id, by=by, reason=reason, now=now)
+
+    def _suspension(
+        self, action: str, cred_id: str, *, by: str, reason: str, now: float
+    ) -> IssuedRecord:
+        noun = "suspension" if action == "suspend" else "resumption"
+        if not reason.strip() or not by.strip():
+            raise CredentialError(f"a {noun} needs a reason and who makes it")
+        with self._transaction():
+            record = self.get(cred_id)
+            if record.revoked:
+                raise CredentialError(
+                    f"{cred_id} is revoked, which is permanent: it cannot be {action}d"
+                )
+            if action == "suspend" and record.suspended:
+                raise CredentialError(f"{cred_id} is already suspended")
+            if action == "resume" and not record.suspended:
+                raise CredentialError(f"{cred_id} is already in force (it is not suspended)")
+            values = [int(now * 1000), by, reason] if action == "suspend" else [None] * 3
+            self._db.execute(
+                "UPDATE credentials SET suspended_ms = ?, suspended_by = ?, suspend_reason = ? "
+                "WHERE id = ?",
+                [*values, cred_id],
+            )
+            changed = self.get(cred_id)
+            self._record(action, changed, now, by=by, reason=reason)
+        return changed
+
+    def suspended_indexes(self) -> list[int]:
+        rows = self._db.execute(
+            "SELECT status_index FROM credentials "
+            "WHERE suspended_ms IS NOT NULL AND revoked_ms IS NULL"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def ended_indexes(self) -> list[int]:
+        """The status bits of credentials that end the sessions behind them: revoked or
+        suspended."""
+        rows = self._db.execute(
+            "SELECT status_index FROM credentials "
+            "WHERE revoked_ms IS NOT NULL OR suspended_ms IS NOT NULL"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def revoked_indexes(self) -> list[int]:
         rows = self._db.execute(
@@ -228,6 +297,17 @@ class CredentialIssuer:
             return None
         return status_list.bitstring(self.revoked_indexes())
 
+    def local_suspended(self, url: str, issuer: str, index: int) -> bool | None:
+        """For :class:`StatusLists`: whether our credential at ``index`` is suspended, from
+        our database (None: not our list, so not ours to say)."""
+        if url != self.list_url or issuer != self._did:
+            return None
+        row = self._db.execute(
+            "SELECT 1 FROM credentials WHERE status_index = ? AND suspended_ms IS NOT NULL",
+            [index],
+        ).fetchone()
+        return row is not None
+
     # -- internals -----------------------------------------------------------------
 
     def _record(self, action: str, record: IssuedRecord, now: float, **extra: str) -> None:
@@ -247,6 +327,12 @@ class CredentialIssuer:
             if isinstance(exc, sqlite3.Error):
                 raise CredentialError(f"cannot write credentials: {exc}; nothing changed") from None
             raise
+
+
+_COLUMNS = (
+    "id, type, subject, format, status_index, issued_ms, expires_ms, revoked_ms, revoked_by, "
+    "revoke_reason, suspended_ms, suspended_by, suspend_reason"
+)
 
 
 def default_list_url(gateway_did: str) -> str:

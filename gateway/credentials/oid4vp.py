@@ -79,6 +79,7 @@ REASONS = {
     "tampered_disclosure": "a disclosure is not the issuer's, or the sd_hash does not match",
     "expired_credential": "the credential has expired",
     "revoked": "the credential is revoked",
+    "suspended": "the credential is suspended by the gateway's operator",
     "untrusted_issuer": "the credential was not issued by this gateway",
     "not_permitted": "the credentials grant nothing here, or are not the holder's",
     "bad_presentation": "the presentation is not a valid SD-JWT VC with key binding",
@@ -432,6 +433,7 @@ def reason_of(exc: Exception) -> str:
         return "unavailable"
     for needle, reason in (
         ("revoked", "revoked"),
+        ("is suspended", "suspended"),
         ("has expired", "expired_credential"),
         ("another nonce", "wrong_nonce"),
         ("another audience", "wrong_audience"),

@@ -428,6 +428,8 @@ def _check_status(value: Any, issuer: str, status: StatusLists | None, now: floa
     }
     if status.revoked(bitstring_entry, issuer=issuer, now=now):
         raise CredentialError("the credential is revoked")
+    if status.suspended(bitstring_entry, issuer=issuer):
+        raise CredentialError("the credential is suspended")
 
 
 def holder_did_matches(subject: str | None, holder_key: bytes) -> bool:

@@ -11,6 +11,10 @@ proofs name a key of anyone but its issuer is refused before that key is resolve
 A list is fetched from the URL a credential names, so only for credentials whose issuer
 the caller already trusts (``verify_presentation(trusted_issuers=…)``): the issuer signed
 that URL, and the list must be signed by the issuer too.
+
+Suspension is the gateway's own and is not published (docs/formats.md): it is answered
+for the gateway's own credentials only, from its database (``local_suspended``); another
+issuer's credential is never taken as suspended here.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from gateway.identity.resolver import Fetch, Freshness, Resolver, Unreachable
 
 #: The gateway's own lists: URL → its bitstring, read from the database (None: not ours).
 LocalLists = Callable[[str, str], bytes | None]
+#: ``(url, issuer, index)`` → whether the gateway's own credential is suspended (None: not ours).
+LocalSuspension = Callable[[str, str, int], bool | None]
 
 
 class StatusLists:
@@ -37,11 +43,13 @@ class StatusLists:
         resolver: Resolver,
         freshness: Freshness,
         local: LocalLists | None = None,
+        local_suspended: LocalSuspension | None = None,
         fetch: Fetch | None = None,
     ) -> None:
         self._resolver = resolver
         self._freshness = freshness
         self._local = local
+        self._local_suspended = local_suspended
         self._fetch = fetch
         self._cache: dict[str, tuple[bytes, float, str]] = {}  # url → bits, retrieved, issuer
 
@@ -51,6 +59,16 @@ class StatusLists:
             raise CredentialError("credentialStatus must be an object")
         url, index = status_list.entry_index(entry)
         return status_list.bit(self._bits(url, issuer, now), index)
+
+    def suspended(self, entry: Any, *, issuer: str) -> bool:
+        """True when the entry names one of the gateway's own credentials and it is
+        suspended now (read from the database at every call)."""
+        if not isinstance(entry, dict):
+            raise CredentialError("credentialStatus must be an object")
+        url, index = status_list.entry_index(entry)
+        if self._local_suspended is None:
+            return False
+        return bool(self._local_suspended(url, issuer, index))
 
     def _bits(self, url: str, issuer: str, now: float) -> bytes:
         if self._local is not None:

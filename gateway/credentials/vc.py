@@ -99,8 +99,11 @@ def verify_credential(
             reasons.append("the credential has a status, and no status list can be read here")
         else:
             try:
-                if status.revoked(credential["credentialStatus"], issuer=issuer, now=now):
+                entry = credential["credentialStatus"]
+                if status.revoked(entry, issuer=issuer, now=now):
                     reasons.append("the credential is revoked")
+                elif status.suspended(entry, issuer=issuer):
+                    reasons.append("the credential is suspended")
             except DidgwError as exc:
                 reasons.append(f"status: {exc}")
     if reasons:

@@ -10,9 +10,10 @@ the rest on the event loop.
 A person's broker account lives as long as her session: it is created (role, then
 account) before she is told its password, and deleted (account, then role) when the
 session expires (at the latest when a credential behind it does) and within
-``interval`` of the revocation of a credential behind it (``didgw cred revoke`` in
-another process: the credentials table is watched). The devices' reconciliation keeps
-the accounts of live sessions and deletes every other account named by a DID.
+``interval`` of the revocation or suspension of a credential behind it (``didgw cred
+revoke`` or ``suspend`` in another process: the credentials table is watched). The
+devices' reconciliation keeps the accounts of live sessions and deletes every other
+account named by a DID.
 
 The gateway's revocation list is published retained on ``<prefix>/status-list`` at
 start, after a reconnect, on every revocation and at half its validity.
@@ -234,7 +235,7 @@ class MqttPeople:
     # -- expiry, revocation, the status list ------------------------------------------
 
     async def watch(self, interval: float = 0.5) -> None:
-        """Close expired and revoked sessions; republish the list when it changes."""
+        """Close expired, revoked and suspended sessions; republish the list when it changes."""
         seen = -1
         last_published = 0.0
         while True:

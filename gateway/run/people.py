@@ -66,6 +66,8 @@ def refusal_reason(detail: str) -> str:
         return "unavailable"
     if "revoked" in detail:
         return "revoked"
+    if "is suspended" in detail:
+        return "suspended"
     return "bad_presentation"
 
 
@@ -87,8 +89,8 @@ class PeopleDesk:
     def verify(self, text: str, nonce: str, aud: str) -> VerifiedSdJwt:
         """One presentation for this nonce and audience, or the refusal's reason
         (:class:`AuthRefused`: ``not_permitted`` for an untrusted issuer, refused before
-        anything it names is fetched; ``revoked``; ``unavailable``; ``bad_presentation``,
-        its detail saying what was wrong)."""
+        anything it names is fetched; ``revoked``; ``suspended``; ``unavailable``;
+        ``bad_presentation``, its detail saying what was wrong)."""
         try:
             return self.check(text, nonce, aud)
         except UntrustedIssuer as exc:  # refused before anything it names was fetched
@@ -155,7 +157,9 @@ class PeopleDesk:
             self.registry.revoke(f["did"], actor=person, reason=f["reason"], now=now, also=also)
 
     def revocations(self) -> tuple[int, frozenset[int]]:
-        return self.issuer.revision(), frozenset(self.issuer.revoked_indexes())
+        """(the published list's revision, the status bits that end a session: revoked or
+        suspended — a suspension is not published, so it does not change the revision)."""
+        return self.issuer.revision(), frozenset(self.issuer.ended_indexes())
 
     def status_list(self, signer: Signer) -> bytes:
         credential = self.issuer.status_list_credential(signer, now=time.time())

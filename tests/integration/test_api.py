@@ -117,6 +117,9 @@ def test_a_reader_changes_nothing_and_a_facility_manager_token_only_devices(
         call(front_door, "POST", f"/api/devices/{did}/revoke", reader, {"reason": "r"}),
         call(front_door, "POST", "/api/credentials/c1/revoke", reader, {"reason": "r"}),
         call(front_door, "POST", "/api/credentials/c1/revoke", manager, {"reason": "r"}),
+        call(front_door, "POST", "/api/credentials/c1/suspend", reader, {"reason": "r"}),
+        call(front_door, "POST", "/api/credentials/c1/suspend", manager, {"reason": "r"}),
+        call(front_door, "POST", "/api/credentials/c1/resume", manager, {"reason": "r"}),
         call(front_door, "GET", "/api/credentials", manager),
         call(front_door, "GET", "/api/chain/entries", manager),
         call(front_door, "GET", "/api/market/trades", manager),
@@ -369,9 +372,15 @@ def test_answers_match_the_openapi_document(didgw: Run, front_door: GatewayProce
     check(f"/api/devices/{did}/rotate", "post", rotate, "/api/devices/{did}/rotate")
     check(f"/api/devices/{did}/revoke", "post", {"reason": "r"}, "/api/devices/{did}/revoke")
     check("/api/credentials")
+    changes = f"/api/credentials/{credential['id']}"
+    for action in ("suspend", "suspend", "resume", "resume"):  # the second of each: 409
+        check(f"{changes}/{action}", "post", {"reason": "r"}, f"/api/credentials/{{id}}/{action}")
+    check(f"{changes}/suspend", "post", {"reason": "r"}, "/api/credentials/{id}/suspend")
+    check("/api/credentials")  # one suspended
     revoke = f"/api/credentials/{credential['id']}/revoke"
     check(revoke, "post", {"reason": "left"}, "/api/credentials/{id}/revoke")
     check(revoke, "post", {"reason": "left"}, "/api/credentials/{id}/revoke")  # 409
+    check(f"{changes}/resume", "post", {"reason": "r"}, "/api/credentials/{id}/resume")  # 409
     check("/api/market/orders?interval=next")
     check("/api/market/trades")
     check(f"/api/market/statements?household={household}")

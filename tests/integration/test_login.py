@@ -121,6 +121,7 @@ def forged(subject: dev.Identity) -> str:
         "bad_key_binding",
         "expired_credential",
         "revoked",
+        "suspended",
         "untrusted_issuer",
     ],
 )
@@ -142,6 +143,8 @@ def test_a_bad_presentation_is_refused_with_its_reason_and_opens_nothing(
         credential = door.issue_expired(bob.did)
     elif attack == "revoked":
         door.cli("cred", "revoke", cred_id, "--reason", "lost")
+    elif attack == "suspended":
+        door.cli("cred", "suspend", cred_id, "--reason", "lost")
     elif attack == "untrusted_issuer":
         credential = forged(bob)
     door.process.start()

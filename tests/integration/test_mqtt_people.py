@@ -242,6 +242,27 @@ def test_revoked_during_the_session_the_account_goes_and_it_cannot_come_back(
     assert json.loads(payload)["type"] == ["VerifiableCredential", "BitstringStatusListCredential"]
 
 
+def test_suspended_during_the_session_the_account_goes_until_resumed(site: Site) -> None:
+    bob = site.wallet("bob")
+    cred_id, credential = site.issue("facility-manager", bob.did, "bob")
+    site.process.start()
+    bob.authenticate([credential], [])
+    bob.connect()
+    assert bob.connected
+    site.run("cred", "suspend", cred_id, "--reason", "phone lost", "--by", "fm:root")
+    assert until(lambda: not bob.connected), "the suspended person is still connected"
+    with pytest.raises(wal.Refused) as refused:
+        bob.authenticate([credential], [])
+    assert refused.value.reason == "suspended"
+    site.run("cred", "resume", cred_id, "--reason", "phone found", "--by", "fm:root")
+    bob.authenticate([credential], [])  # the same credential goes through again
+    bob.connect()
+    assert bob.connected
+    bob.close()
+    actions = [json.loads(e.payload)["action"] for e in site.entries("credential")]
+    assert actions == ["issue", "suspend", "resume"]
+
+
 def test_presentations_for_another_nonce_or_audience_or_expired_are_refused(
     site: Site,
 ) -> None:

@@ -1,6 +1,6 @@
 """The passkey ceremony in a real browser (chromium, a CDP virtual authenticator) against
 a real ``didgw run``: bind after a presentation sign-in, sign in with the passkey alone,
-and what revoking the credential behind it does."""
+and what suspending, resuming and revoking the credential behind it do."""
 
 from __future__ import annotations
 
@@ -86,17 +86,35 @@ def test_bind_a_passkey_sign_in_with_it_alone_and_lose_it_with_the_credential(
     assert sessions[-1]["presentations"] == bound["presentations"]
     assert sessions[-1]["passkey"] == bound["passkey"]
 
+    # Suspend the credential: the session ends, the passkey is refused; resumed, it works.
+    state = ("--state-dir", str(front_door.state))
+    changed = didgw("cred", "suspend", person.credential_id, "--reason", "phone lost", *state)
+    assert changed.returncode == 0, changed.stderr
+
+    def signed_out() -> bool:
+        page.goto(front_door.url + "/passkeys")
+        return page.url.endswith("/login/passkey")
+
+    wait_until(signed_out, "the open session to end")
+    page.click("[data-passkey-login]")
+    status = page.locator("[data-passkey-status]")
+    page.wait_for_function(
+        "() => document.querySelector('[data-passkey-status]').textContent.includes('suspended')"
+    )
+    assert "the credential behind this passkey is suspended" in status.inner_text()
+    changed = didgw("cred", "resume", person.credential_id, "--reason", "phone found", *state)
+    assert changed.returncode == 0, changed.stderr
+    page.goto(front_door.url + "/login/passkey")
+    page.click("[data-passkey-login]")
+    page.wait_for_url(front_door.url + "/passkeys")
+    assert person.did in page.inner_text("main")
+
     # Revoke the credential: the open session ends, the passkey no longer signs in.
     revoked = didgw(
         "cred", "revoke", person.credential_id, "--reason", "moved out",
         "--state-dir", str(front_door.state),
     )  # fmt: skip
     assert revoked.returncode == 0, revoked.stderr
-
-    def signed_out() -> bool:
-        page.goto(front_door.url + "/passkeys")
-        return page.url.endswith("/login/passkey")
-
     wait_until(signed_out, "the open session to end", timeout=1.0)
     page.click("[data-passkey-login]")
     status = page.locator("[data-passkey-status]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from typing import Any
 
 import pytest
@@ -39,6 +40,7 @@ def lists(issuer: CredentialIssuer, fetch: Any = None) -> StatusLists:
         resolver=offline_resolver(),
         freshness=Freshness(ttl=60, max_stale=600),
         local=issuer.local_list,
+        local_suspended=issuer.local_suspended,
         fetch=fetch,
     )
 
@@ -201,3 +203,82 @@ def test_bitstring_order_and_limits() -> None:
         status_list.decode_list("zabc")
     with pytest.raises(CredentialError):
         status_list.entry_index({"type": "StatusList2021Entry"})
+
+
+def test_a_suspended_credential_is_refused_until_resumed(
+    issuer: CredentialIssuer, db: Database
+) -> None:
+    vc_issued, sd_issued = issue(issuer), issue(issuer, fmt="sd-jwt")
+    vc = json.loads(vc_issued.text)
+    text = present(sd_issued.text, ["role"], HOLDER, nonce="n", aud="a", iat=int(NOW))
+    args: dict[str, Any] = {"resolver": offline_resolver(), "nonce": "n", "aud": "a"}
+    for record in (vc_issued.record, sd_issued.record):
+        suspended = issuer.suspend(record.id, by="fm:alice", reason="phone lost", now=NOW + 1)
+        assert suspended.suspended and suspended.state == "suspended" and not suspended.revoked
+        assert (suspended.suspended_by, suspended.suspend_reason) == ("fm:alice", "phone lost")
+        assert suspended.to_json()["suspended"] is True
+    with pytest.raises(CredentialInvalid, match="suspended"):
+        verify_credential(vc, resolver=offline_resolver(), now=NOW + 2, status=lists(issuer))
+    with pytest.raises(CredentialError, match="is suspended"):
+        verify_presentation(text, now=NOW + 2, status=lists(issuer), **args)
+    assert sorted(issuer.suspended_indexes()) == sorted(
+        [vc_issued.record.status_index, sd_issued.record.status_index]
+    )
+    # not published: the signed list has no bit set, and its revision did not change
+    assert issuer.revoked_indexes() == [] and issuer.revision() == 0
+    for record in (vc_issued.record, sd_issued.record):
+        resumed = issuer.resume(record.id, by="fm:alice", reason="found it", now=NOW + 3)
+        assert resumed.state == "valid" and resumed.suspended_ms is None
+    verify_credential(vc, resolver=offline_resolver(), now=NOW + 4, status=lists(issuer))
+    verify_presentation(text, now=NOW + 4, status=lists(issuer), **args)
+    actions = [json.loads(e.payload)["action"] for e in ChainStore(db).entries()]
+    assert actions == ["issue", "issue", "suspend", "suspend", "resume", "resume"]
+    entry = json.loads(list(ChainStore(db).entries())[2].payload)
+    assert (entry["id"], entry["by"], entry["reason"]) == (
+        vc_issued.record.id,
+        "fm:alice",
+        "phone lost",
+    )
+
+
+def test_suspension_refusals_change_nothing(issuer: CredentialIssuer, db: Database) -> None:
+    issued = issue(issuer)
+    cred_id = issued.record.id
+    with pytest.raises(CredentialError, match="already in force"):
+        issuer.resume(cred_id, by="fm", reason="r", now=NOW)
+    with pytest.raises(CredentialError, match="needs a reason"):
+        issuer.suspend(cred_id, by="fm", reason="  ", now=NOW)
+    with pytest.raises(CredentialError, match="no credential"):
+        issuer.suspend("urn:uuid:nope", by="fm", reason="r", now=NOW)
+    issuer.suspend(cred_id, by="fm", reason="r", now=NOW)
+    with pytest.raises(CredentialError, match="already suspended"):
+        issuer.suspend(cred_id, by="fm", reason="again", now=NOW)
+    issuer.revoke(cred_id, by="fm", reason="moved out", now=NOW + 1)  # a suspended one can be
+    record = issuer.get(cred_id)
+    assert record.state == "revoked" and not record.suspended
+    for change in (issuer.suspend, issuer.resume):
+        with pytest.raises(CredentialError, match="revoked, which is permanent"):
+            change(cred_id, by="fm", reason="r", now=NOW + 2)
+    assert issuer.get(cred_id) == record
+    actions = [json.loads(e.payload)["action"] for e in ChainStore(db).entries()]
+    assert actions == ["issue", "suspend", "revoke"]
+
+
+def test_the_table_itself_refuses_to_touch_a_revoked_credential(
+    issuer: CredentialIssuer, db: Database
+) -> None:
+    issued = issue(issuer)
+    issuer.revoke(issued.record.id, by="fm", reason="r", now=NOW)
+    with pytest.raises(sqlite3.IntegrityError, match="stays revoked"):
+        db.execute("UPDATE credentials SET suspended_ms = 1 WHERE id = ?", [issued.record.id])
+
+
+def test_another_issuers_credential_is_never_taken_as_suspended(issuer: CredentialIssuer) -> None:
+    issued = issue(issuer)
+    issuer.suspend(issued.record.id, by="fm", reason="r", now=NOW)
+    entry = status_list.status_entry(issuer.list_url, issued.record.status_index)
+    source = lists(issuer)
+    assert source.suspended(entry, issuer=GATEWAY.did) is True
+    assert source.suspended(entry, issuer=HOLDER.did) is False  # not ours to say
+    other = status_list.status_entry("https://elsewhere.example/list", 5)
+    assert source.suspended(other, issuer=GATEWAY.did) is False

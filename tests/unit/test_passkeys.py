@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -111,24 +112,31 @@ def test_malformed_answers_are_refused(body: object) -> None:
     assert refused.value.reason == "malformed"
 
 
-def store_with_credentials(tmp_path: Path, *rows: tuple[int, int, int | None]) -> PasskeyStore:
+def store_with_credentials(
+    tmp_path: Path, *rows: tuple[int, int, int | None], suspended: Collection[int] = ()
+) -> PasskeyStore:
     db = connect(tmp_path / "didgw.db")
     migrate(db, now=0.0)
     with write_transaction(db.conn):
         for index, expires, revoked in rows:
             db.execute(
                 "INSERT INTO credentials (id, type, subject, format, status_index, issued_ms, "
-                "expires_ms, revoked_ms) VALUES (?, 'household', ?, 'sd-jwt', ?, 0, ?, ?)",
-                [f"urn:uuid:{index}", DID, index, expires, revoked],
-            )
+                "expires_ms, revoked_ms, suspended_ms) "
+                "VALUES (?, 'household', ?, 'sd-jwt', ?, 0, ?, ?, ?)",
+                [f"urn:uuid:{index}", DID, index, expires, revoked,
+                 5 if index in suspended else None],
+            )  # fmt: skip
     return PasskeyStore(db)
 
 
 def test_the_credentials_behind_a_passkey_are_rechecked(tmp_path: Path) -> None:
-    store = store_with_credentials(tmp_path, (1, 5000, None), (2, 9000, None), (3, 9000, 10))
+    store = store_with_credentials(
+        tmp_path, (1, 5000, None), (2, 9000, None), (3, 9000, 10), (4, 9000, None), suspended={4}
+    )
     assert store.credentials_expiry({1, 2}, now_ms=100) == 5000
     for indexes, now, reason in (
         ({1, 3}, 100, "revoked"),
+        ({1, 4}, 100, "suspended"),
         ({1}, 5000, "expired"),
         ({1, 99}, 100, "no_credential"),
         (set(), 100, "no_credential"),

@@ -154,6 +154,35 @@ def test_revoking_a_credential_ends_the_sessions_it_is_behind(
     assert sessions.find(unrelated, now_ms=NOW_MS + 2000) is not None
 
 
+def test_suspending_a_credential_ends_its_sessions_and_resuming_brings_none_back(
+    sessions: WebSessions, db: Database
+) -> None:
+    issuer = CredentialIssuer(
+        db, gateway_did=GATEWAY.did, list_url="", validity_seconds=86400, status_valid_seconds=600
+    )
+    issued = issuer.issue(
+        "household",
+        PERSON.did,
+        {"household": HOUSEHOLD, "role": "seller"},
+        fmt="sd-jwt",
+        signer=GATEWAY,
+        now=NOW_MS / 1000,
+        random_bytes=os.urandom,
+    )
+    index = [issued.record.status_index]
+    behind, _ = sessions.open(
+        PERSON.did, "presentation", PERMS, now_ms=NOW_MS, status_indexes=index
+    )
+    swept, _ = sessions.open(PERSON.did, "passkey", PERMS, now_ms=NOW_MS, status_indexes=index)
+    issuer.suspend(issued.record.id, by="operator", reason="lost phone", now=NOW_MS / 1000 + 1)
+    assert sessions.find(behind, now_ms=NOW_MS + 2000) is None  # at the very next request
+    assert sessions.sweep(now_ms=NOW_MS + 2000) == 1
+    issuer.resume(issued.record.id, by="operator", reason="found", now=NOW_MS / 1000 + 3)
+    assert sessions.find(swept, now_ms=NOW_MS + 4000) is None  # ended stays ended
+    again, _ = sessions.open(PERSON.did, "presentation", PERMS, now_ms=NOW_MS, status_indexes=index)
+    assert sessions.find(again, now_ms=NOW_MS + 4000) is not None
+
+
 def test_an_unknown_sign_in_method_is_refused(sessions: WebSessions) -> None:
     with pytest.raises(ValueError, match="method"):
         sessions.open(PERSON.did, "password", PERMS, now_ms=NOW_MS)

@@ -37,6 +37,7 @@ DEFAULT_PAGE = 100
 MAX_LIST = 32  # topics, capabilities, metadata members of one device
 MAX_TEXT = 512
 DEVICE_ACTIONS = ("suspend", "resume", "revoke", "rotate")
+CREDENTIAL_ACTIONS = ("suspend", "resume", "revoke")
 
 Work = Callable[["JsonApi", web.Request, Principal], Awaitable[web.StreamResponse]]
 Handler = Callable[["JsonApi", web.Request], Awaitable[web.StreamResponse]]
@@ -207,7 +208,10 @@ class JsonApi:
                 for action in DEVICE_ACTIONS
             ],
             web.get("/api/credentials", bound(JsonApi.list_credentials)),
-            web.post("/api/credentials/{id}/revoke", bound(JsonApi.revoke_credential)),
+            *[
+                web.post(f"/api/credentials/{{id}}/{action}", bound(_credential_change(action)))
+                for action in CREDENTIAL_ACTIONS
+            ],
             web.get("/api/market/orders", bound(JsonApi.market_orders)),
             web.get("/api/market/trades", bound(JsonApi.market_trades)),
             web.get("/api/market/statements", bound(JsonApi.market_statements)),
@@ -285,12 +289,15 @@ class JsonApi:
     async def list_credentials(self, request: web.Request, _: Principal) -> web.StreamResponse:
         return _ok({"credentials": await self.edge.desk(self.desk.credentials)})
 
-    @guarded("credentials", change=True)
-    async def revoke_credential(self, request: web.Request, who: Principal) -> web.StreamResponse:
+    async def change_credential(
+        self, request: web.Request, who: Principal, action: str
+    ) -> web.StreamResponse:
         body = await _body(request, {"reason": True})
         reason = str(_text(body, "reason"))
         cred_id = request.match_info["id"]
-        record = await self.edge.desk(self.desk.revoke_credential, cred_id, who.name, reason)
+        record = await self.edge.desk(
+            self.desk.change_credential, action, cred_id, who.name, reason
+        )
         return _ok(record.to_json())
 
     # -- the market
@@ -373,6 +380,14 @@ def _transition(action: str) -> Handler:
     @guarded("devices", change=True)
     async def change(api: JsonApi, request: web.Request, who: Principal) -> web.StreamResponse:
         return await api.change_device(request, who, action)
+
+    return change
+
+
+def _credential_change(action: str) -> Handler:
+    @guarded("credentials", change=True)
+    async def change(api: JsonApi, request: web.Request, who: Principal) -> web.StreamResponse:
+        return await api.change_credential(request, who, action)
 
     return change
 

@@ -110,8 +110,14 @@ class ApiDesk:
     def credentials(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.issuer.records()]
 
-    def revoke_credential(self, cred_id: str, by: str, reason: str) -> IssuedRecord:
-        return self.issuer.revoke(cred_id, by=by, reason=reason, now=time.time())
+    def change_credential(self, action: str, cred_id: str, by: str, reason: str) -> IssuedRecord:
+        """``suspend``, ``resume`` or ``revoke`` (:data:`CREDENTIAL_ACTIONS`)."""
+        change = {
+            "suspend": self.issuer.suspend,
+            "resume": self.issuer.resume,
+            "revoke": self.issuer.revoke,
+        }[action]
+        return change(cred_id, by=by, reason=reason, now=time.time())
 
     # -- the market ------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ Thin over ``gateway/auth/passkeys.py`` (the ceremonies, their pending challenges
   only for a session opened by a presentation (a passkey cannot vouch for another).
 * ``POST /passkeys/remove`` (form): forget one, on the record.
 * ``GET /login/passkey``, ``POST /passkeys/login/options``, ``POST /passkeys/login``: sign
-  in with a passkey alone; the credentials behind it are re-checked (revoked or expired:
-  refused, with the reason).
+  in with a passkey alone; the credentials behind it are re-checked (revoked, suspended or
+  expired: refused, with the reason).
 
 JSON endpoints answer ``{"error": <key>, "message": <for the person>}`` when refusing.
 Changes made with the session cookie pass the edge's CSRF check (header ``X-CSRF-Token``,

@@ -263,7 +263,8 @@ class HttpEdge:
         )
 
     async def _sweep(self, interval: float = 0.5) -> None:
-        """End sessions past their time or behind a revoked credential (twice a second)."""
+        """End sessions past their time or behind a revoked or suspended credential (twice a
+        second)."""
         while True:
             try:
                 await self.desk(functools.partial(self.sessions.sweep, now_ms=self.now_ms()))
