@@ -149,7 +149,8 @@ def test_revoking_a_credential_ends_the_sessions_it_is_behind(
     )
     issuer.revoke(issued.record.id, by="operator", reason="moved out", now=NOW_MS / 1000 + 1)
     assert sessions.find(behind, now_ms=NOW_MS + 2000) is None  # at the very next request
-    assert sessions.sweep(now_ms=NOW_MS + 2000) == 1  # the other one behind it
+    assert sessions.close_revoked() == 1  # the other one behind it, without a request
+    assert sessions.close_revoked() == 0  # nothing changed since: nothing searched
     assert sessions.find(swept, now_ms=NOW_MS + 2000) is None
     assert sessions.find(unrelated, now_ms=NOW_MS + 2000) is not None
 
@@ -176,7 +177,7 @@ def test_suspending_a_credential_ends_its_sessions_and_resuming_brings_none_back
     swept, _ = sessions.open(PERSON.did, "passkey", PERMS, now_ms=NOW_MS, status_indexes=index)
     issuer.suspend(issued.record.id, by="operator", reason="lost phone", now=NOW_MS / 1000 + 1)
     assert sessions.find(behind, now_ms=NOW_MS + 2000) is None  # at the very next request
-    assert sessions.sweep(now_ms=NOW_MS + 2000) == 1
+    assert sessions.close_revoked() == 1
     issuer.resume(issued.record.id, by="operator", reason="found", now=NOW_MS / 1000 + 3)
     assert sessions.find(swept, now_ms=NOW_MS + 4000) is None  # ended stays ended
     again, _ = sessions.open(PERSON.did, "presentation", PERMS, now_ms=NOW_MS, status_indexes=index)
@@ -186,3 +187,14 @@ def test_suspending_a_credential_ends_its_sessions_and_resuming_brings_none_back
 def test_an_unknown_sign_in_method_is_refused(sessions: WebSessions) -> None:
     with pytest.raises(ValueError, match="method"):
         sessions.open(PERSON.did, "password", PERMS, now_ms=NOW_MS)
+
+
+def test_the_housekeeping_deletes_sessions_past_their_time_only(
+    sessions: WebSessions, db: Database
+) -> None:
+    sessions.open(PERSON.did, "presentation", PERMS, now_ms=NOW_MS)
+    sessions.open(PERSON.did, "presentation", PERMS, now_ms=NOW_MS, expires_ms=NOW_MS + 60_000)
+    assert sessions.sweep(now_ms=NOW_MS + 60_000) == 1  # past its end
+    assert sessions.count() == 1
+    assert sessions.sweep(now_ms=NOW_MS + 30 * 60_000) == 1  # idle for 30 minutes
+    assert sessions.count() == 0

@@ -262,12 +262,17 @@ class HttpEdge:
             http.port,
         )
 
-    async def _sweep(self, interval: float = 0.5) -> None:
-        """End sessions past their time or behind a revoked or suspended credential (twice a
-        second)."""
+    async def _sweep(self, interval: float = 0.5, housekeeping: float = 60.0) -> None:
+        """End the sessions behind a revoked or suspended credential (looked for twice a
+        second), and delete those past their time (once a minute: a lookup refuses them
+        before that)."""
+        last = 0.0
         while True:
             try:
-                await self.desk(functools.partial(self.sessions.sweep, now_ms=self.now_ms()))
+                await self.desk(self.sessions.close_revoked)
+                if time.monotonic() - last >= housekeeping:
+                    last = time.monotonic()
+                    await self.desk(functools.partial(self.sessions.sweep, now_ms=self.now_ms()))
                 self.refusals.flush(self.now_ms())
             except Exception as exc:  # the next round tries again
                 log.error("http sessions: %s", exc)
