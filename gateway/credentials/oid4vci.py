@@ -346,7 +346,7 @@ def _json_part(part: str, what: str) -> dict[str, Any]:
 def _json_bytes(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         raise _bad_proof(f"the proof's {what} is not JSON") from None
     if not isinstance(value, dict):
         raise _bad_proof(f"the proof's {what} is not a JSON object")

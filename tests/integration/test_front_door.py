@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import ssl
@@ -12,6 +13,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from gateway_process import GatewayProcess
+from support import Run
 
 from gateway.identity import certs
 
@@ -118,3 +120,31 @@ def test_a_flood_of_refused_sign_ins_is_counted_not_logged_line_by_line(
         assert answer.status_code == 400
     time.sleep(0.5)
     assert front_door.output.count("sign-in refused") == 20
+
+
+def test_deeply_nested_json_is_refused_as_malformed_never_a_server_error(
+    front_door: GatewayProcess, didgw: Run
+) -> None:
+    made = didgw(
+        "api-token", "create", "ops", "--role", "operator", "--state-dir", str(front_door.state)
+    )
+    assert made.returncode == 0, made.stderr
+    operator = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    with front_door.config.open("a") as f:
+        f.write("source_rate = 1000.0\nsource_burst = 1000\n")
+    front_door.start()
+    deep = b"[" * 60_000  # below the 64 KiB body cap, far past the JSON parser's recursion
+    json_body = {"Content-Type": "application/json"}
+    for path, headers in (
+        ("/passkeys/login", json_body),
+        ("/api/devices", {**json_body, **operator}),
+        ("/oid4vci/credential", {**json_body, "Authorization": "Bearer not-a-token"}),
+    ):
+        answer = requests.post(front_door.url + path, data=deep, headers=headers, timeout=10)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text[:200])
+    header = base64.urlsafe_b64encode(b"[" * 3000).rstrip(b"=").decode()
+    cursor = requests.get(
+        front_door.url + f"/api/devices?after={header[:1000]}", headers=operator, timeout=10
+    )
+    assert cursor.status_code == 400
+    assert "Traceback" not in front_door.output

@@ -3,6 +3,7 @@ the credential a wallet gets, and what the database keeps (no secret)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
@@ -188,7 +189,12 @@ def test_a_jwk_holding_the_private_key_is_refused(nonces: NoncePool) -> None:
         check(proof(nonce, header={"kid": None, "jwk": private}), nonces)
 
 
-@pytest.mark.parametrize("jwt", ["", "a.b", "x" * 9000, 42, None, "e30.e30.e30"])
+DEEP = base64.urlsafe_b64encode(b"[" * 6000).rstrip(b"=").decode()  # deeper than json recurses
+
+
+@pytest.mark.parametrize(
+    "jwt", ["", "a.b", "x" * 9000, 42, None, "e30.e30.e30", f"{DEEP}.e30.e30", f"e30.{DEEP}.e30"]
+)
 def test_garbage_is_refused_as_a_proof(nonces: NoncePool, jwt: Any) -> None:
     with pytest.raises(Oid4vciError) as caught:
         check_proof(jwt, audience=BASE, nonces=nonces, now=NOW)

@@ -98,8 +98,8 @@ async def _body(request: web.Request, members: Mapping[str, bool]) -> dict[str, 
         raise ApiError(400, "bad_body", "send the body as application/json")
     try:
         value = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_body", f"the body is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: deep nesting
+        raise ApiError(400, "bad_body", "the body is not JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "bad_body", "the body must be a JSON object")
     unknown = sorted(set(value) - set(members))

@@ -239,7 +239,10 @@ def decode_cursor(text: str) -> tuple[float, str]:
     if len(text) > 1024:
         raise ValueError("too long")
     raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    value = json.loads(raw)
+    try:
+        value = json.loads(raw)
+    except RecursionError:  # deeply nested arrays
+        raise ValueError("not a cursor") from None
     if (
         not isinstance(value, list)
         or len(value) != 2

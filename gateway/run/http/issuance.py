@@ -106,7 +106,7 @@ def add_routes(edge: HttpEdge) -> None:
             )
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: deep nesting
             return _error(
                 oid4vci.Oid4vciError("invalid_credential_request", "the body is not JSON")
             )

@@ -48,7 +48,7 @@ async def _json_body(request: web.Request) -> Any:
         raise PasskeyRefused("malformed", "send application/json")
     try:
         return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: deep nesting
         raise PasskeyRefused("malformed", "the body is not JSON") from None
 
 
