@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.anchor.encoding import anchor_gas
+from gateway.anchor.ledger import recursion_kept
 from gateway.errors import DidgwError
 from gateway.identity.signing import Signer, sign_jws
 
@@ -84,8 +85,9 @@ class Fees:
     @classmethod
     def of_transaction(cls, raw: bytes) -> Fees:
         """The fees a signed EIP-1559 transaction offers."""
-        from eth_account.typed_transactions.typed_transaction import TypedTransaction
-        from hexbytes import HexBytes
+        with recursion_kept():
+            from eth_account.typed_transactions.typed_transaction import TypedTransaction
+            from hexbytes import HexBytes
 
         fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
         return cls(int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"]))
@@ -128,7 +130,8 @@ class LedgerAccount:
     """Signs anchor transactions with the ledger key; never shows the key itself."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        from eth_account import Account
+        with recursion_kept():
+            from eth_account import Account
 
         if not isinstance(key.curve, ec.SECP256K1):
             raise DidgwError("the ledger account key must be secp256k1")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.anchor.ledger import LedgerError, LedgerUnavailable, TxReceipt
+from gateway.anchor.ledger import LedgerError, LedgerUnavailable, TxReceipt, recursion_kept
 from gateway.anchor.verify_receipt import LedgerView
 
 __all__ = ["EvmLedger", "read_ledger_view"]
@@ -28,7 +28,8 @@ class EvmLedger:
     """An EVM node reached over JSON-RPC on HTTP(S)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        from web3 import Web3
+        with recursion_kept():
+            from web3 import Web3
 
         self.url = url
         self._w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
@@ -37,7 +38,8 @@ class EvmLedger:
         return f"EvmLedger({self.url})"
 
     def _call(self, what: str, call: Any, *args: Any) -> Any:
-        from web3.exceptions import TransactionNotFound, Web3RPCError
+        with recursion_kept():
+            from web3.exceptions import TransactionNotFound, Web3RPCError
 
         try:
             return call(*args)
@@ -85,7 +87,8 @@ class EvmLedger:
                 raise
 
     def receipt(self, tx_hash: bytes) -> TxReceipt | None:
-        from web3.exceptions import TransactionNotFound
+        with recursion_kept():
+            from web3.exceptions import TransactionNotFound
 
         try:
             found = self._call(
@@ -98,7 +101,8 @@ class EvmLedger:
         return TxReceipt(int(found["blockNumber"]), bytes(found["blockHash"]), int(found["status"]))
 
     def known(self, tx_hash: bytes) -> bool:
-        from web3.exceptions import TransactionNotFound
+        with recursion_kept():
+            from web3.exceptions import TransactionNotFound
 
         try:
             return bool(
@@ -128,7 +132,8 @@ def _rpc_message(exc: Exception) -> str:
 
 def read_ledger_view(url: str, tx_hash: bytes, *, timeout: float = 10.0) -> LedgerView | None:
     """What the node at ``url`` says about ``tx_hash``; None when it does not know it."""
-    from web3.exceptions import TransactionNotFound
+    with recursion_kept():
+        from web3.exceptions import TransactionNotFound
 
     ledger = EvmLedger(url, timeout=timeout)
     w3 = ledger._w3

@@ -6,6 +6,8 @@ import base64
 import http.client
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -148,3 +150,21 @@ def test_deeply_nested_json_is_refused_as_malformed_never_a_server_error(
     )
     assert cursor.status_code == 400
     assert "Traceback" not in front_door.output
+
+
+def test_the_ledger_libraries_leave_pythons_recursion_limit_alone() -> None:
+    """eth-account and web3 import py_ecc, which raises the limit to 100,000: then a deeply
+    nested JSON body overflows the C stack and kills the gateway instead of being refused."""
+    probe = (
+        "import sys\n"
+        "from cryptography.hazmat.primitives.asymmetric import ec\n"
+        "from gateway.anchor.account import Fees, LedgerAccount\n"
+        "from gateway.transports.evm import EvmLedger, read_ledger_view\n"
+        "EvmLedger('http://127.0.0.1:9', timeout=1)\n"
+        "LedgerAccount(ec.generate_private_key(ec.SECP256K1()))\n"
+        "print(sys.getrecursionlimit())\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert ran.stdout.strip() == "1000"
