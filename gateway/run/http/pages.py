@@ -39,14 +39,18 @@ def render(
     request: web.Request, template: str, *, status: int = 200, **context: Any
 ) -> web.Response:
     """``template`` with ``context``, in the reader's language (``_`` translates, ``lang``
-    names it), the signed-in person (``person``) and her anti-CSRF token (``csrf_token``,
-    for the forms' hidden ``csrf_token`` field)."""
+    names it), the signed-in person (``person``; ``manager`` and ``household`` say what her
+    credentials make her, for the navigation) and her anti-CSRF token (``csrf_token``, for
+    the forms' hidden ``csrf_token`` field)."""
     principal = HttpEdge.principal(request)
     session = principal.session if principal is not None else None
     lang = language(request)
     translate = i18n.translator(lang)
+    permissions = principal.permissions if principal is not None and session else None
     body = _env.get_template(template).render(
         person=session.did if session is not None else None,
+        manager=bool(permissions and permissions.facility_manager),
+        household=bool(permissions and permissions.households),
         csrf_field=CSRF_FIELD,
         csrf_token=session.csrf if session is not None else "",
         _=translate,
