@@ -66,10 +66,11 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     echo "$want" > "$stamp"
 fi
 
-# --- npm packages of the interoperability tests ------------------------------
-# didkey-js: a reference did:key implementation; oid4vc-js: an OpenID4VCI/OpenID4VP wallet.
+# --- npm packages of the tests -----------------------------------------------
+# didkey-js: a reference did:key implementation; oid4vc-js: an OpenID4VCI/OpenID4VP wallet;
+# a11y: axe-core, which the browser tests inject into the pages.
 if [[ $DEV -eq 1 ]]; then
-    for js in tests/interop/didkey-js tests/interop/oid4vc-js; do
+    for js in tests/interop/didkey-js tests/interop/oid4vc-js tests/a11y; do
         lock=$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)
         if [[ "$(cat "$js/node_modules/.didgw-lock" 2>/dev/null)" != "$lock" ]]; then
             say "installing the npm packages of $js (npm ci)"

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
@@ -44,8 +45,14 @@ class Browser:
 
     chromium: Any
 
-    def page(self, viewport: dict[str, int] | None = None) -> Any:
-        context = self.chromium.new_context(viewport=viewport or PHONE)
+    def page(
+        self, viewport: dict[str, int] | None = None, *, locale: str = "en-GB", axe: bool = False
+    ) -> Any:
+        """A page in a fresh context; ``axe``: one that lets :func:`accessibility_problems`
+        inject its checker (it bypasses the page's CSP, so never for a test of the CSP)."""
+        context = self.chromium.new_context(
+            viewport=viewport or PHONE, locale=locale, bypass_csp=axe
+        )
         return context.new_page()
 
 
@@ -90,3 +97,32 @@ def launched() -> Iterator[Browser]:
             yield Browser(chromium)
         finally:
             chromium.close()
+
+
+AXE = Path(__file__).resolve().parents[1] / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
+#: The impacts that fail a test (axe-core's scale: minor, moderate, serious, critical).
+SERIOUS = ("serious", "critical")
+
+
+def accessibility_problems(page: Any) -> list[str]:
+    """The serious and critical axe-core violations on ``page`` (WCAG 2.x A and AA rules),
+    one line each. The page's context must bypass the CSP (``Browser.page(..., axe=True)``):
+    the checker is injected as a script the page itself would refuse."""
+    assert AXE.is_file(), f"{AXE} is missing: run scripts/setup.sh --dev"
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {
+                runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}
+            });
+            return result.violations.map(v => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.map(n => n.target.join(" ")).slice(0, 3)
+            }));
+        }"""
+    )
+    return [
+        f"{v['impact']}: {v['id']} ({v['help']}) at {', '.join(v['nodes'])}"
+        for v in found
+        if v["impact"] in SERIOUS
+    ]

@@ -168,3 +168,25 @@ def test_the_ledger_libraries_leave_pythons_recursion_limit_alone() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert ran.stdout.strip() == "1000"
+
+
+def test_pages_speak_the_readers_language_and_the_switch_stays_on_this_site(
+    front_door: GatewayProcess,
+) -> None:
+    front_door.start()
+    korean = requests.get(
+        front_door.url + "/", headers={"Accept-Language": "ko-KR,ko;q=0.9"}, timeout=10
+    )
+    assert '<html lang="ko">' in korean.text and "로그인" in korean.text
+    english = requests.get(front_door.url + "/", headers={"Accept-Language": "en-US"}, timeout=10)
+    assert '<html lang="en">' in english.text and "Sign in" in english.text
+    switched = requests.post(
+        front_door.url + "/lang", data={"lang": "ko", "next": "//evil.example/"},
+        allow_redirects=False, timeout=10,
+    )  # fmt: skip
+    assert switched.status_code == 303 and switched.headers["Location"] == "/"
+    cookie = switched.cookies["didgw_lang"]
+    chosen = requests.get(
+        front_door.url + "/login", headers={"Cookie": f"didgw_lang={cookie}"}, timeout=10
+    )
+    assert "지갑으로 로그인" in chosen.text  # the reader's choice, whatever her browser says

@@ -18,9 +18,9 @@
     if (answer.status === "waiting") {
       setTimeout(poll, 1500);
     } else if (answer.status === "expired") {
-      status.textContent = "This sign-in has expired. Reload the page to start again.";
+      status.textContent = status.dataset.expired;
     } else {
-      status.textContent = answer.status === "done" ? "Signed in. One moment…" : "Refused.";
+      status.textContent = answer.status === "done" ? status.dataset.done : status.dataset.refused;
       form.submit();
     }
   }

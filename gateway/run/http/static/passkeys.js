@@ -84,7 +84,7 @@
   const bind = async (button) => {
     const section = button.closest("[data-passkey-csrf]");
     const csrf = section.dataset.passkeyCsrf;
-    if (!supported()) return say(section, "This browser does not support passkeys.", true);
+    if (!supported()) return say(section, section.dataset.unsupported, true);
     button.disabled = true;
     try {
       const options = await post("/passkeys/register/options", csrf);
@@ -99,7 +99,7 @@
       });
       window.location.reload(); // the list shows the new passkey
     } catch (error) {
-      say(section, `No passkey added: ${reason(error)}`, true);
+      say(section, `${section.dataset.notAdded} ${reason(error)}`, true);
     } finally {
       button.disabled = false;
     }
@@ -108,7 +108,7 @@
   const signIn = async (button) => {
     const section = button.closest("[data-passkey-csrf]");
     const csrf = section.dataset.passkeyCsrf;
-    if (!supported()) return say(section, "This browser does not support passkeys.", true);
+    if (!supported()) return say(section, section.dataset.unsupported, true);
     button.disabled = true;
     try {
       const options = await post("/passkeys/login/options", csrf);
@@ -121,7 +121,7 @@
       });
       window.location.assign(done.next || "/");
     } catch (error) {
-      say(section, `Not signed in: ${reason(error)}`, true);
+      say(section, `${section.dataset.notSignedIn} ${reason(error)}`, true);
     } finally {
       button.disabled = false;
     }
