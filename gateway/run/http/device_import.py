@@ -44,7 +44,7 @@ API = "/api/devices/import"
 MAX_UPLOAD = MAX_FILE_BYTES + 64 * 1024  # the file and its multipart envelope
 MAX_PENDING = 4
 PENDING_MINUTES = 10
-PREVIEW_ROWS = 20
+PREVIEW_ROWS = 10
 CONTENT_TYPES = ("text/csv", "application/json", "text/plain", "application/octet-stream")
 
 
