@@ -288,3 +288,14 @@ def test_a_manager_uploads_a_file_with_a_bad_row_sees_it_then_registers_a_good_f
         page.screenshot(path=str(SHOTS / f"device-import-done-{label}.png"), full_page=True)
         assert set(dids) <= registered(front_door.state)
         page.context.close()
+    # in Korean, the page's words change; the core's problem text stays as the file names it
+    page = browser.page(PHONE)
+    frank.sign_in_browser(page)
+    page.goto(front_door.url + "/console/devices/import")
+    page.select_option("#lang-choice", "ko")
+    page.locator(".lang button").click()
+    page.get_by_label("기기 파일").set_input_files(str(bad))
+    page.get_by_role("button", name="파일 확인").click()
+    assert page.locator("#problems-title").inner_text() == "문제 1건: 아무것도 등록되지 않았습니다"
+    page.screenshot(path=str(SHOTS / "device-import-problems-phone-ko.png"), full_page=True)
+    page.context.close()
