@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ MAX_META_VALUE = 512
 #: DIDs whose document must be fetched (did:web …) per file: each is a request to
 #: another site, made while the import waits; did:key needs none.
 MAX_FETCHED = 100
+MAX_DEPTH = 8  # the array, a device, its metadata: anything deeper is not a device file
+_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings are skipped whole
 COLUMNS = ("did", "name", "kind", "owner", "metadata")
 REQUIRED = ("did", "name", "kind")
 
@@ -216,6 +219,10 @@ def _csv_records(text: str) -> Iterator[Record]:
 
 def _json_records(text: str) -> Iterator[Record]:
     """(line, object) per array element, each with the line it starts on."""
+    deep = _too_deep(text)
+    if deep:
+        yield Problem(deep, "", f"not JSON this importer reads: nested more than {MAX_DEPTH} deep")
+        return
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     line, counted = 1, 0
@@ -251,6 +258,23 @@ def _json_records(text: str) -> Iterator[Record]:
         elif pos >= len(text) or text[pos] != "]":
             yield Problem(line_at(min(pos, len(text))), "", "not JSON: expected ',' or ']'")
             return
+
+
+def _too_deep(text: str) -> int:
+    """The line where ``text`` nests arrays or objects deeper than :data:`MAX_DEPTH`, or 0.
+
+    Checked before decoding: CPython's JSON decoder recurses in C, and a few hundred
+    thousand ``[`` overflow its stack (a crash, not a RecursionError)."""
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        found = match.group()
+        if found in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, match.start()) + 1
+        elif found in ("]", "}"):
+            depth -= 1
+    return 0
 
 
 def _skip_space(text: str, pos: int) -> int:
