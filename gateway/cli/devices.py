@@ -70,6 +70,48 @@ def cmd_device_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device_import(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from gateway.errors import RegistryError
+    from gateway.registry.bulk import MAX_FILE_BYTES, ImportRefused, register_file
+
+    path = Path(args.file)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # one byte more tells the parser it is too big
+    except OSError as exc:
+        raise RegistryError(f"cannot read {path}: {exc.strerror}") from None
+    with open_gateway(args) as gateway:
+        try:
+            parsed, devices = register_file(
+                gateway.registry,
+                data,
+                actor=actor(args),
+                reason=args.reason or "imported",
+                now=time.time(),
+                dry_run=args.dry_run,
+            )
+        except ImportRefused as refused:
+            found = refused.parsed
+            for problem in found.problems:
+                print(f"{path}:{problem}", file=sys.stderr)
+            hidden = found.problem_count - len(found.problems)
+            if hidden:
+                print(f"{path}: … and {hidden} more problems", file=sys.stderr)
+            print(
+                f"didgw: error: {found.problem_count} problem(s) in {path}; nothing was registered",
+                file=sys.stderr,
+            )
+            return 1
+    if args.dry_run:
+        print(f"{path}: {len(parsed.rows)} devices, no problems (dry run: nothing registered)")
+    else:
+        print(f"registered {len(devices)} devices from {path} (sha256 {parsed.digest})")
+    return 0
+
+
 def cmd_device_list(args: argparse.Namespace) -> int:
     from gateway.registry import Status
 
@@ -159,6 +201,23 @@ def register(tree: CommandTree) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="free metadata (repeatable)",
+    )
+    change_options(p, reason_required=False)
+    p = tree.command(
+        "import",
+        cmd_device_import,
+        "register every device of a CSV or JSON file, or none if any row has a problem",
+        "didgw device import devices.csv --dry-run",
+        group=device,
+    )
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="CSV with a header row (did, name, kind; optional owner, metadata as "
+        "key=value;key=value or a JSON object) or a JSON array of such objects",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="only check the file and print its problems"
     )
     change_options(p, reason_required=False)
     p = tree.command(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
@@ -30,6 +30,9 @@ from gateway.registry.model import (
     check_topic,
     next_status,
 )
+
+if TYPE_CHECKING:
+    from gateway.registry.bulk import DeviceRow
 
 _DEVICE_COLUMNS = (
     "did, name, kind, owner, topics, capabilities, metadata, status, "
@@ -114,6 +117,17 @@ class Registry:
         rows = self._db.execute(sql + " ORDER BY created_at, did LIMIT ?", [*args, limit])
         return [_device(row) for row in rows]
 
+    def known(self, dids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Which of ``dids`` are registered (in any status): DID → (name, status)."""
+        found: dict[str, tuple[str, str]] = {}
+        for i in range(0, len(dids), 500):
+            chunk = dids[i : i + 500]
+            sql = (
+                f"SELECT did, name, status FROM devices WHERE did IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            )
+            found.update((r[0], (r[1], r[2])) for r in self._db.execute(sql, chunk))
+        return found
+
     def history(self, did: str) -> list[AuditRecord]:
         rows = self._db.execute(_SELECT_AUDIT + " WHERE device = ? ORDER BY id", [did])
         return [_audit_record(row) for row in rows]
@@ -168,6 +182,63 @@ class Registry:
             self._audit("register", did, actor=actor, reason=reason, now=now, detail=detail)
             self._also(also, now)
         return device
+
+    def register_many(
+        self,
+        rows: Sequence[DeviceRow],
+        *,
+        actor: str,
+        reason: str,
+        now: float,
+        also: Callable[[Device], Sequence[NewEntry]] | None = None,
+    ) -> list[Device]:
+        """Add every device of ``rows`` (checked by :mod:`gateway.registry.bulk`) in one
+        transaction, each audited and on the record as :meth:`register` does, or none.
+
+        One transaction and one batch of record entries instead of one each per device:
+        what makes 10,000 devices take seconds, not minutes."""
+        _check_actor(actor, reason)
+        devices = [
+            self._new_device(
+                r.did, name=r.name, kind=r.kind, now=now, owner=r.owner, topics=(),
+                capabilities=(), metadata=r.metadata,
+            )
+            for r in rows
+        ]  # fmt: skip
+        known = self.known([d.did for d in devices])
+        if known:
+            did = next(iter(known))
+            raise RegistryError(f"{did} is already registered; nothing was registered")
+        for device in devices:
+            self._check_resolvable(device.did, now)
+        entries: list[NewEntry] = []
+        audits: list[tuple[Any, ...]] = []
+        for d in devices:
+            detail = {"kind": d.kind, "name": d.name}
+            audits.append(
+                (now, actor, "register", d.did, reason, json.dumps(detail, sort_keys=True))
+            )
+            if self._chain is not None and self._gateway_did is not None:
+                entries.append(self._audit_entry("register", d.did, actor, reason, detail))
+            if also is not None:
+                entries.extend(also(d))
+        with self._transaction():
+            try:
+                self._db.conn.executemany(_INSERT_DEVICE, [_device_row(d) for d in devices])
+            except sqlite3.IntegrityError:
+                raise RegistryError(
+                    "a device of the file was registered meanwhile; nothing was registered"
+                ) from None
+            self._db.conn.executemany(_INSERT_AUDIT, audits)
+            if entries:
+                if self._chain is None:
+                    raise RegistryError("this registry has no record to append the action to")
+                self._chain.append_within(entries, now_ms=int(now * 1000))
+        return devices
+
+    def check_resolvable(self, did: str, now: float) -> None:
+        """Raise unless ``did`` resolves to a document with an Ed25519 authentication key."""
+        self._check_resolvable(did, now)
 
     def suspend(
         self, did: str, *, actor: str, reason: str, now: float, also: Sequence[NewEntry] = ()
@@ -311,23 +382,7 @@ class Registry:
 
     def _insert(self, device: Device) -> None:
         try:
-            self._db.execute(
-                _INSERT_DEVICE,
-                [
-                    device.did,
-                    device.name,
-                    device.kind,
-                    device.owner,
-                    json.dumps(list(device.topics)),
-                    json.dumps(list(device.capabilities)),
-                    json.dumps(device.metadata, sort_keys=True),
-                    device.status.value,
-                    device.created_at,
-                    device.updated_at,
-                    device.replaces,
-                    device.replaced_by,
-                ],
-            )
+            self._db.execute(_INSERT_DEVICE, _device_row(device))
         except sqlite3.IntegrityError:
             raise RegistryError(f"{device.did} is already registered") from None
 
@@ -352,11 +407,33 @@ class Registry:
             _INSERT_AUDIT, [now, actor, action, did, reason, json.dumps(detail, sort_keys=True)]
         )
         if self._chain is not None and self._gateway_did is not None:
-            record = {"action": action, "device": did, "by": actor, "reason": reason, **detail}
-            payload = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-            self._chain.append_within(
-                [NewEntry("registry", self._gateway_did, payload)], now_ms=int(now * 1000)
-            )
+            entry = self._audit_entry(action, did, actor, reason, detail)
+            self._chain.append_within([entry], now_ms=int(now * 1000))
+
+    def _audit_entry(
+        self, action: str, did: str, actor: str, reason: str, detail: dict[str, Any]
+    ) -> NewEntry:
+        """The record's copy of one audit record (the gateway's ``registry`` entry)."""
+        record = {"action": action, "device": did, "by": actor, "reason": reason, **detail}
+        payload = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        return NewEntry("registry", str(self._gateway_did), payload)
+
+
+def _device_row(device: Device) -> list[Any]:
+    return [
+        device.did,
+        device.name,
+        device.kind,
+        device.owner,
+        json.dumps(list(device.topics)),
+        json.dumps(list(device.capabilities)),
+        json.dumps(device.metadata, sort_keys=True),
+        device.status.value,
+        device.created_at,
+        device.updated_at,
+        device.replaces,
+        device.replaced_by,
+    ]
 
 
 def _check_actor(actor: str, reason: str) -> None:

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from gateway.config import load_config
 from gateway.db import connect, migrate
 from gateway.run.http.api import OPENAPI, JsonApi
+from gateway.run.http.device_import import DeviceImport
 
 DOCUMENT = json.loads(OPENAPI.read_text())
 
@@ -27,10 +28,11 @@ def test_every_api_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> 
         config=load_config(None), db=db, gateway=SimpleNamespace(did="did:key:z6MkTest")
     )
     try:
-        routes = {
-            (r.method.lower(), r.path)
-            for r in JsonApi(edge).routes()  # type: ignore[arg-type]
-        }
+        defined = [
+            *JsonApi(edge).routes(),  # type: ignore[arg-type]
+            *DeviceImport(edge).api_routes(),  # type: ignore[arg-type]
+        ]
+        routes = {(r.method.lower(), r.path) for r in defined}
     finally:
         db.close()
     documented = {(method, path) for path, item in DOCUMENT["paths"].items() for method in item}

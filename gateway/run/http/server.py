@@ -15,7 +15,10 @@ Every request, in this order (the middlewares):
    when the browser sends one (other than ``null``), an ``Origin`` equal to
    ``public_url``'s.
 
-Bodies are capped at :data:`MAX_BODY_BYTES` (413). The handlers of each part of the front
+Bodies are capped at :data:`MAX_BODY_BYTES` (413), except on the few routes a part
+raises it for (:meth:`HttpEdge.allow_body`: a file of 10,000 devices is a few MiB), and
+then only for a signed-in person or a valid token: a stranger's body is capped as
+everywhere. The handlers of each part of the front
 door live in their own module of this package and are added by :meth:`HttpEdge.add`;
 they are thin: they parse, call the same core the CLI and MQTT use, and answer.
 
@@ -107,6 +110,8 @@ class HttpEdge:
         self.tls = http.tls()
         self.clock = clock
         self.token_auth: TokenAuth | None = None
+        #: path → the larger body cap of that route (:meth:`allow_body`)
+        self.body_limits: dict[str, int] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-http")
         self.db = connect(state_dir / DB_NAME)  # used on the desk thread only
         self.sessions = WebSessions(
@@ -132,6 +137,11 @@ class HttpEdge:
 
     def add(self, routes: list[web.RouteDef]) -> None:
         self.app.add_routes(routes)
+
+    def allow_body(self, path: str, limit: int) -> None:
+        """Let requests to exactly ``path`` from a known principal carry up to ``limit``
+        bytes instead of :data:`MAX_BODY_BYTES` (an upload). Strangers stay capped."""
+        self.body_limits[path] = limit
 
     async def desk(self, work: Callable[..., T], *args: Any) -> T:
         """Run ``work(*args)`` on the desk thread (the one that uses :attr:`db`)."""
@@ -197,18 +207,24 @@ class HttpEdge:
 
     @web.middleware
     async def _who(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["principal"] = None
-        if (request.content_length or 0) > MAX_BODY_BYTES:  # a chunked one: when read
+        request["principal"] = principal = None
+        large = self.body_limits.get(request.path)
+        if (request.content_length or 0) > max(large or 0, MAX_BODY_BYTES):
             raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
         token = request.cookies.get(SESSION_COOKIE)
         bearer = request.headers.get("Authorization", "")
         now = self.now_ms()
         if bearer.startswith("Bearer ") and self.token_auth is not None:
-            request["principal"] = await self.desk(self.token_auth, bearer[7:].strip(), now)
+            principal = await self.desk(self.token_auth, bearer[7:].strip(), now)
         elif token:
             session = await self.desk(functools.partial(self.sessions.find, token, now_ms=now))
             if session is not None:
-                request["principal"] = Principal(session.did, session.permissions, session)
+                principal = Principal(session.did, session.permissions, session)
+        if large is not None and principal is not None:
+            request = request.clone(client_max_size=large)  # a chunked one: when read
+        elif (request.content_length or 0) > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
+        request["principal"] = principal
         return await handler(request)
 
     @web.middleware
