@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from gateway.config import load_config
 from gateway.db import connect, migrate
 from gateway.run.http.api import OPENAPI, JsonApi
+from gateway.run.http.energy import EnergyDoor
 
 DOCUMENT = json.loads(OPENAPI.read_text())
 
@@ -24,12 +25,19 @@ def test_every_api_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> 
     db = connect(tmp_path / "g.db")
     migrate(db, now=0)
     edge = SimpleNamespace(
-        config=load_config(None), db=db, gateway=SimpleNamespace(did="did:key:z6MkTest")
+        config=load_config(None),
+        db=db,
+        gateway=SimpleNamespace(did="did:key:z6MkTest"),
+        env={},
+        sessions=None,
     )
     try:
+        parts = [JsonApi(edge), EnergyDoor(edge)]  # type: ignore[arg-type]
         routes = {
             (r.method.lower(), r.path)
-            for r in JsonApi(edge).routes()  # type: ignore[arg-type]
+            for part in parts
+            for r in part.routes()
+            if r.path.startswith("/api/")
         }
     finally:
         db.close()
