@@ -193,7 +193,7 @@ class EnergyDoor:
             "energy.html",
             title="My energy",
             households=mine,
-            household=household,
+            home=household,
             now=_shown_now(now, now_ms, self.tz),
             now_json=json.dumps(now, separators=(",", ":")),
             by=by,
