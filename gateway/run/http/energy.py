@@ -417,7 +417,7 @@ def _shown_history(past: energy.History) -> dict[str, Any]:
     return {
         "rows": [
             {
-                "label": p.label,
+                "label": p.label[5:] if past.by == "day" else p.label,  # the month is above
                 "in": kwh(p.import_wh),
                 "out": kwh(p.export_wh),
                 "cost": eur(p.cost_ueur),

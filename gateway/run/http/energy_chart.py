@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from gateway.energy.history import History
 
 WIDTH, HEIGHT = 640, 260
-LEFT, RIGHT, TOP, BOTTOM = 44, 8, 12, 26
+LEFT, RIGHT, TOP, BOTTOM = 52, 8, 16, 30
 #: at most this many labels under the axis (every n-th period is labelled)
-MAX_LABELS = 12
+MAX_LABELS = 8
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,10 @@ def chart(past: History) -> Chart:
             short = p.label[-5:] if past.by != "month" else p.label[-2:]
             if past.by == "day":
                 short = p.label[-2:]
-            labels.append(Tick(LEFT + i * slot + slot / 2, HEIGHT - 8, short))
+            labels.append(Tick(LEFT + i * slot + slot / 2, HEIGHT - 6, short))
     scale = [Tick(LEFT - 4, zero + 4, "0")]
     if top_wh:
-        scale.append(Tick(LEFT - 4, TOP + 8, f"{top_wh / 1000:.1f}"))
+        scale.append(Tick(LEFT - 4, TOP + 6, f"{top_wh / 1000:.1f}"))
     if low_wh:
         scale.append(Tick(LEFT - 4, HEIGHT - BOTTOM, f"-{low_wh / 1000:.1f}"))
     return Chart(
