@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 from browser import DESKTOP, PHONE, Browser
+from energy_web import SIM, TZ, ZONE, household_member, priced, record_readings
 from gateway_process import GatewayProcess
 from support import Run, wait_until
-from test_energy_web import SIM, TZ, ZONE, energy_door, household_member, record_readings
 
 pytestmark = pytest.mark.integration
 
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
-__all__ = ["energy_door"]  # the fixture, shared
 
 
 @pytest.fixture
@@ -34,11 +33,12 @@ def sim() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def test_a_household_sees_her_energy_live_and_in_the_past_on_phone_and_desktop(
     didgw: Run,
-    energy_door: GatewayProcess,
+    front_door: GatewayProcess,
     browser: Browser,
     tmp_path: Path,
     sim: list[subprocess.Popen[bytes]],
 ) -> None:
+    energy_door = priced(front_door)
     alice, home, old_meter = household_member(didgw, energy_door, "alice", tmp_path / "ttyOld")
     live_port = tmp_path / "ttyLive"
     enrolled = didgw(

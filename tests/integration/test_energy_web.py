@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import re
 import subprocess
 import sys
@@ -19,86 +18,17 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-import device as dev
 import pytest
 import requests
+from energy_web import FEED_IN, RETAIL, SIM, TZ, ZONE, household_member, priced, record_readings
 from gateway_process import GatewayProcess
-from people_web import COOKIE, Person, issue_credential
+from people_web import COOKIE
 from support import Run, wait_until
 
 from gateway.db import connect
-from gateway.energy.meter import MeterRecorder, meters
-from gateway.energy.p1 import Telegram
-from gateway.identity import keystore
-from gateway.identity.signing import Signer
 
 pytestmark = pytest.mark.integration
-
-SIM = Path(__file__).parents[2] / "firmware-sim" / "p1meter.py"
-ZONE = "Asia/Seoul"
-TZ = ZoneInfo(ZONE)
-RETAIL, FEED_IN = 250, 70  # m€/kWh, set in [market]
-
-
-def household_member(
-    didgw: Run, front_door: GatewayProcess, name: str, port: Path
-) -> tuple[Person, str, str]:
-    """A registered household with a vouched meter on ``port``, and a member of it with a
-    credential: (the member, the household's DID, the meter's DID)."""
-    state = front_door.state
-    household = Signer.for_did_key(keystore.generate_key()).did
-    on = ("--state-dir", str(state))
-    made = didgw("device", "register", household, "--name", name, "--kind", "household", *on)
-    assert made.returncode == 0, made.stderr
-    enrolled = didgw(
-        "meter", "enroll", "--household", household, "--name", f"{name} meter",
-        "--port", str(port), *on,
-    )  # fmt: skip
-    assert enrolled.returncode == 0, enrolled.stderr
-    meter = re.search(r"enrolled meter (\S+)", enrolled.stdout)[1]  # type: ignore[index]
-    identity = dev.Identity.from_key(dev.load_or_create_key(state.parent / f"{name}.pem"))
-    claims = [f"household={household}", "role=buyer", f"name={name.title()}"]
-    credential_id, text = issue_credential(
-        didgw, state, "household", identity.did, claims, out=state.parent / f"{name}.sdjwt"
-    )
-    return Person(identity, text, credential_id, front_door.url), household, meter
-
-
-def telegram(t_ms: int, import_wh: int, export_wh: int, in_w: int, out_w: int) -> Telegram:
-    return Telegram(
-        "ISK5\\2M550T-1012", "50", t_ms, "E0043007052870318", (import_wh, 0), (export_wh, 0),
-        1, in_w, out_w,
-    )  # fmt: skip
-
-
-def record_readings(state: Path, meter_did: str, now: datetime) -> list[tuple[int, int, int]]:
-    """Five weeks of readings up to a minute before ``now``, put on the record by the
-    gateway's own recorder with their own times: [(ts, import Wh, export Wh)]."""
-    [meter] = [m for m in meters(connect(state / "didgw.db")) if m.did == meter_did]
-    signer = Signer.for_did_key(keystore.load_private_key(Path(meter.key_file), None))
-    recorder = MeterRecorder(meter, connect(state / "didgw.db"), signer, "did:key:z6MkGateway")
-    rng = random.Random(18)
-    t = int(datetime(2026, 10, 28, 22, 10, tzinfo=TZ).timestamp() * 1000)
-    end = int(now.timestamp() * 1000) - 60_000
-    imp, exp = 1_234_567, 345_678
-    readings = []
-    try:
-        while t < end:
-            hour = datetime.fromtimestamp(t / 1000, TZ).hour
-            sunny = 9 <= hour < 16
-            recorder.record(telegram(t, imp, exp, 300 + hour * 10, 2000 if sunny else 0), t)
-            readings.append((t, imp, exp))
-            step = rng.choice([7, 13, 29, 41, 53]) * 60_000
-            if rng.random() < 0.01:
-                step += rng.randint(2, 9) * 3_600_000  # the meter was away for hours
-            t += step
-            imp += rng.randint(0, 400) * step // 3_600_000
-            exp += (rng.randint(500, 2500) if sunny else 0) * step // 3_600_000
-    finally:
-        recorder.close()
-    return readings
 
 
 def expected(readings: list[tuple[int, int, int]], key: str) -> dict[str, tuple[int, int]]:
@@ -117,16 +47,10 @@ def get(front_door: GatewayProcess, path: str, token: str | None) -> requests.Re
     return requests.get(front_door.url + path, headers=headers, timeout=10, allow_redirects=False)
 
 
-@pytest.fixture
-def energy_door(front_door: GatewayProcess) -> GatewayProcess:
-    with front_door.config.open("a") as f:
-        f.write(f"\n[market]\nretail_price = {RETAIL}\nfeed_in_price = {FEED_IN}\n")
-    return front_door
-
-
 def test_history_per_hour_day_and_month_adds_up_with_cost_and_income(
-    didgw: Run, energy_door: GatewayProcess, tmp_path: Path
+    didgw: Run, front_door: GatewayProcess, tmp_path: Path
 ) -> None:
+    energy_door = priced(front_door)
     alice, home, meter = household_member(didgw, energy_door, "alice", tmp_path / "ttyA")
     bob, bobs_home, _ = household_member(didgw, energy_door, "bob", tmp_path / "ttyB")
     now = datetime.now(TZ)
@@ -197,8 +121,9 @@ def test_history_per_hour_day_and_month_adds_up_with_cost_and_income(
 
 
 def test_refusals_say_why_and_strangers_see_nothing(
-    didgw: Run, energy_door: GatewayProcess, tmp_path: Path
+    didgw: Run, front_door: GatewayProcess, tmp_path: Path
 ) -> None:
+    energy_door = priced(front_door)
     alice, home, _ = household_member(didgw, energy_door, "alice", tmp_path / "ttyA")
     energy_door.start(env={"TZ": ZONE})
     stranger = get(energy_door, f"/api/energy/now?household={home}", None)
@@ -274,10 +199,11 @@ def meter_sims() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def test_live_figures_arrive_as_readings_do_and_a_revocation_ends_the_stream(
     didgw: Run,
-    energy_door: GatewayProcess,
+    front_door: GatewayProcess,
     tmp_path: Path,
     meter_sims: list[subprocess.Popen[bytes]],
 ) -> None:
+    energy_door = priced(front_door)
     link = tmp_path / "ttyP1"
     alice, home, meter = household_member(didgw, energy_door, "alice", link)
     with energy_door.config.open("a") as f:
