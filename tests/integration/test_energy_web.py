@@ -153,6 +153,19 @@ def test_refusals_say_why_and_strangers_see_nothing(
     assert empty["import_w"] is None and empty["last_reading"] is None
     assert empty["today"]["import_wh"] == 0
     assert get(energy_door, f"/energy?household={home}", token).status_code == 200
+    # API tokens: a reader sees any household's energy, a facility manager's token none
+    for role, status in (("reader", 200), ("facility-manager", 403)):
+        made = didgw(
+            "api-token", "create", f"t-{role}", "--role", role,
+            "--state-dir", str(energy_door.state), "--config", str(energy_door.config),
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        answer = requests.get(
+            f"{energy_door.url}/api/energy/history?household={home}&by=month",
+            headers={"Authorization": f"Bearer {made.stdout.strip()}"},
+            timeout=10,
+        )
+        assert answer.status_code == status, (role, answer.text)
 
 
 class EventStream:

@@ -241,7 +241,7 @@ class EnergyDoor:
                     latest, me.latest = me.latest, None
                     await response.write(_event("now", latest))
             await response.write(_event("end", {"reason": "the session ended"}))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # she closed the page
             pass
         finally:
             if self.streams.get(key) is me:
