@@ -6,7 +6,7 @@ she presented):
 
 * a facility manager reads and changes the devices;
 * a household member reads the market data of her own households (orders, trades and
-  statements naming them) and nothing else;
+  statements naming them) and their energy (meter readings), and nothing else;
 * anything else is refused, with a stable reason.
 
 Every decision fails closed: an unknown area, role or caller is a refusal.
@@ -37,15 +37,15 @@ class Caller:
 def may(caller: Caller, area: str, *, change: bool) -> Decision:
     """Whether ``caller`` may read (``change`` False) or change ``area`` at all.
 
-    For a household member, market reads are allowed here and narrowed to her households
-    by :func:`market_scope`."""
+    For a household member, market and energy reads are allowed here and narrowed to her
+    households by :func:`market_scope`."""
     if area not in AREAS:
         return Decision(False, "unknown_area")
     if caller.is_token:
         return role_may(caller.role, area, change=change)
     if area == "devices":
         return caller.permissions.may_manage_devices()
-    if area == "market" and not change:
+    if area in ("market", "energy") and not change:
         if caller.permissions.households:
             return Decision(True, "ok")
         return Decision(False, "not_member")

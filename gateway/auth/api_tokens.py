@@ -50,7 +50,7 @@ ROLES: dict[str, str] = {
     "reader": "everything the API offers, reading only",
 }
 #: The parts of the API, each read and (some) changed.
-AREAS = ("devices", "credentials", "market", "chain", "anchors", "status")
+AREAS = ("devices", "credentials", "market", "energy", "chain", "anchors", "status")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _DURATION = re.compile(r"([1-9][0-9]{0,4})([hdw])")

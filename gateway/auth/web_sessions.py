@@ -131,9 +131,11 @@ class WebSessions:
             )
         return token, session
 
-    def find(self, token: str, *, now_ms: int) -> WebSession | None:
+    def find(self, token: str, *, now_ms: int, touch: bool = True) -> WebSession | None:
         """The live session of ``token``, or None (unknown, idle too long, past its end, or
-        a credential behind it revoked or suspended: such a session is deleted on the way)."""
+        a credential behind it revoked or suspended: such a session is deleted on the way).
+        ``touch`` False looks without counting it as the person's activity (a live view
+        checking its session must not keep it from going idle)."""
         if not token or len(token) > 128:
             return None
         key = token_hash(token)
@@ -149,7 +151,7 @@ class WebSessions:
         if now_ms >= expires or now_ms - seen >= self.idle_ms or self._revoked(status_indexes):
             self._delete("token_hash = ?", [key])
             return None
-        if now_ms - seen >= TOUCH_EVERY_MS:
+        if touch and now_ms - seen >= TOUCH_EVERY_MS:
             with write_transaction(self._db.conn):
                 self._db.execute(
                     "UPDATE web_sessions SET seen_ms = ? WHERE token_hash = ?", [now_ms, key]

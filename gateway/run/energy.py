@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,13 @@ class MeterSide:
         for reader in self._readers:
             reader.start()
         log.info("reading %d meters", len(self._readers))
+
+    def links(self) -> dict[str, Callable[[], bool]]:
+        """Each meter's serial link by the meter's DID: is it up?"""
+        return {
+            r.meter.did: reader.connected.is_set
+            for reader, r in zip(self._readers, self.recorders, strict=True)
+        }
 
     def report_to(self, health: Health) -> None:
         """Each meter's serial link, and what became of its telegrams (transport "p1")."""

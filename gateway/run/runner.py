@@ -493,6 +493,8 @@ class _Parts:
             self.exporter = _serve_metrics(config, self.health, self.db_path)
         if config.http.enabled:
             self.front_door = await _open_front_door(config, self.state_dir, env, gateway)
+            if self.meters is not None:
+                self.front_door.meter_links.update(self.meters.links())
 
     def retime(self, config: Config) -> None:
         """Apply the :data:`LIVE` settings of a reloaded ``config`` to every part that uses them."""

@@ -12,6 +12,7 @@ from gateway.config import load_config
 from gateway.db import connect, migrate
 from gateway.run.http.api import OPENAPI, JsonApi
 from gateway.run.http.device_import import DeviceImport
+from gateway.run.http.energy import EnergyDoor
 
 DOCUMENT = json.loads(OPENAPI.read_text())
 
@@ -25,12 +26,17 @@ def test_every_api_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> 
     db = connect(tmp_path / "g.db")
     migrate(db, now=0)
     edge = SimpleNamespace(
-        config=load_config(None), db=db, gateway=SimpleNamespace(did="did:key:z6MkTest")
+        config=load_config(None),
+        db=db,
+        gateway=SimpleNamespace(did="did:key:z6MkTest"),
+        env={},
+        sessions=None,
     )
     try:
         defined = [
             *JsonApi(edge).routes(),  # type: ignore[arg-type]
             *DeviceImport(edge).api_routes(),  # type: ignore[arg-type]
+            *(r for r in EnergyDoor(edge).routes() if r.path.startswith("/api/")),  # type: ignore[arg-type]
         ]
         routes = {(r.method.lower(), r.path) for r in defined}
     finally:

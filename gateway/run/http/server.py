@@ -112,6 +112,9 @@ class HttpEdge:
         self.token_auth: TokenAuth | None = None
         #: path → the larger body cap of that route (:meth:`allow_body`)
         self.body_limits: dict[str, int] = {}
+        #: each vouched meter's serial link (DID → is it up?), set by ``didgw run`` when it
+        #: reads meters; a meter not in it is not read by this process.
+        self.meter_links: dict[str, Callable[[], bool]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-http")
         self.db = connect(state_dir / DB_NAME)  # used on the desk thread only
         self.sessions = WebSessions(
