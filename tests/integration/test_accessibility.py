@@ -24,7 +24,7 @@ def test_the_pages_have_no_serious_accessibility_violations(
             page.goto(front_door.url + path)
             problems[f"{name} {path}"] = accessibility_problems(page)
         person.sign_in_browser(page)
-        for path in ("/", "/passkeys"):
+        for path in ("/", "/passkeys", "/energy"):
             page.goto(front_door.url + path)
             problems[f"{name} {path} signed in"] = accessibility_problems(page)
         page.context.close()
