@@ -7,6 +7,7 @@ limits, CSRF); each other module adds the routes of one part of the door:
 * ``login.py``: signing in with a wallet (OpenID4VP);
 * ``passkeys.py``: binding a passkey after a presentation sign-in, signing in with one;
 * ``issuance.py``: issuing credentials to wallets (OpenID4VCI);
+* ``console.py``: the facility manager's console (the devices' table, each device's page);
 * ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
   side, ``openapi.json`` its description).
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.identity import keystore
 from gateway.ops.tls import http_server_tls
-from gateway.run.http import api, issuance, login, pages, passkeys
+from gateway.run.http import api, console, issuance, login, pages, passkeys
 from gateway.run.http.server import HttpEdge
 from gateway.service import Gateway
 
@@ -38,7 +39,7 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance, api):
+    for part in (pages, login, passkeys, issuance, api, console):
         part.add_routes(edge)
     try:
         await edge.start(context)
