@@ -224,7 +224,7 @@ def measure(gateway: Gateway, cookie: str, requests_each: int) -> dict[str, list
         for i in range(requests_each):
             times[name].append(timed(session, urls[(i * 7919) % len(urls)])[0])
     api = []
-    for i in range(requests_each):
+    for _ in range(requests_each):
         api.append(timed(session, gateway.url + "/api/devices?limit=100&sort=name")[0])
     times["api"] = api
     return times
