@@ -27,7 +27,7 @@ from gateway.chain.store import ChainError
 from gateway.errors import CredentialError, DidError, DidgwError, RegistryError
 from gateway.registry import KINDS, Status
 from gateway.registry.table import MAX_QUERY, SORTS, Cursor, DeviceFilter, metadata_filter
-from gateway.run.http.api_desk import ApiDesk
+from gateway.run.http.api_desk import ApiDesk, iso
 from gateway.run.http.server import HttpEdge, Principal
 
 log = logging.getLogger(__name__)
@@ -269,12 +269,12 @@ class JsonApi:
         sort, after, where = device_query(q)
         now = self.edge.now_ms()
         rows, cursor = await self.edge.desk(self.desk.devices, limit, sort, after, where, now)
-        return _ok({"devices": rows, "next": cursor})
+        return _ok({"devices": [with_refusal(self.edge, r) for r in rows], "next": cursor})
 
     @guarded("devices", change=False)
     async def show_device(self, request: web.Request, _: Principal) -> web.StreamResponse:
         did, now = request.match_info["did"], self.edge.now_ms()
-        return _ok(await self.edge.desk(self.desk.device, did, now))
+        return _ok(with_refusal(self.edge, await self.edge.desk(self.desk.device, did, now)))
 
     @guarded("devices", change=True)
     async def register_device(self, request: web.Request, who: Principal) -> web.StreamResponse:
@@ -396,6 +396,17 @@ class JsonApi:
     @guarded("status", change=False)
     async def status(self, request: web.Request, _: Principal) -> web.StreamResponse:
         return _ok(await self.edge.desk(self.desk.status))
+
+
+def with_refusal(edge: HttpEdge, device: dict[str, Any]) -> dict[str, Any]:
+    """``device`` with ``last_refusal``: the last refusal it earned since ``didgw run``
+    started (``{"reason", "time"}``; kept in memory, ``auth/refusals.py``), else None."""
+    book = edge.device_refusals
+    refusal = book.last(device["did"]) if book is not None else None
+    shown = (
+        None if refusal is None else {"reason": refusal.reason, "time": iso(refusal.ts_ms / 1000)}
+    )
+    return {**device, "last_refusal": shown}
 
 
 def _transition(action: str) -> Handler:

@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway.errors import DidgwError
 from gateway.registry import KINDS, Status
 from gateway.registry.table import SORTS
-from gateway.run.http.api import DEVICE_ACTIONS, MAX_TEXT, ApiError, device_query
+from gateway.run.http.api import DEVICE_ACTIONS, MAX_TEXT, ApiError, device_query, with_refusal
 from gateway.run.http.api_desk import ApiDesk, iso
 from gateway.run.http.pages import render
 from gateway.run.http.server import HttpEdge, Principal
@@ -85,14 +85,14 @@ class Console:
             context["first_page"] = "/console/devices" + ("?" + urlencode(kept) if kept else "")
         return render(request, "console_devices.html", title="Devices", **context)
 
-    def _row(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        refusal = self.edge.device_refusals.last(row["did"]) if self.edge.device_refusals else None
+    def _row(self, row: dict[str, Any]) -> dict[str, Any]:
+        refusal = with_refusal(self.edge, row)["last_refusal"]
         return {
             **row,
             "href": device_path(row["did"]),
             "seen": _short(row["last_seen"]),
-            "refusal": None if refusal is None else refusal.reason,
-            "refused_at": None if refusal is None else _short(iso(refusal.ts_ms / 1000)),
+            "refusal": None if refusal is None else refusal["reason"],
+            "refused_at": None if refusal is None else _short(refusal["time"]),
         }
 
     async def device(self, request: web.Request) -> web.Response:
