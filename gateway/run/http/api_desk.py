@@ -92,7 +92,8 @@ class ApiDesk:
         device = self.registry.get(did)
         history = self.registry.history(did)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        readings = [self.chain.get(seq) for seq in chain_activity.recent(self.db, did, limit=10)]
+        newest = sorted(chain_activity.recent(self.db, did, limit=10), reverse=True)
+        readings = [self.chain.get(seq) for seq in newest]
         return {
             **device.to_json(),
             **self.activity([did], now_ms)[did],
