@@ -83,6 +83,11 @@ def test_a_manager_finds_suspends_and_sees_the_device_refused(
         assert "not_active" in page.inner_text("tbody")
         page.set_viewport_size(PHONE)
         assert page.locator("tbody tr").count() == 1
+        page.select_option("#lang-choice", "ko")
+        page.click("form.lang button")
+        page.wait_for_selector("h1:text('기기')")
+        assert "정지됨" in page.inner_text("tbody")  # suspended, in Korean
+        shoot(page, "devices-ko")
     finally:
         meter.stop()
         assert gateway.stop() == 0, gateway.output
