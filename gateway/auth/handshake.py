@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from gateway.auth.mqtt_messages import NONCE_BYTES, Challenge
+from gateway.auth.refusals import RefusalBook
 from gateway.auth.secret import RandomBytes
 from gateway.auth.strict import AuthRefused, RegistryLookup, verify_then_check_registered
 from gateway.identity.signing import Signer
@@ -204,6 +205,8 @@ class Handshake:
         self._outcomes: Counter[str] = Counter()
         #: the refusal behind the last answer (its ``detail`` is for the log), else None
         self.last_refusal: AuthRefused | None = None
+        #: where refusals a device earned (signature verified) are noted for the console
+        self.refusals: RefusalBook | None = None
         self.retime(session_ms=session_ms, clock_skew_ms=clock_skew_ms)
 
     @property
@@ -272,8 +275,10 @@ class Handshake:
             if abs(claim.ts - now_ms) > self._skew:
                 raise AuthRefused("clock_skew", f"ts {claim.ts} is {claim.ts - now_ms} ms off")
             result = grant()
-        except AuthRefused:
+        except AuthRefused as refusal:
             self._nonces.advance(claim.nonce, Event.REFUSED if verified else Event.UNVERIFIED)
+            if verified and self.refusals is not None:
+                self.refusals.note(claim.device, refusal.reason, now_ms)
             raise
         self._nonces.advance(claim.nonce, Event.GRANTED)
         self._outcomes["grant"] += 1

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth.readings import ClockWindow, Reading, ReadingChecker, ReadingRefused
+from gateway.auth.refusals import RefusalBook
 from gateway.chain.store import ChainStore, Entry
 from gateway.config import DevicesSection
 from gateway.errors import DidgwError
@@ -89,8 +90,11 @@ class ReadingPipeline:
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         storage: DiskGuard | None = None,
+        refusals: RefusalBook | None = None,
     ) -> None:
         self._checker = checker
+        #: the last refusal each device earned, for the console (``auth/refusals.py``)
+        self.refusals = refusals
         self._storage = storage
         self._storage_full = False
         self._recorder = recorder
@@ -125,7 +129,7 @@ class ReadingPipeline:
         try:
             reading = self._checker.check(did, token, self._clock_ms(), None)
         except ReadingRefused as refusal:
-            reply(self.refused(refusal))
+            reply(self.refused(refusal, did))
             return
         self.record(reading, reply)
 
@@ -140,16 +144,23 @@ class ReadingPipeline:
         self.handle(did, token, reply)
         return await answer
 
-    def refused(self, refusal: ReadingRefused) -> Ack:
-        """Count a refusal and say it to the device."""
+    def refused(self, refusal: ReadingRefused, did: str | None = None) -> Ack:
+        """Count a refusal and say it to the device; note it as ``did``'s if the device
+        earned it (its signature checked out: :data:`~gateway.auth.refusals.EARNED`)."""
         self._count(refusal.reason)
+        if did is not None and self.refusals is not None:
+            self.refusals.note(did, refusal.reason, self._clock_ms())
         return Ack(refusal.seq, False, reason=refusal.reason)
 
     def record(self, reading: Reading, reply: Reply) -> None:
         """The second half, for a reading whose signature, status, time and schema checked out:
         the sequence check, then the durable append; ``reply`` is called once it is settled."""
         if self._storage is not None and self._storage_is_full(self._storage):
-            reply(self.refused(ReadingRefused("storage_full", reading.seq, self._storage.why)))
+            reply(
+                self.refused(
+                    ReadingRefused("storage_full", reading.seq, self._storage.why), reading.did
+                )
+            )
             return
         early, previous = self._claim(reading)
         if early is not None:
@@ -195,7 +206,7 @@ class ReadingPipeline:
             self._count("duplicate")
             return Ack(seq, True, entry=recorded.seq, duplicate=True), last
         if recorded is not None or seq <= last - REORDER_WINDOW:
-            return self.refused(ReadingRefused("replay", seq)), last
+            return self.refused(ReadingRefused("replay", seq), did), last
         return None, last  # a late number inside the window, not seen before
 
     def _settle(self, reading: Reading, previous: int | None, entry: Entry | None) -> Ack:
@@ -209,9 +220,11 @@ class ReadingPipeline:
                     else:
                         self._last[did] = previous
             self._count("unavailable")
+            if self.refusals is not None:
+                self.refusals.note(did, "unavailable", self._clock_ms())
             return Ack(seq, False, reason="unavailable")
         if entry.payload != reading.token:  # another reading already holds this number
-            return self.refused(ReadingRefused("replay", seq))
+            return self.refused(ReadingRefused("replay", seq), did)
         self._count("accepted")
         return Ack(seq, True, entry=entry.seq)
 

@@ -29,6 +29,7 @@ from gateway.auth import broker as policy
 from gateway.auth.handshake import Handshake
 from gateway.auth.mqtt_auth import Authenticator
 from gateway.auth.readings import ReadingChecker
+from gateway.auth.refusals import RefusalBook
 from gateway.auth.strict import RegistryLookup
 from gateway.chain.store import ChainStore
 from gateway.config import SECTIONS, Config, load_config
@@ -166,6 +167,7 @@ class _MqttSide:
         core = handshake(
             config, gateway.signer(env), lambda did: _status(gateway, did), mqtt.session_seconds
         )
+        core.refusals = pipeline.refusals
         authenticator = self.authenticator = Authenticator(
             core, gateway.resolver, prefix=mqtt.prefix
         )
@@ -187,6 +189,7 @@ class _MqttSide:
                     config, state_dir, password, index, clock_window(config.devices)
                 ),
                 loop,
+                refusals=pipeline.refusals,
             )
             self.pool.start()
             log.info("%d reading worker processes started", workers)
@@ -328,6 +331,7 @@ class _CoapSide:
         core = handshake(
             config, gateway.signer(env), lambda did: _status(gateway, did), coap.session_seconds
         )
+        core.refusals = pipeline.refusals
         self.authenticator = authenticator = CoapAuthenticator(
             core, gateway.resolver, readings_path="/" + "/".join(READINGS_PATH)
         )
@@ -436,6 +440,8 @@ class _Parts:
         storage = DiskGuard(
             db_path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
         )
+        #: the last refusal each device earned, for the console (``auth/refusals.py``)
+        self.refusals = RefusalBook()
         self.pipeline = ReadingPipeline(
             ReadingChecker(
                 gateway.resolver, StatusCache(gateway.registry), window=clock_window(config.devices)
@@ -443,14 +449,16 @@ class _Parts:
             self.recorder,
             self.lookups,
             storage=storage,
+            refusals=self.refusals,
         )
         self.health = Health()
         self.health.gauges["storage_full"] = lambda: float(storage.full())
         # CoAP readings are checked in this process: a pipeline of their own (the same
         # recorder), so that their counts are told apart from MQTT's.
         self.coap_pipeline = ReadingPipeline(
-            self.pipeline.checker, self.recorder, self.lookups, storage=storage
-        )
+            self.pipeline.checker, self.recorder, self.lookups, storage=storage,
+            refusals=self.refusals,
+        )  # fmt: skip
         self.mqtt = _MqttSide()
         self.coap = _CoapSide()
         self.meters: MeterSide | None = None
@@ -493,8 +501,10 @@ class _Parts:
             self.exporter = _serve_metrics(config, self.health, self.db_path)
         if config.http.enabled:
             self.front_door = await _open_front_door(config, self.state_dir, env, gateway)
-            if self.meters is not None:
-                self.front_door.meter_links.update(self.meters.links())
+            if self.front_door is not None:
+                self.front_door.device_refusals = self.refusals
+                if self.meters is not None:
+                    self.front_door.meter_links.update(self.meters.links())
 
     def retime(self, config: Config) -> None:
         """Apply the :data:`LIVE` settings of a reloaded ``config`` to every part that uses them."""

@@ -39,6 +39,7 @@ from typing import Any
 
 from gateway.auth.broker import CLIENT_ID_PREFIX, shared_readings_filter
 from gateway.auth.readings import ClockWindow
+from gateway.auth.refusals import RefusalBook
 from gateway.errors import DidgwError
 from gateway.run.ingest import ReadingPipeline
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0  # seconds a worker may take to start and subscribe
 _DROPPED = "dropped_"  # the prefix of the drop counts in a worker's report
+_REFUSALS = "refusals"  # a worker's message of the refusals its devices earned since the last
 #: Readings waiting for the recorder before a worker says it is behind (at most every 10 s).
 BACKLOG_WARNING = 10_000
 
@@ -74,8 +76,10 @@ class VerifierPool:
         count: int,
         settings: Callable[[int], WorkerSettings],
         loop: asyncio.AbstractEventLoop,
+        refusals: RefusalBook | None = None,
     ) -> None:
         self._count = count
+        self._refusals = refusals  # where the workers' refusals per device go
         self._settings = settings
         self._loop = loop
         self._workers: list[tuple[Any, Connection]] = []
@@ -141,6 +145,8 @@ class VerifierPool:
                 message = conn.recv()  # "ready" again after a reconnect, or its counts
                 if isinstance(message, dict):
                     self._counts[index] = message
+                elif isinstance(message, tuple) and len(message) == 2:
+                    self._took_refusals(message)
         except (EOFError, OSError):
             self._retired.update(self._counts.pop(index, {}))
             self._loop.remove_reader(conn.fileno())
@@ -153,6 +159,11 @@ class VerifierPool:
             )
             self._workers[index] = self._spawn(index)
             self._loop.add_reader(self._workers[index][1].fileno(), self._watch, index)
+
+    def _took_refusals(self, message: tuple[Any, Any]) -> None:
+        """A worker's refusals per device (``auth/refusals.py``), into the main process's book."""
+        if self._refusals is not None and message[0] == _REFUSALS:
+            self._refusals.take(message[1])
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers; each commits and acknowledges what it has taken first."""
@@ -288,8 +299,11 @@ def _watch_until_stopped(
             report_at = now + 1.0
             report = pipeline.snapshot_counts()
             report.update({_DROPPED + reason: n for reason, n in dropped.items()})
+            refusals = pipeline.refusals.drain() if pipeline.refusals is not None else []
             with sending:
                 conn.send(report)
+                if refusals:
+                    conn.send((_REFUSALS, refusals))
             if pipeline.backlog > BACKLOG_WARNING and now - warned >= 10:
                 warned = now
                 log.warning(
@@ -334,4 +348,5 @@ def _worker_pipeline(settings: WorkerSettings) -> tuple[ReadingPipeline, Callabl
     storage = DiskGuard(
         path, quota_mb=config.gateway.quota_mb, min_free_mb=config.gateway.min_free_mb
     )
-    return ReadingPipeline(checker, recorder, lookups, storage=storage), close
+    pipeline = ReadingPipeline(checker, recorder, lookups, storage=storage, refusals=RefusalBook())
+    return pipeline, close

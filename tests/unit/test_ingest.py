@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.auth.readings import READING_TYP, ReadingChecker
+from gateway.auth.refusals import Refusal, RefusalBook
 from gateway.chain.store import ChainStore
 from gateway.db import connect, migrate
 from gateway.identity import offline_resolver, sign_jws
@@ -97,3 +98,22 @@ def test_the_replay_window_survives_a_restart(setup: Any) -> None:
     )
     again = run(fresh.submit(meter.did, reading(meter, 5, value=2)))
     assert (again.accepted, again.reason) == (False, "replay")
+
+
+def test_refusals_a_device_earned_are_noted_for_it_and_garbage_is_not(setup: Any) -> None:
+    pipeline, meter, _lookups, _ = setup
+    pipeline.refusals = book = RefusalBook()
+    run(pipeline.submit(meter.did, reading(meter, 1)))
+    assert book.last(meter.did) is None  # accepted
+    run(pipeline.submit(meter.did, reading(meter, 1, value=2)))  # another reading, same seq
+    assert book.last(meter.did) == Refusal("replay", NOW)
+    stranger = Signer.for_did_key(generate_key())
+    run(pipeline.submit(stranger.did, reading(stranger, 1)))  # unknown_device
+    run(pipeline.submit(meter.did, b"garbage"))  # malformed, on the meter's own topic
+    forged = reading(stranger, 2).replace(stranger.did.encode(), meter.did.encode())
+    run(pipeline.submit(meter.did, forged))  # bad_signature
+    assert book.last(stranger.did) is None and len(book) == 1
+    assert book.last(meter.did) == Refusal("replay", NOW)
+    pipeline._checker._lookup = {meter.did: Status.SUSPENDED}.get
+    refused = run(pipeline.submit(meter.did, reading(meter, 3)))
+    assert refused.reason == "not_active" and book.last(meter.did) == Refusal("not_active", NOW)

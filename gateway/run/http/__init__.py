@@ -10,6 +10,7 @@ limits, CSRF); each other module adds the routes of one part of the door:
 * ``device_import.py``: registering devices from a file (a facility manager's page and
   ``POST /api/devices/import``);
 * ``energy.py``: a household's energy, now (live) and in the past, its page and its JSON;
+* ``console.py``: the facility manager's console (the devices' table, each device's page);
 * ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
   side, ``openapi.json`` its description).
 
@@ -26,7 +27,16 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.identity import keystore
 from gateway.ops.tls import http_server_tls
-from gateway.run.http import api, device_import, energy, issuance, login, pages, passkeys
+from gateway.run.http import (
+    api,
+    console,
+    device_import,
+    energy,
+    issuance,
+    login,
+    pages,
+    passkeys,
+)
 from gateway.run.http.server import HttpEdge
 from gateway.service import Gateway
 
@@ -41,7 +51,7 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance, device_import, api, energy):
+    for part in (pages, login, passkeys, issuance, device_import, api, energy, console):
         part.add_routes(edge)
     try:
         await edge.start(context)

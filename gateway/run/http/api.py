@@ -25,8 +25,9 @@ from aiohttp import web
 from gateway.auth.api_access import Caller, market_scope, may, sees
 from gateway.chain.store import ChainError
 from gateway.errors import CredentialError, DidError, DidgwError, RegistryError
-from gateway.registry import Status
-from gateway.run.http.api_desk import ApiDesk, decode_cursor
+from gateway.registry import KINDS, Status
+from gateway.registry.table import MAX_QUERY, SORTS, Cursor, DeviceFilter, metadata_filter
+from gateway.run.http.api_desk import ApiDesk, iso
 from gateway.run.http.server import HttpEdge, Principal
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,39 @@ def _metadata(body: Mapping[str, Any]) -> dict[str, str]:
     return value
 
 
+def device_query(q: Mapping[str, str]) -> tuple[str, Cursor | None, DeviceFilter]:
+    """The devices' sort, position and filter from ``q`` (``q``, ``status``, ``kind``,
+    ``meta`` as key=value, ``sort``, ``after``): the API's and the console's."""
+    sort = q.get("sort") or "registered"
+    if sort not in SORTS:
+        raise ApiError(400, "bad_parameter", f"sort must be one of {', '.join(SORTS)}")
+    status_text = q.get("status")
+    if status_text and status_text not in {s.value for s in Status}:
+        raise ApiError(400, "bad_parameter", "status must be active, suspended or revoked")
+    kind = q.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        raise ApiError(400, "bad_parameter", f"kind must be one of {', '.join(KINDS)}")
+    meta = None
+    if q.get("meta"):
+        try:
+            meta = metadata_filter(q["meta"])
+        except RegistryError as exc:
+            raise ApiError(400, "bad_parameter", str(exc)) from None
+    text = q.get("q", "")
+    if len(text) > MAX_QUERY:
+        raise ApiError(400, "bad_parameter", f"q must be at most {MAX_QUERY} characters")
+    after = None
+    if q.get("after"):
+        try:
+            after = Cursor.decode(q["after"], sort)
+        except ValueError:
+            raise ApiError(
+                400, "bad_parameter", "after must be the 'next' cursor of a previous page"
+            ) from None
+    status = Status(status_text) if status_text else None
+    return sort, after, DeviceFilter(query=text, status=status, kind=kind, metadata=meta)
+
+
 # -- the routes --------------------------------------------------------------------------
 
 
@@ -232,27 +266,15 @@ class JsonApi:
     async def list_devices(self, request: web.Request, _: Principal) -> web.StreamResponse:
         q = request.query
         limit = _int(q, "limit", low=1, high=MAX_PAGE) or DEFAULT_PAGE
-        status_text = q.get("status")
-        if status_text and status_text not in {s.value for s in Status}:
-            raise ApiError(400, "bad_parameter", "status must be active, suspended or revoked")
-        status = Status(status_text) if status_text else None
-        after = None
-        if q.get("after"):
-            try:
-                after = decode_cursor(q["after"])
-            except ValueError:
-                raise ApiError(
-                    400, "bad_parameter", "after must be the 'next' cursor of a previous page"
-                ) from None
-        text = q.get("q", "")
-        if len(text) > 128:
-            raise ApiError(400, "bad_parameter", "q must be at most 128 characters")
-        page, cursor = await self.edge.desk(self.desk.devices, limit, after, status, text)
-        return _ok({"devices": [d.to_json() for d in page], "next": cursor})
+        sort, after, where = device_query(q)
+        now = self.edge.now_ms()
+        rows, cursor = await self.edge.desk(self.desk.devices, limit, sort, after, where, now)
+        return _ok({"devices": [with_refusal(self.edge, r) for r in rows], "next": cursor})
 
     @guarded("devices", change=False)
     async def show_device(self, request: web.Request, _: Principal) -> web.StreamResponse:
-        return _ok(await self.edge.desk(self.desk.device, request.match_info["did"]))
+        did, now = request.match_info["did"], self.edge.now_ms()
+        return _ok(with_refusal(self.edge, await self.edge.desk(self.desk.device, did, now)))
 
     @guarded("devices", change=True)
     async def register_device(self, request: web.Request, who: Principal) -> web.StreamResponse:
@@ -374,6 +396,17 @@ class JsonApi:
     @guarded("status", change=False)
     async def status(self, request: web.Request, _: Principal) -> web.StreamResponse:
         return _ok(await self.edge.desk(self.desk.status))
+
+
+def with_refusal(edge: HttpEdge, device: dict[str, Any]) -> dict[str, Any]:
+    """``device`` with ``last_refusal``: the last refusal it earned since ``didgw run``
+    started (``{"reason", "time"}``; kept in memory, ``auth/refusals.py``), else None."""
+    book = edge.device_refusals
+    refusal = book.last(device["did"]) if book is not None else None
+    shown = (
+        None if refusal is None else {"reason": refusal.reason, "time": iso(refusal.ts_ms / 1000)}
+    )
+    return {**device, "last_refusal": shown}
 
 
 def _transition(action: str) -> Handler:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,14 +19,17 @@ from gateway.anchor.status import anchor_status
 from gateway.auth import api_tokens
 from gateway.auth import person_requests as requests
 from gateway.auth.api_tokens import ApiTokens
+from gateway.chain import activity as chain_activity
 from gateway.chain.check import entry_fields
 from gateway.chain.store import ChainStore, Entry, NewEntry
 from gateway.config import Config
 from gateway.credentials.issuer import IssuedRecord
 from gateway.market.service import Market
 from gateway.ops.health import stored_health
-from gateway.registry import Device, Registry, Status
+from gateway.registry import Device, Registry, table
+from gateway.registry.table import Cursor, DeviceFilter
 from gateway.run.http.server import Principal
+from gateway.run.ingest import REORDER_WINDOW
 from gateway.service import build_issuer, build_resolver, market_settings
 
 
@@ -62,18 +64,45 @@ class ApiDesk:
     # -- devices -----------------------------------------------------------------------
 
     def devices(
-        self, limit: int, after: tuple[float, str] | None, status: Status | None, query: str
-    ) -> tuple[list[Device], str | None]:
-        """One page, and the cursor of the next (None on the last page)."""
-        found = self.registry.page(limit=limit + 1, after=after, status=status, query=query)
-        page = found[:limit]
-        more = len(found) > limit
-        return page, encode_cursor(page[-1]) if more and page else None
+        self, limit: int, sort: str, after: Cursor | None, where: DeviceFilter, now_ms: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of devices, each with its activity (:meth:`activity`), and the cursor
+        of the next page (None on the last)."""
+        page, cursor = table.page(self.db, limit=limit, sort=sort, after=after, where=where)
+        seen = self.activity([d.did for d in page], now_ms)
+        rows = [{**d.to_json(), **seen[d.did]} for d in page]
+        return rows, None if cursor is None else cursor.encode()
 
-    def device(self, did: str) -> dict[str, Any]:
+    def activity(self, dids: Sequence[str], now_ms: int) -> dict[str, dict[str, Any]]:
+        """``last_seen`` (its newest reading's time) and ``readings_today`` (since the
+        gateway's local midnight) of each device, from the record."""
+        found = chain_activity.activity(
+            self.db, dids, since_ms=local_midnight_ms(now_ms), slack=REORDER_WINDOW
+        )
+        return {
+            did: {
+                "last_seen": None if a.last_seen_ms is None else iso(a.last_seen_ms / 1000),
+                "readings_today": a.readings_since,
+            }
+            for did, a in found.items()
+        }
+
+    def device(self, did: str, now_ms: int | None = None) -> dict[str, Any]:
+        """The device, its history, its activity and its newest readings."""
         device = self.registry.get(did)
         history = self.registry.history(did)
-        return {**device.to_json(), "history": [r.to_json() for r in history]}
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        newest = sorted(chain_activity.recent(self.db, did, limit=10), reverse=True)
+        readings = [self.chain.get(seq) for seq in newest]
+        return {
+            **device.to_json(),
+            **self.activity([did], now_ms)[did],
+            "history": [r.to_json() for r in history],
+            "recent_readings": [
+                {"seq": e.seq, "time": iso(e.ts / 1000), "bytes": len(e.payload or b"")}
+                for e in readings
+            ],
+        }
 
     def change_device(
         self, principal: Principal, action: str, did: str, fields: Mapping[str, Any]
@@ -229,29 +258,12 @@ def _person_action(
     ]
 
 
-def encode_cursor(device: Device) -> str:
-    raw = json.dumps([device.created_at, device.did], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def local_midnight_ms(now_ms: int) -> int:
+    """The start of the gateway's local day that ``now_ms`` falls in ("today")."""
+    from datetime import datetime
 
-
-def decode_cursor(text: str) -> tuple[float, str]:
-    """A cursor from :func:`encode_cursor`; ValueError for anything else."""
-    if len(text) > 1024:
-        raise ValueError("too long")
-    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    try:
-        value = json.loads(raw)
-    except RecursionError:  # deeply nested arrays
-        raise ValueError("not a cursor") from None
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not isinstance(value[0], int | float)
-        or isinstance(value[0], bool)
-        or not isinstance(value[1], str)
-    ):
-        raise ValueError("not a device cursor")
-    return float(value[0]), value[1]
+    now = datetime.fromtimestamp(now_ms / 1000).astimezone()
+    return int(now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
 
 
 def iso(ts: float | None) -> str | None:

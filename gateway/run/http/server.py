@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway.auth.limits import PeerLimiter
+from gateway.auth.refusals import RefusalBook
 from gateway.auth.web_sessions import WebSession, WebSessions
 from gateway.config import Config
 from gateway.credentials.permissions import Permissions
@@ -105,6 +106,8 @@ class HttpEdge:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config, self.state_dir, self.env, self.gateway = config, state_dir, env, gateway
+        #: the last refusal each device earned, kept by ``didgw run`` (None: not known here)
+        self.device_refusals: RefusalBook | None = None
         http = config.http
         self.base_url = http.base_url()
         self.tls = http.tls()
