@@ -19,14 +19,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: this folder comes off
+# the import path before anything imports http.client (paho, aiohttp, requests, web3 do).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request

@@ -19,11 +19,17 @@ Temporary files go to ``$DIDGW_BENCH_DIR`` if set. The last line is one JSON obj
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: this folder comes off
+# the import path before anything imports http.client (paho, aiohttp, requests, web3 do).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
 import argparse
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -49,19 +49,25 @@ acknowledgements). The gateway's own sockets are as the gateway makes them. Temp
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: this folder comes off
+# the import path before anything imports http.client (paho, aiohttp, requests, web3 do).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
 import argparse
 import contextlib
 import json
 import math
 import multiprocessing as mp
-import os
 import queue
 import secrets
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time

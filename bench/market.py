@@ -6,12 +6,19 @@ Last line: one JSON object with ``clear_10k_orders_ms`` (median, target <= 100) 
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: this folder comes off
+# the import path before anything imports http.client (paho, aiohttp, requests, web3 do).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
 import argparse
 import json
 import random
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -22,7 +22,16 @@ JSON object with the figures.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: this folder comes off
+# the import path before anything imports http.client (paho, aiohttp, requests, web3 do).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
 import argparse
+import importlib.util
 import json
 import math
 import tempfile
@@ -31,8 +40,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-# bench/ is this script's folder, so its neighbour is imported by name (and sets the paths).
-import ingest
+# Its neighbour bench/ingest.py, loaded from its file (this folder is off the path; it sets
+# the paths it needs itself).
+_spec = importlib.util.spec_from_file_location("ingest", os.path.join(HERE, "ingest.py"))
+assert _spec is not None and _spec.loader is not None
+ingest = importlib.util.module_from_spec(_spec)
+sys.modules["ingest"] = ingest  # its dataclasses and pickled objects look it up by name
+_spec.loader.exec_module(ingest)
 
 PER_PROCESS = 150  # devices per load process: each holds three descriptors in paho
 dev = ingest.dev
