@@ -70,7 +70,7 @@ class Registry:
 
     def find(self, did: str) -> Device | None:
         row = self._db.execute(_SELECT_DEVICES + " WHERE did = ?", [did]).fetchone()
-        return _device(row) if row else None
+        return device_of_row(row) if row else None
 
     def get(self, did: str) -> Device:
         check_did_syntax(did)
@@ -85,7 +85,9 @@ class Registry:
         if status is not None:
             sql += " WHERE status = ?"
             args.append(status.value)
-        return [_device(row) for row in self._db.execute(sql + " ORDER BY created_at, did", args)]
+        return [
+            device_of_row(row) for row in self._db.execute(sql + " ORDER BY created_at, did", args)
+        ]
 
     def page(
         self,
@@ -115,7 +117,7 @@ class Registry:
             args += [pattern, pattern]
         sql = _SELECT_DEVICES + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._db.execute(sql + " ORDER BY created_at, did LIMIT ?", [*args, limit])
-        return [_device(row) for row in rows]
+        return [device_of_row(row) for row in rows]
 
     def known(self, dids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """Which of ``dids`` are registered (in any status): DID → (name, status)."""
@@ -447,7 +449,8 @@ def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
     return AuditRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
 
 
-def _device(row: tuple[Any, ...]) -> Device:
+def device_of_row(row: tuple[Any, ...]) -> Device:
+    """A ``devices`` row (every column, in table order) as a :class:`Device`."""
     return Device(
         did=row[0],
         name=row[1],

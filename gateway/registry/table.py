@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.errors import RegistryError
 from gateway.registry.model import Device, Status
+from gateway.registry.store import device_of_row
 
 SORTS = ("registered", "name", "last_seen")
 READING = "reading"  # the kind of a device's readings on the record
@@ -129,7 +130,7 @@ def page(
             sql += " WHERE " + " AND ".join(conditions)
         sql += f" ORDER BY {key}, did LIMIT ?"
     rows = db.execute(sql, [*args, limit + 1]).fetchall()
-    devices = [_device(row) for row in rows[:limit]]
+    devices = [device_of_row(row) for row in rows[:limit]]
     if len(rows) <= limit or not devices:
         return devices, None
     last = rows[limit - 1]
@@ -160,20 +161,3 @@ def _conditions(where: DeviceFilter) -> tuple[list[str], list[Any]]:
         conditions.append("(name LIKE ? ESCAPE '\\' OR did LIKE ? ESCAPE '\\')")
         args += [pattern, pattern]
     return conditions, args
-
-
-def _device(row: tuple[Any, ...]) -> Device:
-    return Device(
-        did=row[0],
-        name=row[1],
-        kind=row[2],
-        owner=row[3],
-        topics=tuple(json.loads(row[4])),
-        capabilities=tuple(json.loads(row[5])),
-        metadata=json.loads(row[6]),
-        status=Status(row[7]),
-        created_at=row[8],
-        updated_at=row[9],
-        replaces=row[10],
-        replaced_by=row[11],
-    )

@@ -110,7 +110,8 @@ class ApiDesk:
         """Register, suspend, resume, revoke or rotate as ``principal``: a person's change
         carries a ``person-action`` entry with the digests of her presentations."""
         now = time.time()
-        also = _person_action(principal, action, did, fields)
+        detail = {"new_device": fields["new_did"]} if action == "rotate" else {}
+        also = person_action(principal, action, did, **detail)
         reason = str(fields.get("reason") or "")
         actor = principal.name
         if action == "register":
@@ -236,14 +237,13 @@ class ApiDesk:
         }
 
 
-def _person_action(
-    principal: Principal, action: str, did: str, fields: Mapping[str, Any]
-) -> Sequence[NewEntry]:
-    """The ``person-action`` entry of a change a signed-in person makes (none for tokens)."""
+def person_action(principal: Principal, action: str, did: str, **detail: Any) -> Sequence[NewEntry]:
+    """The ``person-action`` entry of a change a signed-in person makes to the device
+    ``did`` (none for an API token): her presentations' digests and where what they
+    disclosed is, as the MQTT path records them."""
     session = principal.session
     if session is None:
         return ()
-    detail = {"new_device": fields["new_did"]} if action == "rotate" else {}
     request = requests.PersonRequest(
         "http-" + secrets.token_hex(8), action, {"did": did, "via": "http"}
     )

@@ -26,7 +26,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import person_requests as requests
 from gateway.auth.api_access import Caller, may
 from gateway.auth.web_sessions import WebSession
 from gateway.chain.store import ChainStore, NewEntry
@@ -34,6 +33,7 @@ from gateway.errors import DidgwError
 from gateway.registry import Device, Registry
 from gateway.registry.bulk import MAX_FILE_BYTES, ImportRefused, Parsed, register_file
 from gateway.run.http.api import error_response
+from gateway.run.http.api_desk import person_action
 from gateway.run.http.pages import render
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.service import build_resolver
@@ -235,24 +235,8 @@ def _api_refusal(request: web.Request, principal: Principal | None) -> web.Respo
 
 def _person_action(principal: Principal, digest: str, device: Device) -> Sequence[NewEntry]:
     """The ``person-action`` entry of each device a signed-in person imports (none for a
-    token), as a single registration at the API has: her presentations' digests, and
-    the SHA-256 of the file."""
-    session = principal.session
-    if session is None:
-        return ()
-    request = requests.PersonRequest(
-        "http-" + secrets.token_hex(8), "register", {"did": device.did, "via": "http"}
-    )
-    detail = {"import": digest}
-    return [
-        requests.action_entry(
-            principal.name,
-            request,
-            digests=list(session.presentations),
-            disclosure=session.disclosure,
-            **detail,
-        )
-    ]
+    token), as a single registration at the API has, with the SHA-256 of the file."""
+    return person_action(principal, "register", device.did, **{"import": digest})
 
 
 def add_routes(edge: HttpEdge) -> None:
