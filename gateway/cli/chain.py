@@ -184,6 +184,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    if (args.seq is None) == (args.actor is None):
+        print("didgw chain erase: give either an entry SEQ or --actor DID", file=sys.stderr)
+        return 2
+    if args.actor is not None:
+        return _erase_actor(args)
+    if not args.reason:
+        print("didgw chain erase: --reason is required (recorded in the erasure entry)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     with open_gateway(args) as gateway:
         record = gateway.chain().erase(
             args.seq,
@@ -193,6 +202,48 @@ def cmd_erase(args: argparse.Namespace) -> int:
             now_ms=int(time.time() * 1000),
         )
     print(f"payload of entry {args.seq} erased; erasure recorded as entry {record.seq}")
+    return 0
+
+
+def _erase_actor(args: argparse.Namespace) -> int:
+    from gateway.auth import personal_data
+    from gateway.identity.document import check_did_syntax
+
+    check_did_syntax(args.actor)
+    with open_gateway(args) as gateway:
+        chain = gateway.chain()
+        asked = personal_data.erasure_state(chain, gateway.db, args.actor)
+        reason = args.reason or (
+            "all personal data of the actor, at its request"
+            + ("" if asked is None else f" (entry {asked.request})")
+        )
+        done = personal_data.erase_actor(
+            chain,
+            gateway.db,
+            args.actor,
+            reason=reason,
+            by=args.actor if asked is not None and not args.by else actor(args),
+            gateway=gateway.did,
+            now_ms=int(time.time() * 1000),
+        )
+    print(
+        f"erased the payloads of {len(done.entries)} entries of {args.actor}; "
+        f"ended {done.sessions} sessions, deleted {done.passkeys} passkeys"
+    )
+    return 0
+
+
+def cmd_erasure_requests(args: argparse.Namespace) -> int:
+    from gateway.auth import personal_data
+
+    with open_gateway(args) as gateway:
+        pending = personal_data.pending_requests(gateway.chain(), gateway.db)
+    if args.json:
+        print_json([{"seq": e.seq, "asked": e.ts, "did": e.actor} for e in pending])
+    elif not pending:
+        print("no erasure request is waiting")
+    for e in pending if not args.json else []:
+        print(f"{e.seq}\t{when(e.ts / 1000)}\t{e.actor}\t(didgw chain erase --actor {e.actor})")
     return 0
 
 
@@ -267,6 +318,20 @@ def register(tree: CommandTree) -> None:
         "didgw chain erase 42 --reason 'GDPR request 2026-17'",
         group=chain,
     )
-    p.add_argument("seq", metavar="SEQ", type=int)
-    p.add_argument("--reason", required=True, help="why (recorded in the erasure entry)")
+    p.add_argument("seq", metavar="SEQ", type=int, nargs="?")
+    p.add_argument(
+        "--actor",
+        metavar="DID",
+        help="instead of one entry: all personal data of DID (every entry it recorded, "
+        "its web sessions and passkeys), as /my-data's erasure request asks",
+    )
+    p.add_argument("--reason", help="why (recorded in the erasure entry; required with SEQ)")
     p.add_argument("--by", metavar="WHO", help="who asked for it (default: local:<user>)")
+    p = tree.command(
+        "erasure-requests",
+        cmd_erasure_requests,
+        "erasure requests people made at /my-data, not yet carried out",
+        "didgw chain erasure-requests",
+        group=chain,
+    )
+    p.add_argument("--json", action="store_true", help="as JSON")

@@ -11,6 +11,8 @@ limits, CSRF); each other module adds the routes of one part of the door:
   ``POST /api/devices/import``);
 * ``energy.py``: a household's energy, now (live) and in the past, its page and its JSON;
 * ``console.py``: the facility manager's console (the devices' table, each device's page);
+* ``mydata.py``: a person's own data (``/my-data``: download, ask for erasure) and the
+  receipts of her readings (``/proof``);
 * ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
   side, ``openapi.json`` its description).
 
@@ -34,6 +36,7 @@ from gateway.run.http import (
     energy,
     issuance,
     login,
+    mydata,
     pages,
     passkeys,
 )
@@ -51,7 +54,7 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance, device_import, api, energy, console):
+    for part in (pages, login, passkeys, issuance, device_import, api, energy, console, mydata):
         part.add_routes(edge)
     try:
         await edge.start(context)
