@@ -222,7 +222,9 @@ def _erase_actor(args: argparse.Namespace) -> int:
             gateway.db,
             args.actor,
             reason=reason,
-            by=args.actor if asked is not None and not args.by else actor(args),
+            by=actor(args)
+            if asked is None or args.by
+            else f"the actor's request (entry {asked.request})",
             gateway=gateway.did,
             now_ms=int(time.time() * 1000),
         )

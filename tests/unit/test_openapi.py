@@ -13,6 +13,7 @@ from gateway.db import connect, migrate
 from gateway.run.http.api import OPENAPI, JsonApi
 from gateway.run.http.device_import import DeviceImport
 from gateway.run.http.energy import EnergyDoor
+from gateway.run.http.mydata import MyDataDoor
 
 DOCUMENT = json.loads(OPENAPI.read_text())
 
@@ -37,6 +38,7 @@ def test_every_api_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> 
             *JsonApi(edge).routes(),  # type: ignore[arg-type]
             *DeviceImport(edge).api_routes(),  # type: ignore[arg-type]
             *(r for r in EnergyDoor(edge).routes() if r.path.startswith("/api/")),  # type: ignore[arg-type]
+            *(r for r in MyDataDoor(edge).routes() if r.path.startswith("/api/")),  # type: ignore[arg-type]
         ]
         routes = {(r.method.lower(), r.path) for r in defined}
     finally:

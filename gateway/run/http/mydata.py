@@ -45,8 +45,12 @@ class MyDataDesk:
         self.chain.resync()  # the operator's commands append from another process
         return personal_data.everything_about(self.chain, self.db, did, now_ms=now_ms)
 
-    def ask(self, did: str, now_ms: int) -> dict[str, Any]:
-        return personal_data.ask_for_erasure(self.chain, self.db, did, now_ms=now_ms).to_json()
+    def ask(self, did: str, now_ms: int) -> tuple[dict[str, Any], bool]:
+        """Her request as JSON, and whether it was recorded now (not pending already)."""
+        self.chain.resync()
+        size = self.chain.size
+        state = personal_data.ask_for_erasure(self.chain, self.db, did, now_ms=now_ms)
+        return state.to_json(), state.request >= size
 
     def receipt(self, did: str, households: list[str], seq: int) -> dict[str, Any] | None:
         """The receipt of entry ``seq``; None when it is not hers to see (or not there).
@@ -201,8 +205,8 @@ class MyDataDoor:
         if refused is not None:
             return refused
         did = HttpEdge.principal(request).name  # type: ignore[union-attr]
-        state = await self.edge.desk(self.desk.ask, did, self.edge.now_ms())
-        return web.json_response(state, status=202)
+        state, new = await self.edge.desk(self.desk.ask, did, self.edge.now_ms())
+        return web.json_response(state, status=201 if new else 200)
 
     async def api_receipt(self, request: web.Request) -> web.Response:
         refused = _api_refusal(request)
