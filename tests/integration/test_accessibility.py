@@ -20,11 +20,11 @@ def test_the_pages_have_no_serious_accessibility_violations(
     problems: dict[str, list[str]] = {}
     for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
         page = browser.page(viewport, locale=locale, axe=True)
-        for path in ("/", "/login", "/login/passkey", "/login/done?id=none"):
+        for path in ("/", "/login", "/login/passkey", "/login/done?id=none", "/proof"):
             page.goto(front_door.url + path)
             problems[f"{name} {path}"] = accessibility_problems(page)
         person.sign_in_browser(page)
-        for path in ("/", "/passkeys", "/energy"):
+        for path in ("/", "/passkeys", "/energy", "/my-data", "/proof", "/proof/receipt/0"):
             page.goto(front_door.url + path)
             problems[f"{name} {path} signed in"] = accessibility_problems(page)
         page.context.close()
