@@ -85,6 +85,23 @@ def record_readings(state: Path, meter_did: str, now: datetime) -> list[tuple[in
     return readings
 
 
+def one_reading(state: Path, meter_did: str) -> int:
+    """A reading of the meter put on the record by the gateway's own recorder: its entry."""
+    [meter] = [m for m in meters(connect(state / "didgw.db")) if m.did == meter_did]
+    signer = Signer.for_did_key(keystore.load_private_key(Path(meter.key_file), None))
+    recorder = MeterRecorder(meter, connect(state / "didgw.db"), signer, "did:key:z6MkGateway")
+    try:
+        recorder.record(telegram(1_764_900_000_000, 1000, 200, 300, 0), 1_764_900_000_000)
+    finally:
+        recorder.close()
+    row = connect(state / "didgw.db").execute(
+        "SELECT max(e.seq) FROM chain_entries e JOIN chain_actors a ON a.id = e.actor "
+        "WHERE a.did = ?",
+        [meter_did],
+    )
+    return int(row.fetchone()[0])
+
+
 def priced(front_door: GatewayProcess) -> GatewayProcess:
     """``front_door`` with the [market] prices the tests check the money against."""
     with front_door.config.open("a") as f:

@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from energy_web import household_member, telegram
+from energy_web import household_member, one_reading
 from gateway_process import GatewayProcess
 from people_web import COOKIE, Person
 from support import Run
-
-from gateway.db import connect
-from gateway.energy.meter import MeterRecorder, meters
-from gateway.identity import keystore
-from gateway.identity.signing import Signer
 
 pytestmark = pytest.mark.integration
 
@@ -45,23 +40,6 @@ def post(
         )
     headers["X-CSRF-Token"] = csrf
     return requests.post(front_door.url + path, headers=headers, timeout=10, allow_redirects=False)
-
-
-def one_reading(state: Path, meter_did: str) -> int:
-    """A reading of the meter put on the record by the gateway's own recorder: its entry."""
-    [meter] = [m for m in meters(connect(state / "didgw.db")) if m.did == meter_did]
-    signer = Signer.for_did_key(keystore.load_private_key(Path(meter.key_file), None))
-    recorder = MeterRecorder(meter, connect(state / "didgw.db"), signer, "did:key:z6MkGateway")
-    try:
-        recorder.record(telegram(1_764_900_000_000, 1000, 200, 300, 0), 1_764_900_000_000)
-    finally:
-        recorder.close()
-    row = connect(state / "didgw.db").execute(
-        "SELECT max(e.seq) FROM chain_entries e JOIN chain_actors a ON a.id = e.actor "
-        "WHERE a.did = ?",
-        [meter_did],
-    )
-    return int(row.fetchone()[0])
 
 
 def test_strangers_tokens_and_others_get_nothing(

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from browser import DESKTOP, PHONE, Browser
-from energy_web import household_member
+from energy_web import household_member, one_reading
 from gateway_process import GatewayProcess
 from support import Run
-from test_my_data import one_reading
 
 pytestmark = pytest.mark.integration
 
