@@ -11,6 +11,7 @@ limits, CSRF); each other module adds the routes of one part of the door:
   ``POST /api/devices/import``);
 * ``energy.py``: a household's energy, now (live) and in the past, its page and its JSON;
 * ``console.py``: the facility manager's console (the devices' table, each device's page);
+* ``demo_links.py``: one-time sign-in links, for ``didgw demo`` only (``[http] demo_links``);
 * ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
   side, ``openapi.json`` its description).
 
@@ -30,6 +31,7 @@ from gateway.ops.tls import http_server_tls
 from gateway.run.http import (
     api,
     console,
+    demo_links,
     device_import,
     energy,
     issuance,
@@ -51,7 +53,7 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance, device_import, api, energy, console):
+    for part in (pages, login, passkeys, issuance, device_import, api, energy, console, demo_links):
         part.add_routes(edge)
     try:
         await edge.start(context)
