@@ -163,6 +163,7 @@ def test_the_demo_prints_console_links_that_sign_a_browser_in_once(
 def take_screenshots(page: Any, folder: Path, who: str, base: str, browser: Browser) -> None:
     """The signed-in person's pages at desktop and phone width (and, once, the sign-in)."""
     folder.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(20_000)  # the devices report in, the meters count
     name = "manager" if who == "facility manager" else "household"
     cookies = page.context.cookies()
     phone = browser.page(PHONE)
@@ -177,7 +178,7 @@ def take_screenshots(page: Any, folder: Path, who: str, base: str, browser: Brow
         for width, tab in (("desktop", page), ("phone", phone)):
             tab.goto(base + path)
             tab.wait_for_timeout(1500)  # let the live figures and charts arrive
-            tab.screenshot(path=str(folder / f"{slug}-{width}.png"), full_page=True)
+            tab.screenshot(path=str(folder / f"{slug}-{width}.png"), full_page=slug != "devices")
     if name == "household":
         stranger = browser.page(PHONE)
         stranger.goto(base + "/login")
