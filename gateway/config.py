@@ -697,6 +697,12 @@ class HttpSection(_Section):
             else 'must be "direct_post.jwt" or "direct_post"'
         ),
     )
+    demo_links: bool = _setting(
+        False,
+        "Serve one-time sign-in links (/demo/link/...), for didgw demo only: a signed-in "
+        "person may turn her session into a link that hands it to the first browser that "
+        "opens it within 10 minutes. Off loopback it is an exposure warning.",
+    )
 
     def cross_checks(self) -> list[tuple[str, str]]:
         if bool(self.cert_file) != bool(self.key_file):
@@ -706,14 +712,25 @@ class HttpSection(_Section):
     def exposures(self) -> list[tuple[str, str]]:
         if not self.enabled or is_loopback(self.host):
             return []
+        found: list[tuple[str, str]] = []
+        if self.demo_links:
+            found.append(
+                (
+                    "demo_links",
+                    "one-time sign-in links (a demo's) are served to other machines: whoever "
+                    "reads such a link first is signed in as the person who made it; turn "
+                    "demo_links off outside didgw demo.",
+                )
+            )
         return [
+            *found,
             (
                 "host",
                 f"people's front door is served over HTTPS on {_listening_where(self.host)} "
                 f'("{self.host}"): sign-in, credential issuance and the API can be reached by '
                 "other machines (each is rate-limited per address and needs a credential, a "
                 "passkey or an API token to do anything).",
-            )
+            ),
         ]
 
     def tls(self) -> bool:

@@ -18,9 +18,11 @@ Ctrl-C (or any failure) stops every process it started.
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,7 +171,7 @@ class Demo:
             f'password_file = "{password}"\n'
             f"[coap]\nenabled = true\nport = {self.ports['coap']}\n"
             f"[metrics]\nport = {self.ports['metrics']}\n"
-            f"[http]\nport = {self.ports['http']}\n"
+            f"[http]\nport = {self.ports['http']}\ndemo_links = true\n"
             "[meter]\nenabled = true\nrecord_every_seconds = 1.0\n"
             f"[market]\nenabled = true\ninterval_seconds = {INTERVAL}\ntick_seconds = 0.2\n"
             f'[anchor]\nenabled = true\nrpc_url = "{rpc}"\nevery_seconds = 5.0\n'
@@ -276,8 +280,13 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
                    "--claim", f"household={did}", "--claim", f"role={role}",
                    "-o", str(demo.tmp / f"house{i}.sdjwt"))  # fmt: skip
         households.append((name, did, key, role))
+    manager_key = demo.tmp / "manager.pem"
+    manager_did = demo.didgw("did", "new", "-o", str(manager_key)).split()[-1]
+    demo.didgw("cred", "issue", "facility-manager", "--subject", manager_did,
+               "--format", "sd-jwt", "--claim", "name=Frank",
+               "-o", str(demo.tmp / "manager.sdjwt"))  # fmt: skip
     say(f"  registered {FLEET} MQTT sensors, 1 CoAP sensor, 3 households with P1 meters on")
-    say("  ptys and household credentials (SD-JWT VC: household, role)")
+    say("  ptys and household credentials (SD-JWT VC: household, role), a facility manager")
 
     gateway = demo.spawn("gateway", [sys.executable, "-m", "gateway", "run"])
     deadline = time.monotonic() + 60
@@ -285,6 +294,7 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
         if gateway.poll() is not None or time.monotonic() > deadline:
             raise DemoError(f"didgw run did not start; see {demo.tmp / 'gateway.log'}")
         time.sleep(0.3)
+    print_console_links(demo, households[0][2])
     broker = f"127.0.0.1:{demo.ports['mqtt']}"
     accounts = f"127.0.0.1:{demo.ports['mqtt_accounts']}"
     demo.spawn(
@@ -322,6 +332,76 @@ def _run(demo: Demo) -> int:  # noqa: PLR0915 - one story, told in order
         demo.stop(name)
     summary = progress(demo, time.monotonic() - start)
     return finish(demo, rpc, households, attacks, summary)
+
+
+def print_console_links(demo: Demo, household_key: Path) -> None:
+    """The console's two one-time links: the facility manager's, a household member's."""
+    wait_for_port(demo.ports["http"], "the front door")
+    base = f"http://localhost:{demo.ports['http']}"
+    for who, key, credential in (
+        ("facility manager", demo.tmp / "manager.pem", demo.tmp / "manager.sdjwt"),
+        ("household", household_key, demo.tmp / "house0.sdjwt"),
+    ):
+        say(f"console {who}: {console_link(base, key, credential)}")
+    say("  (each link signs one browser in, once, within 10 minutes)")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _http(url: str, data: dict[str, str] | None = None, **headers: str) -> tuple[int, Any, str]:
+    """One request, redirects not followed: (status, headers, body)."""
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    request = urllib.request.Request(url, body, headers)
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=30) as answer:
+            return answer.status, answer.headers, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers, refused.read().decode(errors="replace")
+
+
+def _cookie(headers: Any, name: str) -> str:
+    for line in headers.get_all("Set-Cookie") or []:
+        if line.startswith(f"{name}="):
+            return str(line.split(";", 1)[0].split("=", 1)[1])
+    raise DemoError(f"the front door set no {name} cookie")
+
+
+def console_link(base: str, key: Path, credential: Path) -> str:
+    """A one-time sign-in link for the holder of ``credential``: the demo signs her in at
+    /login with the wallet of ``firmware-sim/web_wallet.py`` (OpenID4VP, as a phone would),
+    then asks the front door (``[http] demo_links``) to hand that session to a browser."""
+    if str(SIM) not in sys.path:
+        sys.path.insert(0, str(SIM))
+    wallet: Any = importlib.import_module("web_wallet")
+    device_module: Any = importlib.import_module("device")
+    status, headers, page = _http(base + "/login")
+    link = re.search(r'href="(openid4vp://[^"]+)"', page)
+    request_id = re.search(r'name="id" value="([^"]+)"', page)
+    if status != 200 or link is None or request_id is None:
+        raise DemoError(f"/login answered {status} without a sign-in request")
+    login = _cookie(headers, "didgw_login")
+    identity = device_module.Identity.from_key(device_module.load_or_create_key(key))
+    answer = wallet.sign_in(html.unescape(link[1]), [credential.read_text().strip()], identity)
+    if answer.status != 200:
+        raise DemoError(f"the demo's wallet could not sign in: {answer.body}")
+    status, headers, _ = _http(
+        base + "/login/finish", {"id": request_id[1]}, Cookie=f"didgw_login={login}"
+    )
+    session = _cookie(headers, "didgw_session")
+    _, _, home = _http(base + "/", Cookie=f"didgw_session={session}")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', home)
+    if csrf is None:
+        raise DemoError("the demo's sign-in opened no session")
+    status, _, made = _http(
+        base + "/demo/links", {}, Cookie=f"didgw_session={session}", **{"X-CSRF-Token": csrf[1]}
+    )
+    if status != 200:
+        raise DemoError(f"/demo/links answered {status}: {made.strip()}")
+    return str(json.loads(made)["link"])
 
 
 def place_orders(demo: Demo, households: list[tuple[str, str, Path, str]]) -> None:

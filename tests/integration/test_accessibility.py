@@ -16,11 +16,14 @@ pytestmark = pytest.mark.integration
 def test_the_pages_have_no_serious_accessibility_violations(
     front_door: GatewayProcess, person: Person, browser: Browser, locale: str
 ) -> None:
+    with front_door.config.open("a") as config:
+        config.write("demo_links = true\n")  # for the page of a spent one-time link
     front_door.start()
     problems: dict[str, list[str]] = {}
     for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
         page = browser.page(viewport, locale=locale, axe=True)
-        for path in ("/", "/login", "/login/passkey", "/login/done?id=none", "/proof"):
+        paths = ("/", "/login", "/login/passkey", "/login/done?id=none", "/proof")
+        for path in (*paths, "/demo/link/spent"):
             page.goto(front_door.url + path)
             problems[f"{name} {path}"] = accessibility_problems(page)
         person.sign_in_browser(page)

@@ -13,6 +13,7 @@ limits, CSRF); each other module adds the routes of one part of the door:
 * ``console.py``: the facility manager's console (the devices' table, each device's page);
 * ``mydata.py``: a person's own data (``/my-data``: download, ask for erasure) and the
   receipts of her readings (``/proof``);
+* ``demo_links.py``: one-time sign-in links, for ``didgw demo`` only (``[http] demo_links``);
 * ``api.py``: the JSON API for integrators under ``/api/`` (``api_desk.py`` its database
   side, ``openapi.json`` its description).
 
@@ -32,6 +33,7 @@ from gateway.ops.tls import http_server_tls
 from gateway.run.http import (
     api,
     console,
+    demo_links,
     device_import,
     energy,
     issuance,
@@ -54,7 +56,18 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance, device_import, api, energy, console, mydata):
+    for part in (
+        pages,
+        login,
+        passkeys,
+        issuance,
+        device_import,
+        api,
+        energy,
+        console,
+        mydata,
+        demo_links,
+    ):
         part.add_routes(edge)
     try:
         await edge.start(context)
