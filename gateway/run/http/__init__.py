@@ -30,6 +30,7 @@ from gateway.ops.tls import http_server_tls
 from gateway.run.http import (
     api,
     console,
+    console_admin,
     device_import,
     energy,
     issuance,
@@ -51,7 +52,17 @@ async def open_front_door(
     passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
     context = http_server_tls(config, state_dir, passphrase, now=time.time())
     edge = HttpEdge(config, state_dir, env, gateway)
-    for part in (pages, login, passkeys, issuance, device_import, api, energy, console):
+    for part in (
+        pages,
+        login,
+        passkeys,
+        issuance,
+        device_import,
+        api,
+        energy,
+        console,
+        console_admin,
+    ):
         part.add_routes(edge)
     try:
         await edge.start(context)
