@@ -176,3 +176,40 @@ def test_the_record_newest_first_by_kind_with_a_proof_and_the_health_page(
     assert status.status_code == 200
     assert status.json()["gateway"] in html.unescape(health.text)
     assert f"<dd>{status.json()['record_entries']}</dd>" in health.text
+
+
+# -- offers ----------------------------------------------------------------------------------
+
+
+def test_an_offer_needs_a_manager_csrf_an_offerable_kind_and_good_claims(
+    didgw: Run, front_door: GatewayProcess
+) -> None:
+    manager = Person.issued(didgw, front_door, "facility-manager", "frank")
+    member = Person.issued(didgw, front_door, "household", "hanna")
+    front_door.start()
+    member_cookie, member_csrf = member.sign_in_http()
+    claims = f"device={manager.did}"
+    good = {"kind": "device-owner", "claims": claims, "expires": "1h"}
+    refused = post(front_door, "/console/people/offer", member_cookie, csrf_token=member_csrf,
+                   **good)  # fmt: skip
+    assert refused.status_code == 403 and "PIN" not in refused.text
+    cookie, csrf = manager.sign_in_http()
+    assert post(front_door, "/console/people/offer", cookie, **good).status_code == 403
+    for form, why in (
+        ({**good, "kind": "facility-manager", "claims": "name=Eve"}, "a kind and a lifetime"),
+        ({**good, "kind": "vouch"}, "a kind and a lifetime"),
+        ({**good, "expires": "10y"}, "a kind and a lifetime"),
+        ({**good, "claims": "device"}, "key=value"),
+        ({**good, "claims": "device=not-a-did"}, "device"),
+        ({**good, "claims": claims + "\nname=x"}, "unknown"),
+        ({**good, "claims": claims + "\n" + claims}, "twice"),
+        ({**good, "claims": "\n".join(f"k{i}=v" for i in range(9))}, "at most 8"),
+        ({**good, "claims": "device=" + "x" * 3000}, "at most 2048"),
+    ):
+        answer = post(front_door, "/console/people/offer", cookie, csrf_token=csrf, **form)
+        assert answer.status_code == 400, form
+        assert why in html.unescape(answer.text), (form, answer.text[-2000:])
+        assert 'id="offer-pin"' not in answer.text
+    made = post(front_door, "/console/people/offer", cookie, csrf_token=csrf, **good)
+    assert made.status_code == 200 and 'id="offer-pin"' in made.text
+    assert made.headers["Cache-Control"] == "no-store"

@@ -5,7 +5,9 @@ without script, reached only by a signed-in facility manager (anyone else gets t
 that says why), data from the JSON API's desk (:class:`~gateway.run.http.api_desk.ApiDesk`),
 every change a confirmation page whose form posts with the session's anti-CSRF token.
 
-* People: the credentials this gateway issued (kind, subject, state, dates; never their
+* People: a credential offer (OpenID4VCI, as ``didgw cred offer`` makes it: the QR code
+  drawn by the browser, the PIN shown once) of the kinds in :data:`OFFERABLE`; the
+  credentials this gateway issued (kind, subject, state, dates; never their
   claims), and suspend, resume or revoke one. The change goes through the issuer, which
   puts it on the record with who made it and why.
 * Record: the entries newest first, by kind, a page each with its inclusion proof (a
@@ -15,10 +17,14 @@ every change a confirmation page whose form posts with the session's anti-CSRF t
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aiohttp import web
 
+from gateway.credentials import oid4vci
+from gateway.credentials.kinds import KINDS
+from gateway.credentials.offers import CredentialOffers, NewOffer
 from gateway.errors import DidgwError
 from gateway.run.http.api import MAX_TEXT
 from gateway.run.http.api_desk import ApiDesk, entry_json, iso
@@ -29,6 +35,14 @@ from gateway.run.http.server import HttpEdge, Principal
 PAGE_ENTRIES = 50
 CREDENTIAL_ACTIONS = ("suspend", "resume", "revoke")
 MAX_KIND = 64
+#: What a facility manager may offer from her console. A facility-manager (or vouch)
+#: credential stays with the operator (``didgw cred offer``): a stolen console session
+#: must not mint more managers.
+OFFERABLE = ("household", "device-owner")
+#: The offer's lifetimes she chooses from, in seconds.
+OFFER_LIFETIMES = {"10m": 600, "1h": 3600, "1d": 86400}
+MAX_CLAIM_LINES = 8
+MAX_CLAIMS_CHARS = 2048
 
 
 class RecordDesk(ApiDesk):
@@ -68,6 +82,25 @@ class RecordDesk(ApiDesk):
         ]
 
 
+def claims_from(text: str) -> dict[str, str]:
+    """``key=value`` lines (blank lines skipped) as claims; a clear error otherwise."""
+    if len(text) > MAX_CLAIMS_CHARS:
+        raise ValueError(f"the claims take at most {MAX_CLAIMS_CHARS} characters")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > MAX_CLAIM_LINES:
+        raise ValueError(f"at most {MAX_CLAIM_LINES} claims")
+    claims: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"a claim is key=value, got {line[:40]!r}")
+        if key in claims:
+            raise ValueError(f"the claim {key} is given twice")
+        claims[key] = value
+    return claims
+
+
 class ConsoleAdmin:
     """The People, Record and Health handlers."""
 
@@ -78,6 +111,7 @@ class ConsoleAdmin:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/console/people", self.people),
+            web.post("/console/people/offer", self.offer),
             web.get("/console/people/{id}/{action}", self.confirm),
             web.post("/console/people/{id}/{action}", self.change),
             web.get("/console/record", self.record),
@@ -91,11 +125,47 @@ class ConsoleAdmin:
     async def people(self, request: web.Request) -> web.Response:
         if not isinstance(found := _manager(request), Principal):
             return found
+        return await self._people(request)
+
+    async def _people(
+        self, request: web.Request, form: dict[str, str] | None = None, problem: str | None = None
+    ) -> web.Response:
         rows = await self.edge.desk(self.desk.people)
         done = request.query.get("done")
         return render(
-            request, "console_people.html", title="People", rows=rows,
-            done=done if done in CREDENTIAL_ACTIONS else None,
+            request, "console_people.html", status=400 if problem else 200, title="People",
+            rows=rows, done=done if done in CREDENTIAL_ACTIONS else None,
+            kinds=[KINDS[k] for k in OFFERABLE], lifetimes=list(OFFER_LIFETIMES),
+            form=form or {"kind": OFFERABLE[0], "claims": "", "expires": "1h"}, problem=problem,
+        )  # fmt: skip
+
+    async def offer(self, request: web.Request) -> web.Response:
+        """A new single-use offer: its QR code and link, and its PIN, shown this once."""
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        posted = await request.post()
+        form = {k: str(posted.get(k, "")) for k in ("kind", "claims", "expires")}
+        if form["kind"] not in OFFERABLE or form["expires"] not in OFFER_LIFETIMES:
+            return await self._people(request, form, "a kind and a lifetime from the lists")
+        try:
+            claims = claims_from(form["claims"])
+            made: NewOffer = await self.edge.desk(
+                self._create_offer, form["kind"], claims, OFFER_LIFETIMES[form["expires"]]
+            )
+        except (ValueError, DidgwError) as exc:
+            return await self._people(request, form, str(exc))
+        uri = oid4vci.offer_uri(self.edge.base_url, made.offer_id)
+        answer = render(
+            request, "console_offer.html", title="Credential offer", kind=made.kind, uri=uri,
+            pin=made.pin, expires=_short(iso(made.expires_ms / 1000)),
+        )  # fmt: skip
+        answer.headers["Cache-Control"] = "no-store"
+        return answer
+
+    def _create_offer(self, kind: str, claims: dict[str, str], seconds: int) -> NewOffer:
+        return CredentialOffers(self.edge.db).create(
+            kind, claims, now_ms=self.edge.now_ms(), expires_seconds=seconds,
+            random_bytes=secrets.token_bytes,
         )  # fmt: skip
 
     async def confirm(self, request: web.Request) -> web.Response:
