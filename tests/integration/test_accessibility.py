@@ -58,6 +58,15 @@ def test_the_facility_managers_people_record_and_health_pages_too(
         assert confirm
         page.goto(front_door.url + confirm)
         problems[f"{name} {confirm}"] = accessibility_problems(page)
+        page.goto(front_door.url + "/console/people")
+        page.fill("textarea[name=claims]", "wrong")
+        page.locator("form[action='/console/people/offer'] button").click()
+        problems[f"{name} offer refused"] = accessibility_problems(page)
+        page.select_option("select[name=kind]", "device-owner")
+        page.fill("textarea[name=claims]", f"device={manager.did}")
+        page.locator("form[action='/console/people/offer'] button").click()
+        page.locator("svg.qr").wait_for()
+        problems[f"{name} offer"] = accessibility_problems(page)
         page.context.close()
     found = {where: p for where, p in problems.items() if p}
     assert not found, found
