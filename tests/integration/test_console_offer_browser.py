@@ -5,6 +5,8 @@ receives the credential with the PIN the page showed, and People then lists it."
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,19 @@ from gateway_process import GatewayProcess
 from js_wallet import new_wallet, receive
 from people_web import Person
 from support import Run
-from test_login_browser import scan
 
 pytestmark = pytest.mark.integration
+
+
+def scan(png: Path) -> str:
+    """What a QR code reader (zbarimg, as a phone's camera) reads from the picture."""
+    zbarimg = shutil.which("zbarimg")
+    assert zbarimg, "zbarimg is missing: run scripts/setup.sh --dev"
+    read = subprocess.run(
+        [zbarimg, "--quiet", "--raw", str(png)], capture_output=True, text=True, check=False
+    )
+    assert read.returncode == 0, read.stderr
+    return read.stdout.strip()
 
 
 def test_the_offers_qr_code_scans_and_a_wallet_receives_the_credential(
