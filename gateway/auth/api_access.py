@@ -4,7 +4,9 @@ A caller is an API token (its role, see :mod:`gateway.auth.api_tokens`) or a sig
 person (her :class:`~gateway.credentials.permissions.Permissions`, from the credentials
 she presented):
 
-* a facility manager reads and changes the devices;
+* a facility manager reads and changes the devices and the credentials this gateway
+  issued (suspend, resume, revoke), and reads the record, the anchors and the status
+  (what her console's People, Record and Health pages show);
 * a household member reads the market data of her own households (orders, trades and
   statements naming them) and their energy (meter readings), and nothing else;
 * anything else is refused, with a stable reason.
@@ -43,7 +45,9 @@ def may(caller: Caller, area: str, *, change: bool) -> Decision:
         return Decision(False, "unknown_area")
     if caller.is_token:
         return role_may(caller.role, area, change=change)
-    if area == "devices":
+    if area in ("devices", "credentials") or (
+        area in ("chain", "anchors", "status") and not change
+    ):
         return caller.permissions.may_manage_devices()
     if area in ("market", "energy") and not change:
         if caller.permissions.households:

@@ -4,10 +4,13 @@ and on a desktop, signed out and signed in."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from browser import DESKTOP, PHONE, Browser, accessibility_problems
 from gateway_process import GatewayProcess
 from people_web import Person
+from support import Run
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +33,43 @@ def test_the_pages_have_no_serious_accessibility_violations(
         for path in ("/", "/passkeys", "/energy", "/my-data", "/proof", "/proof/receipt/0"):
             page.goto(front_door.url + path)
             problems[f"{name} {path} signed in"] = accessibility_problems(page)
+        page.context.close()
+    found = {where: p for where, p in problems.items() if p}
+    assert not found, found
+
+
+@pytest.mark.parametrize("locale", ["en-GB", "ko-KR"])
+def test_the_facility_managers_people_record_and_health_pages_too(
+    didgw: Run, front_door: GatewayProcess, browser: Browser, locale: str
+) -> None:
+    manager = Person.issued(didgw, front_door, "facility-manager", "frank")
+    Person.issued(didgw, front_door, "household", "hanna")
+    front_door.start()
+    problems: dict[str, list[str]] = {}
+    for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+        page = browser.page(viewport, locale=locale, axe=True)
+        manager.sign_in_browser(page)
+        for path in ("/console/people", "/console/record", "/console/record/0",
+                     "/console/health"):  # fmt: skip
+            page.goto(front_door.url + path)
+            problems[f"{name} {path}"] = accessibility_problems(page)
+            if shots := os.environ.get("DIDGW_SCREENSHOTS"):
+                shot = f"{shots}/{name}-{locale}{path.replace('/', '-')}.png"
+                page.screenshot(path=shot, full_page=True)
+        page.goto(front_door.url + "/console/people")
+        confirm = page.get_attribute('a[href$="/suspend"]', "href")
+        assert confirm
+        page.goto(front_door.url + confirm)
+        problems[f"{name} {confirm}"] = accessibility_problems(page)
+        page.goto(front_door.url + "/console/people")
+        page.fill("textarea[name=claims]", "wrong")
+        page.locator("form[action='/console/people/offer'] button").click()
+        problems[f"{name} offer refused"] = accessibility_problems(page)
+        page.select_option("select[name=kind]", "device-owner")
+        page.fill("textarea[name=claims]", f"device={manager.did}")
+        page.locator("form[action='/console/people/offer'] button").click()
+        page.locator("svg.qr").wait_for()
+        problems[f"{name} offer"] = accessibility_problems(page)
         page.context.close()
     found = {where: p for where, p in problems.items() if p}
     assert not found, found

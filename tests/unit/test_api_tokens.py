@@ -177,8 +177,12 @@ def test_a_person_manages_devices_only_as_facility_manager() -> None:
     assert not may(member, "market", change=True)
     assert not may(manager, "market", change=False)
     for area in ("credentials", "chain", "anchors", "status"):
-        assert not may(manager, area, change=False)
+        assert may(manager, area, change=False)  # her console's People, Record, Health
         assert not may(member, area, change=False)
+        assert not may(nobody, area, change=False)
+    assert may(manager, "credentials", change=True)  # suspend, resume, revoke
+    for area in ("chain", "anchors", "status", "market"):
+        assert not may(manager, area, change=True)
 
 
 def test_a_household_member_sees_only_her_households_market_rows() -> None:

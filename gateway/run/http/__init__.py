@@ -11,6 +11,8 @@ limits, CSRF); each other module adds the routes of one part of the door:
   ``POST /api/devices/import``);
 * ``energy.py``: a household's energy, now (live) and in the past, its page and its JSON;
 * ``console.py``: the facility manager's console (the devices' table, each device's page);
+* ``console_admin.py``: the facility manager's people (offers, credentials), record and health
+  pages;
 * ``mydata.py``: a person's own data (``/my-data``: download, ask for erasure) and the
   receipts of her readings (``/proof``);
 * ``demo_links.py``: one-time sign-in links, for ``didgw demo`` only (``[http] demo_links``);
@@ -33,6 +35,7 @@ from gateway.ops.tls import http_server_tls
 from gateway.run.http import (
     api,
     console,
+    console_admin,
     demo_links,
     device_import,
     energy,
@@ -65,6 +68,7 @@ async def open_front_door(
         api,
         energy,
         console,
+        console_admin,
         mydata,
         demo_links,
     ):

@@ -1,0 +1,294 @@
+"""The facility manager's People, Record and Health pages.
+
+Same shape as the devices' console (:mod:`gateway.run.http.console`): server-rendered,
+without script, reached only by a signed-in facility manager (anyone else gets the 403 page
+that says why), data from the JSON API's desk (:class:`~gateway.run.http.api_desk.ApiDesk`),
+every change a confirmation page whose form posts with the session's anti-CSRF token.
+
+* People: a credential offer (OpenID4VCI, as ``didgw cred offer`` makes it: the QR code
+  drawn by the browser, the PIN shown once) of the kinds in :data:`OFFERABLE`; the
+  credentials this gateway issued (kind, subject, state, dates; never their
+  claims), and suspend, resume or revoke one. The change goes through the issuer, which
+  puts it on the record with who made it and why.
+* Record: the entries newest first, by kind, a page each with its inclusion proof (a
+  download) against the latest checkpoint; the anchors' state and lag.
+* Health: what ``didgw status`` shows.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from gateway.credentials import oid4vci
+from gateway.credentials.kinds import KINDS
+from gateway.credentials.offers import CredentialOffers, NewOffer
+from gateway.errors import DidgwError
+from gateway.run.http.api import MAX_TEXT
+from gateway.run.http.api_desk import ApiDesk, entry_json, iso
+from gateway.run.http.console import _manager, _short
+from gateway.run.http.pages import render
+from gateway.run.http.server import HttpEdge, Principal
+
+PAGE_ENTRIES = 50
+CREDENTIAL_ACTIONS = ("suspend", "resume", "revoke")
+MAX_KIND = 64
+#: What a facility manager may offer from her console. A facility-manager (or vouch)
+#: credential stays with the operator (``didgw cred offer``): a stolen console session
+#: must not mint more managers.
+OFFERABLE = ("household", "device-owner")
+#: The offer's lifetimes she chooses from, in seconds.
+OFFER_LIFETIMES = {"10m": 600, "1h": 3600, "1d": 86400}
+MAX_CLAIM_LINES = 8
+MAX_CLAIMS_CHARS = 2048
+
+
+class RecordDesk(ApiDesk):
+    """The API's desk, plus the record newest first (on the desk thread only)."""
+
+    def newest(
+        self, kind: str, before: int | None, limit: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Up to ``limit`` entries of ``kind`` (any when "") with a seq below ``before``,
+        newest first, and the kinds the record holds (for the filter)."""
+        rows = self.db.execute(
+            "SELECT seq FROM chain_entries WHERE (? = '' OR kind = ?) AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?",
+            [kind, kind, 2**62 if before is None else before, limit],
+        ).fetchall()
+        kinds = [str(r[0]) for r in self.db.execute(
+            "SELECT DISTINCT kind FROM chain_entries ORDER BY kind"
+        ).fetchall()]  # fmt: skip
+        return [entry_json(self.chain.get(int(r[0]))) for r in rows], kinds
+
+    def people(self) -> list[dict[str, Any]]:
+        """The issued credentials, newest first, without anything they claim."""
+        records = sorted(self.issuer.records(), key=lambda r: r.issued_ms, reverse=True)
+        return [
+            {
+                "id": r.id,
+                "kind": r.type,
+                "subject": r.subject,
+                "state": r.state,
+                "issued": _short(iso(r.issued_ms / 1000)),
+                "expires": _short(iso(r.expires_ms / 1000)),
+                "changed": _short(iso(max(r.revoked_ms or 0, r.suspended_ms or 0) / 1000))
+                if (r.revoked_ms or r.suspended_ms)
+                else None,
+            }
+            for r in records
+        ]
+
+
+def claims_from(text: str) -> dict[str, str]:
+    """``key=value`` lines (blank lines skipped) as claims; a clear error otherwise."""
+    if len(text) > MAX_CLAIMS_CHARS:
+        raise ValueError(f"the claims take at most {MAX_CLAIMS_CHARS} characters")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > MAX_CLAIM_LINES:
+        raise ValueError(f"at most {MAX_CLAIM_LINES} claims")
+    claims: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"a claim is key=value, got {line[:40]!r}")
+        if key in claims:
+            raise ValueError(f"the claim {key} is given twice")
+        claims[key] = value
+    return claims
+
+
+class ConsoleAdmin:
+    """The People, Record and Health handlers."""
+
+    def __init__(self, edge: HttpEdge) -> None:
+        self.edge = edge
+        self.desk = RecordDesk(edge.config, edge.db, edge.gateway.did)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/console/people", self.people),
+            web.post("/console/people/offer", self.offer),
+            web.get("/console/people/{id}/{action}", self.confirm),
+            web.post("/console/people/{id}/{action}", self.change),
+            web.get("/console/record", self.record),
+            web.get("/console/record/{seq}", self.entry),
+            web.get("/console/record/{seq}/proof.json", self.proof),
+            web.get("/console/health", self.health),
+        ]
+
+    # -- people
+
+    async def people(self, request: web.Request) -> web.Response:
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        return await self._people(request)
+
+    async def _people(
+        self, request: web.Request, form: dict[str, str] | None = None, problem: str | None = None
+    ) -> web.Response:
+        rows = await self.edge.desk(self.desk.people)
+        done = request.query.get("done")
+        return render(
+            request, "console_people.html", status=400 if problem else 200, title="People",
+            rows=rows, done=done if done in CREDENTIAL_ACTIONS else None,
+            kinds=[KINDS[k] for k in OFFERABLE], lifetimes=list(OFFER_LIFETIMES),
+            form=form or {"kind": OFFERABLE[0], "claims": "", "expires": "1h"}, problem=problem,
+        )  # fmt: skip
+
+    async def offer(self, request: web.Request) -> web.Response:
+        """A new single-use offer: its QR code and link, and its PIN, shown this once."""
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        posted = await request.post()
+        form = {k: str(posted.get(k, "")) for k in ("kind", "claims", "expires")}
+        if form["kind"] not in OFFERABLE or form["expires"] not in OFFER_LIFETIMES:
+            return await self._people(request, form, "a kind and a lifetime from the lists")
+        try:
+            claims = claims_from(form["claims"])
+            made: NewOffer = await self.edge.desk(
+                self._create_offer, form["kind"], claims, OFFER_LIFETIMES[form["expires"]]
+            )
+        except (ValueError, DidgwError) as exc:
+            return await self._people(request, form, str(exc))
+        uri = oid4vci.offer_uri(self.edge.base_url, made.offer_id)
+        answer = render(
+            request, "console_offer.html", title="Credential offer", kind=made.kind, uri=uri,
+            pin=made.pin, expires=_short(iso(made.expires_ms / 1000)),
+        )  # fmt: skip
+        answer.headers["Cache-Control"] = "no-store"
+        return answer
+
+    def _create_offer(self, kind: str, claims: dict[str, str], seconds: int) -> NewOffer:
+        return CredentialOffers(self.edge.db).create(
+            kind, claims, now_ms=self.edge.now_ms(), expires_seconds=seconds,
+            random_bytes=secrets.token_bytes,
+        )  # fmt: skip
+
+    async def confirm(self, request: web.Request) -> web.Response:
+        return await self._confirmation(request, "")
+
+    async def _confirmation(
+        self, request: web.Request, reason: str, problem: str | None = None, status: int = 200
+    ) -> web.Response:
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        cred_id, action = request.match_info["id"], request.match_info["action"]
+        if action not in CREDENTIAL_ACTIONS:
+            raise web.HTTPNotFound()
+        rows = await self.edge.desk(self.desk.people)
+        shown = next((r for r in rows if r["id"] == cred_id), None)
+        if shown is None:
+            return render(request, "console_missing.html", status=404, title="No such device")
+        return render(
+            request, "console_person_confirm.html", status=status, title="Confirm",
+            credential=shown, action=action, reason=reason, problem=problem,
+        )  # fmt: skip
+
+    async def change(self, request: web.Request) -> web.Response:
+        if not isinstance(principal := _manager(request), Principal):
+            return principal
+        action = request.match_info["action"]
+        if action not in CREDENTIAL_ACTIONS:
+            raise web.HTTPNotFound()
+        posted = await request.post()
+        reason = str(posted.get("reason", "")).strip()
+        if not reason or len(reason) > MAX_TEXT:
+            return await self._confirmation(request, reason, "missing", 400)
+        cred_id = request.match_info["id"]
+        try:
+            await self.edge.desk(
+                self.desk.change_credential, action, cred_id, principal.name, reason
+            )
+        except DidgwError as exc:
+            return await self._confirmation(request, reason, str(exc), 409)
+        raise web.HTTPSeeOther(f"/console/people?done={action}")
+
+    # -- the record
+
+    async def record(self, request: web.Request) -> web.Response:
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        kind = request.query.get("kind", "")
+        before_text = request.query.get("before", "")
+        problem = None
+        if len(kind) > MAX_KIND or not (kind.replace("-", "").isalnum() or kind == ""):
+            problem = "kind"
+        before = None
+        if before_text:
+            if not before_text.isdigit() or len(before_text) > 18:
+                problem = "before"
+            else:
+                before = int(before_text)
+        if problem is not None:
+            return render(
+                request, "console_record.html", status=400, title="Record", problem=problem,
+                entries=[], kinds=[], kind=kind, next_page=None, anchors=None,
+            )  # fmt: skip
+        entries, kinds = await self.edge.desk(self.desk.newest, kind, before, PAGE_ENTRIES)
+        anchors = await self.edge.desk(self.desk.anchor_status)
+        next_page = None
+        if len(entries) == PAGE_ENTRIES and entries[-1]["seq"] > 0:
+            extra = f"&kind={kind}" if kind else ""
+            next_page = f"/console/record?before={entries[-1]['seq']}{extra}"
+        return render(
+            request, "console_record.html", title="Record", problem=None,
+            entries=[{**e, "when": _short(e["time"])} for e in entries], kinds=kinds,
+            kind=kind, next_page=next_page, anchors=anchors,
+        )  # fmt: skip
+
+    async def _entry(self, request: web.Request) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        text = request.match_info["seq"]
+        if not text.isdigit() or len(text) > 18:
+            return None
+        try:
+            entry = await self.edge.desk(self.desk.entry, int(text))
+            proof = await self.edge.desk(self.desk.inclusion, int(text), None)
+        except (DidgwError, LookupError, ValueError):
+            return None
+        return entry, proof
+
+    async def entry(self, request: web.Request) -> web.Response:
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        shown = await self._entry(request)
+        if shown is None:
+            return render(request, "console_no_entry.html", status=404, title="No such entry")
+        entry, proof = shown
+        return render(
+            request, "console_entry.html", title="Record entry",
+            entry={**entry, "when": _short(entry["time"])}, proof=proof,
+        )  # fmt: skip
+
+    async def proof(self, request: web.Request) -> web.Response:
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        shown = await self._entry(request)
+        if shown is None:
+            return web.json_response({"error": "not_found", "detail": "no such entry"}, status=404)
+        entry, proof = shown
+        return web.json_response(
+            {"entry": entry, "inclusion": proof},
+            headers={
+                "Content-Disposition": f'attachment; filename="didgw-entry-{entry["seq"]}.json"'
+            },
+        )
+
+    # -- health
+
+    async def health(self, request: web.Request) -> web.Response:
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        status = await self.edge.desk(self.desk.status)
+        anchors = await self.edge.desk(self.desk.anchor_status)
+        return render(
+            request, "console_health.html", title="Health", health=status, anchors=anchors
+        )
+
+
+def add_routes(edge: HttpEdge) -> None:
+    """The People, Record and Health pages."""
+    edge.add(ConsoleAdmin(edge).routes())
