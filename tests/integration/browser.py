@@ -126,3 +126,16 @@ def accessibility_problems(page: Any) -> list[str]:
         for v in found
         if v["impact"] in SERIOUS
     ]
+
+
+def scan_qr_code(png: Path) -> str:
+    """What a QR code reader (zbarimg, as a phone's camera would) reads from the picture."""
+    import subprocess
+
+    zbarimg = shutil.which("zbarimg")
+    assert zbarimg, "zbarimg is missing: run scripts/setup.sh --dev"
+    read = subprocess.run(
+        [zbarimg, "--quiet", "--raw", str(png)], capture_output=True, text=True, check=False
+    )
+    assert read.returncode == 0, read.stderr
+    return read.stdout.strip()

@@ -5,29 +5,16 @@ receives the credential with the PIN the page showed, and People then lists it."
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from browser import DESKTOP, PHONE, Browser
+from browser import DESKTOP, PHONE, Browser, scan_qr_code
 from gateway_process import GatewayProcess
 from js_wallet import new_wallet, receive
 from people_web import Person
 from support import Run
 
 pytestmark = pytest.mark.integration
-
-
-def scan(png: Path) -> str:
-    """What a QR code reader (zbarimg, as a phone's camera) reads from the picture."""
-    zbarimg = shutil.which("zbarimg")
-    assert zbarimg, "zbarimg is missing: run scripts/setup.sh --dev"
-    read = subprocess.run(
-        [zbarimg, "--quiet", "--raw", str(png)], capture_output=True, text=True, check=False
-    )
-    assert read.returncode == 0, read.stderr
-    return read.stdout.strip()
 
 
 def test_the_offers_qr_code_scans_and_a_wallet_receives_the_credential(
@@ -51,7 +38,7 @@ def test_the_offers_qr_code_scans_and_a_wallet_receives_the_credential(
         pin = page.inner_text("#offer-pin").strip()
         shot = tmp_path / "qr.png"
         code.screenshot(path=str(shot))
-        assert uri and scan(shot) == uri
+        assert uri and scan_qr_code(shot) == uri
         page.context.close()
     status, summary = receive(key, {"uri": uri, "pin": pin}, tmp_path / "credential.sdjwt")
     assert status == 0, summary

@@ -4,27 +4,14 @@ page finishes the sign-in by itself once the wallet has answered."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from browser import DESKTOP, Browser
+from browser import DESKTOP, Browser, scan_qr_code
 from gateway_process import GatewayProcess
 from people_web import Person
 
 pytestmark = pytest.mark.integration
-
-
-def scan(png: Path) -> str:
-    """What a QR code reader reads from the picture."""
-    zbarimg = shutil.which("zbarimg")
-    assert zbarimg, "zbarimg is missing: run scripts/setup.sh --dev"
-    read = subprocess.run(
-        [zbarimg, "--quiet", "--raw", str(png)], capture_output=True, text=True, check=False
-    )
-    assert read.returncode == 0, read.stderr
-    return read.stdout.strip()
 
 
 def test_the_qr_code_scans_to_the_wallet_link_and_the_page_signs_in_by_itself(
@@ -38,7 +25,7 @@ def test_the_qr_code_scans_to_the_wallet_link_and_the_page_signs_in_by_itself(
     code.wait_for()
     shot = tmp_path / "qr.png"
     code.screenshot(path=str(shot))
-    assert scan(shot) == link
+    assert scan_qr_code(shot) == link
     person.answer(link)
     page.wait_for_url(front_door.url + "/", timeout=10_000)
     assert person.did in page.inner_text("main")
