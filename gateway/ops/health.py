@@ -86,3 +86,31 @@ def stored_health(conn: sqlite3.Connection, *, now: float | None = None) -> Stor
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name])
     return row.fetchone() is not None
+
+
+def live_counts(health: Health) -> dict[str, dict[str, int]]:
+    """The live figures summed over transports, as ``didgw status`` counts them: readings
+    accepted (duplicates included: the reading is on the record) and refused (by reason),
+    authentications granted and refused (by reason; challenges are neither)."""
+    readings: dict[str, int] = {}
+    for _, counts in health.readings:
+        for outcome, n in counts().items():
+            readings[outcome] = readings.get(outcome, 0) + n
+    auths: dict[str, int] = {}
+    for _, counts in health.authentications:
+        for outcome, n in counts().items():
+            auths[outcome] = auths.get(outcome, 0) + n
+    refused = {k: n for k, n in readings.items() if k not in ("accepted", "duplicate")}
+    auth_refused = {k: n for k, n in auths.items() if k not in ("grant", "challenge")}
+    return {
+        "readings": {
+            "accepted": readings.get("accepted", 0) + readings.get("duplicate", 0),
+            "refused": sum(refused.values()),
+        },
+        "refusals": dict(sorted(refused.items())),
+        "authentications": {
+            "granted": auths.get("grant", 0),
+            "refused": sum(auth_refused.values()),
+        },
+        "authentication_refusals": dict(sorted(auth_refused.items())),
+    }

@@ -39,7 +39,7 @@ from gateway.files import read_secret
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 from gateway.ops import metrics
-from gateway.ops.health import Health
+from gateway.ops.health import Health, live_counts
 from gateway.ops.sdnotify import Notifier
 from gateway.ops.tls import broker_cert_warning, gateway_tls
 from gateway.registry import Status
@@ -503,6 +503,7 @@ class _Parts:
             self.front_door = await _open_front_door(config, self.state_dir, env, gateway)
             if self.front_door is not None:
                 self.front_door.device_refusals = self.refusals
+                self.front_door.live_counts = functools.partial(live_counts, self.health)
                 if self.meters is not None:
                     self.front_door.meter_links.update(self.meters.links())
 

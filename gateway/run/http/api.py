@@ -37,6 +37,7 @@ MAX_PAGE = 500
 DEFAULT_PAGE = 100
 MAX_LIST = 32  # topics, capabilities, metadata members of one device
 MAX_TEXT = 512
+MAX_KIND = 64  # a record entry kind
 DEVICE_ACTIONS = ("suspend", "resume", "revoke", "rotate")
 CREDENTIAL_ACTIONS = ("suspend", "resume", "revoke")
 
@@ -365,10 +366,24 @@ class JsonApi:
     async def chain_entries(self, request: web.Request, _: Principal) -> web.StreamResponse:
         after = _int(request.query, "after", low=-1)
         limit = _int(request.query, "limit", low=1, high=MAX_PAGE) or DEFAULT_PAGE
+        kind = request.query.get("kind", "")
+        before = _int(request.query, "before", low=0)
+        if kind or before is not None:  # newest first, as /console/record shows them
+            if len(kind) > MAX_KIND or not (kind.replace("-", "").isalnum() or kind == ""):
+                raise ApiError(400, "bad_parameter", "kind: letters, digits and '-' (64 at most)")
+            if after is not None:
+                raise ApiError(400, "bad_parameter", "give ?after= or ?kind=/?before=, not both")
+            found, _kinds = await self.edge.desk(self.desk.newest, kind, before, limit)
+            size = await self.edge.desk(self.desk.record_size)
+            more = len(found) == limit and found[-1]["seq"] > 0
+            return _ok({"entries": found, "size": size, "next": None,
+                        "next_before": found[-1]["seq"] if more else None})  # fmt: skip
         entries, size = await self.edge.desk(self.desk.entries, after, limit)
         last = entries[-1]["seq"] if entries else None
         more = last is not None and last + 1 < size
-        return _ok({"entries": entries, "size": size, "next": last if more else None})
+        return _ok(
+            {"entries": entries, "size": size, "next": last if more else None, "next_before": None}
+        )
 
     @guarded("chain", change=False)
     async def chain_entry(self, request: web.Request, _: Principal) -> web.StreamResponse:
@@ -395,7 +410,10 @@ class JsonApi:
 
     @guarded("status", change=False)
     async def status(self, request: web.Request, _: Principal) -> web.StreamResponse:
-        return _ok(await self.edge.desk(self.desk.status))
+        status = await self.edge.desk(self.desk.status)
+        if self.edge.live_counts is not None:
+            status["live"] = self.edge.live_counts()
+        return _ok(status)
 
 
 def with_refusal(edge: HttpEdge, device: dict[str, Any]) -> dict[str, Any]:

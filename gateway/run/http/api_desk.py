@@ -177,6 +177,21 @@ class ApiDesk:
         found = [entry_json(e) for e in itertools.islice(self.chain.entries(start), limit)]
         return found, self._size()
 
+    def newest(
+        self, kind: str, before: int | None, limit: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Up to ``limit`` entries of ``kind`` (any when "") with a seq below ``before``,
+        newest first, and the kinds the record holds (for the filter)."""
+        rows = self.db.execute(
+            "SELECT seq FROM chain_entries WHERE (? = '' OR kind = ?) AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?",
+            [kind, kind, 2**62 if before is None else before, limit],
+        ).fetchall()
+        kinds = [str(r[0]) for r in self.db.execute(
+            "SELECT DISTINCT kind FROM chain_entries ORDER BY kind"
+        ).fetchall()]  # fmt: skip
+        return [entry_json(self.chain.get(int(r[0]))) for r in rows], kinds
+
     def entry(self, seq: int) -> dict[str, Any]:
         return entry_json(self.chain.get(seq))
 
@@ -202,6 +217,9 @@ class ApiDesk:
             "first_root": self.chain.root_at(first).hex(),
             "second_root": self.chain.root_at(second).hex(),
         }
+
+    def record_size(self) -> int:
+        return self._size()
 
     def _size(self) -> int:
         row = self.db.execute("SELECT max(seq) FROM chain_entries").fetchone()
@@ -234,6 +252,7 @@ class ApiDesk:
             "anchor_queue": h.anchor_queue,
             "ledger": h.ledger,
             "market_intervals_cleared": h.market_intervals_cleared,
+            "live": None,
         }
 
 

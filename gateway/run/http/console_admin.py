@@ -12,12 +12,19 @@ every change a confirmation page whose form posts with the session's anti-CSRF t
   puts it on the record with who made it and why.
 * Record: the entries newest first, by kind, a page each with its inclusion proof (a
   download) against the latest checkpoint; the anchors' state and lag.
-* Health: what ``didgw status`` shows.
+* Health: what ``didgw status`` shows, and the running gateway's counts of readings
+  accepted and refused and of device authentications granted and refused (with their
+  rates per second), live: ``/console/health/live`` streams them (server-sent events,
+  ``event: counts``, about once a second; :mod:`gateway.run.http.sse`), at most
+  :data:`STREAMS_PER_SESSION` per session and :data:`MAX_STREAMS` in all, and
+  ``static/health.js`` keeps the page's numbers current. Without script the page shows
+  them as they were when it was loaded.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from aiohttp import web
@@ -26,15 +33,15 @@ from gateway.credentials import oid4vci
 from gateway.credentials.kinds import KINDS
 from gateway.credentials.offers import CredentialOffers, NewOffer
 from gateway.errors import DidgwError
-from gateway.run.http.api import MAX_TEXT
-from gateway.run.http.api_desk import ApiDesk, entry_json, iso
+from gateway.run.http.api import MAX_KIND, MAX_TEXT
+from gateway.run.http.api_desk import ApiDesk, iso
 from gateway.run.http.console import _manager, _short
 from gateway.run.http.pages import render
 from gateway.run.http.server import HttpEdge, Principal
+from gateway.run.http.sse import Stream, StreamBook
 
 PAGE_ENTRIES = 50
 CREDENTIAL_ACTIONS = ("suspend", "resume", "revoke")
-MAX_KIND = 64
 #: What a facility manager may offer from her console. A facility-manager (or vouch)
 #: credential stays with the operator (``didgw cred offer``): a stolen console session
 #: must not mint more managers.
@@ -43,25 +50,14 @@ OFFERABLE = ("household", "device-owner")
 OFFER_LIFETIMES = {"10m": 600, "1h": 3600, "1d": 86400}
 MAX_CLAIM_LINES = 8
 MAX_CLAIMS_CHARS = 2048
+#: Live health views: a manager may keep two open (two tabs), at most this many in all.
+STREAMS_PER_SESSION = 2
+MAX_STREAMS = 32
+LIVE_EVERY_SECONDS = 1.0
 
 
 class RecordDesk(ApiDesk):
-    """The API's desk, plus the record newest first (on the desk thread only)."""
-
-    def newest(
-        self, kind: str, before: int | None, limit: int
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Up to ``limit`` entries of ``kind`` (any when "") with a seq below ``before``,
-        newest first, and the kinds the record holds (for the filter)."""
-        rows = self.db.execute(
-            "SELECT seq FROM chain_entries WHERE (? = '' OR kind = ?) AND seq < ? "
-            "ORDER BY seq DESC LIMIT ?",
-            [kind, kind, 2**62 if before is None else before, limit],
-        ).fetchall()
-        kinds = [str(r[0]) for r in self.db.execute(
-            "SELECT DISTINCT kind FROM chain_entries ORDER BY kind"
-        ).fetchall()]  # fmt: skip
-        return [entry_json(self.chain.get(int(r[0]))) for r in rows], kinds
+    """The API's desk, plus the people (on the desk thread only)."""
 
     def people(self) -> list[dict[str, Any]]:
         """The issued credentials, newest first, without anything they claim."""
@@ -107,6 +103,11 @@ class ConsoleAdmin:
     def __init__(self, edge: HttpEdge) -> None:
         self.edge = edge
         self.desk = RecordDesk(edge.config, edge.db, edge.gateway.did)
+        self.streams = StreamBook(
+            edge, total=MAX_STREAMS, per_session=STREAMS_PER_SESSION, replace=False,
+            tick=self._tick, name="health",
+        )  # fmt: skip
+        self._last: tuple[float, dict[str, Any]] | None = None  # the last counts pushed
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -118,6 +119,7 @@ class ConsoleAdmin:
             web.get("/console/record/{seq}", self.entry),
             web.get("/console/record/{seq}/proof.json", self.proof),
             web.get("/console/health", self.health),
+            web.get("/console/health/live", self.live),
         ]
 
     # -- people
@@ -285,8 +287,53 @@ class ConsoleAdmin:
         status = await self.edge.desk(self.desk.status)
         anchors = await self.edge.desk(self.desk.anchor_status)
         return render(
-            request, "console_health.html", title="Health", health=status, anchors=anchors
-        )
+            request, "console_health.html", title="Health", health=status, anchors=anchors,
+            live=self.counts(None),
+        )  # fmt: skip
+
+    def counts(self, since: tuple[float, dict[str, Any]] | None) -> dict[str, Any]:
+        """The live counts now (``null`` members when this process does not know them),
+        with rates per second since the counts ``since`` (when given)."""
+        now = time.monotonic()
+        known = self.edge.live_counts() if self.edge.live_counts is not None else None
+        shown: dict[str, Any] = {"at": self.edge.now_ms(), "known": known is not None}
+        if known is not None:
+            shown.update(known)
+        else:
+            shown.update({"readings": None, "authentications": None})
+        shown["rates"] = None
+        if known is not None and since is not None and since[1].get("known"):
+            seconds = max(now - since[0], 1e-3)
+            was = since[1]
+            shown["rates"] = {
+                f"{area}_{what}": round((known[area][what] - was[area][what]) / seconds, 1)
+                for area, whats in (("readings", ("accepted", "refused")),
+                                    ("authentications", ("granted", "refused")))
+                for what in whats
+            }  # fmt: skip
+        return shown
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """The counts as server-sent events, about once a second, while the session lives."""
+        principal = HttpEdge.principal(request)
+        if principal is None or principal.session is None:
+            raise web.HTTPUnauthorized(text="sign in as a facility manager first\n")
+        if not principal.permissions.may_manage_devices():
+            raise web.HTTPForbidden(text="the live counts are for facility managers\n")
+        me = self.streams.open(request, principal.session.csrf, "counts")
+        recent = self._last
+        if recent is not None and time.monotonic() - recent[0] > 2 * LIVE_EVERY_SECONDS:
+            recent = None
+        return await self.streams.serve(request, me, self.counts(recent), "counts")
+
+    async def _tick(self, streams: list[Stream]) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < LIVE_EVERY_SECONDS:
+            return
+        counts = self.counts(self._last)
+        self._last = (now, counts)
+        for s in streams:
+            s.push(counts)
 
 
 def add_routes(edge: HttpEdge) -> None:

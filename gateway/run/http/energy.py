@@ -9,8 +9,9 @@ and the same as JSON under ``/api/energy/``.
 * ``GET /energy/stream?household=``: *Now* as server-sent events (``event: now``, the
   JSON of ``/api/energy/now``), a new one as each reading is recorded; ``event: end``
   when the session ends. One stream per session (a newer one ends the older), at most
-  :data:`MAX_STREAMS` in all; each is checked against its session every
-  :data:`POLL_SECONDS`, so a revoked or suspended credential ends it within a second.
+  :data:`MAX_STREAMS` in all; each is checked against its session as
+  :mod:`gateway.run.http.sse` does for every stream, so a revoked or suspended
+  credential ends it within a second.
 * ``GET /api/energy/now?household=``, ``GET /api/energy/history?household=&by=&date=``.
 
 Who sees what: a signed-in member of the household (her session's permissions name it),
@@ -20,12 +21,10 @@ The figures come from :mod:`gateway.energy.history` on the desk thread.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,12 @@ from gateway.energy import history as energy
 from gateway.run.http.api import error_response
 from gateway.run.http.energy_chart import chart
 from gateway.run.http.pages import render
-from gateway.run.http.server import SESSION_COOKIE, HttpEdge, Principal
+from gateway.run.http.server import HttpEdge, Principal
+from gateway.run.http.sse import Stream, StreamBook
 
 log = logging.getLogger(__name__)
 
 MAX_STREAMS = 256
-POLL_SECONDS = 0.25
-KEEPALIVE_SECONDS = 15.0
 MAX_DID = 512
 
 
@@ -116,25 +114,11 @@ class EnergyDesk:
             feed_in_price=self.feed_in,
         )
 
-    def survey(
-        self, tokens: list[str], households: list[str], now_ms: int
-    ) -> tuple[set[str], dict[str, dict[str, int]]]:
-        """Which of the streams' session tokens are still live (not touched: a stream does
-        not keep a session from going idle), and each household's meters' latest seqs."""
-        alive = {t for t in tokens if self.sessions.find(t, now_ms=now_ms, touch=False)}
-        seqs = {
+    def latest_seqs(self, households: list[str]) -> dict[str, dict[str, int]]:
+        """Each household's meters' latest seqs."""
+        return {
             h: energy.latest_seqs(self.db, energy.household_meters(self.db, h)) for h in households
         }
-        return alive, seqs
-
-
-@dataclass(eq=False)
-class _Stream:
-    token: str
-    household: str
-    latest: dict[str, Any] | None = None
-    ended: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class EnergyDoor:
@@ -144,8 +128,11 @@ class EnergyDoor:
         self.edge = edge
         self.tz = local_zone(edge.env)
         self.desk = EnergyDesk(edge.config, edge.db, edge.sessions, self.tz)
-        self.streams: dict[str, _Stream] = {}  # by session (its CSRF token: one per session)
-        self._watcher: asyncio.Task[None] | None = None
+        #: one stream per session (a newer one ends the older), at most MAX_STREAMS in all
+        self.streams = StreamBook(
+            edge, total=MAX_STREAMS, per_session=1, replace=True, tick=self._tick, name="energy"
+        )
+        self._seen: dict[str, dict[str, int]] = {}  # household -> its meters' latest seqs
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -212,80 +199,32 @@ class EnergyDoor:
         household = request.query.get("household", "")
         if household not in principal.permissions.households:
             raise web.HTTPForbidden(text=f"you are not a member of {household[:MAX_DID]}\n")
-        key = principal.session.csrf
-        older = self.streams.pop(key, None)
-        if older is not None:  # one per session: the newer replaces it (a reload)
-            _end(older)
-        if len(self.streams) >= MAX_STREAMS:
-            raise web.HTTPServiceUnavailable(
-                text="too many live views open; try again later\n", headers={"Retry-After": "5"}
-            )
-        me = _Stream(request.cookies.get(SESSION_COOKIE, ""), household)
-        self.streams[key] = me
-        self._watch()
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
-        )
+        me = self.streams.open(request, principal.session.csrf, household)
         try:
-            await response.prepare(request)
             first = await self.edge.desk(self.desk.now, household, self.edge.now_ms(), self.links())
-            await response.write(_event("now", first))
-            while not me.ended:
-                try:
-                    await asyncio.wait_for(me.wake.wait(), KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    await response.write(b": still here\n\n")
-                    continue
-                me.wake.clear()
-                if me.latest is not None and not me.ended:
-                    latest, me.latest = me.latest, None
-                    await response.write(_event("now", latest))
-            await response.write(_event("end", {"reason": "the session ended"}))
-        except ConnectionResetError:  # she closed the page
-            pass
-        finally:
-            if self.streams.get(key) is me:
-                del self.streams[key]
-        return response
+        except BaseException:
+            self.streams.close(me)
+            raise
+        return await self.streams.serve(request, me, first, "now")
 
-    def _watch(self) -> None:
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.ensure_future(self._watch_loop())
-
-    async def _watch_loop(self) -> None:
-        """While streams are open: end those whose session ended, send each household's
-        *Now* to its streams when a new reading of hers is on the record."""
-        seen: dict[str, dict[str, int]] = {}
-        while self.streams:
-            if self.edge.stopping.is_set():
-                for s in list(self.streams.values()):
-                    _end(s)
-                return
-            try:
-                streams = list(self.streams.values())
-                households = sorted({s.household for s in streams})
-                now_ms = self.edge.now_ms()
-                alive, seqs = await self.edge.desk(
-                    self.desk.survey, [s.token for s in streams], households, now_ms
-                )
+    async def _tick(self, streams: list[Stream]) -> None:
+        """Send each household's *Now* to its streams when a new reading of hers is on the
+        record."""
+        households = sorted({s.topic for s in streams})
+        seqs = await self.edge.desk(self.desk.latest_seqs, households)
+        now_ms, links = self.edge.now_ms(), self.links()
+        for h in households:
+            if seqs[h] != self._seen.get(h):
+                fresh = h in self._seen
+                self._seen[h] = seqs[h]
+                if not fresh:
+                    continue  # each stream began with the figures of its opening
+                now = await self.edge.desk(self.desk.now, h, now_ms, links)
                 for s in streams:
-                    if s.token not in alive:
-                        _end(s)
-                links = self.links()
-                for h in households:
-                    if seqs[h] != seen.get(h):
-                        fresh = h in seen
-                        seen[h] = seqs[h]
-                        if not fresh:
-                            continue  # each stream began with the figures of its opening
-                        now = await self.edge.desk(self.desk.now, h, now_ms, links)
-                        for s in streams:
-                            if s.household == h and not s.ended:
-                                s.latest = now
-                                s.wake.set()
-            except Exception as exc:  # the next round tries again
-                log.error("energy streams: %s", exc)
-            await asyncio.sleep(POLL_SECONDS)
+                    if s.topic == h:
+                        s.push(now)
+        if not self.streams.streams:
+            self._seen.clear()
 
     # -- the JSON API
 
@@ -345,15 +284,6 @@ class EnergyDoor:
 
     def _today(self) -> date:
         return datetime.fromtimestamp(self.edge.now_ms() / 1000, self.tz).date()
-
-
-def _end(stream: _Stream) -> None:
-    stream.ended = True
-    stream.wake.set()
-
-
-def _event(name: str, data: Mapping[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def _view(query: Mapping[str, str], today: date) -> tuple[str, date]:

@@ -108,6 +108,9 @@ class HttpEdge:
         self.config, self.state_dir, self.env, self.gateway = config, state_dir, env, gateway
         #: the last refusal each device earned, kept by ``didgw run`` (None: not known here)
         self.device_refusals: RefusalBook | None = None
+        #: the running gateway's live counts (:func:`gateway.ops.health.live_counts` of its
+        #: health), a read-only view set by ``didgw run`` (None: not known here)
+        self.live_counts: Callable[[], dict[str, dict[str, int]]] | None = None
         http = config.http
         self.base_url = http.base_url()
         self.tls = http.tls()
