@@ -85,7 +85,7 @@ def test_the_stream_ends_when_the_session_ends(didgw: Run, front_door: GatewayPr
             headers={"Origin": front_door.url}, timeout=10, allow_redirects=False,
         )  # fmt: skip
         assert out.status_code in (200, 303), out.text
-        name, why = next(e for e in seen if e[0] == "end")
+        _, why = next(e for e in seen if e[0] == "end")
         assert "session ended" in why["reason"]
     finally:
         stream.close()

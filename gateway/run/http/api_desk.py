@@ -32,6 +32,14 @@ from gateway.run.http.server import Principal
 from gateway.run.ingest import REORDER_WINDOW
 from gateway.service import build_issuer, build_resolver, market_settings
 
+#: The record's kinds, one index seek each (a loose scan of chain_entries_kind), not a
+#: read of every entry.
+_KINDS = (
+    "WITH RECURSIVE k(kind) AS (SELECT min(kind) FROM chain_entries UNION ALL "
+    "SELECT (SELECT min(kind) FROM chain_entries WHERE kind > k.kind) FROM k "
+    "WHERE k.kind IS NOT NULL) SELECT kind FROM k WHERE kind IS NOT NULL"
+)
+
 
 class ApiDesk:
     """Registry, issuer, record, market, anchors and tokens on one connection."""
@@ -182,14 +190,19 @@ class ApiDesk:
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Up to ``limit`` entries of ``kind`` (any when "") with a seq below ``before``,
         newest first, and the kinds the record holds (for the filter)."""
-        rows = self.db.execute(
-            "SELECT seq FROM chain_entries WHERE (? = '' OR kind = ?) AND seq < ? "
-            "ORDER BY seq DESC LIMIT ?",
-            [kind, kind, 2**62 if before is None else before, limit],
-        ).fetchall()
-        kinds = [str(r[0]) for r in self.db.execute(
-            "SELECT DISTINCT kind FROM chain_entries ORDER BY kind"
-        ).fetchall()]  # fmt: skip
+        below = 2**62 if before is None else before
+        if kind:  # the index chain_entries_kind (kind, seq): no scan
+            rows = self.db.execute(
+                "SELECT seq FROM chain_entries WHERE kind = ? AND seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                [kind, below, limit],
+            ).fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT seq FROM chain_entries WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                [below, limit],
+            ).fetchall()
+        kinds = [str(r[0]) for r in self.db.execute(_KINDS).fetchall()]
         return [entry_json(self.chain.get(int(r[0]))) for r in rows], kinds
 
     def entry(self, seq: int) -> dict[str, Any]:
