@@ -35,6 +35,12 @@ def language(request: web.Request) -> str:
     )
 
 
+def words(request: web.Request) -> i18n.Translate:
+    """``_`` in the reader's language, for what a handler builds itself (a refusal's
+    message from its fixed English text and values)."""
+    return i18n.translator(language(request))
+
+
 def render(
     request: web.Request, template: str, *, status: int = 200, **context: Any
 ) -> web.Response:
