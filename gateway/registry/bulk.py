@@ -19,11 +19,12 @@ registered, a DID that does not resolve) is checked by :func:`check_registered`,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ class Problem:
     line: int
     field: str  # the column or member, "" when it is the row or the file
     text: str
-    values: dict[str, str | int] = field(default_factory=dict, hash=False)
+    values: Mapping[str, str | int] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def message(self) -> str:

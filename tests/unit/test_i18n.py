@@ -38,6 +38,17 @@ def texts_given_to(name: str, position: int, under: str = "gateway") -> set[str]
     return found
 
 
+def _says(node: ast.AST) -> bool:
+    """``_("text", …)`` or ``words(request)("text", …)`` in a handler."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    func = node.func
+    named = isinstance(func, ast.Name) and func.id == "_"
+    made = isinstance(func, ast.Call) and getattr(func.func, "id", None) == "words"
+    first = node.args[0]
+    return (named or made) and isinstance(first, ast.Constant) and isinstance(first.value, str)
+
+
 def core_texts() -> set[str]:
     """What the core says to a person by a fixed text with values: a passkey ceremony's
     refusals, a device file's problems; and what each refusal a device earns means."""
@@ -54,8 +65,11 @@ def texts_used() -> set[str]:
     for template in (HTTP / "templates").glob("*.html"):
         for double, single in CALL.findall(template.read_text()):
             found.add(double or single)
-    for module in HTTP.glob("*.py"):  # page titles: render(request, …, title="…")
+    for module in HTTP.glob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
+            if _says(node):  # a handler's own words: _("…") or words(request)("…")
+                found.add(node.args[0].value)  # type: ignore[attr-defined]
+            # page titles: render(request, …, title="…")
             titled = isinstance(node, ast.keyword) and node.arg == "title"
             if titled and isinstance(node.value, ast.Constant):  # type: ignore[union-attr]
                 found.add(str(node.value.value))  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ from gateway.config import Config
 from gateway.energy import history as energy
 from gateway.run.http.api import error_response
 from gateway.run.http.energy_chart import chart
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import SESSION_COOKIE, HttpEdge, Principal
 
 log = logging.getLogger(__name__)
@@ -208,17 +208,21 @@ class EnergyDoor:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         principal = HttpEdge.principal(request)
         if principal is None or principal.session is None:
-            raise web.HTTPUnauthorized(text="sign in first\n")
+            raise web.HTTPUnauthorized(text=words(request)("sign in first") + "\n")
         household = request.query.get("household", "")
         if household not in principal.permissions.households:
-            raise web.HTTPForbidden(text=f"you are not a member of {household[:MAX_DID]}\n")
+            _ = words(request)
+            raise web.HTTPForbidden(
+                text=_("you are not a member of {household}", household=household[:MAX_DID]) + "\n"
+            )
         key = principal.session.csrf
         older = self.streams.pop(key, None)
         if older is not None:  # one per session: the newer replaces it (a reload)
             _end(older)
         if len(self.streams) >= MAX_STREAMS:
             raise web.HTTPServiceUnavailable(
-                text="too many live views open; try again later\n", headers={"Retry-After": "5"}
+                text=words(request)("too many live views open; try again later") + "\n",
+                headers={"Retry-After": "5"},
             )
         me = _Stream(request.cookies.get(SESSION_COOKIE, ""), household)
         self.streams[key] = me

@@ -195,7 +195,9 @@ class _Passkeys:
         form = await request.post()
         credential_id = form.get("credential_id")
         if not isinstance(credential_id, str) or not 0 < len(credential_id) <= 1400:
-            raise web.HTTPBadRequest(text="refused: which passkey? (credential_id)\n")
+            raise web.HTTPBadRequest(
+                text=words(request)("refused: which passkey? (credential_id)") + "\n"
+            )
         did, now = principal.session.did, self.edge.now_ms()
         gone = await self.edge.desk(
             lambda: self.store().remove(
@@ -203,7 +205,7 @@ class _Passkeys:
             )
         )
         if not gone:
-            raise web.HTTPNotFound(text="refused: you have no such passkey\n")
+            raise web.HTTPNotFound(text=words(request)("refused: you have no such passkey") + "\n")
         raise web.HTTPSeeOther("/passkeys?removed=1")
 
     async def login_page(self, request: web.Request) -> web.Response:
