@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import DidgwError, RegistryError
 from gateway.identity.document import check_did_syntax
-from gateway.registry.model import check_kind, check_name
+from gateway.registry.model import KINDS, check_name
 
 if TYPE_CHECKING:
     from gateway.chain.store import NewEntry
@@ -367,14 +367,15 @@ def _check_row(line: int, values: dict[str, Any]) -> tuple[DeviceRow | None, lis
                     problems.append(
                         Problem(line, label, "not a DID: {detail}", {"detail": str(exc)})
                     )
-    for label, value, check in (("name", name, check_name), ("kind", kind, check_kind)):
-        if value is not None:
-            try:
-                check(value)
-            except DidgwError as exc:
-                problems.append(
-                    Problem(line, label, "not accepted: {detail}", {"detail": str(exc)})
-                )
+    if kind is not None and kind not in KINDS:  # the usual slip: said here in full
+        kinds = {"kind": repr(kind), "kinds": ", ".join(KINDS)}
+        problems.append(Problem(line, "kind", "unknown device kind {kind}; use one of: {kinds}",
+                                kinds))  # fmt: skip
+    if name is not None:
+        try:
+            check_name(name)
+        except DidgwError as exc:
+            problems.append(Problem(line, "name", "not accepted: {detail}", {"detail": str(exc)}))
     metadata = _metadata(line, values.get("metadata"), problems)
     if problems or did is None or name is None or kind is None:
         return None, problems
