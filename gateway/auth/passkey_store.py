@@ -153,7 +153,9 @@ class PasskeyStore:
                 ).fetchone()[0]
                 if count >= MAX_PER_PERSON:
                     raise PasskeyRefused(
-                        "too_many", f"at most {MAX_PER_PERSON} passkeys; remove one first"
+                        "too_many",
+                        "at most {limit} passkeys; remove one first",
+                        limit=MAX_PER_PERSON,
                     )
                 if self.find(new.credential_id) is not None:
                     raise PasskeyRefused("exists", "this passkey is already bound")

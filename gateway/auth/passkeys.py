@@ -49,11 +49,18 @@ REGISTER, LOGIN = "register", "login"
 
 
 class PasskeyRefused(Exception):
-    """A ceremony step refused: ``reason`` is a stable key, ``message`` is for the person."""
+    """A ceremony step refused: ``reason`` is a stable key; ``text`` a fixed English
+    sentence for the person with ``{name}`` places, ``values`` what goes in them.
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason, self.message = reason, message
+    The pages show ``text`` in the reader's language (the catalogue is looked up by it;
+    ``tests/unit/test_i18n.py`` collects every ``PasskeyRefused(…)`` text and wants its
+    Korean), so a text is always a constant and what varies goes in ``values``.
+    ``message`` is the English."""
+
+    def __init__(self, reason: str, text: str, **values: str | int) -> None:
+        self.reason, self.text, self.values = reason, text, values
+        self.message = text.format(**values) if values else text
+        super().__init__(f"{reason}: {self.message}")
 
 
 def _webauthn() -> Any:
@@ -229,7 +236,9 @@ class Ceremonies:
                 expected_origin=self.rp.origin,
             )
         except _not_accepted() as exc:
-            raise PasskeyRefused("bad_passkey", f"the passkey was not accepted: {exc}") from None
+            raise PasskeyRefused(
+                "bad_passkey", "the passkey was not accepted: {detail}", detail=str(exc)
+            ) from None
         return NewPasskey(
             b64u(verified.credential_id),
             verified.credential_public_key,
@@ -283,7 +292,9 @@ class Ceremonies:
                 credential_current_sign_count=sign_count,
             )
         except _not_accepted() as exc:
-            raise PasskeyRefused("bad_passkey", f"the passkey was not accepted: {exc}") from None
+            raise PasskeyRefused(
+                "bad_passkey", "the passkey was not accepted: {detail}", detail=str(exc)
+            ) from None
         return int(verified.new_sign_count)
 
 

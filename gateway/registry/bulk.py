@@ -19,17 +19,18 @@ registered, a DID that does not resolve) is checked by :func:`check_registered`,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import DidgwError, RegistryError
 from gateway.identity.document import check_did_syntax
-from gateway.registry.model import check_kind, check_name
+from gateway.registry.model import KINDS, check_name
 
 if TYPE_CHECKING:
     from gateway.chain.store import NewEntry
@@ -54,11 +55,22 @@ REQUIRED = ("did", "name", "kind")
 
 @dataclass(frozen=True)
 class Problem:
-    """Why one row (``line``; 0 for the whole file) cannot be registered."""
+    """Why one row (``line``; 0 for the whole file) cannot be registered.
+
+    ``text`` is a fixed English sentence with ``{name}`` places and ``values`` what goes
+    in them, so the pages can show the sentence in the reader's language (the catalogue
+    is looked up by ``text``; ``tests/unit/test_i18n.py`` collects every ``Problem(…)``
+    text of this module and wants its Korean). ``message`` is the English, for the API
+    and the command line."""
 
     line: int
     field: str  # the column or member, "" when it is the row or the file
-    message: str
+    text: str
+    values: Mapping[str, str | int] = dataclasses.field(default_factory=dict, hash=False)
+
+    @property
+    def message(self) -> str:
+        return self.text.format(**self.values) if self.values else self.text
 
     def __str__(self) -> str:
         where = f"line {self.line}" if self.line else "file"
@@ -132,8 +144,17 @@ def parse(data: bytes) -> Parsed:
     digest = hashlib.sha256(data).hexdigest()
     parsed = Parsed([], [], 0, "csv", digest)
     if len(data) > MAX_FILE_BYTES:
-        parsed.add([Problem(0, "", f"the file is {len(data)} bytes; at most "
-                                   f"{MAX_FILE_BYTES} (split it into smaller files)")])  # fmt: skip
+        too_big = {"size": len(data), "limit": MAX_FILE_BYTES}
+        parsed.add(
+            [
+                Problem(
+                    0,
+                    "",
+                    "the file is {size} bytes; at most {limit} (split it into smaller files)",
+                    too_big,
+                )
+            ]
+        )
         return parsed
     try:
         text = data.decode("utf-8-sig")
@@ -154,13 +175,29 @@ def parse(data: bytes) -> Parsed:
         line, values = item
         parsed.seen += 1
         if parsed.seen > MAX_ROWS:
-            parsed.add([Problem(line, "", f"more than {MAX_ROWS} devices in one file; split it")])
+            parsed.add(
+                [
+                    Problem(
+                        line,
+                        "",
+                        "more than {limit} devices in one file; split it",
+                        {"limit": MAX_ROWS},
+                    )
+                ]
+            )
             break
         row, problems = _check_row(line, values)
         if row is not None:
             earlier = seen.get(row.did)
             if earlier is not None:
-                problems.append(Problem(line, "did", f"{row.did} is also on line {earlier}"))
+                problems.append(
+                    Problem(
+                        line,
+                        "did",
+                        "{did} is also on line {earlier}",
+                        {"did": row.did, "earlier": earlier},
+                    )
+                )
             else:
                 seen[row.did] = line
         if problems:
@@ -181,22 +218,24 @@ def _csv_records(text: str) -> Iterator[Record]:
     try:
         header = next(reader)
     except csv.Error as exc:
-        yield Problem(1, "", f"cannot read the header row: {exc}")
+        yield Problem(1, "", "cannot read the header row: {detail}", {"detail": str(exc)})
         return
     names = [h.strip().lower() for h in header]
     unknown = [n for n in names if n not in COLUMNS]
     missing = [c for c in REQUIRED if c not in names]
     doubled = sorted({n for n in names if names.count(n) > 1})
     if unknown or missing or doubled:
-        why = []
+        known = {"columns": ", ".join(COLUMNS), "required": ", ".join(REQUIRED)}
         if unknown:
-            why.append(f"unknown column(s) {', '.join(repr(n) for n in unknown)}")
+            named = ", ".join(repr(n) for n in unknown)
+            yield Problem(1, "", "unknown column(s) {names} (columns: {columns}; {required} "
+                                 "required)", {"names": named, **known})  # fmt: skip
         if missing:
-            why.append(f"missing column(s) {', '.join(missing)}")
+            yield Problem(1, "", "missing column(s) {names} (columns: {columns}; {required} "
+                                 "required)", {"names": ", ".join(missing), **known})  # fmt: skip
         if doubled:
-            why.append(f"column(s) named twice: {', '.join(doubled)}")
-        yield Problem(1, "", "; ".join(why) + f" (columns: {', '.join(COLUMNS)}; "
-                             f"{', '.join(REQUIRED)} required)")  # fmt: skip
+            yield Problem(1, "", "column(s) named twice: {names}",
+                          {"names": ", ".join(doubled)})  # fmt: skip
         return
     start = reader.line_num + 1
     while True:
@@ -205,14 +244,15 @@ def _csv_records(text: str) -> Iterator[Record]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield Problem(start, "", f"cannot read this row: {exc}")
+            yield Problem(start, "", "cannot read this row: {detail}", {"detail": str(exc)})
             return
         line, start = start, reader.line_num + 1
         if not any(c.strip() for c in cells):
             continue  # a blank line
         if len(cells) != len(names):
-            yield Problem(line, "", f"{len(cells)} cells, the header has {len(names)} "
-                                    "(a comma inside a value needs quotes)")  # fmt: skip
+            yield Problem(line, "", "{cells} cells, the header has {columns} (a comma inside a "
+                                    "value needs quotes)",
+                          {"cells": len(cells), "columns": len(names)})  # fmt: skip
             continue
         yield line, dict(zip(names, cells, strict=True))
 
@@ -221,7 +261,12 @@ def _json_records(text: str) -> Iterator[Record]:
     """(line, object) per array element, each with the line it starts on."""
     deep = _too_deep(text)
     if deep:
-        yield Problem(deep, "", f"not JSON this importer reads: nested more than {MAX_DEPTH} deep")
+        yield Problem(
+            deep,
+            "",
+            "not JSON this importer reads: nested more than {limit} deep",
+            {"limit": MAX_DEPTH},
+        )
         return
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
@@ -243,7 +288,12 @@ def _json_records(text: str) -> Iterator[Record]:
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            yield Problem(exc.lineno, "", f"not JSON: {exc.msg} (column {exc.colno})")
+            yield Problem(
+                exc.lineno,
+                "",
+                "not JSON: {detail} (column {column})",
+                {"detail": exc.msg, "column": exc.colno},
+            )
             return
         except RecursionError:
             yield Problem(at, "", "not JSON: nested too deeply")
@@ -287,7 +337,9 @@ def _check_row(line: int, values: dict[str, Any]) -> tuple[DeviceRow | None, lis
     problems: list[Problem] = []
     unknown = sorted(set(values) - set(COLUMNS))
     if unknown:
-        problems.append(Problem(line, "", f"unknown member(s) {', '.join(unknown)}"))
+        problems.append(
+            Problem(line, "", "unknown member(s) {names}", {"names": ", ".join(unknown)})
+        )
 
     def text(name: str, *, required: bool) -> str | None:
         value = values.get(name)
@@ -305,19 +357,25 @@ def _check_row(line: int, values: dict[str, Any]) -> tuple[DeviceRow | None, lis
     for label, value in (("did", did), ("owner", owner)):
         if value is not None:
             if len(value) > MAX_DID:
-                problems.append(Problem(line, label, f"too long ({len(value)} characters; "
-                                                     f"at most {MAX_DID})"))  # fmt: skip
+                problems.append(Problem(line, label, "too long ({length} characters; at most "
+                                                     "{limit})", {"length": len(value),
+                                                                  "limit": MAX_DID}))  # fmt: skip
             else:
                 try:
                     check_did_syntax(value)
                 except DidgwError as exc:
-                    problems.append(Problem(line, label, str(exc)))
-    for label, value, check in (("name", name, check_name), ("kind", kind, check_kind)):
-        if value is not None:
-            try:
-                check(value)
-            except DidgwError as exc:
-                problems.append(Problem(line, label, str(exc)))
+                    problems.append(
+                        Problem(line, label, "not a DID: {detail}", {"detail": str(exc)})
+                    )
+    if kind is not None and kind not in KINDS:  # the usual slip: said here in full
+        kinds = {"kind": repr(kind), "kinds": ", ".join(KINDS)}
+        problems.append(Problem(line, "kind", "unknown device kind {kind}; use one of: {kinds}",
+                                kinds))  # fmt: skip
+    if name is not None:
+        try:
+            check_name(name)
+        except DidgwError as exc:
+            problems.append(Problem(line, "name", "not accepted: {detail}", {"detail": str(exc)}))
     metadata = _metadata(line, values.get("metadata"), problems)
     if problems or did is None or name is None or kind is None:
         return None, problems
@@ -329,7 +387,7 @@ def _metadata(line: int, value: Any, problems: list[Problem]) -> dict[str, str]:
         found = _metadata_object(value)
         _check_metadata(found)
     except ValueError as exc:
-        problems.append(Problem(line, "metadata", str(exc)))
+        problems.append(Problem(line, "metadata", "not accepted: {detail}", {"detail": str(exc)}))
         return {}
     return found
 
@@ -382,21 +440,41 @@ def check_registered(registry: Registry, parsed: Parsed, *, now: float) -> None:
         existing = known.get(row.did)
         if existing is not None:
             name, status = existing
-            problems.append(Problem(row.line, "did", f"already registered as {name!r}, {status}"
-                                    + (" (revoked DIDs cannot be registered again)"
-                                       if status == "revoked" else "")))  # fmt: skip
+            values = {"name": repr(name), "status": status}
+            if status == "revoked":
+                problems.append(
+                    Problem(
+                        row.line,
+                        "did",
+                        "already registered as {name}, revoked "
+                        "(revoked DIDs cannot be registered again)",
+                        values,
+                    )
+                )
+            else:
+                problems.append(
+                    Problem(row.line, "did", "already registered as {name}, {status}", values)
+                )
             continue
         if not row.did.startswith("did:key:"):
             fetched += 1
             if fetched > MAX_FETCHED:
-                problems.append(Problem(row.line, "did", f"more than {MAX_FETCHED} DIDs in one "
-                                        "file need their document fetched; import the rest "
-                                        "in another file"))  # fmt: skip
+                problems.append(
+                    Problem(
+                        row.line,
+                        "did",
+                        "more than {limit} DIDs in one file need their "
+                        "document fetched; import the rest in another file",
+                        {"limit": MAX_FETCHED},
+                    )
+                )
                 continue
         try:
             registry.check_resolvable(row.did, now)
         except DidgwError as exc:
-            problems.append(Problem(row.line, "did", str(exc)))
+            problems.append(
+                Problem(row.line, "did", "cannot be used: {detail}", {"detail": str(exc)})
+            )
     if problems:
         parsed.add(problems)
         bad = {p.line for p in problems}

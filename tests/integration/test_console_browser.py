@@ -77,7 +77,8 @@ def test_a_manager_finds_suspends_and_sees_the_device_refused(
         with pytest.raises(dev.AuthRefused, match="not_active"):
             meter.authenticate(timeout=10)
         page.reload()
-        assert "not_active" in page.inner_text("#last-refusal")
+        refused = page.inner_text("#last-refusal")  # in plain words, the code kept for support
+        assert "the device is suspended or revoked here not_active" in refused
         shoot(page, "device-refused")
         page.goto(gateway.url + "/console/devices?status=suspended")
         assert "not_active" in page.inner_text("tbody")
@@ -87,6 +88,9 @@ def test_a_manager_finds_suspends_and_sees_the_device_refused(
         page.click("form.lang button")
         page.wait_for_selector("h1:text('기기')")
         assert "정지됨" in page.inner_text("tbody")  # suspended, in Korean
+        assert "이 게이트웨이에서 정지되었거나 폐기된 기기입니다 not_active" in page.inner_text(
+            "tbody"
+        )
         shoot(page, "devices-ko")
     finally:
         meter.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import requests
-from browser import DESKTOP, PHONE, Browser
+from browser import DESKTOP, PHONE, Browser, accessibility_problems
 from gateway_process import GatewayProcess
 from jsonschema import Draft202012Validator
 from people_web import Person
@@ -20,6 +20,7 @@ from support import Run
 
 from gateway.identity.did_key import did_from_public_key
 from gateway.identity.keystore import generate_key, public_bytes
+from gateway.registry.model import KINDS
 
 pytestmark = pytest.mark.integration
 
@@ -186,11 +187,12 @@ def test_the_api_refuses_strangers_readers_and_big_bodies_then_imports_all_or_no
 
 
 def upload(jar: dict[str, str], door: GatewayProcess, body: str, csrf: str | None,
-           name: str = "devices.csv") -> requests.Response:  # fmt: skip
+           name: str = "devices.csv", *, language: str = "en") -> requests.Response:  # fmt: skip
     data = {"csrf_token": csrf} if csrf is not None else {}
     return requests.post(
         door.url + "/console/devices/import", data=data, files={"file": (name, body.encode())},
         cookies=jar, timeout=30, allow_redirects=False,
+        headers={"Accept-Language": language},
     )  # fmt: skip
 
 
@@ -218,6 +220,11 @@ def test_the_page_is_a_facility_managers_with_the_csrf_token_and_her_own_kept_fi
     bad = upload(jar, front_door, csv_file(dids, bad_line=5), csrf)
     assert bad.status_code == 422
     assert re.search(r"<td>5</td><td>kind</td><td>unknown device kind", bad.text)
+    in_korean = upload(jar, front_door, csv_file(dids, bad_line=5), csrf, language="ko-KR,ko")
+    assert in_korean.status_code == 422
+    assert (
+        "<td>5</td><td>kind</td><td>알 수 없는 기기 종류 &#39;toaster&#39;입니다." in in_korean.text
+    )
     assert "Register all" not in bad.text and registered(front_door.state) == set()
 
     checked = upload(jar, front_door, good, csrf)
@@ -288,14 +295,25 @@ def test_a_manager_uploads_a_file_with_a_bad_row_sees_it_then_registers_a_good_f
         page.screenshot(path=str(SHOTS / f"device-import-done-{label}.png"), full_page=True)
         assert set(dids) <= registered(front_door.state)
         page.context.close()
-    # in Korean, the page's words change; the core's problem text stays as the file names it
-    page = browser.page(PHONE)
+    # in Korean (the language switch): the page's words and each problem's own words
+    page = browser.page(PHONE, axe=True)
     frank.sign_in_browser(page)
     page.goto(front_door.url + "/console/devices/import")
     page.select_option("#lang-choice", "ko")
     page.locator(".lang button").click()
-    page.get_by_label("기기 파일").set_input_files(str(bad))
+    worse = tmp_path / "devices-worse.csv"
+    again = f"{dids[0]},again,sensor,\r\nonly,two\r\n"  # lines 14 and 15
+    worse.write_text(csv_file(dids, bad_line=7) + again, newline="")
+    page.get_by_label("기기 파일").set_input_files(str(worse))
     page.get_by_role("button", name="파일 확인").click()
-    assert page.locator("#problems-title").inner_text() == "문제 1건: 아무것도 등록되지 않았습니다"
+    assert page.locator("#problems-title").inner_text() == "문제 3건: 아무것도 등록되지 않았습니다"
+    kinds = ", ".join(KINDS)
+    rows = [r.split("\t") for r in page.locator("table.problems tbody tr").all_inner_texts()]
+    assert rows == [
+        ["7", "kind", f"알 수 없는 기기 종류 'toaster'입니다. 다음 중 하나를 쓰세요: {kinds}"],
+        ["14", "did", f"{dids[0]}이(가) 2번째 줄에도 있습니다"],
+        ["15", "", "칸이 2개인데 머리글은 4개입니다(값 안의 쉼표는 따옴표로 감싸야 합니다)"],
+    ]  # fmt: skip
+    assert accessibility_problems(page) == []
     page.screenshot(path=str(SHOTS / "device-import-problems-phone-ko.png"), full_page=True)
     page.context.close()

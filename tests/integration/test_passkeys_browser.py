@@ -126,6 +126,20 @@ def test_bind_a_passkey_sign_in_with_it_alone_and_lose_it_with_the_credential(
     assert page.url.endswith("/login/passkey")
     page.screenshot(path=str(SHOTS / "passkey-login-revoked-phone.png"), full_page=True)
 
+    # A Korean reader (the language switch) is told the same in Korean.
+    page.select_option("#lang-choice", "ko")
+    page.locator(".lang button").click()
+    page.wait_for_url(front_door.url + "/login/passkey")
+    page.click("[data-passkey-login]")
+    page.wait_for_function(
+        "() => document.querySelector('[data-passkey-status]').textContent.includes('폐기')"
+    )
+    assert status.inner_text() == (
+        "로그인하지 못했습니다: 이 패스키에 연결된 자격 증명이 폐기되었습니다. "
+        "새 자격 증명을 받아 그것으로 로그인하세요"
+    )
+    page.screenshot(path=str(SHOTS / "passkey-login-revoked-phone-ko.png"), full_page=True)
+
 
 def test_remove_a_passkey_and_it_no_longer_signs_in(
     front_door: GatewayProcess, person: Person, browser: Browser

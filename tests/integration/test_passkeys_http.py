@@ -62,6 +62,33 @@ def test_a_login_answer_to_no_challenge_or_no_json_is_refused(front_door: Gatewa
     assert again.json()["error"] == "unknown_challenge"  # single use, even when refused
 
 
+def test_a_korean_reader_is_refused_in_korean_with_the_same_reason_code(
+    front_door: GatewayProcess, person: Person
+) -> None:
+    front_door.start()
+    url = front_door.url + "/passkeys/login"
+    made_up = {"challenge": "AAAA", "credential": {"id": "AA", "rawId": "AA"}}
+    by_header = requests.post(url, json=made_up, headers={"Accept-Language": "ko-KR"}, timeout=10)
+    by_switch = requests.post(url, json=made_up, cookies={"didgw_lang": "ko"}, timeout=10)
+    for answer in (by_header, by_switch):
+        assert answer.status_code == 403
+        assert answer.json() == {
+            "error": "unknown_challenge",  # the machine's field is the same in every language
+            "message": "알 수 없거나 이미 사용된 패스키 요청입니다. 처음부터 다시 하세요",
+        }
+    english = requests.post(url, json=made_up, timeout=10).json()
+    assert english["message"] == "this passkey request is unknown or was used; start again"
+    token, _ = person.sign_in_http()
+    forged = requests.post(
+        front_door.url + "/passkeys/register/options",
+        json={},
+        cookies={COOKIE: token, "didgw_lang": "ko"},
+        timeout=10,
+    )
+    assert forged.status_code == 403
+    assert "CSRF 방지 토큰이 없거나 틀렸습니다" in forged.text
+
+
 def test_waiting_logins_are_bounded(front_door: GatewayProcess) -> None:
     with front_door.config.open("a") as f:
         f.write("max_pending_logins = 16\nsource_burst = 100\nsource_rate = 100.0\n")

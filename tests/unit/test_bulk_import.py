@@ -108,6 +108,9 @@ def test_every_problem_of_a_csv_file_with_its_line() -> None:
     assert "too long" in text[10]
     assert "needs quotes" in text[11]
     assert [r.line for r in parsed.rows] == [2]  # what is good is still read
+    twice = next(p for p in parsed.problems if p.line == 5)  # a fixed sentence, values apart
+    assert twice.text == "{did} is also on line {earlier}" and twice.values["earlier"] == 2
+    assert twice.message == f"{twice.values['did']} is also on line 2"
 
 
 def test_json_problems_with_their_lines() -> None:

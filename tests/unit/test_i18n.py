@@ -9,12 +9,54 @@ import re
 import pytest
 from support import ROOT
 
+from gateway.auth.refusals import EARNED
 from gateway.credentials.oid4vp import REASONS
 from gateway.run.http import i18n
+from gateway.run.http.console import REFUSAL_WORDS
 
 HTTP = ROOT / "gateway" / "run" / "http"
 #: ``_("text")`` or ``_("text", name=…)`` in a template, with either quote.
 CALL = re.compile(r"""_\(\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')""")
+
+
+def texts_given_to(name: str, position: int, under: str = "gateway") -> set[str]:
+    """The text argument (at ``position``) of every ``name(…)`` call under ``under``: the
+    refusals and problems the core builds, which the pages show through the catalogue.
+    Each must be a constant (what varies goes in the values), or no catalogue finds it."""
+    found: set[str] = set()
+    top = ROOT / under
+    for module in top.rglob("*.py") if top.is_dir() else [top]:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if not isinstance(node, ast.Call) or getattr(node.func, "id", None) != name:
+                continue
+            assert len(node.args) > position, f"{module}:{node.lineno}: give the text by position"
+            text = node.args[position]
+            where = f"{module.relative_to(ROOT)}:{node.lineno}"
+            assert isinstance(text, ast.Constant), f"{where}: {name}'s text must be a constant"
+            assert isinstance(text.value, str), where
+            found.add(text.value)
+    return found
+
+
+def _says(node: ast.AST) -> bool:
+    """``_("text", …)`` or ``words(request)("text", …)`` in a handler."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    func = node.func
+    named = isinstance(func, ast.Name) and func.id == "_"
+    made = isinstance(func, ast.Call) and getattr(func.func, "id", None) == "words"
+    first = node.args[0]
+    return (named or made) and isinstance(first, ast.Constant) and isinstance(first.value, str)
+
+
+def core_texts() -> set[str]:
+    """What the core says to a person by a fixed text with values: a passkey ceremony's
+    refusals, a device file's problems; and what each refusal a device earns means."""
+    return (
+        texts_given_to("PasskeyRefused", 1)
+        | texts_given_to("Problem", 2, "gateway/registry/bulk.py")
+        | set(REFUSAL_WORDS.values())
+    )
 
 
 def texts_used() -> set[str]:
@@ -23,13 +65,31 @@ def texts_used() -> set[str]:
     for template in (HTTP / "templates").glob("*.html"):
         for double, single in CALL.findall(template.read_text()):
             found.add(double or single)
-    for module in HTTP.glob("*.py"):  # page titles: render(request, …, title="…")
+    for module in HTTP.glob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
+            if _says(node):  # a handler's own words: _("…") or words(request)("…")
+                found.add(node.args[0].value)  # type: ignore[attr-defined]
+            # page titles: render(request, …, title="…")
             titled = isinstance(node, ast.keyword) and node.arg == "title"
             if titled and isinstance(node.value, ast.Constant):  # type: ignore[union-attr]
                 found.add(str(node.value.value))  # type: ignore[union-attr]
     found.update(REASONS.values())  # a refused sign-in shows why (login_done.html)
-    return found
+    return found | core_texts()
+
+
+def test_the_core_texts_are_found_where_the_core_builds_them() -> None:
+    passkeys, problems = (
+        texts_given_to("PasskeyRefused", 1),
+        texts_given_to("Problem", 2, "gateway/registry/bulk.py"),
+    )
+    assert "this passkey is already bound" in passkeys  # gateway/auth/passkey_store.py
+    assert "the passkey was not accepted: {detail}" in passkeys
+    assert "{did} is also on line {earlier}" in problems  # gateway/registry/bulk.py
+    assert len(passkeys) >= 15 and len(problems) >= 20
+
+
+def test_every_refusal_a_device_earns_has_plain_words() -> None:
+    assert set(REFUSAL_WORDS) == set(EARNED)
 
 
 def test_every_text_a_page_shows_is_translated_into_korean() -> None:

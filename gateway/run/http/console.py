@@ -28,6 +28,16 @@ from gateway.run.http.pages import render
 from gateway.run.http.server import HttpEdge, Principal
 
 PAGE_ROWS = 50
+#: What each refusal a device can earn (``auth/refusals.py`` ``EARNED``) means, in plain
+#: words for the table and the device's page (translated there; the code stays shown, for
+#: support). ``tests/unit/test_i18n.py`` wants one for every earned reason.
+REFUSAL_WORDS = {
+    "not_active": "the device is suspended or revoked here",
+    "replay": "a message it had sent already came again",
+    "clock_skew": "its clock is too far from the gateway's",
+    "storage_full": "the gateway's disk was full",
+    "unavailable": "the gateway could not check it just then",
+}
 _FILTERS = ("q", "status", "kind", "meta", "sort")
 
 
@@ -92,6 +102,7 @@ class Console:
             "href": device_path(row["did"]),
             "seen": _short(row["last_seen"]),
             "refusal": None if refusal is None else refusal["reason"],
+            "refusal_words": None if refusal is None else REFUSAL_WORDS.get(refusal["reason"]),
             "refused_at": None if refusal is None else _short(refusal["time"]),
         }
 

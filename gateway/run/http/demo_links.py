@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.auth.handoffs import LINK_LIFETIME_MS, Handoffs, TooManyLinks
 from gateway.credentials.permissions import Permissions
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import SESSION_COOKIE, HttpEdge
 
 
@@ -40,7 +40,9 @@ def add_routes(edge: HttpEdge) -> None:
         principal = edge.principal(request)
         token = request.cookies.get(SESSION_COOKIE, "")
         if principal is None or principal.session is None or not token:
-            raise web.HTTPUnauthorized(text="sign in first: a link hands over your session\n")
+            raise web.HTTPUnauthorized(
+                text=words(request)("sign in first: a link hands over your session") + "\n"
+            )
         try:
             secret = links.make(principal.session, token, edge.now_ms())
         except TooManyLinks as exc:

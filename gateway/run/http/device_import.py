@@ -34,7 +34,7 @@ from gateway.registry import Device, Registry
 from gateway.registry.bulk import MAX_FILE_BYTES, ImportRefused, Parsed, register_file
 from gateway.run.http.api import error_response
 from gateway.run.http.api_desk import person_action
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.service import build_resolver
 
@@ -129,7 +129,9 @@ class DeviceImport:
         if principal is None or principal.session is None:
             raise web.HTTPSeeOther("/login")
         if not principal.permissions.may_manage_devices():
-            raise web.HTTPForbidden(text="only a facility manager registers devices\n")
+            raise web.HTTPForbidden(
+                text=words(request)("only a facility manager registers devices") + "\n"
+            )
         return principal, principal.session
 
     async def page(self, request: web.Request) -> web.StreamResponse:

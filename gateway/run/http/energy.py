@@ -40,7 +40,7 @@ from gateway.config import Config
 from gateway.energy import history as energy
 from gateway.run.http.api import error_response
 from gateway.run.http.energy_chart import chart
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.run.http.sse import Stream, StreamBook
 
@@ -195,10 +195,13 @@ class EnergyDoor:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         principal = HttpEdge.principal(request)
         if principal is None or principal.session is None:
-            raise web.HTTPUnauthorized(text="sign in first\n")
+            raise web.HTTPUnauthorized(text=words(request)("sign in first") + "\n")
         household = request.query.get("household", "")
         if household not in principal.permissions.households:
-            raise web.HTTPForbidden(text=f"you are not a member of {household[:MAX_DID]}\n")
+            _ = words(request)
+            raise web.HTTPForbidden(
+                text=_("you are not a member of {household}", household=household[:MAX_DID]) + "\n"
+            )
         me = self.streams.open(request, principal.session.csrf, household)
         try:
             first = await self.edge.desk(self.desk.now, household, self.edge.now_ms(), self.links())

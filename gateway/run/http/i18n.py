@@ -4,9 +4,11 @@ Templates write ``{{ _("Sign in") }}`` or, with values, ``{{ _("Signed in as {di
 did=person) }}`` (the English text is the key; the values are put in after translation, and
 Jinja escapes the result). The translations are TOML files under ``messages/<language>/``,
 one per part of the pages (``"English" = "translation"``), merged at start; a text without a
-translation shows in English. ``tests/unit/test_i18n.py`` checks that every text the
-templates and :data:`EXTRA_TEXTS` use has a Korean translation, and that no translation is
-left unused.
+translation shows in English. Handlers say their own words the same way (``_ =
+server.words(request)``), and the core's fixed English sentences with values (a passkey
+refusal's ``text``, a device file ``Problem``'s) go through the same catalogue.
+``tests/unit/test_i18n.py`` checks that every text the templates, handlers and those core
+sentences use has a Korean translation, and that no translation is left unused.
 
 The language: the ``lang`` cookie (set by the language switch), else the best of the
 browser's ``Accept-Language``, else English.

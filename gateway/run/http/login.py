@@ -29,7 +29,7 @@ from aiohttp import web
 
 from gateway.credentials import oid4vp
 from gateway.credentials.oid4vp import LoginRequest, PendingLogins, PoolFull, VpGrant, VpRefused
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge
 from gateway.run.people import PeopleDesk
 
@@ -101,7 +101,8 @@ class LoginDoor:
         edge = self.edge
         found = self.pending.get(request.match_info["id"], edge.now_ms())
         if found is None or found.answered:
-            raise web.HTTPNotFound(text="no such sign-in request (expired or answered)\n")
+            _ = words(request)
+            raise web.HTTPNotFound(text=_("no such sign-in request (expired or answered)") + "\n")
         jwt = oid4vp.request_object(
             found, signer=self.signer, base_url=edge.base_url, now_ms=edge.now_ms()
         )

@@ -28,7 +28,7 @@ from gateway.auth import personal_data
 from gateway.chain.store import ChainError, ChainStore
 from gateway.energy.history import household_meters
 from gateway.run.http.api import error_response
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
 
 MAX_SEQ = 2**62
@@ -146,7 +146,7 @@ class MyDataDoor:
     async def download(self, request: web.Request) -> web.StreamResponse:
         person = _person(request)
         if person is None:
-            raise web.HTTPUnauthorized(text="sign in first\n")
+            raise web.HTTPUnauthorized(text=words(request)("sign in first") + "\n")
         data = await self._everything(person.name)
         return web.Response(
             text=json.dumps(data, indent=2) + "\n",

@@ -15,7 +15,9 @@ import jinja2
 from aiohttp import web
 
 from gateway.run.http import i18n
-from gateway.run.http.server import CSRF_FIELD, HttpEdge
+from gateway.run.http.server import CSRF_FIELD, HttpEdge, language, words
+
+__all__ = ["language", "local_path", "render", "words"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -26,13 +28,6 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-
-
-def language(request: web.Request) -> str:
-    """The reader's language (:func:`i18n.choose`)."""
-    return i18n.choose(
-        request.cookies.get(i18n.LANG_COOKIE), request.headers.get("Accept-Language")
-    )
 
 
 def render(

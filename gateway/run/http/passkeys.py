@@ -11,7 +11,9 @@ Thin over ``gateway/auth/passkeys.py`` (the ceremonies, their pending challenges
   in with a passkey alone; the credentials behind it are re-checked (revoked, suspended or
   expired: refused, with the reason).
 
-JSON endpoints answer ``{"error": <key>, "message": <for the person>}`` when refusing.
+JSON endpoints answer ``{"error": <key>, "message": <for the person>}`` when refusing:
+``error`` is the stable key, ``message`` in the reader's language (the refusal's fixed text
+through the catalogue, with its values), which ``static/passkeys.js`` shows.
 Changes made with the session cookie pass the edge's CSRF check (header ``X-CSRF-Token``,
 which ``static/passkeys.js`` reads from the page's ``csrf-token`` meta tag).
 """
@@ -29,7 +31,7 @@ from aiohttp import web
 from gateway.auth.passkey_store import Passkey, PasskeyStore
 from gateway.auth.passkeys import Ceremonies, PasskeyRefused, RelyingParty
 from gateway.auth.web_sessions import WebSession
-from gateway.run.http.pages import render
+from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,10 @@ log = logging.getLogger(__name__)
 _STATUS = {"malformed": 400, "busy": 503, "not_signed_in": 401}
 
 
-def _refusal(exc: PasskeyRefused) -> web.Response:
+def _refusal(request: web.Request, exc: PasskeyRefused) -> web.Response:
+    message = words(request)(exc.text, **exc.values)
     return web.json_response(
-        {"error": exc.reason, "message": exc.message}, status=_STATUS.get(exc.reason, 403)
+        {"error": exc.reason, "message": message}, status=_STATUS.get(exc.reason, 403)
     )
 
 
@@ -118,7 +121,7 @@ class _Passkeys:
 
     def on(self) -> Ceremonies:
         if self.ceremonies is None:
-            raise PasskeyRefused("unavailable", self.why_off)
+            raise PasskeyRefused("unavailable", "passkeys are off here: {why}", why=self.why_off)
         return self.ceremonies
 
     @staticmethod
@@ -157,7 +160,7 @@ class _Passkeys:
                 now_ms=self.edge.now_ms(),
             )
         except PasskeyRefused as exc:
-            return _refusal(exc)
+            return _refusal(request, exc)
         return web.json_response(options)
 
     async def register(self, request: web.Request) -> web.Response:
@@ -181,7 +184,7 @@ class _Passkeys:
                 )
             )
         except PasskeyRefused as exc:
-            return _refusal(exc)
+            return _refusal(request, exc)
         log.info("%s bound a passkey", session.did)
         return web.json_response({"ok": True, "passkey": bound.label})
 
@@ -192,7 +195,9 @@ class _Passkeys:
         form = await request.post()
         credential_id = form.get("credential_id")
         if not isinstance(credential_id, str) or not 0 < len(credential_id) <= 1400:
-            raise web.HTTPBadRequest(text="refused: which passkey? (credential_id)\n")
+            raise web.HTTPBadRequest(
+                text=words(request)("refused: which passkey? (credential_id)") + "\n"
+            )
         did, now = principal.session.did, self.edge.now_ms()
         gone = await self.edge.desk(
             lambda: self.store().remove(
@@ -200,7 +205,7 @@ class _Passkeys:
             )
         )
         if not gone:
-            raise web.HTTPNotFound(text="refused: you have no such passkey\n")
+            raise web.HTTPNotFound(text=words(request)("refused: you have no such passkey") + "\n")
         raise web.HTTPSeeOther("/passkeys?removed=1")
 
     async def login_page(self, request: web.Request) -> web.Response:
@@ -210,7 +215,7 @@ class _Passkeys:
         try:
             return web.json_response(self.on().authentication_options(now_ms=self.edge.now_ms()))
         except PasskeyRefused as exc:
-            return _refusal(exc)
+            return _refusal(request, exc)
 
     async def login(self, request: web.Request) -> web.Response:
         now = self.edge.now_ms()
@@ -242,7 +247,7 @@ class _Passkeys:
         except PasskeyRefused as exc:
             if self.edge.refusals.take(self.edge.now_ms(), f"passkey {exc.reason}"):
                 log.info("passkey sign-in refused: %s", exc)
-            return _refusal(exc)
+            return _refusal(request, exc)
         response = web.json_response({"ok": True, "next": "/passkeys"})
         await self.edge.sign_in(
             response,

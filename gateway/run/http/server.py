@@ -49,6 +49,7 @@ from gateway.config import Config
 from gateway.credentials.permissions import Permissions
 from gateway.db import DB_NAME, connect
 from gateway.ops.logs import LogBudget
+from gateway.run.http import i18n
 from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,20 @@ class Principal:
 
 #: ``token_auth(bearer_token, now_ms)`` on the desk thread: the token's principal or None.
 TokenAuth = Callable[[str, int], Principal | None]
+
+
+def language(request: web.Request) -> str:
+    """The reader's language (:func:`i18n.choose`)."""
+    return i18n.choose(
+        request.cookies.get(i18n.LANG_COOKIE), request.headers.get("Accept-Language")
+    )
+
+
+def words(request: web.Request) -> i18n.Translate:
+    """``_`` in the reader's language, for what a handler says itself (a refusal's fixed
+    English text with its values, a plain-text error): handlers write
+    ``_ = words(request)`` then ``_("text", name=value)``, which the catalogue test finds."""
+    return i18n.translator(language(request))
 
 
 class HttpEdge:
@@ -242,8 +257,9 @@ class HttpEdge:
             source = request.remote or "?"
             if not self.limiter.allow(source, time.monotonic()):
                 wait = max(1, round(self.limiter.retry_after(source) + 0.5))
+                _ = words(request)
                 raise web.HTTPTooManyRequests(
-                    text="too many requests from this address; try again later\n",
+                    text=_("too many requests from this address; try again later") + "\n",
                     headers={"Retry-After": str(wait)},
                 )
         return await handler(request)
@@ -256,7 +272,10 @@ class HttpEdge:
             # A form posted under ``Referrer-Policy: no-referrer`` carries ``Origin: null``
             # (Chromium), even from our own page: that says nothing, the token decides.
             if origin not in (None, "null") and origin != _origin_of(self.base_url):
-                raise web.HTTPForbidden(text=f"refused: a change from another site ({origin})\n")
+                _ = words(request)
+                raise web.HTTPForbidden(
+                    text=_("refused: a change from another site ({origin})", origin=origin) + "\n"
+                )
             sent = request.headers.get(CSRF_HEADER)
             if sent is None and request.content_type in (
                 "application/x-www-form-urlencoded",
@@ -266,8 +285,10 @@ class HttpEdge:
                 value = form.get(CSRF_FIELD)
                 sent = value if isinstance(value, str) else None
             if not principal.session.csrf_ok(sent):
+                _ = words(request)
                 raise web.HTTPForbidden(
-                    text="refused: the anti-CSRF token is missing or wrong; reload the page\n"
+                    text=_("refused: the anti-CSRF token is missing or wrong; reload the page")
+                    + "\n"
                 )
         return await handler(request)
 

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.auth.web_sessions import WebSessions
-from gateway.run.http.server import SESSION_COOKIE, HttpEdge
+from gateway.run.http.server import SESSION_COOKIE, HttpEdge, words
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,16 @@ class StreamBook:
 
     def open(self, request: web.Request, session: str, topic: str) -> Stream:
         """A new stream for ``session``, or an HTTP error that says why not."""
+        _ = words(request)
         mine = [s for s in self.streams if s.session == session]
         if len(mine) >= self.per_session:
             if not self.replace:
                 raise web.HTTPTooManyRequests(
-                    text=f"at most {self.per_session} live views per session are open; "
-                    "close one and try again\n",
+                    text=_(
+                        "at most {n} live views per session are open; close one and try again",
+                        n=self.per_session,
+                    )
+                    + "\n",
                     headers={"Retry-After": "5"},
                 )
             for older in mine[: len(mine) - self.per_session + 1]:
@@ -96,7 +100,8 @@ class StreamBook:
                 older.end()
         if len(self.streams) >= self.total:
             raise web.HTTPServiceUnavailable(
-                text="too many live views open; try again later\n", headers={"Retry-After": "5"}
+                text=_("too many live views open; try again later") + "\n",
+                headers={"Retry-After": "5"},
             )
         stream = Stream(session, request.cookies.get(SESSION_COOKIE, ""), topic)
         self.streams.append(stream)

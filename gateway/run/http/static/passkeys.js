@@ -48,7 +48,9 @@
     };
   };
 
-  const post = async (url, csrf, body) => {
+  // Every text shown comes from the page (data-* attributes, in the reader's language) or
+  // from the gateway's refusal message (in her language too).
+  const post = async (section, url, csrf, body) => {
     const headers = { "Content-Type": "application/json" };
     if (csrf) headers["X-CSRF-Token"] = csrf;
     const answer = await fetch(url, {
@@ -61,9 +63,9 @@
     try {
       data = await answer.json();
     } catch (_) {
-      data = { message: `the gateway answered ${answer.status}` };
+      data = {};
     }
-    if (!answer.ok) throw new Error(data.message || `refused (${answer.status})`);
+    if (!answer.ok) throw new Error(data.message || `${section.dataset.noAnswer} (${answer.status})`);
     return data;
   };
 
@@ -74,9 +76,9 @@
     status.classList.toggle("bad", Boolean(bad));
   };
 
-  const reason = (error) =>
+  const reason = (section, error) =>
     error && error.name === "NotAllowedError"
-      ? "cancelled, or no passkey for this gateway on this device"
+      ? section.dataset.cancelled
       : (error && error.message) || String(error);
 
   const supported = () => Boolean(window.PublicKeyCredential && navigator.credentials);
@@ -87,19 +89,19 @@
     if (!supported()) return say(section, section.dataset.unsupported, true);
     button.disabled = true;
     try {
-      const options = await post("/passkeys/register/options", csrf);
+      const options = await post(section, "/passkeys/register/options", csrf);
       const credential = await navigator.credentials.create({
         publicKey: creationOptions(options),
       });
       const nameInput = section.querySelector("[data-passkey-name]");
-      await post("/passkeys/register", csrf, {
+      await post(section, "/passkeys/register", csrf, {
         challenge: options.challenge,
         credential: asJson(credential),
         name: nameInput ? nameInput.value : "",
       });
       window.location.reload(); // the list shows the new passkey
     } catch (error) {
-      say(section, `${section.dataset.notAdded} ${reason(error)}`, true);
+      say(section, `${section.dataset.notAdded} ${reason(section, error)}`, true);
     } finally {
       button.disabled = false;
     }
@@ -111,17 +113,17 @@
     if (!supported()) return say(section, section.dataset.unsupported, true);
     button.disabled = true;
     try {
-      const options = await post("/passkeys/login/options", csrf);
+      const options = await post(section, "/passkeys/login/options", csrf);
       const credential = await navigator.credentials.get({
         publicKey: requestOptions(options),
       });
-      const done = await post("/passkeys/login", csrf, {
+      const done = await post(section, "/passkeys/login", csrf, {
         challenge: options.challenge,
         credential: asJson(credential),
       });
       window.location.assign(done.next || "/");
     } catch (error) {
-      say(section, `${section.dataset.notSignedIn} ${reason(error)}`, true);
+      say(section, `${section.dataset.notSignedIn} ${reason(section, error)}`, true);
     } finally {
       button.disabled = false;
     }
