@@ -503,6 +503,7 @@ class _Parts:
             self.front_door = await _open_front_door(config, self.state_dir, env, gateway)
             if self.front_door is not None:
                 self.front_door.device_refusals = self.refusals
+                self.front_door.market = self.market
                 if self.meters is not None:
                     self.front_door.meter_links.update(self.meters.links())
 

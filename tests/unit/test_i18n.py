@@ -11,6 +11,7 @@ from support import ROOT
 
 from gateway.credentials.oid4vp import REASONS
 from gateway.run.http import i18n
+from gateway.run.http.market import REFUSALS as MARKET_REFUSALS
 
 HTTP = ROOT / "gateway" / "run" / "http"
 #: ``_("text")`` or ``_("text", name=…)`` in a template, with either quote.
@@ -29,6 +30,7 @@ def texts_used() -> set[str]:
             if titled and isinstance(node.value, ast.Constant):  # type: ignore[union-attr]
                 found.add(str(node.value.value))  # type: ignore[union-attr]
     found.update(REASONS.values())  # a refused sign-in shows why (login_done.html)
+    found.update(MARKET_REFUSALS.values())  # a refused order says why (market.js)
     return found
 
 

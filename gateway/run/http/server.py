@@ -108,6 +108,8 @@ class HttpEdge:
         self.config, self.state_dir, self.env, self.gateway = config, state_dir, env, gateway
         #: the last refusal each device earned, kept by ``didgw run`` (None: not known here)
         self.device_refusals: RefusalBook | None = None
+        #: ``didgw run``'s market (``run/energy.py`` MarketSide; None: the market is off)
+        self.market: Any = None
         http = config.http
         self.base_url = http.base_url()
         self.tls = http.tls()
