@@ -424,6 +424,14 @@ def _device_table(db: Database) -> None:
     db.execute("CREATE INDEX devices_kind ON devices(kind, created_at, did)")
 
 
+def _passkey_bindings(db: Database) -> None:
+    # Which ``passkey-bound`` entry bound each passkey: an order signed with the passkey
+    # names it, so whoever checks the order finds the key's binding to the person on the
+    # record (gateway/market/passkey_orders.py). NULL for a passkey bound before entries
+    # carried the key: such a passkey signs no order until it is bound again.
+    db.execute("ALTER TABLE passkeys ADD COLUMN bound_entry INTEGER")
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -443,4 +451,5 @@ MIGRATIONS: list[Migration] = [
     ("0016_credential_suspension", _credential_suspension),
     ("0017_device_table", _device_table),
     ("0018_entry_kind", _entry_kind),
+    ("0019_passkey_bindings", _passkey_bindings),
 ]

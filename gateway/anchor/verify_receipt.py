@@ -8,7 +8,8 @@ access to any node of the ledger can check, with this module alone, that:
    was lawfully erased, which the receipt then says;
 3. the payload's signature verifies under the key of the DID that recorded it
    (``device_signature``): a compact JWS (MQTT) or a COSE_Sign1 (CoAP), Ed25519,
-   ``kid`` a did:key URL of the entry's actor;
+   ``kid`` a did:key URL of the entry's actor; or, for an order a person signed with her
+   passkey, the WebAuthn assertion over it (``passkey_check.py``);
 4. the entry is in the checkpointed tree (``inclusion_proof``, RFC 9162);
 5. the checkpoint is signed by the gateway DID it names (``checkpoint_signature``);
 6. the gateway DID states that the ledger account is its own (``ledger_binding``);
@@ -23,8 +24,9 @@ tampered field shows up as the check that covers it. The checks are pure: the
 ledger's answers come in as a :class:`LedgerView`, which
 ``gateway/transports/evm.py`` reads over JSON-RPC. Dependencies: the Python
 standard library, ``cryptography`` and the two stdlib-only modules
-``gateway/chain/verify.py`` and ``gateway/anchor/encoding.py``; ``cbor2`` too for a
-receipt of a CoAP reading (imported only then).
+``gateway/chain/verify.py``, ``gateway/anchor/encoding.py`` and
+``gateway/anchor/passkey_check.py``; ``cbor2`` too for a receipt of a CoAP reading or of a
+passkey-signed order (imported only then).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.anchor.encoding import AnchorEncodingError, decode_anchor, did_digest, note_digest
+from gateway.anchor.passkey_check import (
+    PasskeyCheckError,
+    check_passkey_order,
+    is_passkey_order,
+)
 from gateway.chain.verify import ProofError, entry_bytes, leaf_hash, verify_inclusion
 
 RECEIPT_TYPE = "didgw-receipt"
@@ -247,6 +254,11 @@ def _check_commitment(p: _Parts) -> tuple[bool | None, str]:
 def _check_device_signature(p: _Parts) -> tuple[bool | None, str]:
     if p.payload is None:
         return None, "no payload to check (erased)"
+    if is_passkey_order(p.payload):
+        try:
+            return True, check_passkey_order(p.payload, p.actor)
+        except PasskeyCheckError as exc:
+            raise _Bad(str(exc)) from None
     if p.payload[:1] in (b"\xd2", b"\x84"):  # CBOR tag 18 or an array of four: COSE_Sign1
         kid, signature, signed = _split_cose(p.payload)
         what = "COSE_Sign1"

@@ -45,6 +45,7 @@ class Passkey:
     expires_ms: int  # the earliest expiry of the credentials behind it
     presentations: tuple[str, ...]
     disclosure: int | None
+    bound_entry: int | None = None  # the passkey-bound entry (None: bound before it was kept)
 
     @property
     def label(self) -> str:
@@ -53,12 +54,12 @@ class Passkey:
 
 _COLUMNS = (
     "credential_id, did, name, public_key, sign_count, user_handle, created_ms, last_used_ms, "
-    "permissions, status_indexes, expires_ms, presentations, disclosure"
+    "permissions, status_indexes, expires_ms, presentations, disclosure, bound_entry"
 )
 
 
 def _passkey(row: tuple[Any, ...]) -> Passkey:
-    cid, did, name, key, count, handle, created, used, perms, idx, exp, digests, disc = row
+    cid, did, name, key, count, handle, created, used, perms, idx, exp, digests, disc, bound = row
     return Passkey(
         str(cid),
         str(did),
@@ -73,6 +74,7 @@ def _passkey(row: tuple[Any, ...]) -> Passkey:
         int(exp),
         tuple(json.loads(str(digests))),
         None if disc is None else int(disc),
+        None if bound is None else int(bound),
     )
 
 
@@ -159,13 +161,17 @@ class PasskeyStore:
                     )
                 if self.find(new.credential_id) is not None:
                     raise PasskeyRefused("exists", "this passkey is already bound")
-                self.chain.append_within(
-                    [core.bound_entry(did, new.credential_id, presentations, disclosure)],
+                [bound] = self.chain.append_within(
+                    [
+                        core.bound_entry(
+                            did, new.credential_id, presentations, disclosure, new.public_key
+                        )
+                    ],
                     now_ms=now_ms,
                 )
                 self._db.execute(
                     f"INSERT INTO passkeys ({_COLUMNS}) "  # noqa: S608
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
                     [
                         new.credential_id,
                         did,
@@ -179,6 +185,7 @@ class PasskeyStore:
                         expires,
                         json.dumps(presentations),
                         disclosure,
+                        bound.seq,
                     ],
                 )
         except BaseException:
@@ -204,6 +211,14 @@ class PasskeyStore:
             self.chain.resync()
             raise
         return bool(gone)
+
+    def counted(self, passkey: Passkey, sign_count: int, *, now_ms: int) -> None:
+        """A signature by ``passkey`` (an order): its new sign count kept."""
+        with write_transaction(self._db.conn):
+            self._db.execute(
+                "UPDATE passkeys SET sign_count = ?, last_used_ms = ? WHERE credential_id = ?",
+                [sign_count, now_ms, passkey.credential_id],
+            )
 
     def signed_in(self, passkey: Passkey, sign_count: int, *, now_ms: int) -> int:
         """A login by ``passkey``: the new sign count kept, the session on the record (like

@@ -269,6 +269,23 @@ class Ceremonies:
         unb64u(credential_id)
         return challenge, credential, credential_id
 
+    def signing_options(self, challenge: bytes, credential_ids: list[str]) -> dict[str, Any]:
+        """``navigator.credentials.get`` options to sign ``challenge`` (a digest of what is
+        signed, not a random value: see ``passkey_orders.py``) with one of her passkeys,
+        the person verified by the authenticator (PIN, fingerprint, face)."""
+        options = _webauthn().generate_authentication_options(
+            rp_id=self.rp.rp_id,
+            challenge=challenge,
+            timeout=CHALLENGE_MS,
+            allow_credentials=[
+                _webauthn().helpers.structs.PublicKeyCredentialDescriptor(id=unb64u(cid))
+                for cid in credential_ids
+            ],
+            user_verification=_webauthn().helpers.structs.UserVerificationRequirement.REQUIRED,
+        )
+        result: dict[str, Any] = json.loads(_webauthn().options_to_json(options))
+        return result
+
     def verify_login(
         self,
         challenge: bytes,
@@ -277,8 +294,10 @@ class Ceremonies:
         public_key: bytes,
         sign_count: int,
         handle: str,
+        verified_person: bool = False,
     ) -> int:
-        """Check an assertion by the stored passkey; its new sign count."""
+        """Check an assertion by the stored passkey; its new sign count. With
+        ``verified_person`` the authenticator must have verified her (the UV flag)."""
         sent_handle = (credential.get("response") or {}).get("userHandle")
         if sent_handle and sent_handle != handle:
             raise PasskeyRefused("bad_passkey", "the passkey belongs to someone else")
@@ -290,6 +309,7 @@ class Ceremonies:
                 expected_origin=self.rp.origin,
                 credential_public_key=public_key,
                 credential_current_sign_count=sign_count,
+                require_user_verification=verified_person,
             )
         except _not_accepted() as exc:
             raise PasskeyRefused(
@@ -320,14 +340,22 @@ def _canonical(obj: dict[str, Any]) -> bytes:
 
 
 def bound_entry(
-    did: str, credential_id: str, digests: list[str], disclosure: int | None
+    did: str,
+    credential_id: str,
+    digests: list[str],
+    disclosure: int | None,
+    public_key: bytes | None = None,
 ) -> NewEntry:
-    """The binding on the record: which passkey (its id's digest), on which presentations."""
-    body = {
+    """The binding on the record: which passkey (its id's digest), on which presentations,
+    and its public key (COSE, base64url), so what it signs later can be checked from the
+    record alone (orders: ``gateway/market/passkey_orders.py``)."""
+    body: dict[str, Any] = {
         "passkey": credential_id_hash(credential_id),
         "presentations": digests,
         "disclosure": disclosure,
     }
+    if public_key is not None:
+        body["key"] = b64u(public_key)
     return NewEntry(BOUND_KIND, did, _canonical(body))
 
 

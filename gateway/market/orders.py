@@ -115,7 +115,7 @@ class Rules:
     max_price: int
 
 
-def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented order
+def check_order(
     token: bytes,
     *,
     topic_did: str | None,
@@ -135,21 +135,10 @@ def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented or
         seq = obj.get("seq") if isinstance(obj.get("seq"), int) else None
         if header.get("typ") != ORDER_TYP:
             raise OrderRefused("malformed", seq, f"JWS typ must be {ORDER_TYP}")
-        order = _parse(obj, token, person=may_trade is not None)
+        order = parse_order(obj, token, person=may_trade is not None)
         if topic_did is not None and order.did != topic_did:
             raise OrderRefused("bad_signature", seq, "order of another household's topic")
-        target = order.for_household
-        if may_trade is not None:
-            refused = may_trade(target, order.side)
-            if refused is not None:
-                raise OrderRefused(refused, seq, f"{order.did} may not {order.side} for {target}")
-        household = lookup(target)
-        if household is None:
-            raise OrderRefused("unknown_household", seq, f"{target} is not registered")
-        if household.status != "active":
-            raise OrderRefused("not_active", seq, f"{target} is {household.status}")
-        if household.kind != "household":
-            raise OrderRefused("not_household", seq, f"{target} is a {household.kind}")
+        household = _household(order, lookup, may_trade)
         verify_signed(
             token,
             header,
@@ -162,6 +151,44 @@ def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented or
     except AuthRefused as exc:
         reason = exc.reason if exc.reason in ORDER_REASONS else "malformed"
         raise OrderRefused(reason, seq, exc.detail) from None
+    _terms(order, household, rules, now_ms)
+    return order
+
+
+def check_signed_order(
+    order: SignedOrder,
+    *,
+    lookup: Callable[[str], Household | None],
+    rules: Rules,
+    now_ms: int,
+    may_trade: MayTrade,
+) -> SignedOrder:
+    """The checks of :func:`check_order` after the signature, for a person's order whose
+    signature was checked another way (a passkey: ``passkey_orders.py``)."""
+    _terms(order, _household(order, lookup, may_trade), rules, now_ms)
+    return order
+
+
+def _household(
+    order: SignedOrder, lookup: Callable[[str], Household | None], may_trade: MayTrade | None
+) -> Household:
+    seq, target = order.seq, order.for_household
+    if may_trade is not None:
+        refused = may_trade(target, order.side)
+        if refused is not None:
+            raise OrderRefused(refused, seq, f"{order.did} may not {order.side} for {target}")
+    household = lookup(target)
+    if household is None:
+        raise OrderRefused("unknown_household", seq, f"{target} is not registered")
+    if household.status != "active":
+        raise OrderRefused("not_active", seq, f"{target} is {household.status}")
+    if household.kind != "household":
+        raise OrderRefused("not_household", seq, f"{target} is a {household.kind}")
+    return household
+
+
+def _terms(order: SignedOrder, household: Household, rules: Rules, now_ms: int) -> None:
+    seq = order.seq
     if not household.has_meter:
         raise OrderRefused("no_meter", seq, "the household has no active meter")
     start = order.interval
@@ -181,10 +208,9 @@ def check_order(  # noqa: PLR0912 - one branch per refusal, in the documented or
                 seq,
                 f"{order.wh} Wh to sell; the meter has shown at most {capacity} Wh per interval",
             )
-    return order
 
 
-def _parse(obj: dict[str, Any], token: bytes, *, person: bool = False) -> SignedOrder:
+def parse_order(obj: dict[str, Any], token: bytes, *, person: bool = False) -> SignedOrder:
     exact_members(obj, _PERSON_MEMBERS if person else _MEMBERS, "order")
     side = obj["side"]
     if side not in (SELL, BUY):

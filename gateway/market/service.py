@@ -38,7 +38,9 @@ from gateway.market.orders import (
     Rules,
     SignedOrder,
     check_order,
+    check_signed_order,
 )
+from gateway.market.passkey_orders import KIND as PASSKEY_ORDER
 from gateway.market.settlement import Metered, Prices, Statement, settle
 from gateway.registry import Registry
 
@@ -147,18 +149,56 @@ class Market:
             )
             entry = self._record_order(order, now_ms, action)
         except OrderRefused as refusal:
-            self.counts[refusal.reason] = self.counts.get(refusal.reason, 0) + 1
-            return {"status": "refused", "reason": refusal.reason, "seq": refusal.seq}
+            return self._refused(refusal)
+        return self._accepted(order, entry)
+
+    def submit_passkey(
+        self,
+        order: SignedOrder,
+        now_ms: int,
+        *,
+        may_trade: MayTrade,
+        action: Callable[[int], NewEntry],
+    ) -> dict[str, Any]:
+        """A person's order signed with her passkey (its signature checked by the caller:
+        ``passkey_orders.py``); recorded as a ``passkey-order`` entry, then as any order."""
+        try:
+            check_signed_order(
+                order,
+                lookup=self.household,
+                rules=self.settings.rules,
+                now_ms=now_ms,
+                may_trade=may_trade,
+            )
+            entry = self._record_order(order, now_ms, action, kind=PASSKEY_ORDER)
+        except OrderRefused as refusal:
+            return self._refused(refusal)
+        return self._accepted(order, entry)
+
+    def _refused(self, refusal: OrderRefused) -> dict[str, Any]:
+        self.counts[refusal.reason] = self.counts.get(refusal.reason, 0) + 1
+        return {"status": "refused", "reason": refusal.reason, "seq": refusal.seq}
+
+    def _accepted(self, order: SignedOrder, entry: int) -> dict[str, Any]:
         self.counts["accepted"] = self.counts.get("accepted", 0) + 1
         return {"status": "accepted", "seq": order.seq, "entry": entry}
+
+    def next_seq(self, household: str) -> int:
+        """A ``seq`` no order of ``household`` has used yet."""
+        row = self._conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM market_orders WHERE household = ?", [household]
+        ).fetchone()
+        return int(row[0]) + 1
 
     def _record_order(
         self,
         order: SignedOrder,
         now_ms: int,
         action: Callable[[int], NewEntry] | None = None,
+        *,
+        kind: str = "order",
     ) -> int:
-        known = self._store.find_key(order.did, "order", order.seq)
+        known = self._store.find_key(order.did, kind, order.seq)
         if known is not None:
             if known.payload == order.token:
                 return known.seq  # sent again (its answer was lost): same entry
@@ -166,7 +206,7 @@ class Market:
 
         def write() -> int:
             [entry] = self._store.append_within(
-                [NewEntry("order", order.did, order.token, order.seq)], now_ms=now_ms
+                [NewEntry(kind, order.did, order.token, order.seq)], now_ms=now_ms
             )
             if action is not None:
                 self._store.append_within([action(entry.seq)], now_ms=now_ms)

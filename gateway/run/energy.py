@@ -179,6 +179,18 @@ class MarketSide:
         body: dict[str, Any] = await loop.run_in_executor(self._pool, work, token, _now_ms())
         return body
 
+    async def submit_passkey(
+        self, order: Any, person: str, may_trade: Any, action: Any
+    ) -> dict[str, Any]:
+        """A person's order signed with her passkey (checked by the front door), on the
+        market thread; her answer."""
+        loop = asyncio.get_running_loop()
+        work = functools.partial(
+            self.market.submit_passkey, order, may_trade=may_trade, action=action
+        )
+        body: dict[str, Any] = await loop.run_in_executor(self._pool, work, _now_ms())
+        return body
+
     def _answered(self, done: Any) -> None:
         try:
             answer = done.result()

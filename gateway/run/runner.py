@@ -504,6 +504,7 @@ class _Parts:
             if self.front_door is not None:
                 self.front_door.device_refusals = self.refusals
                 self.front_door.live_counts = functools.partial(live_counts, self.health)
+                self.front_door.market = self.market
                 if self.meters is not None:
                     self.front_door.meter_links.update(self.meters.links())
 

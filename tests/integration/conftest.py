@@ -14,6 +14,7 @@ from anvil import Anvil, missing_anvil
 from broker import Mosquitto, free_port, missing_tools
 from browser import Browser, launched
 from gateway_process import GatewayProcess
+from meters import Meters
 from people_web import Person
 from support import Run
 
@@ -142,3 +143,11 @@ def https_front_door(front_door: GatewayProcess, didgw: Run) -> GatewayProcess:
     front_door.url = f"https://localhost:{port}"
     front_door.ca = state / "tls" / "ca.crt"
     return front_door
+
+
+@pytest.fixture
+def meters() -> Iterator[Meters]:
+    """Simulated P1 meters on real ptys (``meters.start(link, *args)``), stopped after."""
+    sims = Meters()
+    yield sims
+    sims.stop()

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from broker import Mosquitto
 from gateway_process import GatewayProcess, gateway_did, make_device
+from meters import Meters, enroll
 from support import Run, wait_until
 
 from gateway.auth.broker import market_topic, orders_topic
@@ -25,68 +23,6 @@ from gateway.identity.signing import Signer, sign_jws
 from gateway.market.orders import ORDER_TYP
 
 pytestmark = pytest.mark.integration
-
-SIM = Path(__file__).parents[2] / "firmware-sim" / "p1meter.py"
-
-
-class Meters:
-    """Simulated P1 meters, each writing to the master side of its own pty."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, link: Path, *args: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, str(SIM), "--pty", str(link), *args], stderr=subprocess.DEVNULL
-        )
-        self.processes.append(process)
-        wait_until(link.exists, f"the simulated meter to make its pty {link}", 10)
-        return process
-
-    def stop(self) -> None:
-        for p in self.processes:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
-
-
-@pytest.fixture
-def meters() -> Iterator[Meters]:
-    sims = Meters()
-    yield sims
-    sims.stop()
-
-
-def enroll(didgw: Run, state: Path, tmp_path: Path, name: str, port: Path) -> str:
-    household_key = keystore.generate_key()
-    keystore.write_private_key(tmp_path / f"{name}.pem", household_key, None)
-    household = Signer.for_did_key(household_key)
-    out = didgw(
-        "device",
-        "register",
-        household.did,
-        "--name",
-        name,
-        "--kind",
-        "household",
-        "--state-dir",
-        str(state),
-    )
-    assert out.returncode == 0, out.stderr
-    out = didgw(
-        "meter",
-        "enroll",
-        "--household",
-        household.did,
-        "--name",
-        f"{name} meter",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state),
-    )
-    assert out.returncode == 0, out.stderr
-    return re.search(r"enrolled meter (\S+)", out.stdout)[1]
 
 
 def entries(state: Path, kind: str) -> list:

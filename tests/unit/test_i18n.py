@@ -13,6 +13,7 @@ from gateway.auth.refusals import EARNED
 from gateway.credentials.oid4vp import REASONS
 from gateway.run.http import i18n
 from gateway.run.http.console import REFUSAL_WORDS
+from gateway.run.http.market import REFUSALS as MARKET_REFUSALS
 
 HTTP = ROOT / "gateway" / "run" / "http"
 #: ``_("text")`` or ``_("text", name=…)`` in a template, with either quote.
@@ -74,6 +75,7 @@ def texts_used() -> set[str]:
             if titled and isinstance(node.value, ast.Constant):  # type: ignore[union-attr]
                 found.add(str(node.value.value))  # type: ignore[union-attr]
     found.update(REASONS.values())  # a refused sign-in shows why (login_done.html)
+    found.update(MARKET_REFUSALS.values())  # a refused order says why (market.js)
     return found | core_texts()
 
 

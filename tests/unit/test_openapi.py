@@ -13,6 +13,7 @@ from gateway.db import connect, migrate
 from gateway.run.http.api import OPENAPI, JsonApi
 from gateway.run.http.device_import import DeviceImport
 from gateway.run.http.energy import EnergyDoor
+from gateway.run.http.market import MarketDoor
 from gateway.run.http.mydata import MyDataDoor
 
 DOCUMENT = json.loads(OPENAPI.read_text())
@@ -32,6 +33,8 @@ def test_every_api_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> 
         gateway=SimpleNamespace(did="did:key:z6MkTest"),
         env={},
         sessions=None,
+        base_url="http://localhost:8443",
+        market=None,
     )
     try:
         defined = [
@@ -39,6 +42,7 @@ def test_every_api_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> 
             *DeviceImport(edge).api_routes(),  # type: ignore[arg-type]
             *(r for r in EnergyDoor(edge).routes() if r.path.startswith("/api/")),  # type: ignore[arg-type]
             *(r for r in MyDataDoor(edge).routes() if r.path.startswith("/api/")),  # type: ignore[arg-type]
+            *(r for r in MarketDoor(edge).routes() if r.path.startswith("/api/")),  # type: ignore[arg-type]
         ]
         routes = {(r.method.lower(), r.path) for r in defined}
     finally:

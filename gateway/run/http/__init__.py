@@ -10,6 +10,8 @@ limits, CSRF); each other module adds the routes of one part of the door:
 * ``device_import.py``: registering devices from a file (a facility manager's page and
   ``POST /api/devices/import``);
 * ``energy.py``: a household's energy, now (live) and in the past, its page and its JSON;
+* ``market.py``: a household's market (orders signed with her passkey, her trades and
+  statements);
 * ``console.py``: the facility manager's console (the devices' table, each device's page);
 * ``console_admin.py``: the facility manager's people (offers, credentials), record and health
   pages;
@@ -41,6 +43,7 @@ from gateway.run.http import (
     energy,
     issuance,
     login,
+    market,
     mydata,
     pages,
     passkeys,
@@ -67,6 +70,7 @@ async def open_front_door(
         device_import,
         api,
         energy,
+        market,
         console,
         console_admin,
         mydata,

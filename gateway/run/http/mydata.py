@@ -4,8 +4,9 @@
   and "ask for erasure" (``POST /my-data/erasure``) with the state of her latest request.
   ``GET /my-data/download``: all of it as a JSON file (``gateway.auth.personal_data``).
 * ``GET /proof``: how to check a receipt without the gateway. ``GET /proof/receipt/{seq}``:
-  the receipt (``gateway.anchor.receipt``) of a reading of one of her households' meters
-  (or an entry of her own) as a file, or a page saying it is not anchored yet.
+  the receipt (``gateway.anchor.receipt``) of a reading of one of her households' meters,
+  an order, trade or statement of one of her households (or an entry of her own) as a
+  file, or a page saying it is not anchored yet.
 * JSON: ``GET /api/my-data``, ``POST /api/my-data/erasure``, ``GET /api/receipts/{seq}``.
 
 Only a signed-in person has "my" data: an API token is refused (403), nobody 401. An entry
@@ -27,6 +28,7 @@ from gateway.anchor.receipt import receipt_for
 from gateway.auth import personal_data
 from gateway.chain.store import ChainError, ChainStore
 from gateway.energy.history import household_meters
+from gateway.market.household_view import concerns
 from gateway.run.http.api import error_response
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
@@ -59,8 +61,8 @@ class MyDataDesk:
         if not 0 <= seq < self.chain.size:
             return None
         actor = self.chain.get(seq).actor
-        mine = {did} | {m for h in households for m in household_meters(self.db, h)}
-        if actor not in mine:
+        mine = {did, *households} | {m for h in households for m in household_meters(self.db, h)}
+        if actor not in mine and not concerns(self.db.conn, households, seq):
             return None
         row = self.db.conn.execute("SELECT value FROM meta WHERE key = 'ledger_binding'")
         binding = row.fetchone()

@@ -126,6 +126,8 @@ class HttpEdge:
         #: the running gateway's live counts (:func:`gateway.ops.health.live_counts` of its
         #: health), a read-only view set by ``didgw run`` (None: not known here)
         self.live_counts: Callable[[], dict[str, dict[str, int]]] | None = None
+        #: ``didgw run``'s market (``run/energy.py`` MarketSide; None: the market is off)
+        self.market: Any = None
         http = config.http
         self.base_url = http.base_url()
         self.tls = http.tls()
