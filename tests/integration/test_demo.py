@@ -168,7 +168,7 @@ def take_screenshots(page: Any, folder: Path, who: str, base: str, browser: Brow
     cookies = page.context.cookies()
     phone = browser.page(PHONE)
     phone.context.add_cookies(cookies)
-    paths = ["/console/devices"] if name == "manager" else ["/energy"]
+    paths = ["/console/devices"] if name == "manager" else ["/energy", "/market"]
     if name == "manager":
         page.goto(base + "/console/devices")
         first = page.locator("table a[href^='/console/devices/']").first.get_attribute("href")

@@ -13,41 +13,18 @@ from typing import Any
 import pytest
 import requests
 from browser import DESKTOP, PHONE, Browser, accessibility_problems
+from device_files import csv_file, new_did, registered
 from gateway_process import GatewayProcess
 from jsonschema import Draft202012Validator
 from people_web import Person
 from support import Run
 
-from gateway.identity.did_key import did_from_public_key
-from gateway.identity.keystore import generate_key, public_bytes
 from gateway.registry.model import KINDS
 
 pytestmark = pytest.mark.integration
 
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 OPENAPI = Path(__file__).resolve().parents[2] / "gateway" / "run" / "http" / "openapi.json"
-
-
-def new_did() -> str:
-    return did_from_public_key(public_bytes(generate_key()))
-
-
-def csv_file(dids: list[str], *, bad_line: int | None = None) -> str:
-    """A CSV of ``dids`` (CRLF, a BOM, quoted commas); the row on ``bad_line`` has an
-    unknown kind."""
-    rows = ["\ufeffdid,name,kind,metadata"]
-    for i, did in enumerate(dids):
-        kind = "toaster" if i + 2 == bad_line else "sensor"
-        rows.append(f'{did},"sensor {i}, hall",{kind},floor={i % 3}')
-    return "\r\n".join(rows) + "\r\n"
-
-
-def registered(state: Path) -> set[str]:
-    conn = sqlite3.connect(state / "didgw.db")
-    try:
-        return {r[0] for r in conn.execute("SELECT did FROM devices")}
-    finally:
-        conn.close()
 
 
 def records(state: Path, kind: str) -> list[dict[str, Any]]:

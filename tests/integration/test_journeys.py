@@ -4,8 +4,10 @@ against one ``didgw run`` with every part on: a real mosquitto, a P1 meter on a 
 
 * A household member on her phone signs in with the independent wallet (oid4vc-ts, by
   OpenID4VP, holding a credential it received by OpenID4VCI), watches her meter's figures
-  change live on /energy, downloads the receipt of her meter's latest reading once it is
-  anchored and checks it against the ledger with ``didgw verify-receipt``, asks for
+  change live on /energy, bids on /market for Bob's surplus with her passkey and sees the
+  trade after clearing, downloads the receipts of her meter's latest reading, her order
+  and her trade once anchored and checks them against the ledger with
+  ``didgw verify-receipt``, asks for
   erasure, the operator carries it out, her page says so, and the record still verifies.
 * A facility manager at her desk uploads a device file with a bad row (told which line,
   nothing registered), then a good one (all registered, in the devices table), suspends
@@ -29,13 +31,13 @@ import pytest
 from anchoring import ledger_address
 from anvil import Anvil
 from broker import Mosquitto
-from browser import DESKTOP, PHONE, Browser
+from browser import DESKTOP, PHONE, Browser, add_authenticator
+from device_files import csv_file, new_did, registered
 from gateway_process import GatewayProcess, gateway_did, make_device
 from js_wallet import new_wallet, present, receive
+from meters import Meters, enroll
 from people_web import Person
 from support import Run, wait_until
-from test_device_import import csv_file, new_did, registered
-from test_energy_market import Meters
 
 from gateway.anchor.queue import AnchorQueue
 from gateway.chain.store import ChainStore
@@ -47,6 +49,7 @@ from gateway.identity.signing import Signer
 pytestmark = pytest.mark.integration
 
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+INTERVAL = 6  # the market's interval (s): time to sign an order for the one after next
 
 
 @dataclass
@@ -88,6 +91,7 @@ def site(didgw: Run, gateway: GatewayProcess, anvil: Anvil) -> Iterator[Site]:
             "\n[meter]\nenabled = true\nrecord_every_seconds = 0.0\nreconnect_seconds = 0.5\n"
             f'\n[anchor]\nenabled = true\nrpc_url = "{anvil.url}"\nevery_seconds = 1.0\n'
             "confirmations = 1\npoll_seconds = 0.2\nrpc_timeout = 2.0\n"
+            f"\n[market]\nenabled = true\ninterval_seconds = {INTERVAL}\ntick_seconds = 0.1\n"
         )
     meters = Meters()
     try:
@@ -146,11 +150,19 @@ class Household:
         self.key, self.did = new_wallet(tmp_path, "alice")
         self.credential = tmp_path / "alice.sdjwt"
         self.page: Any = None
+        # Bob's household next door: solar on the roof, a meter, its own key; it sells.
+        bob_port = tmp_path / "ttyBob"
+        self.bob_meter = enroll(didgw, state, tmp_path, "bob", bob_port)
+        site.meters.start(
+            bob_port, "--rate", "4", "--speed", "30", "--start", "2024-06-15T11:00",
+            "--seed", "6", "--solar-peak-w", "9000",
+        )  # fmt: skip
+        self.receipts: dict[str, int] = {}  # what she will check: her order, her trade
 
     def receives_her_credential(self) -> None:
         """The operator offers her a household credential; her wallet takes it (OpenID4VCI)."""
         offered = self.didgw(
-            "cred", "offer", "household", f"--claim=household={self.home}", "--claim=role=seller",
+            "cred", "offer", "household", f"--claim=household={self.home}", "--claim=role=buyer",
             "--claim=name=Alice", "--json",
             "--state-dir", str(self.site.state), "--config", str(self.site.gateway.config),
         )  # fmt: skip
@@ -192,9 +204,65 @@ class Household:
         )
         assert page.inner_text(f"[data-meter-link='{self.meter}']") == "connected"
 
+    def buys_on_the_market(self) -> None:
+        """Bob's household offers its surplus; she binds a passkey, bids for the same interval
+        on /market and signs the bid with it; the interval clears; her page shows the trade,
+        the other side by its household DID only."""
+        page, state = self.page, self.site.state
+        add_authenticator(page)
+        page.goto(self.site.url + "/passkeys")
+        page.click("[data-passkey-bind]")
+        page.wait_for_selector(".passkeys li")
+        db = sqlite3.connect(state / "didgw.db")
+        try:
+            wait_until(
+                lambda: (db.execute("SELECT peak_export_w FROM meters WHERE did = ?",
+                                    [self.bob_meter]).fetchone()[0] or 0) * INTERVAL >= 3600 * 8,
+                "Bob's meter to show it can feed in 8 Wh an interval", 20,
+            )  # fmt: skip
+            [(bob,)] = db.execute(
+                "SELECT household FROM meters WHERE did = ?", [self.bob_meter]
+            ).fetchall()
+            page.click("nav >> text=Market")
+            page.wait_for_url(re.compile(r".*/market$"))
+            interval = page.locator("#order-interval option").nth(1).get_attribute("value")
+            offered = self.didgw(
+                "market", "offer", "--key", str(self.tmp / "bob.pem"), "--wh", "8",
+                "--price", "80", "--interval", interval,
+                "--config", str(self.site.gateway.config), "--state-dir", str(state),
+            )  # fmt: skip
+            assert offered.returncode == 0, offered.stderr
+            page.select_option("#order-interval", interval)
+            page.fill("#order-kwh", "0.005")
+            page.fill("#order-price", "0.200")
+            shoot(page, "household-market-order")
+            page.click("form[data-market-order] button[type=submit]")
+            page.wait_for_url(re.compile(r".*/market\?.*placed=\d+"), timeout=10_000)
+            mine = page.locator("section[aria-labelledby=orders-heading]")
+            assert "open" in mine.inner_text()
+            wait_until(
+                lambda: db.execute("SELECT count(*) FROM market_trades").fetchone()[0] > 0,
+                "the interval to clear", 4 * INTERVAL,
+            )  # fmt: skip
+        finally:
+            db.close()
+        page.reload()
+        trades = page.inner_text("section[aria-labelledby=trades-heading]")
+        assert "bought 0.005 kWh" in trades and "€\xa00.140/kWh" in trades, trades
+        assert bob[-10:] in trades
+        assert "traded 0.005 kWh" in mine.inner_text()
+        self.receipts = {
+            "order": int(mine.locator("a[href^='/proof/receipt/']").first.get_attribute("href")
+                         .rsplit("/", 1)[1]),
+            "trade": int(page.locator("section[aria-labelledby=trades-heading] "
+                                      "a[href^='/proof/receipt/']").first.get_attribute("href")
+                         .rsplit("/", 1)[1]),
+        }  # fmt: skip
+
     def checks_a_receipt(self) -> None:
         """My data; then the receipt of her meter's latest reading, once anchored, checked
-        against the ledger by ``didgw verify-receipt``."""
+        against the ledger by ``didgw verify-receipt``; and those of her order (her
+        passkey's signature checked too) and her trade."""
         page = self.page
         page.click("nav a[href='/my-data']")
         page.wait_for_url(self.site.url + "/my-data")
@@ -213,6 +281,16 @@ class Household:
         checked = self.didgw("verify-receipt", str(receipt), "--rpc", self.site.anvil.url)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "receipt verifies" in checked.stdout
+        for what, entry in self.receipts.items():
+            wait_until(lambda: self.site.anchored_size() > entry, f"her {what} anchored", 20)  # noqa: B023
+            answer = page.request.get(f"{self.site.url}/proof/receipt/{entry}")
+            assert answer.status == 200, answer.text()
+            path = self.tmp / f"receipt-{what}.json"
+            path.write_bytes(answer.body())
+            checked = self.didgw("verify-receipt", str(path), "--rpc", self.site.anvil.url)
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            if what == "order":
+                assert "passkey assertion over the order by " + self.did in checked.stdout
 
     def has_her_data_erased(self) -> None:
         """She asks for erasure; the operator carries it out; signed in again, she reads that
@@ -244,9 +322,7 @@ def test_a_household_signs_in_watches_her_meter_checks_a_receipt_and_is_erased(
         alice.receives_her_credential,
         alice.signs_in,
         alice.sees_her_meter_live,
-        # ── the market's step goes here, once /market exists: she places a sell order on
-        # /market and sees its trade after clearing (a Household method, with [market]
-        # turned on in the site fixture; her credential already says role=seller).
+        alice.buys_on_the_market,
         alice.checks_a_receipt,
         alice.has_her_data_erased,
     ]
