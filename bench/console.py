@@ -13,9 +13,13 @@ is asked ``--requests`` times per kind of page, one request in flight:
 * sorted by name and by last seen (the latter looks up every matching device's newest
   reading); a search by name; filtered by status, by kind, by metadata;
 
-and ``GET /api/devices?limit=100`` the same way. The last line is one JSON object:
+and ``GET /api/devices?limit=100`` the same way; then every other page of the console a few
+times (a device's page, people, record, health). The last line is one JSON object:
 ``devices_page_p95_ms`` (p95 over every console page asked), each kind's p95, the API's p95,
-and the gateway's resident memory. ``--quick``: 2,000 devices, fewer requests.
+the gateway's resident memory after all that (``rss_mb``), the same gateway's with its HTTP
+edge off (``rss_mb_without_http``: started on the same state, idle) and their difference,
+what the front door with its console costs (``console_rss_mb``). ``--quick``: 2,000
+devices, fewer requests.
 """
 
 from __future__ import annotations
@@ -67,16 +71,16 @@ def p95(values: list[float]) -> float:
 class Gateway:
     """``didgw run`` with only its HTTP edge."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, http: bool = True) -> None:
         self.work = work
         self.state = work / "state"
         self.port = free_port()
         self.url = f"http://localhost:{self.port}"
-        self.config = work / "gateway.toml"
+        self.config = work / ("gateway.toml" if http else "gateway-no-http.toml")
         self.config.write_text(
             "[mqtt]\nenabled = false\n\n[coap]\nenabled = false\n\n[anchor]\nenabled = false\n\n"
-            f"[metrics]\nenabled = false\n\n[http]\nport = {self.port}\n"
-            "source_rate = 1000000.0\nsource_burst = 100000\n"
+            f"[metrics]\nenabled = false\n\n[http]\nenabled = {str(http).lower()}\n"
+            f"port = {self.port}\nsource_rate = 1000000.0\nsource_burst = 100000\n"
         )
         self.env = {
             **os.environ,
@@ -227,6 +231,11 @@ def measure(gateway: Gateway, cookie: str, requests_each: int) -> dict[str, list
     for _ in range(requests_each):
         api.append(timed(session, gateway.url + "/api/devices?limit=100&sort=name")[0])
     times["api"] = api
+    device = re.search(r'href="(/console/devices/did[^"]+)"', timed(session, base)[1])
+    others = ["/console/people", "/console/record", "/console/health", "/my-data"]
+    for path in [*others, *([html.unescape(device[1])] if device else [])]:
+        for _ in range(5):
+            timed(session, gateway.url + path)
     return times
 
 
@@ -253,6 +262,14 @@ def main() -> None:
             memory = rss_mb(gateway.process.pid)
         finally:
             gateway.stop()
+        bare = Gateway(Path(tmp), http=False)
+        bare.start()
+        try:
+            time.sleep(2)
+            assert bare.process is not None
+            without_http = rss_mb(bare.process.pid)
+        finally:
+            bare.stop()
     console = [t for k, v in times.items() if k != "api" for t in v]
     result: dict[str, Any] = {
         "devices": devices,
@@ -263,6 +280,8 @@ def main() -> None:
         **{f"{k}_p95_ms": round(p95(v), 1) for k, v in times.items() if k != "api"},
         "api_devices_100_p95_ms": round(p95(times["api"]), 1),
         "rss_mb": round(memory, 1),
+        "rss_mb_without_http": round(without_http, 1),
+        "console_rss_mb": round(memory - without_http, 1),
     }
     for key, value in result.items():
         print(f"{key:28} {value}")
