@@ -308,6 +308,7 @@ class Household:
         self.signs_in()
         page.goto(self.site.url + "/my-data")
         assert "was carried out" in page.inner_text("[role=status]")
+        assert "all erased: only their fingerprints remain" in page.inner_text(".held")
         verified = self.didgw("chain", "verify", "--state-dir", str(state))
         assert verified.returncode == 0 and verified.stdout.startswith("ok:"), verified.stdout
 

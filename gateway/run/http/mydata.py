@@ -130,9 +130,11 @@ class MyDataDoor:
         if person is None:
             raise web.HTTPSeeOther("/login")
         data = await self._everything(person.name)
-        kinds: dict[str, int] = {}
+        kinds: dict[str, list[int]] = {}  # kind: [entries, of which erased]
         for e in data["record"]:
-            kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+            counts = kinds.setdefault(e["kind"], [0, 0])
+            counts[0] += 1
+            counts[1] += e.get("payload") is None
         return render(
             request,
             "my_data.html",
