@@ -30,6 +30,12 @@ command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_missing+=
 command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
 # libcoap's CoAP client: the tests' peer that nobody here wrote (coap-client-notls).
 command -v coap-client-notls >/dev/null || apt_missing+=(libcoap3-bin)
+# The broker's didgw plugin (broker-plugin/) is compiled here against mosquitto's plugin
+# headers and OpenSSL (Ed25519): scripts/build-broker-plugin.sh.
+command -v cc >/dev/null || apt_missing+=(gcc libc6-dev)
+[[ -f /usr/include/mosquitto_plugin.h ]] || apt_missing+=(mosquitto-dev)
+[[ -f /usr/include/mosquitto.h ]] || apt_missing+=(libmosquitto-dev)
+[[ -f /usr/include/openssl/evp.h ]] || apt_missing+=(libssl-dev)
 # node and npm install anvil, the local ledger of the demo and the tests.
 command -v node >/dev/null || apt_missing+=(nodejs)
 command -v npm >/dev/null || apt_missing+=(npm)
@@ -50,6 +56,9 @@ if [[ ${#apt_missing[@]} -gt 0 ]]; then
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "didgw needs Python 3.11 or newer; $(python3 --version) found" >&2; exit 1; }
+
+# --- mosquitto's didgw plugin ----------------------------------------------------
+scripts/build-broker-plugin.sh
 
 # --- Python environment ----------------------------------------------------
 extras="" stamp=.venv/.didgw-setup

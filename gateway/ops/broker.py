@@ -54,6 +54,12 @@ def dynsec_plugin() -> str | None:
     return found[0] if found else None
 
 
+def token_plugin_library() -> Path | None:
+    """mosquitto's didgw plugin as ``scripts/build-broker-plugin.sh`` builds it in this checkout."""
+    built = Path(__file__).resolve().parents[2] / "build" / "broker-plugin" / "didgw_auth.so"
+    return built if built.is_file() else None
+
+
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
@@ -93,8 +99,13 @@ class PrivateBroker:
         gateway_username: str = "didgw",
         tcp_nodelay: bool = True,
         tls_files: tuple[Path, Path] | None = None,
+        token_plugin: tuple[Path, Path] | None = None,
     ) -> None:
         self.directory = directory
+        #: (public key file, deny file) of the didgw plugin, which checks the gateway's
+        #: session tokens (gateway/auth/broker_tokens.py) before dynamic security sees a
+        #: client; None: dynamic security alone.
+        self.token_plugin = token_plugin
         self.host = HOST
         self.port = port if port is not None else free_port()
         self.accounts_port = accounts_port if accounts_port is not None else free_port()
@@ -154,6 +165,7 @@ class PrivateBroker:
             # Devices log in without a username to authenticate; dynamic-security puts
             # them in its anonymous group, whose role allows only the auth topics.
             "allow_anonymous true",
+            *self._token_plugin_lines(),
             f"plugin {dynsec_plugin()}",
             f"plugin_opt_config_file {self.dynsec_file}",
             "persistence false",
@@ -170,6 +182,20 @@ class PrivateBroker:
             *self._tls_lines(),
         ]
         return "\n".join(lines) + "\n"
+
+    def _token_plugin_lines(self) -> list[str]:
+        """The didgw plugin, before dynamic security: mosquitto asks plugins in that order."""
+        if self.token_plugin is None:
+            return []
+        library = token_plugin_library()
+        if library is None:
+            raise BrokerError("the didgw broker plugin is not built: run scripts/setup.sh")
+        public_key_file, deny_file = self.token_plugin
+        return [
+            f"plugin {library}",
+            f"plugin_opt_public_key_file {public_key_file}",
+            f"plugin_opt_deny_file {deny_file}",
+        ]
 
     def _tls_lines(self) -> list[str]:
         """The TLS listener (last: the options after a listener line are that listener's)."""

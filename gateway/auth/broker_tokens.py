@@ -1,0 +1,196 @@
+"""Broker session tokens: the password a device or a person presents to mosquitto.
+
+The gateway signs a short-lived token for each session; mosquitto's didgw plugin
+(``broker-plugin/didgw_auth.c``) checks it with the gateway's *public* token key, and takes
+the client's topics from its claims. A first session, a renewal or a revocation then needs
+no change in the dynamic-security plugin, whose every change rewrites its whole file while
+the broker routes nothing (issue 19: 44-87 ms each).
+
+Format (docs/protocol/mqtt.md, "Session tokens")::
+
+    v1.<base64url(payload)>.<base64url(Ed25519 signature over b"v1." + base64url(payload))>
+
+The payload is canonical JSON: keys sorted, no whitespace, ASCII, and every string made of
+printable ASCII without ``"`` or ``\\``, so that it has exactly one spelling and the plugin
+reads it with a strict parser of a fixed layout instead of a JSON library::
+
+    {"exp":<unix s>,"iat":<unix s>,"jti":"<16 random bytes>","kind":"device"|"person",
+     "pfx":"<topic prefix>","sub":"<did>"}
+
+The key is a dedicated Ed25519 key of the gateway, not its DID key: the broker holds only
+its public half, and a leaked token key signs broker sessions, nothing else.
+
+Sans-IO: time and randomness are passed in; :func:`verify` is the same check as the
+plugin's, for the tests and the gateway's own checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway.auth.broker import check_prefix
+from gateway.errors import DidgwError
+from gateway.identity.document import check_did_syntax
+
+VERSION = "v1"
+KINDS = ("device", "person")
+#: The longest token either side accepts (the plugin refuses longer passwords unread).
+MAX_TOKEN_CHARS = 2048
+JTI_BYTES = 16
+#: What a string claim may hold: printable ASCII without '"' and '\' (one JSON spelling).
+_PLAIN = re.compile(r"[\x20-\x7e]*")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class TokenError(DidgwError):
+    """A token that is not valid: the message says why."""
+
+    code = "bad_broker_token"
+
+
+@dataclass(frozen=True)
+class Claims:
+    sub: str
+    kind: str
+    pfx: str
+    iat: int
+    exp: int
+    jti: str
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise TokenError("not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError("not base64url") from exc
+    if b64url(raw) != text:  # non-zero padding bits: a second spelling of the same bytes
+        raise TokenError("not canonical base64url")
+    return raw
+
+
+def _plain(name: str, value: str) -> str:
+    if not _PLAIN.fullmatch(value) or '"' in value or "\\" in value:
+        raise TokenError(f"{name} must be printable ASCII without quotes or backslashes")
+    return value
+
+
+def canonical_payload(claims: Claims) -> bytes:
+    """The one spelling of ``claims`` that is signed (keys sorted, no whitespace)."""
+    for name in ("sub", "kind", "pfx", "jti"):
+        _plain(name, getattr(claims, name))
+    body = {
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "jti": claims.jti,
+        "kind": claims.kind,
+        "pfx": claims.pfx,
+        "sub": claims.sub,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def mint(
+    key: Ed25519PrivateKey,
+    *,
+    sub: str,
+    kind: str,
+    prefix: str,
+    now: int,
+    lifetime: int,
+    random_bytes: bytes,
+) -> str:
+    """A token for ``sub`` (a DID) of ``kind`` under topic ``prefix``, valid ``lifetime`` s."""
+    check_did_syntax(sub)
+    check_prefix(prefix)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if lifetime <= 0:
+        raise ValueError("a token's lifetime must be positive")
+    if len(random_bytes) != JTI_BYTES:
+        raise ValueError(f"a token's id takes {JTI_BYTES} random bytes")
+    claims = Claims(sub, kind, prefix, now, now + lifetime, b64url(random_bytes))
+    signed = f"{VERSION}.{b64url(canonical_payload(claims))}"
+    token = f"{signed}.{b64url(key.sign(signed.encode('ascii')))}"
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ValueError(f"the token would be longer than {MAX_TOKEN_CHARS} characters")
+    return token
+
+
+def verify(token: str, public_key: Ed25519PublicKey, now: int) -> Claims:
+    """The claims of a valid, unexpired token; :class:`TokenError` says why one is not."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenError("token too long")
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != VERSION:
+        raise TokenError(f"not a {VERSION} token")
+    payload, signature = b64url_decode(parts[1]), b64url_decode(parts[2])
+    if len(signature) != 64:
+        raise TokenError("bad signature")
+    try:
+        public_key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
+    except InvalidSignature as exc:
+        raise TokenError("bad signature") from exc
+    claims = _parse(payload)
+    if now >= claims.exp:
+        raise TokenError("token expired")
+    return claims
+
+
+def _parse(payload: bytes) -> Claims:
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise TokenError("payload is not JSON") from exc
+    keys = {"exp", "iat", "jti", "kind", "pfx", "sub"}
+    if not isinstance(body, dict) or set(body) != keys:
+        raise TokenError(f"payload must hold exactly {sorted(keys)}")
+    ints, strs = ("exp", "iat"), ("jti", "kind", "pfx", "sub")
+    if any(type(body[k]) is not int or body[k] < 0 for k in ints):
+        raise TokenError("iat and exp must be non-negative integers")
+    if any(not isinstance(body[k], str) for k in strs):
+        raise TokenError("sub, kind, pfx and jti must be strings")
+    claims = Claims(**body)
+    if canonical_payload(claims) != payload:
+        raise TokenError("payload is not canonical")
+    if claims.kind not in KINDS:
+        raise TokenError(f"unknown kind {claims.kind!r}")
+    if claims.exp <= claims.iat:
+        raise TokenError("token expires before it is issued")
+    try:
+        check_did_syntax(claims.sub)
+        check_prefix(claims.pfx)
+    except DidgwError as exc:
+        raise TokenError(f"bad claim: {exc}") from exc
+    return claims
+
+
+def public_key_file(key: Ed25519PrivateKey) -> bytes:
+    """The public half in the broker's file format: PEM (SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def deny_file_text(entries: dict[str, int]) -> str:
+    """The plugin's deny file: one ``<did> <until unix s>`` line per revoked DID."""
+    for did, until in entries.items():
+        check_did_syntax(did)
+        _plain("did", did)
+        if " " in did or until < 0:
+            raise ValueError(f"cannot list {did!r} until {until}")
+    return "".join(f"{did} {until}\n" for did, until in sorted(entries.items()))
