@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.auth.broker import check_prefix
 from gateway.errors import DidgwError
@@ -177,13 +178,14 @@ def _parse(payload: bytes) -> Claims:
     return claims
 
 
-def public_key_file(key: Ed25519PrivateKey) -> bytes:
-    """The public half in the broker's file format: PEM (SubjectPublicKeyInfo)."""
-    from cryptography.hazmat.primitives import serialization
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    """The public key as the broker reads it: PEM (SubjectPublicKeyInfo)."""
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+
+def public_raw(key: Ed25519PublicKey) -> bytes:
+    """The public key's 32 raw bytes (the broker reads those too)."""
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def deny_file_text(entries: dict[str, int]) -> str:

@@ -26,12 +26,23 @@ __all__ = ["Mosquitto", "Peer", "free_port", "missing_tools"]
 class Mosquitto(PrivateBroker):
     """A private broker in ``directory``, with MQTT peers for tests."""
 
-    def __init__(self, directory: Path, tls_files: tuple[Path, Path] | None = None) -> None:
-        super().__init__(directory, gateway_username="gateway", tls_files=tls_files)
+    def __init__(
+        self,
+        directory: Path,
+        tls_files: tuple[Path, Path] | None = None,
+        token_plugin: tuple[Path, Path] | None = None,
+    ) -> None:
+        super().__init__(
+            directory, gateway_username="gateway", tls_files=tls_files, token_plugin=token_plugin
+        )
 
     def peer(self, username: str | None = None, password: str | None = None) -> Peer:
         """An MQTT client of this broker (not yet connected), anonymous without a username."""
         return Peer(self.host, self.port, username, password)
+
+    def account_peer(self, username: str, password: str) -> Peer:
+        """A client of the accounts listener (its client id becomes its username)."""
+        return Peer(self.host, self.accounts_port, username, password)
 
     def gateway(self) -> Peer:
         return self.peer(self.gateway_username, self.gateway_password)

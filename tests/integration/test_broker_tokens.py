@@ -1,0 +1,275 @@
+"""mosquitto's didgw plugin (broker-plugin/didgw_auth.c) on a real mosquitto 2.0 with
+dynamic security: session tokens the gateway signs (gateway/auth/broker_tokens.py) let
+devices and people in with the topics of their claims; the deny file cuts them off."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from broker import Mosquitto, Peer, missing_tools
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support import wait_until
+
+from gateway.auth import broker_tokens as bt
+from gateway.ops.broker import BrokerError, token_plugin_library
+
+VECTORS = json.loads(
+    (Path(__file__).parents[1] / "vectors" / "broker-token" / "tokens.json").read_text()
+)
+PREFIX = "didgw"
+
+
+@dataclass
+class TokenBroker:
+    broker: Mosquitto
+    key: Ed25519PrivateKey
+    deny_file: Path
+
+    def token(self, did: str, kind: str = "device", lifetime: int = 600, **over: object) -> str:
+        args: dict[str, object] = dict(
+            sub=did,
+            kind=kind,
+            prefix=PREFIX,
+            now=int(time.time()),
+            lifetime=lifetime,
+            random_bytes=secrets.token_bytes(16),
+        )
+        args.update(over)
+        return bt.mint(self.key, **args)  # type: ignore[arg-type]
+
+    def connect(self, did: str, password: str) -> tuple[Peer, str]:
+        peer = self.broker.account_peer(did, password)
+        return peer, str(peer.connect())
+
+    def deny(self, entries: dict[str, int]) -> None:
+        """Replace the deny file as the gateway does: write a new file, rename it over."""
+        new = self.deny_file.with_suffix(".new")
+        new.write_text(bt.deny_file_text(entries))
+        os.replace(new, self.deny_file)
+
+
+def new_did() -> str:
+    return f"did:example:{secrets.token_hex(8)}"
+
+
+def start(directory: Path, key_bytes: bytes, deny_text: str = "") -> tuple[Mosquitto, Path]:
+    assert not missing_tools(), f"{missing_tools()}: run scripts/setup.sh"
+    assert token_plugin_library() is not None, "run scripts/setup.sh (builds the plugin)"
+    directory.mkdir(parents=True)
+    public, deny = directory / "broker-token.pub", directory / "deny"
+    public.write_bytes(key_bytes)
+    deny.write_text(deny_text)
+    broker = Mosquitto(directory / "mosquitto", token_plugin=(public, deny))
+    broker.setup()
+    return broker, deny
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Iterator[TokenBroker]:
+    key = Ed25519PrivateKey.generate()
+    broker, deny = start(tmp_path / "b", bt.public_pem(key.public_key()))
+    try:
+        yield TokenBroker(broker, key, deny)
+    finally:
+        broker.stop()
+
+
+def topics(did: str) -> dict[str, str]:
+    return {name: f"{PREFIX}/d/{did}/{name}" for name in ("readings", "orders", "acks", "market")}
+
+
+def test_the_vector_token_opens_the_broker_with_a_raw_public_key(tmp_path: Path) -> None:
+    broker, _ = start(tmp_path / "v", bytes.fromhex(VECTORS["public_key_hex"]))
+    try:
+        cases = {c["name"]: c for c in VECTORS["cases"]}
+        device, person, expired = cases["device"], cases["person"], cases["expired"]
+        with broker.account_peer(device["sub"], device["token"]) as peer:
+            assert str(peer.connect()) == "Success"
+            assert str(peer.publish(f"didgw/d/{device['sub']}/readings", b"r")) != "Not authorized"
+        with broker.account_peer(person["sub"], person["token"]) as peer:
+            assert str(peer.connect()) == "Success"
+            assert str(peer.subscribe("site/didgw/status-list")) == "Granted QoS 1"
+        with broker.account_peer(expired["sub"], expired["token"]) as peer:
+            assert str(peer.connect()) == "Not authorized"
+    finally:
+        broker.stop()
+
+
+def test_a_device_publishes_its_readings_and_receives_its_acks(tokens: TokenBroker) -> None:
+    did = new_did()
+    mine = topics(did)
+    device, code = tokens.connect(did, tokens.token(did))
+    gateway = tokens.broker.gateway()
+    with device, gateway:
+        assert code == "Success"
+        assert str(gateway.connect()) == "Success"
+        assert str(gateway.subscribe(f"{PREFIX}/d/+/readings")) == "Granted QoS 1"
+        assert str(device.subscribe(mine["acks"])) == "Granted QoS 1"
+        assert str(device.subscribe(mine["market"])) == "Granted QoS 1"
+        assert str(device.publish(mine["readings"], b"reading")) == "Success"
+        assert gateway.next_message() == (mine["readings"], b"reading")
+        assert str(device.publish(mine["orders"], b"order")) != "Not authorized"
+        gateway.publish(mine["acks"], b"ack")
+        assert device.next_message() == (mine["acks"], b"ack")
+
+
+def test_a_device_reaches_nothing_but_its_own_topics(tokens: TokenBroker) -> None:
+    did, other = new_did(), new_did()
+    mine, theirs = topics(did), topics(other)
+    device, code = tokens.connect(did, tokens.token(did))
+    gateway = tokens.broker.gateway()
+    with device, gateway:
+        assert code == "Success"
+        assert str(gateway.connect()) == "Success"
+        for topic in (theirs["readings"], theirs["orders"], mine["acks"], f"{PREFIX}/auth/req"):
+            assert str(device.publish(topic, b"x")) == "Not authorized", topic
+        for topic in ("#", f"{PREFIX}/#", theirs["acks"], mine["readings"], f"{PREFIX}/d/+/acks"):
+            assert str(device.subscribe(topic)) == "Not authorized", topic
+        assert str(device.subscribe(mine["acks"])) == "Granted QoS 1"
+        # The gateway sends another device's ack, then a marker on this device's topic:
+        # the device receives the marker and nothing before it.
+        gateway.publish(theirs["acks"], b"not yours")
+        gateway.publish(mine["acks"], b"marker")
+        assert device.received_until(mine["acks"], b"marker") == []
+
+
+def test_a_person_has_the_person_topics_only(tokens: TokenBroker) -> None:
+    did = new_did()
+    person, code = tokens.connect(did, tokens.token(did, kind="person"))
+    with person:
+        assert code == "Success"
+        assert str(person.publish(f"{PREFIX}/p/{did}/req", b"q")) != "Not authorized"
+        assert str(person.subscribe(f"{PREFIX}/p/{did}/res")) == "Granted QoS 1"
+        assert str(person.subscribe(f"{PREFIX}/status-list")) == "Granted QoS 1"
+        assert str(person.publish(f"{PREFIX}/d/{did}/readings", b"x")) == "Not authorized"
+        assert str(person.subscribe(f"{PREFIX}/d/{did}/acks")) == "Not authorized"
+        assert str(person.subscribe(f"{PREFIX}/p/+/res")) == "Not authorized"
+
+
+def refused_passwords(tokens: TokenBroker, did: str) -> dict[str, str]:
+    good = tokens.token(did)
+    forged = bt.mint(
+        Ed25519PrivateKey.generate(),
+        sub=did,
+        kind="device",
+        prefix=PREFIX,
+        now=int(time.time()),
+        lifetime=600,
+        random_bytes=bytes(16),
+    )
+    payload, signature = good.split(".")[1:]
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    return {
+        "bad signature": f"v1.{payload}.{flipped}",
+        "another key": forged,
+        "another DID": tokens.token(new_did()),
+        "expired": tokens.token(did, now=int(time.time()) - 700),
+        "truncated": good[:-5],
+        "garbage": "garbage",
+        "empty": "",
+        "oversized": good + "A" * 4000,
+        "v2": "v2." + good[3:],
+    }
+
+
+def test_bad_tokens_are_refused(tokens: TokenBroker) -> None:
+    did = new_did()
+    for why, password in refused_passwords(tokens, did).items():
+        peer, code = tokens.connect(did, password)
+        peer.close()
+        assert code == "Not authorized", why
+    peer, code = tokens.connect(did, tokens.token(did))
+    peer.close()
+    assert code == "Success"
+
+
+def test_a_did_without_a_password_is_refused(tokens: TokenBroker) -> None:
+    peer = Peer(tokens.broker.host, tokens.broker.accounts_port, new_did(), None)
+    with peer:
+        assert str(peer.connect()) == "Not authorized"
+
+
+def test_the_gateway_and_anonymous_clients_still_go_through_dynamic_security(
+    tokens: TokenBroker,
+) -> None:
+    gateway, anonymous = tokens.broker.gateway(), tokens.broker.peer()
+    with gateway, anonymous:
+        assert str(gateway.connect()) == "Success"
+        assert str(anonymous.connect()) == "Success"
+        assert str(anonymous.subscribe(f"{PREFIX}/auth/res/+")) == "Granted QoS 1"
+        assert str(anonymous.subscribe(f"{PREFIX}/d/+/acks")) == "Not authorized"
+        assert str(gateway.subscribe(f"{PREFIX}/auth/req")) == "Granted QoS 1"
+        assert str(anonymous.publish(f"{PREFIX}/auth/req", b"hello")) != "Not authorized"
+        assert gateway.next_message() == (f"{PREFIX}/auth/req", b"hello")
+    wrong = tokens.broker.peer(tokens.broker.gateway_username, "wrong")
+    with wrong:
+        assert str(wrong.connect()) == "Not authorized"
+
+
+def test_a_denied_did_is_disconnected_and_cannot_come_back(tokens: TokenBroker) -> None:
+    did, bystander = new_did(), new_did()
+    device, code = tokens.connect(did, tokens.token(did))
+    other, other_code = tokens.connect(bystander, tokens.token(bystander))
+    with device, other:
+        assert (code, other_code) == ("Success", "Success")
+        tokens.deny({did: int(time.time()) + 3600})
+        assert device.disconnected.wait(5), "the denied device is still connected"
+        again, code = tokens.connect(did, tokens.token(did))
+        again.close()
+        assert code == "Not authorized"
+        assert other.connected.is_set()
+        assert str(other.publish(topics(bystander)["readings"], b"r")) != "Not authorized"
+    # Past its date, a listed DID may come in again.
+    tokens.deny({did: int(time.time()) - 1})
+    back, code = tokens.connect(did, tokens.token(did))
+    back.close()
+    assert code == "Success"
+
+
+def test_a_token_that_expires_gets_the_client_disconnected(tokens: TokenBroker) -> None:
+    did = new_did()
+    device, code = tokens.connect(did, tokens.token(did, lifetime=2))
+    with device:
+        assert code == "Success"
+        assert device.disconnected.wait(6), "the client outlived its token"
+
+
+def test_the_deny_list_survives_a_restart(tokens: TokenBroker) -> None:
+    did = new_did()
+    tokens.deny({did: int(time.time()) + 3600})
+    tokens.broker.restart()
+    peer, code = tokens.connect(did, tokens.token(did))
+    peer.close()
+    assert code == "Not authorized"
+
+
+def test_an_unreadable_deny_file_refuses_every_did(tokens: TokenBroker) -> None:
+    did = new_did()
+    device, code = tokens.connect(did, tokens.token(did))
+    with device:
+        assert code == "Success"
+        tokens.deny_file.write_text("this is not a deny list\n")
+        assert device.disconnected.wait(5), "a device stayed on with a broken deny file"
+        peer, code = tokens.connect(did, tokens.token(did))
+        peer.close()
+        assert code == "Not authorized"
+    tokens.deny({})
+
+    def accepted() -> bool:
+        peer, code = tokens.connect(did, tokens.token(did))
+        peer.close()
+        return code == "Success"
+
+    wait_until(accepted, "a DID accepted again once the deny file is fixed")
+
+
+def test_the_broker_does_not_start_without_an_ed25519_key(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="not an Ed25519 public key"):
+        start(tmp_path / "k", b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n")
