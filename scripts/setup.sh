@@ -31,11 +31,13 @@ command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
 # libcoap's CoAP client: the tests' peer that nobody here wrote (coap-client-notls).
 command -v coap-client-notls >/dev/null || apt_missing+=(libcoap3-bin)
 # The broker's didgw plugin (broker-plugin/) is compiled here against mosquitto's plugin
-# headers and OpenSSL (Ed25519): scripts/build-broker-plugin.sh.
+# headers, OpenSSL (reads the key) and libsodium (checks Ed25519 signatures):
+# scripts/build-broker-plugin.sh, run below.
 command -v cc >/dev/null || apt_missing+=(gcc libc6-dev)
 [[ -f /usr/include/mosquitto_plugin.h ]] || apt_missing+=(mosquitto-dev)
 [[ -f /usr/include/mosquitto.h ]] || apt_missing+=(libmosquitto-dev)
 [[ -f /usr/include/openssl/evp.h ]] || apt_missing+=(libssl-dev)
+[[ -f /usr/include/sodium.h ]] || apt_missing+=(libsodium-dev)
 # node and npm install anvil, the local ledger of the demo and the tests.
 command -v node >/dev/null || apt_missing+=(nodejs)
 command -v npm >/dev/null || apt_missing+=(npm)

@@ -1,0 +1,375 @@
+"""mosquitto's didgw plugin: token connections per second, and what they cost the routing.
+
+    python bench/broker_tokens.py [--quick] [--clients N] [--accept N] [--deny N]
+
+A private mosquitto 2.0 with the didgw plugin before dynamic security (gateway/ops/broker.py),
+driven over raw sockets (MQTT 3.1.1 packets written here: no client library, no thread per
+client, so that the load generator stays cheap):
+
+* ``connects_per_s``: ``--clients`` (2,000) devices connect to the accounts listener with
+  their tokens, 100 CONNECTs in flight at a time, and stay connected; the rate at which
+  CONNACKs come back (every one must accept). Tokens are minted beforehand
+  (``mint_per_s`` says what minting costs the gateway).
+* ``stall_ms_max``: while a stream of 1,000 messages/s runs through the broker (the
+  gateway's account publishing, another of its connections subscribed; each message
+  carries its send time, the stream runs in a process of its own), ``--accept`` (1,000)
+  more tokens are accepted (``stall_ms_accept``) and then ``--deny`` (100) connected DIDs
+  are listed in the deny file, which kicks them (``stall_ms_deny``); each is the longest
+  delivery latency of the stream from 0.2 s before the action to 0.5 s after it. To
+  compare: the same stream while nothing happens (``stall_ms_idle``), while as many
+  anonymous clients connect the same way (``stall_ms_same_connects_anonymous``: what the
+  connections cost mosquitto without any token), and while dynamic security, holding
+  ``--dynsec-accounts`` (1,000) accounts, creates and deletes 20 accounts the way the
+  gateway does today (``stall_ms_dynsec``). The phases run in alternation, twice.
+  ``--window``: CONNECTs in flight at once (100): mosquitto handles every connection that
+  is ready in one pass of its loop, so a burst of N token checks delays routing by N
+  signature verifications.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: take this folder off
+# the path before anything imports http.client.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
+import argparse
+import functools
+import json
+import multiprocessing
+import secrets
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.auth import broker_tokens as bt
+from gateway.ops.broker import PrivateBroker
+from gateway.transports.dynsec import DynsecAdmin
+
+PREFIX = "didgw"
+STREAM = f"{PREFIX}/bench/stream"
+
+
+# -- MQTT 3.1.1 packets ---------------------------------------------------------------
+
+
+def _string(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    length, encoded = len(body), bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        encoded.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes([kind]) + bytes(encoded) + body
+
+
+def connect_packet(client_id: str, username: str, password: str) -> bytes:
+    """A CONNECT with a username and password; anonymous with an empty username."""
+    flags = 0xC2 if username else 0x02
+    header = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", 60)
+    login = _string(username) + _string(password) if username else b""
+    return _packet(0x10, header + _string(client_id) + login)
+
+
+def subscribe_packet(topic: str) -> bytes:
+    return _packet(0x82, struct.pack("!H", 1) + _string(topic) + b"\x00")
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    return _packet(0x30, _string(topic) + payload)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    kind = recv_exact(sock, 1)[0]
+    length, shift = 0, 0
+    while True:
+        byte = recv_exact(sock, 1)[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return kind, recv_exact(sock, length)
+
+
+def open_client(host: str, port: int, username: str, password: str) -> socket.socket:
+    sock = socket.create_connection((host, port))
+    sock.sendall(connect_packet(f"didgw-bench-{secrets.token_hex(8)}", username, password))
+    kind, body = read_packet(sock)
+    assert kind == 0x20 and body[1] == 0, f"refused: {body!r}"
+    return sock
+
+
+# -- token connections --------------------------------------------------------------------
+
+
+def connect_many(
+    host: str, port: int, creds: list[tuple[str, str]], window: int = 100
+) -> tuple[list[socket.socket], float]:
+    """Connect every (did, token), ``window`` CONNECTs in flight; all must be accepted."""
+    socks: list[socket.socket] = []
+    start = time.perf_counter()
+    for i in range(0, len(creds), window):
+        batch = []
+        for did, token in creds[i : i + window]:
+            sock = socket.create_connection((host, port))
+            sock.sendall(connect_packet(f"didgw-b{secrets.token_hex(6)}", did, token))
+            batch.append(sock)
+        for sock in batch:
+            kind, body = read_packet(sock)
+            assert kind == 0x20 and body[1] == 0, f"token refused: {body!r}"
+        socks.extend(batch)
+    return socks, time.perf_counter() - start
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+class Stream:
+    """1,000 messages/s from one gateway connection to another; records each latency."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        self.sub = open_client(host, port, username, password)
+        self.sub.sendall(subscribe_packet(STREAM))
+        kind, _ = read_packet(self.sub)
+        assert kind == 0x90
+        self.pub = open_client(host, port, username, password)
+        self.latencies: list[tuple[int, float]] = []  # (sent ns, latency ms)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._recv)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.pub.close()
+        self._threads[0].join()
+        self.sub.close()
+        self._threads[1].join()
+
+    def _send(self) -> None:
+        next_at = time.perf_counter()
+        while not self._stop.is_set():
+            self.pub.sendall(publish_packet(STREAM, struct.pack("!q", time.monotonic_ns())))
+            next_at += 0.001
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    def _recv(self) -> None:
+        try:
+            while True:
+                kind, body = read_packet(self.sub)
+                if kind >> 4 == 3:
+                    (sent,) = struct.unpack("!q", body[-8:])
+                    self.latencies.append((sent, (time.monotonic_ns() - sent) / 1e6))
+        except (ConnectionError, OSError):
+            return
+
+
+def run_stream(host: str, port: int, username: str, password: str, conn: Connection) -> None:
+    """The stream in a process of its own (the load generator's GIL must not be measured):
+    runs until told to stop, then sends back every (sent ns, latency ms)."""
+    stream = Stream(host, port, username, password)
+    stream.start()
+    conn.send("ready")
+    conn.recv()
+    stream.stop()
+    conn.send(stream.latencies)
+
+
+def worst_between(latencies: list[tuple[int, float]], start_ns: int, end_ns: int) -> float:
+    window = [lat for sent, lat in latencies if start_ns <= sent <= end_ns]
+    return max(window) if window else float("nan")
+
+
+class Bench:
+    """One broker with the plugin; the phases of the measurement are its methods."""
+
+    def __init__(self, root: Path, args: argparse.Namespace) -> None:
+        self.args = args
+        self.key = Ed25519PrivateKey.generate()
+        public, self.deny_file = root / "token.pub", root / "deny"
+        public.write_bytes(bt.public_pem(self.key.public_key()))
+        self.deny_file.write_text("")
+        self.broker = PrivateBroker(root / "mosquitto", token_plugin=(public, self.deny_file))
+        self.socks: list[socket.socket] = []
+        self.windows: dict[str, list[tuple[int, int]]] = {}
+
+    def creds(self, n: int) -> list[tuple[str, str]]:
+        now, out = int(time.time()), []
+        for _ in range(n):
+            did = f"did:example:{secrets.token_hex(8)}"
+            token = bt.mint(
+                self.key,
+                sub=did,
+                kind="device",
+                prefix=PREFIX,
+                now=now,
+                lifetime=3600,
+                random_bytes=secrets.token_bytes(16),
+            )
+            out.append((did, token))
+        return out
+
+    def fill_dynsec(self, admin: DynsecAdmin) -> None:
+        """Dynamic security with the accounts of a fleet: its file, which it rewrites on
+        every change, holds that many."""
+        total = self.args.dynsec_accounts
+        for i in range(0, total, 100):
+            admin.execute(
+                [
+                    {
+                        "command": "createClient",
+                        "username": f"fleet-{j}",
+                        "password": secrets.token_urlsafe(16),
+                    }
+                    for j in range(i, min(i + 100, total))
+                ]
+            )
+
+    def window(self, name: str, action: Callable[[], object]) -> None:
+        """Run ``action()``; its window runs from 0.2 s before to 0.5 s after it."""
+        start = time.monotonic_ns()
+        time.sleep(0.2)
+        action()
+        time.sleep(0.5)
+        self.windows.setdefault(name, []).append((start, time.monotonic_ns()))
+
+    def accept(self, arrivals: list[tuple[str, str]]) -> None:
+        more, _ = connect_many(
+            self.broker.host, self.broker.accounts_port, arrivals, window=self.args.window
+        )
+        self.socks.extend(more)
+
+    def anonymous(self, n: int) -> None:
+        crowd = [("", "")] * n
+        more, _ = connect_many(self.broker.host, self.broker.port, crowd, window=self.args.window)
+        for sock in more:
+            sock.close()
+
+    def revoke(self, dids: list[str]) -> None:
+        until = int(time.time()) + 3600
+        new = self.deny_file.with_suffix(".new")
+        new.write_text(bt.deny_file_text(dict.fromkeys(dids, until)))
+        os.replace(new, self.deny_file)
+        time.sleep(0.3)  # the kicks happen at the broker's next tick
+
+    def dynsec_changes(self, admin: DynsecAdmin) -> None:
+        """What the gateway does today per session: an account created, later deleted."""
+        names = [f"bench-{secrets.token_hex(6)}" for _ in range(20)]
+        for name in names:
+            password = secrets.token_urlsafe(16)
+            admin.execute([{"command": "createClient", "username": name, "password": password}])
+        for name in names:
+            admin.execute([{"command": "deleteClient", "username": name}])
+
+    def run(self) -> dict[str, object]:
+        args, broker = self.args, self.broker
+        broker.setup()
+        # paho's loop uses select(), which takes no file descriptor above 1,023: the
+        # dynamic-security client connects before the fleet's sockets are open.
+        with broker.admin() as admin:
+            self.fill_dynsec(admin)
+            started = time.perf_counter()
+            fleet = self.creds(args.clients)
+            mint_per_s = args.clients / (time.perf_counter() - started)
+            self.socks, took = connect_many(
+                broker.host, broker.accounts_port, fleet, window=args.window
+            )
+            ours, theirs = multiprocessing.Pipe()
+            streamer = multiprocessing.get_context("fork").Process(
+                target=run_stream,
+                args=(broker.host, broker.port, broker.gateway_username, broker.gateway_password),
+                kwargs={"conn": theirs},
+            )
+            streamer.start()
+            assert ours.recv() == "ready"
+            time.sleep(0.5)
+            for round_ in range(2):
+                arrivals = self.creds(args.accept)  # minted before the window
+                denied = [did for did, _ in fleet[round_ * args.deny :][: args.deny]]
+                self.window("idle", lambda: time.sleep(1.0))
+                self.window("accept", functools.partial(self.accept, arrivals))
+                self.window("anonymous", lambda: self.anonymous(args.accept))
+                self.window("deny", functools.partial(self.revoke, denied))
+                self.window("dynsec", lambda: self.dynsec_changes(admin))
+            ours.send("stop")
+            latencies = ours.recv()
+            streamer.join()
+        for sock in self.socks:
+            sock.close()
+
+        def worst(name: str) -> list[float]:
+            return [round(worst_between(latencies, a, b), 1) for a, b in self.windows[name]]
+
+        return {
+            "clients": args.clients,
+            "mint_per_s": round(mint_per_s),
+            "connects_per_s": round(args.clients / took),
+            "connect_window": args.window,
+            "accepted_during_stream": args.accept,
+            "denied_during_stream": args.deny,
+            "dynsec_accounts": args.dynsec_accounts,
+            "stall_ms_idle": worst("idle"),
+            "stall_ms_accept": worst("accept"),
+            "stall_ms_same_connects_anonymous": worst("anonymous"),
+            "stall_ms_deny": worst("deny"),
+            "stall_ms_dynsec": worst("dynsec"),
+            "stall_ms_max": max(worst("accept") + worst("deny")),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--accept", type=int, default=1000)
+    parser.add_argument("--deny", type=int, default=100)
+    parser.add_argument("--window", type=int, default=100, help="CONNECTs in flight")
+    parser.add_argument("--dynsec-accounts", type=int, default=1000)
+    args = parser.parse_args()
+    if args.quick:
+        args.clients, args.accept = min(args.clients, 500), min(args.accept, 300)
+        args.dynsec_accounts = min(args.dynsec_accounts, 100)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp), args)
+        try:
+            result = bench.run()
+        finally:
+            bench.broker.stop()
+    result["load_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
