@@ -82,6 +82,8 @@ CLIENT_ID_PREFIX = "didgw-"
 # unknown_device and not_active answer this device's own signed response (gateways before
 # that answered a hello with them); no forger can cause them, so they end an attempt at once.
 HELLO_REFUSALS = frozenset({"unknown_device", "not_active", "rate_limited", "unavailable"})
+#: Refusals a later try may pass: the device waits what the gateway said, plus jitter.
+TRY_LATER = frozenset({"rate_limited", "unavailable"})
 REGISTRY_REFUSALS = frozenset({"unknown_device", "not_active"})
 REFUSAL_GRACE = 2.0  # seconds a grant may still follow a refusal after our response
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -98,11 +100,13 @@ class AuthError(DeviceError):
 
 
 class AuthRefused(AuthError):
-    """The gateway answered ``refused``; :attr:`reason` is its reason word."""
+    """The gateway answered ``refused``; :attr:`reason` is its reason word, and
+    :attr:`retry_after` (seconds, or None) when it said to come back later."""
 
-    def __init__(self, reason: str, did: str) -> None:
+    def __init__(self, reason: str, did: str, retry_after: float | None = None) -> None:
         self.reason = reason
         self.did = did
+        self.retry_after = retry_after
         hint = {
             "unknown_device": (
                 f"; register it first: didgw device register {did} --name NAME --kind sensor"
@@ -116,6 +120,14 @@ class AuthRefused(AuthError):
 
 class ConnectRefused(DeviceError):
     """The broker refused the CONNECT (bad credentials, expired or deleted account)."""
+
+
+def _retry_after(message: dict[str, Any]) -> float | None:
+    """A refusal's ``retry_after`` (ms) in seconds, when it is a sane number."""
+    value = message.get("retry_after")
+    if type(value) is not int or not 0 <= value <= 3_600_000:
+        return None
+    return value / 1000
 
 
 # --------------------------------------------------------------------------- encodings
@@ -1095,7 +1107,7 @@ class Device:
             if kind == "refused" and message is not None:
                 reason = str(message.get("reason"))
                 if reason in (REGISTRY_REFUSALS if what == "grant" else HELLO_REFUSALS):
-                    raise AuthRefused(reason, self.did)
+                    raise AuthRefused(reason, self.did, _retry_after(message))
                 if what == "grant":
                     refusal = reason
                     refusal_until = min(deadline, now + REFUSAL_GRACE)
@@ -1303,8 +1315,11 @@ class Device:
         """
         try:
             self.open(timeout)
-        except AuthRefused:
-            raise
+        except AuthRefused as exc:
+            if not (retry and exc.reason in TRY_LATER):
+                raise
+            self._retry_at = self._clock() + self._delay(exc)
+            self._log(f"{exc}; will keep trying")
         except (DeviceError, OSError, TimeoutError) as exc:
             if not retry:
                 raise
@@ -1380,12 +1395,23 @@ class Device:
         except (DeviceError, OSError, TimeoutError) as exc:
             if self._stopped:
                 return
-            delay = self._backoff * (1 + secrets.randbelow(25) / 100)
-            self._backoff = min(self._backoff * 2, 30.0)
+            delay = self._delay(exc)
             self._retry_at = self._clock() + delay
             if self.connected:  # a renewal failed: the current account still works a while
                 self._renew_at = self._retry_at
             self._log(f"{exc}; retrying in {delay:.1f} s")
+
+    def _delay(self, exc: BaseException) -> float:
+        """How long to wait before the next try: the backoff (doubling up to 30 s), or, when
+        the gateway said when to come back, that; plus up to a quarter (backoff) or a half
+        (the gateway's word) more at random, so that a building coming back at once spreads
+        its retries."""
+        said = exc.retry_after if isinstance(exc, AuthRefused) else None
+        if said is not None:
+            return said * (1 + secrets.randbelow(50) / 100)
+        delay = self._backoff * (1 + secrets.randbelow(25) / 100)
+        self._backoff = min(self._backoff * 2, 30.0)
+        return delay
 
     def stop(self) -> None:
         """Stop supervising and disconnect; queued readings stay on disk for the next run."""

@@ -181,6 +181,10 @@ class AnchorQueue:
     def get(self, anchor_id: int) -> Anchor | None:
         return self._one("id = ?", [anchor_id])
 
+    def of_size(self, size: int) -> Anchor | None:
+        """The anchor of the tree of ``size`` entries (the newest, if it was queued again)."""
+        return self._one("size = ? ORDER BY id DESC", [size])
+
     def last(self) -> Anchor | None:
         """The newest checkpoint taken for anchoring, whatever its state."""
         return self._one("1 ORDER BY size DESC", [])

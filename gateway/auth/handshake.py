@@ -49,12 +49,18 @@ are never dropped, so a flood cannot evict a login in progress, and people the g
 knows still get challenges while strangers flood. (While the strangers' pool is full,
 a hello for an unknown DID is refused where a known one's is not: a prober who keeps
 that pool full can tell them apart, and the flood shows in the counts and the log.)
+
+A ``rate_limited`` refusal says when to come back (``retry_after_ms``): for a DID with
+all its challenges out, the nonces' lifetime; for a full pool, its outstanding challenges
+at the rate grants were made over the last second (at least :data:`MIN_RETRY_MS`, at most
+the nonces' lifetime). Devices add jitter, so a building that comes back at once spreads
+its retries over the time the gateway needs for them.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -121,6 +127,9 @@ class _Nonces:
     def full(self, known: bool) -> bool:
         return self._per_pool[known] >= self._max[known]
 
+    def in_pool(self, known: bool) -> int:
+        return self._per_pool[known]
+
     def issue(self, nonce: bytes, pending: _Pending) -> None:
         if self.full(pending.known):
             raise RuntimeError("a nonce issued into a full pool")  # challenge() checks first
@@ -169,6 +178,12 @@ class Claim(Protocol):
 
 T = TypeVar("T")
 
+#: The grants that tell the rate a full pool drains at: those of the last second, at most
+#: the last :data:`RATE_SAMPLES`; a refusal never asks for less than :data:`MIN_RETRY_MS`.
+RATE_WINDOW_MS = 1000
+RATE_SAMPLES = 4096
+MIN_RETRY_MS = 250
+
 
 class Handshake:
     """The challenge-response core (see the module docstring). An adapter calls
@@ -203,6 +218,7 @@ class Handshake:
         self._per_did = max_pending_per_did
         self._nonces = _Nonces(max_pending, max_pending_strangers)
         self._outcomes: Counter[str] = Counter()
+        self._answered: deque[int] = deque(maxlen=RATE_SAMPLES)  # when grants were made
         #: the refusal behind the last answer (its ``detail`` is for the log), else None
         self.last_refusal: AuthRefused | None = None
         #: where refusals a device earned (signature verified) are noted for the console
@@ -241,11 +257,19 @@ class Handshake:
         self.last_refusal = None
         self._nonces.expire(now_ms)
         if self._nonces.outstanding(did) >= self._per_did:
-            raise AuthRefused("rate_limited", f"{did} has {self._per_did} challenges outstanding")
+            raise AuthRefused(
+                "rate_limited",
+                f"{did} has {self._per_did} challenges outstanding",
+                retry_after_ms=self._nonce_ttl,
+            )
         known = self._known(did)
         if self._nonces.full(known):
             whose = "DIDs the gateway knows" if known else "DIDs the gateway does not know"
-            raise AuthRefused("rate_limited", f"the challenges for {whose} are all outstanding")
+            raise AuthRefused(
+                "rate_limited",
+                f"the challenges for {whose} are all outstanding",
+                retry_after_ms=self._pool_wait(known, now_ms),
+            )
         nonce = self.random(NONCE_BYTES)
         if len(nonce) != NONCE_BYTES or self._nonces.get(nonce) is not None:
             raise ValueError("random_bytes gave a short or repeated nonce")
@@ -282,7 +306,18 @@ class Handshake:
             raise
         self._nonces.advance(claim.nonce, Event.GRANTED)
         self._outcomes["grant"] += 1
+        self._answered.append(now_ms)
         return result
+
+    def _pool_wait(self, known: bool, now_ms: int) -> int:
+        """How long until a full pool is likely to have room: its outstanding challenges at
+        the rate responses were granted lately (the last :data:`RATE_WINDOW`), between
+        :data:`MIN_RETRY_MS` and the nonces' lifetime (by then each has expired)."""
+        recent = [t for t in self._answered if t > now_ms - RATE_WINDOW_MS]
+        rate = len(recent) * 1000 / RATE_WINDOW_MS  # grants per second
+        outstanding = self._nonces.in_pool(known)
+        wait = self._nonce_ttl if rate <= 0 else int(outstanding * 1000 / rate)
+        return max(MIN_RETRY_MS, min(wait, self._nonce_ttl))
 
     def count(self, refusal: AuthRefused) -> None:
         """Count a refusal (by reason) and remember it for the log."""

@@ -54,10 +54,26 @@ class Grant:
     acks_topic: str
 
 
+#: When a device whose broker account could not be made may try again.
+UNAVAILABLE_RETRY_MS = 5_000
+
+
+def refuse_unavailable(core: Handshake, topic: str) -> Outgoing:
+    """The answer instead of a grant when the broker account could not be made: counted as
+    ``unavailable`` (the grant itself was already counted when it was made)."""
+    refusal = AuthRefused(
+        "unavailable", "broker account not created", retry_after_ms=UNAVAILABLE_RETRY_MS
+    )
+    core.count(refusal)
+    return Outgoing(topic, Refusal(refusal.reason, refusal.retry_after_ms).encode())
+
+
 def refuse(core: Handshake, topic: str | None, refusal: AuthRefused) -> Outgoing | None:
     """Count ``refusal`` and address it to ``topic`` (None: nobody to answer)."""
     core.count(refusal)
-    return None if topic is None else Outgoing(topic, Refusal(refusal.reason).encode())
+    if topic is None:
+        return None
+    return Outgoing(topic, Refusal(refusal.reason, refusal.retry_after_ms).encode())
 
 
 class Authenticator:
@@ -121,9 +137,7 @@ class Authenticator:
 
         Counted as ``unavailable``; the grant itself was already counted when it was made.
         """
-        refusal = AuthRefused("unavailable", "broker account not created")
-        self.core.count(refusal)
-        return Outgoing(grant.reply_topic, Refusal(refusal.reason).encode())
+        return refuse_unavailable(self.core, grant.reply_topic)
 
     def _grant(self, response: ResponsePayload, now_ms: int) -> tuple[Outgoing, Grant]:
         did = response.device

@@ -60,12 +60,16 @@ def _encode(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _parse(data: bytes, kind: str, names: frozenset[str]) -> tuple[dict[str, Any], str | None]:
+def _parse(
+    data: bytes, kind: str, names: frozenset[str], *, optional: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], str | None]:
+    """``data`` as a message of ``kind`` with exactly ``names`` (those in ``optional`` may
+    be left out)."""
     obj = json_object(data, kind)
     reply = reply_of(obj)
     try:
         check_type(obj, kind, kind)
-        exact_members(obj, names, kind)
+        exact_members(obj, names - (optional - obj.keys()), kind)
     except AuthRefused as exc:
         raise AuthRefused(exc.reason, exc.detail, reply=reply) from None
     return obj, reply
@@ -219,22 +223,32 @@ class GrantPayload:
 
 @dataclass(frozen=True)
 class Refusal:
-    """Gateway → ``<prefix>/auth/res/<reply>``, instead of a challenge or a grant."""
+    """Gateway → ``<prefix>/auth/res/<reply>``, instead of a challenge or a grant.
+
+    ``retry_after`` (ms, only for refusals that a later try may pass: ``rate_limited``,
+    ``unavailable``) says when to try again; a device adds jitter to it."""
 
     reason: str
+    retry_after: int | None = None
 
-    MEMBERS = frozenset({"type", "reason"})
+    MEMBERS = frozenset({"type", "reason", "retry_after"})
 
     def encode(self) -> bytes:
-        return _encode({"type": "refused", "reason": self.reason})
+        body: dict[str, object] = {"type": "refused", "reason": self.reason}
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return _encode(body)
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
         """Devices accept any well-formed reason: later gateways may add some."""
-        obj, _ = _parse(data, "refused", cls.MEMBERS)
+        obj, _ = _parse(data, "refused", cls.MEMBERS, optional=frozenset({"retry_after"}))
         if not isinstance(obj["reason"], str) or not _REASON.fullmatch(obj["reason"]):
             raise malformed("refused reason must be a lower-case word")
-        return cls(obj["reason"])
+        retry = obj.get("retry_after")
+        if retry is not None and (type(retry) is not int or not 0 <= retry <= 3_600_000):
+            raise malformed("retry_after must be milliseconds, 0 to an hour")
+        return cls(obj["reason"], retry)
 
 
 # -- topics (the rest of the layout is in gateway.auth.broker) ----------------

@@ -70,13 +70,22 @@ class AuthRefused(DidgwError):
 
     code = "auth_refused"
 
-    def __init__(self, reason: str, detail: str = "", *, reply: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        *,
+        reply: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown refusal reason {reason!r}")
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.reply = reply
+        #: when a refusal for being busy may be tried again (ms from now); None otherwise
+        self.retry_after_ms = retry_after_ms
 
 
 def malformed(detail: str) -> AuthRefused:

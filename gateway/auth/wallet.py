@@ -30,13 +30,12 @@ from typing import Any
 
 from gateway.auth.broker import check_prefix, person_requests_topic, person_responses_topic
 from gateway.auth.handshake import Handshake
-from gateway.auth.mqtt_auth import Outgoing, refuse
+from gateway.auth.mqtt_auth import Outgoing, refuse, refuse_unavailable
 from gateway.auth.mqtt_messages import (
     EPK_BYTES,
     GRANT_TYP,
     NONCE_BYTES,
     Hello,
-    Refusal,
     check_reply,
     reply_of,
     reply_topic,
@@ -192,9 +191,7 @@ class WalletAuthenticator:
             return self._refuse(message.reply, exc), None
 
     def refuse_unavailable(self, grant: PersonGrant) -> Outgoing:
-        refusal = AuthRefused("unavailable", "broker account not created")
-        self.core.count(refusal)
-        return Outgoing(grant.reply_topic, Refusal(refusal.reason).encode())
+        return refuse_unavailable(self.core, grant.reply_topic)
 
     def _hello(self, payload: bytes, now_ms: int) -> Outgoing | None:
         try:

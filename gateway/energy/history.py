@@ -103,6 +103,25 @@ def household_meters(db: Database, household: str) -> list[str]:
     return [m.did for m in meters(db, household)]
 
 
+def readings(
+    db: Database, household: str, *, before_ms: int | None, limit: int
+) -> list[dict[str, int | str]]:
+    """The household's meters' readings one by one, newest first, older than ``before_ms``:
+    time, meter, the import and export registers (Wh), export power (W) and the record
+    entry (whose receipt proves the reading)."""
+    meter_dids = household_meters(db, household)
+    if not meter_dids:
+        return []
+    marks = ",".join("?" * len(meter_dids))
+    rows = db.execute(
+        "SELECT meter, ts, import_wh, export_wh, power_export_w, entry FROM meter_readings "  # noqa: S608
+        f"WHERE meter IN ({marks}) AND ts < ? ORDER BY ts DESC, seq DESC LIMIT ?",
+        [*meter_dids, before_ms if before_ms is not None else 2**62, limit],
+    ).fetchall()
+    keys = ("meter", "ts", "import_wh", "export_wh", "power_export_w", "entry")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
 def registers_at(db: Database, meter: str, t_ms: int) -> tuple[int, int] | None:
     """(import Wh, export Wh) of ``meter`` at its last reading before ``t_ms``, else at its
     first reading; None when it has none."""

@@ -30,8 +30,8 @@ def test_the_pages_have_no_serious_accessibility_violations(
             page.goto(front_door.url + path)
             problems[f"{name} {path}"] = accessibility_problems(page)
         person.sign_in_browser(page)
-        signed_in = ("/", "/passkeys", "/energy", "/market", "/my-data", "/proof")
-        for path in (*signed_in, "/proof/receipt/0"):
+        signed_in = ("/", "/passkeys", "/energy", "/energy/readings", "/market", "/my-data")
+        for path in (*signed_in, "/proof", "/proof/receipt/0"):
             page.goto(front_door.url + path)
             problems[f"{name} {path} signed in"] = accessibility_problems(page)
         page.context.close()

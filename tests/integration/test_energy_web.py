@@ -262,3 +262,43 @@ def test_live_figures_arrive_as_readings_do_and_a_revocation_ends_the_stream(
     ).fetchall()
     print(f"the stream ended {end_s * 1000 - revoked_ms:.0f} ms after the revocation")
     assert get(energy_door, f"/api/energy/now?household={home}", token).status_code == 401
+
+
+def test_every_reading_is_listed_with_its_receipt_newest_first_in_pages(
+    didgw: Run, front_door: GatewayProcess, tmp_path: Path
+) -> None:
+    """/energy/readings and /api/energy/readings: her meter's readings one by one, newest
+    first, a hundred a page, each naming its record entry (the receipt link); another
+    household's are refused."""
+    energy_door = priced(front_door)
+    alice, home, meter = household_member(didgw, energy_door, "alice", tmp_path / "ttyA")
+    _, bobs_home, _ = household_member(didgw, energy_door, "bob", tmp_path / "ttyB")
+    readings = record_readings(energy_door.state, meter, datetime.now(TZ))
+    energy_door.start(env={"TZ": ZONE})
+    token, _ = alice.sign_in_http()
+    seen: list[dict[str, int]] = []
+    before = ""
+    while True:
+        page = get(energy_door, f"/api/energy/readings?household={home}{before}", token).json()
+        seen += page["readings"]
+        if page["next_before"] is None:
+            break
+        assert len(page["readings"]) == 100
+        before = f"&before={page['next_before']}"
+    assert [(r["ts"], r["import_wh"], r["export_wh"]) for r in seen] == readings[::-1]
+    entries = {
+        seq: did
+        for seq, did in connect(energy_door.state / "didgw.db").execute(
+            "SELECT e.seq, a.did FROM chain_entries e JOIN chain_actors a ON a.id = e.actor"
+        )
+    }
+    assert all(entries[r["entry"]] == meter for r in seen)
+    html = get(energy_door, f"/energy/readings?household={home}", token).text
+    newest = seen[0]
+    assert f'href="/proof/receipt/{newest["entry"]}"' in html
+    assert f"in {newest['import_wh'] / 1000:.3f} kWh" in html
+    assert 'rel="next"' in html and "before=" in html
+    assert get(energy_door, f"/energy/readings?household={bobs_home}", token).status_code == 403
+    other = get(energy_door, f"/api/energy/readings?household={bobs_home}", token)
+    assert other.status_code == 403
+    assert get(energy_door, f"/api/energy/readings?household={home}", None).status_code == 401

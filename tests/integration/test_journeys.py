@@ -41,6 +41,7 @@ from support import Run, wait_until
 
 from gateway.anchor.queue import AnchorQueue
 from gateway.chain.store import ChainStore
+from gateway.chain.verify import ProofError, verify_consistency
 from gateway.db import connect
 from gateway.identity import offline_resolver, verify_jws
 from gateway.identity.keystore import generate_key
@@ -340,6 +341,47 @@ def test_a_household_signs_in_watches_her_meter_checks_a_receipt_and_is_erased(
 # -- the facility manager ----------------------------------------------------------------
 
 
+def check_the_record(didgw: Run, site: Site, page: Any, tmp_path: Path) -> None:
+    """The Record page's anchors: an older anchor's checkpoint checks an export of the
+    record (``didgw chain verify``), and its consistency proof to the newest confirmed
+    anchor checks with the stand-alone RFC 9162 verifier."""
+    db = connect(site.state / "didgw.db")
+    try:
+        queue = AnchorQueue(db)
+        wait_until(
+            lambda: len([a for a in queue.recent(50) if a.state == "confirmed"]) >= 2,
+            "two anchors confirmed", 20,
+        )  # fmt: skip
+    finally:
+        db.close()
+    page.goto(site.url + "/console/record")
+    shoot(page, "manager-7-record")
+    proofs = page.locator("a[href$='/consistency.json']")
+    href = proofs.first.get_attribute("href")
+    size = int(href.split("/")[3])
+    with page.expect_download() as got:
+        page.locator(f"a[href='/console/anchors/{size}/checkpoint.txt']").click()
+    checkpoint = tmp_path / "checkpoint.txt"
+    got.value.save_as(checkpoint)
+    export = tmp_path / "record.jsonl"
+    state = ("--state-dir", str(site.state))
+    assert didgw("chain", "export", "-o", str(export), *state).returncode == 0
+    verified = didgw(
+        "chain", "verify", "--export", str(export), "--checkpoint", str(checkpoint), *state
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"the first {size} match the checkpoint" in verified.stdout
+    with page.expect_download() as got:
+        proofs.first.click()
+    proof = json.loads(Path(got.value.path()).read_text())
+    assert proof["first"] == size and proof["second"] > size
+    path = [bytes.fromhex(h) for h in proof["path"]]
+    first, second = bytes.fromhex(proof["first_root"]), bytes.fromhex(proof["second_root"])
+    verify_consistency(proof["first"], proof["second"], path, first, second)
+    with pytest.raises(ProofError):
+        verify_consistency(proof["first"], proof["second"], path, bytes(32), second)
+
+
 def test_a_facility_manager_imports_devices_suspends_one_and_the_broker_refuses_it(
     didgw: Run, site: Site, mosquitto: Mosquitto, browser: Browser, tmp_path: Path
 ) -> None:
@@ -401,6 +443,7 @@ def test_a_facility_manager_imports_devices_suspends_one_and_the_broker_refuses_
         rows = page.locator("tbody tr")
         assert rows.count() == 1 and "not_active" in rows.first.inner_text()
         shoot(page, "manager-6-refused-row")
+        check_the_record(didgw, site, page, tmp_path)
     finally:
         meter.stop()
         page.context.close()

@@ -23,6 +23,7 @@ from gateway.auth.mqtt_messages import (
     Refusal,
     ResponsePayload,
 )
+from gateway.auth.strict import AuthRefused
 from gateway.errors import ConfigError
 from gateway.identity import offline_resolver, sign_jws, verify_jws
 from gateway.identity.did_key import ed25519_multikey
@@ -441,6 +442,47 @@ def test_a_full_pool_refuses_new_hellos_and_evicts_nothing() -> None:
     assert world.auth.on_response(world.b.respond(second), NOW)[1] is not None
     world.challenge(c)
     world.challenge(strangers[2], now=NOW + 30_000)  # expired ones free places too
+
+
+def retry_after(out: Outgoing | None) -> int | None:
+    assert out is not None
+    return Refusal.decode(out.payload).retry_after
+
+
+def test_a_rate_limited_refusal_says_when_to_come_back() -> None:
+    """A DID with all its challenges out waits their lifetime; a full pool, its outstanding
+    challenges at the rate grants were made in the last second (250 ms to 30 s)."""
+    world = make_world(max_pending=4, max_pending_strangers=1)
+    devices = [Device() for _ in range(12)]
+    for d in devices:
+        world.registry[d.did] = Status.ACTIVE
+    for _ in range(4):
+        world.challenge(world.a)
+    assert retry_after(world.auth.on_hello(world.a.hello(), NOW)) == 30_000
+    world = make_world(max_pending=4, max_pending_strangers=1)
+    for d in devices:
+        world.registry[d.did] = Status.ACTIVE
+    # no grant yet: nothing says how fast the pool drains, so the nonces' lifetime
+    out = [world.challenge(d) for d in devices[:4]]
+    assert retry_after(world.auth.on_hello(devices[4].hello(), NOW)) == 30_000
+    # 4 granted within the last second, 4 outstanding: a second
+    for d, challenge in zip(devices[:4], out, strict=True):
+        assert world.auth.on_response(d.respond(challenge), NOW + 100)[1] is not None
+    for d in devices[4:8]:
+        world.challenge(d, now=NOW + 200)
+    assert retry_after(world.auth.on_hello(devices[8].hello(), NOW + 300)) == 1000
+    # the grants are older than a second: back to the lifetime
+    assert retry_after(world.auth.on_hello(devices[8].hello(), NOW + 1200)) == 30_000
+
+
+def test_a_refusal_with_and_without_retry_after_decodes_strictly() -> None:
+    assert Refusal.decode(Refusal("rate_limited", 1500).encode()) == Refusal("rate_limited", 1500)
+    assert Refusal.decode(b'{"type":"refused","reason":"malformed"}').retry_after is None
+    for bad in (b'"x"', b"-1", b"1.5", b"3600001", b"true"):
+        with pytest.raises(AuthRefused):
+            Refusal.decode(b'{"type":"refused","reason":"rate_limited","retry_after":' + bad + b"}")
+    with pytest.raises(AuthRefused):
+        Refusal.decode(b'{"type":"refused","reason":"rate_limited","later":1}')
 
 
 def test_whose_pool_a_hello_goes_in_can_be_decided_by_the_caller() -> None:

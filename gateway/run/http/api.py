@@ -81,6 +81,9 @@ def _refusal(exc: DidgwError) -> ApiError:
 # -- parsing what callers send -------------------------------------------------------------
 
 
+MAX_ANCHORS = 500
+
+
 def _int(query: Mapping[str, str], name: str, *, low: int, high: int | None = None) -> int | None:
     text = query.get(name)
     if text is None or text == "":
@@ -254,6 +257,7 @@ class JsonApi:
             web.get("/api/chain/entries/{seq}", bound(JsonApi.chain_entry)),
             web.get("/api/chain/entries/{seq}/proof", bound(JsonApi.chain_proof)),
             web.get("/api/chain/consistency", bound(JsonApi.chain_consistency)),
+            web.get("/api/anchors", bound(JsonApi.anchors)),
             web.get("/api/anchors/status", bound(JsonApi.anchor_status)),
             web.get("/api/status", bound(JsonApi.status)),
         ]
@@ -403,6 +407,11 @@ class JsonApi:
         return _ok(await self.edge.desk(self.desk.consistency, first, second))
 
     # -- anchors and health
+
+    @guarded("anchors", change=False)
+    async def anchors(self, request: web.Request, _: Principal) -> web.StreamResponse:
+        limit = _int(request.query, "limit", low=1, high=MAX_ANCHORS) or 20
+        return _ok({"anchors": await self.edge.desk(self.desk.anchors, limit)})
 
     @guarded("anchors", change=False)
     async def anchor_status(self, request: web.Request, _: Principal) -> web.StreamResponse:

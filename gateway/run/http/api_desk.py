@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gateway.anchor.queue import AnchorQueue
+from gateway.anchor.queue import Anchor, AnchorQueue
 from gateway.anchor.status import anchor_status
 from gateway.auth import api_tokens
 from gateway.auth import person_requests as requests
@@ -240,6 +240,20 @@ class ApiDesk:
 
     # -- anchors and health --------------------------------------------------------------------
 
+    def anchors(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` anchors: size, state, root, the signed checkpoint, and where
+        on the ledger (``didgw anchor list`` with the checkpoints)."""
+        return [_anchor_json(a) for a in AnchorQueue(self.db).recent(limit)]
+
+    def confirmed_size(self) -> int | None:
+        """The size of the newest anchor confirmed on the ledger (None: none yet)."""
+        last = AnchorQueue(self.db).last_confirmed()
+        return None if last is None else last.size
+
+    def anchor_of_size(self, size: int) -> dict[str, Any] | None:
+        found = AnchorQueue(self.db).of_size(size)
+        return None if found is None else _anchor_json(found)
+
     def anchor_status(self) -> dict[str, Any]:
         """What ``didgw anchor status --offline --json`` shows (no ledger probe)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'ledger_binding'").fetchone()
@@ -296,6 +310,20 @@ def local_midnight_ms(now_ms: int) -> int:
 
     now = datetime.fromtimestamp(now_ms / 1000).astimezone()
     return int(now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
+
+
+def _anchor_json(a: Anchor) -> dict[str, Any]:
+    return {
+        "size": a.size,
+        "state": a.state,
+        "root": a.root.hex(),
+        "checkpoint": a.checkpoint,
+        "created": iso(a.created_ms / 1000),
+        "chain_id": a.chain_id,
+        "tx_hash": None if a.tx_hash is None else "0x" + a.tx_hash.hex(),
+        "block_number": a.block_number,
+        "confirmed": None if a.confirmed_ms is None else iso(a.confirmed_ms / 1000),
+    }
 
 
 def iso(ts: float | None) -> str | None:

@@ -41,6 +41,7 @@ from gateway.run.http.server import HttpEdge, Principal
 from gateway.run.http.sse import Stream, StreamBook
 
 PAGE_ENTRIES = 50
+RECENT_ANCHORS = 10  # the anchors the Record page lists
 CREDENTIAL_ACTIONS = ("suspend", "resume", "revoke")
 #: What a facility manager may offer from her console. A facility-manager (or vouch)
 #: credential stays with the operator (``didgw cred offer``): a stolen console session
@@ -118,6 +119,8 @@ class ConsoleAdmin:
             web.get("/console/record", self.record),
             web.get("/console/record/{seq}", self.entry),
             web.get("/console/record/{seq}/proof.json", self.proof),
+            web.get("/console/anchors/{size}/checkpoint.txt", self.checkpoint),
+            web.get("/console/anchors/{size}/consistency.json", self.consistency),
             web.get("/console/health", self.health),
             web.get("/console/health/live", self.live),
         ]
@@ -228,10 +231,12 @@ class ConsoleAdmin:
         if problem is not None:
             return render(
                 request, "console_record.html", status=400, title="Record", problem=problem,
-                entries=[], kinds=[], kind=kind, next_page=None, anchors=None,
+                entries=[], kinds=[], kind=kind, next_page=None, anchors=None, recent=[],
+                newest=None,
             )  # fmt: skip
         entries, kinds = await self.edge.desk(self.desk.newest, kind, before, PAGE_ENTRIES)
         anchors = await self.edge.desk(self.desk.anchor_status)
+        recent = await self.edge.desk(self.desk.anchors, RECENT_ANCHORS)
         next_page = None
         if len(entries) == PAGE_ENTRIES and entries[-1]["seq"] > 0:
             extra = f"&kind={kind}" if kind else ""
@@ -240,6 +245,8 @@ class ConsoleAdmin:
             request, "console_record.html", title="Record", problem=None,
             entries=[{**e, "when": _short(e["time"])} for e in entries], kinds=kinds,
             kind=kind, next_page=next_page, anchors=anchors,
+            recent=[{**a, "when": _short(a["confirmed"] or a["created"])} for a in recent],
+            newest=await self.edge.desk(self.desk.confirmed_size),
         )  # fmt: skip
 
     async def _entry(self, request: web.Request) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -277,6 +284,46 @@ class ConsoleAdmin:
             headers={
                 "Content-Disposition": f'attachment; filename="didgw-entry-{entry["seq"]}.json"'
             },
+        )
+
+    # -- the anchors' checkpoints and consistency proofs, to download
+
+    async def _anchor(self, request: web.Request) -> dict[str, Any] | None:
+        text = request.match_info["size"]
+        if not text.isdigit() or len(text) > 18:
+            return None
+        found: dict[str, Any] | None = await self.edge.desk(self.desk.anchor_of_size, int(text))
+        return found
+
+    async def checkpoint(self, request: web.Request) -> web.StreamResponse:
+        """The anchor's signed checkpoint, as ``didgw chain verify --checkpoint`` takes it."""
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        anchor = await self._anchor(request)
+        if anchor is None:
+            return web.json_response({"error": "not_found", "detail": "no such anchor"}, status=404)
+        return web.Response(
+            text=anchor["checkpoint"],
+            content_type="text/plain",
+            charset="utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="checkpoint-{anchor["size"]}.txt"'
+            },
+        )
+
+    async def consistency(self, request: web.Request) -> web.StreamResponse:
+        """The proof that the record at the anchor's size is a prefix of the record at the
+        newest confirmed anchor (RFC 9162, the same JSON as ``/api/chain/consistency``)."""
+        if not isinstance(found := _manager(request), Principal):
+            return found
+        anchor = await self._anchor(request)
+        newest = await self.edge.desk(self.desk.confirmed_size)
+        if anchor is None or newest is None or not 0 < anchor["size"] <= newest:
+            return web.json_response({"error": "not_found", "detail": "no such anchor"}, status=404)
+        proof = await self.edge.desk(self.desk.consistency, anchor["size"], newest)
+        name = f"consistency-{anchor['size']}-{newest}.json"
+        return web.json_response(
+            proof, headers={"Content-Disposition": f'attachment; filename="{name}"'}
         )
 
     # -- health

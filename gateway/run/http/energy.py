@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_STREAMS = 256
 MAX_DID = 512
+PAGE = 100  # readings a page of /energy/readings lists
 
 
 def local_zone(env: Mapping[str, str]) -> tzinfo:
@@ -140,6 +141,8 @@ class EnergyDoor:
             web.get("/energy/stream", self.stream),
             web.get("/api/energy/now", self.api_now),
             web.get("/api/energy/history", self.api_history),
+            web.get("/energy/readings", self.readings_page),
+            web.get("/api/energy/readings", self.api_readings),
         ]
 
     def links(self) -> dict[str, str]:
@@ -287,6 +290,63 @@ class EnergyDoor:
 
     def _today(self) -> date:
         return datetime.fromtimestamp(self.edge.now_ms() / 1000, self.tz).date()
+
+    # -- every reading, with its receipt
+
+    async def readings_page(self, request: web.Request) -> web.StreamResponse:
+        principal = HttpEdge.principal(request)
+        if principal is None or principal.session is None:
+            raise web.HTTPSeeOther("/login")
+        mine = self._households(principal)
+        household = request.query.get("household") or (mine[0] if mine else "")
+        if household not in mine:
+            return render(request, "energy_none.html", title="My readings", status=403)
+        before = _before(request.query)
+        found = await self.edge.desk(
+            lambda: energy.readings(self.desk.db, household, before_ms=before, limit=PAGE)
+        )
+        older = (
+            "/energy/readings?" + urlencode({"household": household, "before": found[-1]["ts"]})
+            if len(found) == PAGE
+            else None
+        )
+        shown = [
+            {
+                **r,
+                "when": datetime.fromtimestamp(int(r["ts"]) / 1000, self.tz).strftime(
+                    "%Y-%m-%d %H:%M:%S"
+                ),
+                "import_kwh": f"{int(r['import_wh']) / 1000:.3f}",
+                "export_kwh": f"{int(r['export_wh']) / 1000:.3f}",
+                "meter_short": str(r["meter"])[-10:],
+            }
+            for r in found
+        ]
+        return render(
+            request, "energy_readings.html", title="My readings", home=household,
+            households=mine, readings=shown, older=older,
+        )  # fmt: skip
+
+    async def api_readings(self, request: web.Request) -> web.Response:
+        household, refused = await self._api_household(request)
+        if refused is not None:
+            return refused
+        before = _before(request.query)
+        found = await self.edge.desk(
+            lambda: energy.readings(self.desk.db, household, before_ms=before, limit=PAGE)
+        )
+        return web.json_response(
+            {
+                "household": household,
+                "readings": found,
+                "next_before": found[-1]["ts"] if len(found) == PAGE else None,
+            }
+        )
+
+
+def _before(query: Mapping[str, str]) -> int | None:
+    text = query.get("before", "")
+    return int(text) if text.isdigit() and len(text) <= 15 else None
 
 
 def _view(query: Mapping[str, str], today: date) -> tuple[str, date]:
