@@ -852,8 +852,8 @@ def prepare(broker, s: dict, tmp: Path) -> tuple[Path, Path, list]:
     its config, and the devices' keys."""
     state, config = tmp / "state", tmp / "gateway.toml"
     config.write_text(
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-        f'username = "{broker.gateway_username}"\nprefix = "{broker.prefix}"\n'
+        "[mqtt]\n"
+        + broker.gateway_settings()
         + ("" if s["verify_workers"] is None else f"verify_workers = {s['verify_workers']}\n")
     )
     subprocess.run(

@@ -18,10 +18,15 @@
  * dynamic-security plugin, which must be loaded after this one.
  *
  * Options:
- *   plugin_opt_public_key_file  the gateway's token key: PEM public key or 32 raw bytes
- *   plugin_opt_deny_file        lines "<did> <until unix s>"; the gateway replaces it
- *                               atomically (write + rename). It must exist (it may be
- *                               empty); reloaded when it changes, listed DIDs are kicked.
+ *   plugin_opt_public_key_file  the gateway's token key: PEM public key or 32 raw bytes;
+ *                               reloaded when it changes. Until it can be read, every
+ *                               DID is refused (the broker may start before the gateway).
+ *   plugin_opt_deny_file        lines "<did> <unix s>": that DID's tokens issued at or
+ *                               before that second are void (revoked, suspended or
+ *                               re-keyed then; a newer token passes). The gateway
+ *                               replaces it atomically (write + rename). It must exist (it
+ *                               may be empty); reloaded when it changes, and the voided
+ *                               sessions are kicked.
  *
  * Sessions are remembered per connection (the client pointer), not per username: when a
  * device reconnects, its new connection authenticates before the old one is dropped, and
@@ -55,7 +60,7 @@ enum kind { KIND_DEVICE, KIND_PERSON };
 struct session {
 	const struct mosquitto *client; /* the key: one entry per connection */
 	char *username;
-	int64_t exp;
+	int64_t exp, iat;
 	char *publish[2];   /* topics it may publish to (NULL: none) */
 	char *subscribe[3]; /* topic filters it may subscribe to, and receive on */
 	struct session *next;
@@ -63,12 +68,16 @@ struct session {
 
 struct denied {
 	char *did;
-	int64_t until;
+	int64_t stamp; /* tokens issued at or before this second are void */
 	struct denied *next;
 };
 
 static mosquitto_plugin_id_t *plugin_id;
 static unsigned char token_key[crypto_sign_PUBLICKEYBYTES]; /* the gateway's, raw */
+static bool key_ok;  /* token_key holds a key read from key_path */
+static char *key_path;
+static struct stat key_stat;
+static bool key_seen;
 static char *deny_path;
 
 static struct session **sessions;
@@ -81,6 +90,8 @@ static bool deny_all; /* the deny file could not be read: refuse every DID */
 static struct stat deny_stat;
 static bool deny_seen;
 static bool sweep_pending; /* the deny list changed during an authentication */
+
+static void refresh_public_key(void);
 
 /* -- small helpers --------------------------------------------------------------------- */
 
@@ -288,12 +299,13 @@ static void free_deny_table(struct denied **table, size_t buckets)
 	mosquitto_free(table);
 }
 
-static bool is_denied(const char *did, int64_t now)
+/* Whether a token of ``did`` issued at ``iat`` is void. */
+static bool is_denied(const char *did, int64_t iat)
 {
 	if(deny_all) return true;
 	if(deny_table == NULL) return false;
 	for(struct denied *d = deny_table[hash_string(did) & (deny_buckets - 1)]; d; d = d->next){
-		if(strcmp(d->did, did) == 0) return now < d->until;
+		if(strcmp(d->did, did) == 0) return iat <= d->stamp;
 	}
 	return false;
 }
@@ -316,7 +328,7 @@ static bool load_deny_file(const char *path)
 	while(ok && fgets(line, sizeof(line), f)){
 		char *space, *tail;
 		size_t n = strlen(line);
-		long long until;
+		long long stamp;
 		struct denied *d;
 		total += n;
 		if(total > MAX_DENY_FILE || n > MAX_DENY_LINE || line[n - 1] != '\n'){
@@ -335,8 +347,8 @@ static bool load_deny_file(const char *path)
 			break;
 		}
 		errno = 0;
-		until = strtoll(space + 1, &tail, 10);
-		if(errno != 0 || *tail != '\0' || until < 0){
+		stamp = strtoll(space + 1, &tail, 10);
+		if(errno != 0 || *tail != '\0' || stamp < 0){
 			ok = false;
 			break;
 		}
@@ -366,7 +378,7 @@ static bool load_deny_file(const char *path)
 			ok = false;
 			break;
 		}
-		d->until = until;
+		d->stamp = stamp;
 		size_t b = hash_string(line) & (buckets - 1);
 		d->next = table[b];
 		table[b] = d;
@@ -478,6 +490,7 @@ static bool remember_session(const struct mosquitto *client, const struct claims
 	if(s == NULL) return false;
 	s->client = client;
 	s->exp = c->exp;
+	s->iat = c->iat;
 	s->username = mosquitto_strdup(c->sub);
 	if(c->kind == KIND_DEVICE){
 		s->publish[0] = join(c->pfx, "/d/", c->sub, "/readings");
@@ -519,7 +532,7 @@ static void sweep(int64_t now)
 		struct session **link = &sessions[i];
 		while(*link){
 			struct session *s = *link;
-			if(is_denied(s->username, now) || now >= s->exp){
+			if(is_denied(s->username, s->iat) || now >= s->exp){
 				const char *id = mosquitto_client_id(s->client);
 				if(kicks == room){
 					size_t more = room ? room * 2 : 64;
@@ -565,10 +578,11 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!is_ours(ed->username)) return MOSQ_ERR_PLUGIN_DEFER;
 
 	if(refresh_deny_list()) sweep_pending = true; /* kicks wait for the tick */
+	refresh_public_key();
 	c = mosquitto_malloc(sizeof(*c));
 	if(c == NULL) return MOSQ_ERR_AUTH;
-	why = check_token(ed->username, ed->password, now, c);
-	if(why == NULL && is_denied(ed->username, now)) why = "denied";
+	why = key_ok ? check_token(ed->username, ed->password, now, c) : "no token key yet";
+	if(why == NULL && is_denied(ed->username, c->iat)) why = "denied";
 	if(why == NULL && !remember_session(ed->client, c)) why = "out of memory";
 	mosquitto_free(c);
 	if(why != NULL){
@@ -599,7 +613,7 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	s = find_session(ed->client);
 	if(s == NULL || strcmp(s->username, username) != 0) return MOSQ_ERR_ACL_DENIED;
 	now = now_s();
-	if(now >= s->exp || is_denied(username, now)) return MOSQ_ERR_ACL_DENIED;
+	if(now >= s->exp || is_denied(username, s->iat)) return MOSQ_ERR_ACL_DENIED;
 	switch(ed->access){
 		case MOSQ_ACL_UNSUBSCRIBE:
 			return MOSQ_ERR_SUCCESS; /* leaving a topic gives nothing away */
@@ -619,6 +633,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	(void)userdata;
+	refresh_public_key();
 	if(refresh_deny_list() || sweep_pending || now >= next_expiry){
 		sweep_pending = false;
 		sweep(now);
@@ -662,6 +677,43 @@ static bool read_public_key(const char *path)
 	return ok;
 }
 
+/* Reads the token key again when its file changed (the gateway writes it when it starts);
+ * an unreadable or wrong file refuses every DID until it is fixed. */
+static void refresh_public_key(void)
+{
+	struct stat st;
+	if(stat(key_path, &st) != 0){
+		if(key_ok || !key_seen){
+			mosquitto_log_printf(MOSQ_LOG_ERR,
+					"didgw_auth: cannot read the token key %s: refusing every DID", key_path);
+		}
+		key_ok = false;
+		key_seen = true;
+		memset(&key_stat, 0, sizeof(key_stat));
+		return;
+	}
+	if(key_ok && st.st_ino == key_stat.st_ino && st.st_dev == key_stat.st_dev
+			&& st.st_size == key_stat.st_size && st.st_mtim.tv_sec == key_stat.st_mtim.tv_sec
+			&& st.st_mtim.tv_nsec == key_stat.st_mtim.tv_nsec){
+		return;
+	}
+	if(!key_ok && key_seen && st.st_ino == key_stat.st_ino && st.st_size == key_stat.st_size
+			&& st.st_mtim.tv_sec == key_stat.st_mtim.tv_sec
+			&& st.st_mtim.tv_nsec == key_stat.st_mtim.tv_nsec){
+		return; /* the same bad file: said once */
+	}
+	key_stat = st;
+	key_seen = true;
+	key_ok = read_public_key(key_path);
+	if(key_ok){
+		mosquitto_log_printf(MOSQ_LOG_INFO, "didgw_auth: token key read from %s", key_path);
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"didgw_auth: %s is not an Ed25519 public key (PEM or 32 raw bytes): refusing "
+				"every DID", key_path);
+	}
+}
+
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
 {
 	for(int i = 0; i < supported_version_count; i++){
@@ -673,11 +725,10 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *options, int option_count)
 {
-	const char *key_path = NULL;
 	(void)userdata;
 	plugin_id = identifier;
 	for(int i = 0; i < option_count; i++){
-		if(strcmp(options[i].key, "public_key_file") == 0) key_path = options[i].value;
+		if(strcmp(options[i].key, "public_key_file") == 0) key_path = mosquitto_strdup(options[i].value);
 		else if(strcmp(options[i].key, "deny_file") == 0) deny_path = mosquitto_strdup(options[i].value);
 	}
 	if(key_path == NULL || deny_path == NULL){
@@ -689,11 +740,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		mosquitto_log_printf(MOSQ_LOG_ERR, "didgw_auth: libsodium cannot start");
 		return MOSQ_ERR_UNKNOWN;
 	}
-	if(!read_public_key(key_path)){
-		mosquitto_log_printf(MOSQ_LOG_ERR,
-				"didgw_auth: %s is not an Ed25519 public key (PEM or 32 raw bytes)", key_path);
-		return MOSQ_ERR_INVAL;
-	}
+	refresh_public_key(); /* missing or bad: every DID is refused until it is fixed */
 	session_buckets = 1024;
 	sessions = mosquitto_calloc(session_buckets, sizeof(*sessions));
 	if(sessions == NULL) return MOSQ_ERR_NOMEM;
@@ -731,5 +778,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	sodium_memzero(token_key, sizeof(token_key));
 	mosquitto_free(deny_path);
 	deny_path = NULL;
+	mosquitto_free(key_path);
+	key_path = NULL;
+	key_ok = key_seen = false;
 	return MOSQ_ERR_SUCCESS;
 }

@@ -230,8 +230,16 @@ class MqttSection(_Section):
     prefix: str = _setting("didgw", "First level of every didgw topic.", _topic_prefix)
     session_seconds: int = _setting(
         3600,
-        "How long a device's broker account lasts after it authenticates (devices renew before).",
+        "How long a device's broker session token lasts after it authenticates (devices "
+        "renew before).",
         _between(10, 604800),
+    )
+    token_dir: str = _setting(
+        "",
+        "Where the gateway writes what the broker's didgw plugin reads: the public half of "
+        "its session-token key (token.pub) and the deny file (deny). The broker's user must "
+        "be able to read it (configs/mosquitto/README.md). Empty: broker/ in the state "
+        "directory (a broker run as the gateway's own user: the demo, the tests).",
     )
     verify_workers: int = _setting(
         -1,

@@ -11,6 +11,10 @@ State directory layout::
       keys/             0700
         gateway.pem     0600, PKCS#8, optionally encrypted
         ledger.pem      0600, PKCS#8 secp256k1: the ledger account that signs anchors
+        broker-token.pem  0600, PKCS#8 Ed25519: signs broker session tokens (nothing else)
+      broker/           the broker plugin's files, unless [mqtt] token_dir puts them elsewhere
+        token.pub       the public half of broker-token.pem (PEM), which the broker checks with
+        deny            DIDs whose earlier tokens are void (gateway/run/broker_sessions.py)
       didgw.db          SQLite (WAL), named migrations
 """
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlite_utils import Database
 
 from gateway import db as database
@@ -47,6 +52,7 @@ from gateway.registry import Registry
 
 KEY_FILE = Path("keys") / "gateway.pem"
 LEDGER_KEY_FILE = Path("keys") / "ledger.pem"
+TOKEN_KEY_FILE = Path("keys") / "broker-token.pem"
 
 
 @dataclass
@@ -79,6 +85,14 @@ class Gateway:
             )
         passphrase = keystore.read_passphrase(self.config.keys.passphrase_file, env)
         return keystore.load_ledger_key(path, passphrase)
+
+    def broker_token_key(self, env: Mapping[str, str]) -> Ed25519PrivateKey:
+        """The key that signs broker session tokens, made if this gateway has none yet
+        (one initialised before tokens), with its public half where the broker reads it."""
+        passphrase = keystore.read_passphrase(self.config.keys.passphrase_file, env)
+        key = _token_key(self.state_dir / TOKEN_KEY_FILE, passphrase)
+        publish_token_key(token_dir(self.config, self.state_dir), key)
+        return key
 
     def ledger_binding(self) -> str | None:
         """The signed statement binding the gateway DID to its ledger address, if made."""
@@ -197,6 +211,9 @@ def init_gateway(config: Config, state_dir: Path, env: Mapping[str, str]) -> Ini
         key = keystore.load_private_key(key_path, passphrase)
     did = did_from_public_key(keystore.public_bytes(key))
     ledger_key, created_ledger = _ledger_key(state_dir / LEDGER_KEY_FILE, passphrase)
+    publish_token_key(
+        token_dir(config, state_dir), _token_key(state_dir / TOKEN_KEY_FILE, passphrase)
+    )
     db = database.connect(state_dir / database.DB_NAME)
     try:
         now = time.time()
@@ -225,6 +242,39 @@ def _ledger_key(path: Path, passphrase: bytes | None) -> tuple[ec.EllipticCurveP
     key = keystore.generate_ledger_key()
     keystore.write_private_key(path, key, passphrase)
     return key, True
+
+
+def _token_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """The broker-token key, created if this state directory has none yet (never replaced)."""
+    if path.exists():
+        return keystore.load_private_key(path, passphrase)
+    key = keystore.generate_key()
+    keystore.write_private_key(path, key, passphrase)
+    return key
+
+
+def token_dir(config: Config, state_dir: Path) -> Path:
+    """Where the broker's didgw plugin reads the token key and the deny file."""
+    return Path(config.mqtt.token_dir) if config.mqtt.token_dir else state_dir / "broker"
+
+
+def publish_token_key(directory: Path, key: Ed25519PrivateKey) -> None:
+    """Put the public half of ``key`` where the broker reads it (``token.pub``, 0644: a
+    public key), unless it is there already; the plugin picks a new one up by itself."""
+    from gateway.auth.broker_tokens import public_pem
+
+    pem = public_pem(key.public_key())
+    path = directory / "token.pub"
+    try:
+        if path.exists() and path.read_bytes() == pem:
+            return
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        new = path.with_name(".token.pub.new")
+        new.write_bytes(pem)
+        os.chmod(new, 0o644)
+        os.replace(new, path)
+    except OSError as exc:
+        raise StateError(f"cannot write the broker's token key {path}: {exc.strerror}") from None
 
 
 def _bind_ledger_account(

@@ -1,25 +1,24 @@
-"""The broker policy as data: who may publish and subscribe where, as dynamic-security commands.
+"""The broker policy: the topics, and who may publish and subscribe where.
 
-mosquitto enforces the topic layout of docs/protocol/mqtt.md, "Topics"; this module decides
-what it enforces. Every function returns the JSON commands for the dynamic-security plugin
-(sent by :mod:`gateway.transports.dynsec`), so the policy is plain data: tested without a
-broker, and the same for every broker the gateway talks to.
+mosquitto enforces the topic layout of docs/protocol/mqtt.md, "Topics", with two plugins:
 
-- Anonymous clients land in the ``didgw-anonymous`` group, whose role allows only the auth
-  topics: publish ``<prefix>/auth/req``, subscribe to and receive ``<prefix>/auth/res/+``.
-- A device that passed the DID challenge-response gets an account named by its DID, with a
-  role of its own allowing exactly: publish ``<prefix>/d/<did>/readings`` and
-  ``<prefix>/d/<did>/orders`` (a household's market orders), subscribe to and receive
-  ``<prefix>/d/<did>/acks`` and ``<prefix>/d/<did>/market`` (its order answers, trades and
-  statements). mosquitto 2.0.11 has no ACL substitution, so each device has its own role.
-- Anonymous clients may also publish ``<prefix>/auth/wallet`` (people's wallets) and read
-  the retained revocation list on ``<prefix>/status-list``.
-- A person who authenticated with a credential presentation gets an account named by her
-  DID with a role of its own (``didgw-person-…``): publish ``<prefix>/p/<did>/req``,
-  subscribe to and receive ``<prefix>/p/<did>/res`` and the revocation list.
-- The gateway's account may publish and subscribe under ``<prefix>/#`` and administer the
-  plugin.
-- Everything else is denied by default (:data:`DEFAULT_ACL_ACCESS`).
+- **Devices and people with a session** present a session token the gateway signed
+  (``broker_tokens.py``); the didgw plugin (``broker-plugin/didgw_auth.c``) checks it and
+  takes their topics from its claims. A device may publish exactly
+  ``<prefix>/d/<did>/readings`` and ``<prefix>/d/<did>/orders`` (a household's market
+  orders) and subscribe to and receive exactly ``<prefix>/d/<did>/acks`` and
+  ``<prefix>/d/<did>/market``; a person, ``<prefix>/p/<did>/req``, and
+  ``<prefix>/p/<did>/res`` and the revocation list. Nothing in the broker changes when a
+  session starts, is renewed or ends.
+- **Everyone else** is dynamic security's, with the policy as data here: every function
+  returns the JSON commands for the dynamic-security plugin (sent by
+  :mod:`gateway.transports.dynsec`), tested without a broker. Anonymous clients land in the
+  ``didgw-anonymous`` group, whose role allows only the auth topics: publish
+  ``<prefix>/auth/req`` and ``<prefix>/auth/wallet`` (people's wallets), subscribe to and
+  receive ``<prefix>/auth/res/+`` and the retained revocation list on
+  ``<prefix>/status-list``. The gateway's account may publish and subscribe under
+  ``<prefix>/#`` and administer the plugin. Everything else is denied by default
+  (:data:`DEFAULT_ACL_ACCESS`).
 
 The broker's own settings that the policy relies on are here too (:func:`broker_settings`,
 :func:`accounts_listener_settings`), so that ``configs/mosquitto/mosquitto.conf`` and the
@@ -42,25 +41,18 @@ private broker of the demo, tests and benches (``gateway/ops/broker.py``) say th
   retained revocation list), so the gateway drops retained input and clears it
   (``gateway/transports/mqtt.py``).
 
-A device's account is always deleted before its role: mosquitto 2.0 crashes when it
-delivers a message to a connected client whose role was deleted
-(eclipse-mosquitto/mosquitto#2660), and deleting the account disconnects the client.
-
-The registry is the source of truth for which device accounts may exist. The plugin keeps
-its own file and reloads it when the broker restarts, so an account the gateway failed to
-delete (broker down at revocation time, a restored backup) comes back; :func:`reconcile`
-lists the deletions that bring the broker back in line.
+Gateways before session tokens made a dynamic-security account and role per session;
+:func:`legacy_removals` lists the deletions that tidy them away (they let nobody in now).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from gateway.errors import ConfigError, DidError
+from gateway.errors import ConfigError
 from gateway.identity.document import check_did_syntax
 
 #: One dynamic-security command, as sent in ``{"commands": [...]}``.
@@ -197,140 +189,6 @@ def _checked_did(did: str) -> str:
     return did
 
 
-# -- devices -----------------------------------------------------------------------------
-
-
-def device_role_name(did: str) -> str:
-    """The role of one device: a fixed-length name (role names are not DIDs, and DIDs are long)."""
-    digest = hashlib.sha256(_checked_did(did).encode()).hexdigest()
-    return DEVICE_ROLE_PREFIX + digest[:24]
-
-
-def device_acls(did: str, prefix: str) -> list[Command]:
-    """Publish its readings and orders; subscribe to and receive its acks and market
-    results. Nothing else."""
-    readings, acks = readings_topic(did, prefix), acks_topic(did, prefix)
-    orders, market = orders_topic(did, prefix), market_topic(did, prefix)
-    return [
-        _acl("publishClientSend", readings),
-        _acl("subscribeLiteral", acks),
-        _acl("publishClientReceive", acks),
-        _acl("publishClientSend", orders),
-        _acl("subscribeLiteral", market),
-        _acl("publishClientReceive", market),
-    ]
-
-
-def device_role_commands(did: str, prefix: str) -> list[Command]:
-    """Create the device's role (before its account, which refers to it)."""
-    return [
-        {
-            "command": "createRole",
-            "rolename": device_role_name(did),
-            "textname": did,
-            "acls": device_acls(did, prefix),
-        }
-    ]
-
-
-def device_client_commands(did: str, password: str, prefix: str) -> list[Command]:
-    """Create the device's account: username = its DID, with its own role only.
-
-    The role must exist: send :func:`device_role_commands` first (or in the same batch).
-    ``prefix`` is checked here too, so a bad configuration fails before anything is sent.
-    """
-    check_prefix(prefix)
-    if not password:
-        raise ValueError("a device account needs a password")
-    return [
-        {
-            "command": "createClient",
-            "username": did,
-            "password": password,
-            "roles": [{"rolename": device_role_name(did)}],
-        }
-    ]
-
-
-def device_password_commands(did: str, password: str) -> list[Command]:
-    """A new password for an existing account (a device renewing its session).
-
-    One change instead of four: mosquitto's plugin rewrites its whole file on every
-    change, which is what limits authentications per second. The device's current
-    connection stays up until it reconnects with the new password.
-    """
-    if not password:
-        raise ValueError("a device account needs a password")
-    return [{"command": "setClientPassword", "username": did, "password": password}]
-
-
-def device_account_removal_commands(did: str) -> list[Command]:
-    """Delete the device's account only (its session ended); its role stays for the next one."""
-    return [{"command": "deleteClient", "username": did}]
-
-
-def device_removal_commands(did: str) -> list[Command]:
-    """Delete the device's account (the broker disconnects it) and then its role.
-
-    In this order, and never the role alone while the account exists (see the module's
-    docstring: the broker would crash).
-    """
-    return [
-        {"command": "deleteClient", "username": did},
-        {"command": "deleteRole", "rolename": device_role_name(did)},
-    ]
-
-
-# -- people (wallets) ---------------------------------------------------------------------
-
-
-def person_role_name(did: str) -> str:
-    """The role of one person's session (its own prefix: device and person roles never mix)."""
-    digest = hashlib.sha256(_checked_did(did).encode()).hexdigest()
-    return PERSON_ROLE_PREFIX + digest[:24]
-
-
-def person_acls(did: str, prefix: str) -> list[Command]:
-    """Publish its requests; subscribe to and receive its responses and the revocation list."""
-    requests, responses = person_requests_topic(did, prefix), person_responses_topic(did, prefix)
-    status = status_list_topic(prefix)
-    return [
-        _acl("publishClientSend", requests),
-        _acl("subscribeLiteral", responses),
-        _acl("publishClientReceive", responses),
-        _acl("subscribeLiteral", status),
-        _acl("publishClientReceive", status),
-    ]
-
-
-def person_account_commands(did: str, password: str, prefix: str) -> list[Command]:
-    """The person's role and account (username = her DID), in that order."""
-    if not password:
-        raise ValueError("a person's account needs a password")
-    return [
-        {
-            "command": "createRole",
-            "rolename": person_role_name(did),
-            "textname": did,
-            "acls": person_acls(did, prefix),
-        },
-        {
-            "command": "createClient",
-            "username": did,
-            "password": password,
-            "roles": [{"rolename": person_role_name(did)}],
-        },
-    ]
-
-
-def person_removal_commands(did: str) -> list[Command]:
-    """Delete the person's account (the broker disconnects her), then its role."""
-    return [
-        {"command": "deleteClient", "username": did},
-        {"command": "deleteRole", "rolename": person_role_name(did)},
-    ]
-
-
 # -- the anonymous clients and the gateway -----------------------------------------------
 
 
@@ -445,38 +303,25 @@ def is_device_username(username: str) -> bool:
     return username.startswith("did:")
 
 
-def reconcile(
-    wanted: Collection[str], broker_clients: Iterable[str], broker_roles: Iterable[str] = ()
+def legacy_removals(
+    broker_clients: Iterable[str], broker_roles: Iterable[str] = ()
 ) -> list[Command]:
-    """The deletions that leave the broker with device accounts for ``wanted`` DIDs only.
-
-    ``wanted`` holds the DIDs whose accounts may exist (devices active in the registry with a
-    grant that has not expired, and people with a live session); a mapping keyed by DID will
-    do. People's accounts are named by their DID too, so one reconciliation covers both.
-    ``broker_clients`` and ``broker_roles`` are what the broker has (``listClients``,
-    ``listRoles``). Accounts not named by a DID (the gateway's, the administrator's) are
-    never touched. Device and person roles left without an account (a deletion interrupted
-    half-way) are deleted too, after the accounts.
-    Apply with ``ok_errors=RECONCILE_OK_ERRORS``.
-
-    Run it while no device account is being created (at start, before serving devices): an
-    account created after ``wanted`` was read would be deleted, and one created after
-    ``listClients`` but whose role was already listed would lose its role while it exists.
-    """
-    keep_roles = {name(did) for did in wanted for name in (device_role_name, person_role_name)}
-    commands: list[Command] = []
-    stale_roles: set[str] = set()
-    for username in sorted(set(broker_clients)):
-        if is_device_username(username) and username not in wanted:
-            commands.append({"command": "deleteClient", "username": username})
-            with contextlib.suppress(DidError):  # not a DID: an account without a role
-                stale_roles.add(device_role_name(username))  # a person's: in broker_roles
-    stale_roles.update(
-        role
-        for role in broker_roles
-        if role.startswith((DEVICE_ROLE_PREFIX, PERSON_ROLE_PREFIX)) and role not in keep_roles
+    """The deletions that rid the broker of the accounts and roles that gateways before
+    session tokens made for each session: every account named by a DID, then every device
+    and person role. With the didgw plugin loaded such an account lets nobody in (a
+    ``did:`` username needs a token); this tidies the broker's file. Accounts not named by
+    a DID (the gateway's, the administrator's) are never touched. Apply with
+    ``ok_errors=RECONCILE_OK_ERRORS``."""
+    commands: list[Command] = [
+        {"command": "deleteClient", "username": username}
+        for username in sorted(set(broker_clients))
+        if is_device_username(username)
+    ]
+    commands.extend(
+        {"command": "deleteRole", "rolename": role}
+        for role in sorted(set(broker_roles))
+        if role.startswith((DEVICE_ROLE_PREFIX, PERSON_ROLE_PREFIX))
     )
-    commands.extend({"command": "deleteRole", "rolename": r} for r in sorted(stale_roles))
     return commands
 
 

@@ -189,10 +189,11 @@ def public_raw(key: Ed25519PublicKey) -> bytes:
 
 
 def deny_file_text(entries: dict[str, int]) -> str:
-    """The plugin's deny file: one ``<did> <until unix s>`` line per revoked DID."""
-    for did, until in entries.items():
+    """The plugin's deny file: one ``<did> <unix s>`` line per DID whose tokens issued at
+    or before that second are void (revoked, suspended or re-keyed then)."""
+    for did, second in entries.items():
         check_did_syntax(did)
         _plain("did", did)
-        if " " in did or until < 0:
-            raise ValueError(f"cannot list {did!r} until {until}")
-    return "".join(f"{did} {until}\n" for did, until in sorted(entries.items()))
+        if " " in did or second < 0:
+            raise ValueError(f"cannot list {did!r} at {second}")
+    return "".join(f"{did} {second}\n" for did, second in sorted(entries.items()))

@@ -14,6 +14,7 @@ the same way, with :func:`refuse`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -41,13 +42,17 @@ class Outgoing(NamedTuple):
     payload: bytes
 
 
+#: ``session_token(did, expires_ms)``: the broker password of a new session.
+SessionToken = Callable[[str, int], str]
+
+
 @dataclass(frozen=True)
 class Grant:
     """What the transport needs to create the device's broker account before granting."""
 
     did: str
     username: str
-    password: str = field(repr=False)  # b64u of 32 random bytes; never logged
+    password: str = field(repr=False)  # the broker session token; never logged
     expires_ms: int
     reply_topic: str
     readings_topic: str
@@ -79,10 +84,20 @@ def refuse(core: Handshake, topic: str | None, refusal: AuthRefused) -> Outgoing
 class Authenticator:
     """The gateway's side of the DID challenge-response over MQTT (see the module docstring)."""
 
-    def __init__(self, core: Handshake, resolver: Resolver, *, prefix: str = "didgw") -> None:
+    def __init__(
+        self,
+        core: Handshake,
+        resolver: Resolver,
+        *,
+        prefix: str = "didgw",
+        session_token: SessionToken | None = None,
+    ) -> None:
         self.core = core
         self._resolver = resolver
         self._prefix = check_prefix(prefix)
+        #: the broker password of a new session: ``session_token(did, expires_ms)``, the
+        #: token the broker's plugin checks (``run/broker_sessions.py``); None: random
+        self._session_token = session_token
 
     def on_request(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, Grant | None]:
         """Anything from ``<prefix>/auth/req``: a JSON hello or a compact-JWS response."""
@@ -141,15 +156,19 @@ class Authenticator:
 
     def _grant(self, response: ResponsePayload, now_ms: int) -> tuple[Outgoing, Grant]:
         did = response.device
+        expires = self.core.session_end(now_ms)
+        token = None if self._session_token is None else self._session_token(did, expires)
         try:
-            sealed = new_password(response.epk, response.nonce, did, random_bytes=self.core.random)
+            sealed = new_password(
+                response.epk, response.nonce, did, random_bytes=self.core.random, password=token
+            )
         except SecretError as exc:
             raise AuthRefused("malformed", f"response epk: {exc}") from None
         grant = Grant(
             did=did,
             username=did,
             password=sealed.password,
-            expires_ms=self.core.session_end(now_ms),
+            expires_ms=expires,
             reply_topic=reply_topic(self._prefix, response.reply),
             readings_topic=readings_topic(did, self._prefix),
             acks_topic=acks_topic(did, self._prefix),

@@ -75,20 +75,26 @@ def seal_secret(
 
 @dataclass(frozen=True)
 class SealedPassword:
-    """A new broker password, and the grant's ``epk``, ``iv`` and ``secret`` that carry it."""
+    """A broker password, and the grant's ``epk``, ``iv`` and ``secret`` that carry it."""
 
-    password: str = field(repr=False)  # b64u of PASSWORD_BYTES random bytes; never logged
+    password: str = field(repr=False)  # a session token, or random; never logged
     epk: bytes
     iv: bytes
     secret: bytes
 
 
 def new_password(
-    device_epk: bytes, nonce: bytes, device_did: str, *, random_bytes: RandomBytes
+    device_epk: bytes,
+    nonce: bytes,
+    device_did: str,
+    *,
+    random_bytes: RandomBytes,
+    password: str | None = None,
 ) -> SealedPassword:
-    """A fresh broker password sealed to ``device_epk`` (:class:`SecretError` for an unusable
-    key, e.g. a low-order point)."""
-    password = b64u(_random(random_bytes, PASSWORD_BYTES))
+    """``password`` (the broker session token), else a random one, sealed to ``device_epk``
+    (:class:`SecretError` for an unusable key, e.g. a low-order point)."""
+    if password is None:
+        password = b64u(_random(random_bytes, PASSWORD_BYTES))
     sealed = seal_secret(
         password.encode("ascii"), device_epk, nonce, device_did, random_bytes=random_bytes
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.auth.broker import check_prefix, person_requests_topic, person_responses_topic
 from gateway.auth.handshake import Handshake
-from gateway.auth.mqtt_auth import Outgoing, refuse, refuse_unavailable
+from gateway.auth.mqtt_auth import Outgoing, SessionToken, refuse, refuse_unavailable
 from gateway.auth.mqtt_messages import (
     EPK_BYTES,
     GRANT_TYP,
@@ -157,10 +157,18 @@ class WalletAuthenticator:
     """The gateway's side of the wallet protocol (see the module docstring). Its ``core``
     is a :class:`Handshake` made with :func:`holder_status` as its registry lookup."""
 
-    def __init__(self, core: Handshake, verify: Verify, *, prefix: str = "didgw") -> None:
+    def __init__(
+        self,
+        core: Handshake,
+        verify: Verify,
+        *,
+        prefix: str = "didgw",
+        session_token: SessionToken | None = None,
+    ) -> None:
         self.core = core
         self._verify = verify
         self._prefix = check_prefix(prefix)
+        self._session_token = session_token  # as the devices' (mqtt_auth.Authenticator)
 
     def on_request(self, payload: bytes, now_ms: int) -> tuple[Outgoing | None, PersonGrant | None]:
         """Anything from ``<prefix>/auth/wallet``: a hello or a presentation."""
@@ -224,9 +232,14 @@ class WalletAuthenticator:
             exp = p.claims.get("exp")
             if isinstance(exp, int | float):
                 expires = min(expires, int(exp * 1000))
+        token = None if self._session_token is None else self._session_token(message.did, expires)
         try:
             sealed = new_password(
-                binding.epk, binding.nonce, message.did, random_bytes=self.core.random
+                binding.epk,
+                binding.nonce,
+                message.did,
+                random_bytes=self.core.random,
+                password=token,
             )
         except SecretError as exc:
             raise AuthRefused("malformed", f"key-binding epk: {exc}") from None

@@ -168,7 +168,7 @@ class Demo:
         config = self.tmp / "gateway.toml"
         config.write_text(
             f"[mqtt]\nport = {self.ports['mqtt']}\nsession_seconds = 600\n"
-            f'password_file = "{password}"\n'
+            f'password_file = "{password}"\ntoken_dir = "{self.broker.token_dir}"\n'
             f"[coap]\nenabled = true\nport = {self.ports['coap']}\n"
             f"[metrics]\nport = {self.ports['metrics']}\n"
             f"[http]\nport = {self.ports['http']}\ndemo_links = true\n"

@@ -102,10 +102,15 @@ class PrivateBroker:
         token_plugin: tuple[Path, Path] | None = None,
     ) -> None:
         self.directory = directory
-        #: (public key file, deny file) of the didgw plugin, which checks the gateway's
-        #: session tokens (gateway/auth/broker_tokens.py) before dynamic security sees a
-        #: client; None: dynamic security alone.
-        self.token_plugin = token_plugin
+        #: where the gateway writes what the didgw plugin reads (its [mqtt] token_dir): the
+        #: plugin checks the gateway's session tokens (gateway/auth/broker_tokens.py) before
+        #: dynamic security sees a client
+        self.token_dir = directory / "tokens"
+        #: (public key file, deny file) of the plugin: those in token_dir unless given
+        self.token_plugin = token_plugin or (
+            self.token_dir / "token.pub",
+            self.token_dir / "deny",
+        )
         self.host = HOST
         self.port = port if port is not None else free_port()
         self.accounts_port = accounts_port if accounts_port is not None else free_port()
@@ -135,6 +140,7 @@ class PrivateBroker:
         if missing:
             raise BrokerError(f"{missing}: run scripts/setup.sh")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.token_dir.mkdir(mode=0o755, exist_ok=True)
         # The admin password goes to mosquitto_ctrl's prompt on stdin, never on its command
         # line, where anyone on the machine could read it.
         ctrl = shutil.which("mosquitto_ctrl") or "mosquitto_ctrl"
@@ -183,10 +189,17 @@ class PrivateBroker:
         ]
         return "\n".join(lines) + "\n"
 
+    def gateway_settings(self) -> str:
+        """The ``[mqtt]`` keys of a gateway that uses this broker (its password: the
+        ``DIDGW_MQTT_PASSWORD`` of its environment)."""
+        return (
+            f'host = "{self.host}"\nport = {self.port}\n'
+            f'username = "{self.gateway_username}"\nprefix = "{self.prefix}"\n'
+            f'token_dir = "{self.token_dir}"\n'
+        )
+
     def _token_plugin_lines(self) -> list[str]:
         """The didgw plugin, before dynamic security: mosquitto asks plugins in that order."""
-        if self.token_plugin is None:
-            return []
         library = token_plugin_library()
         if library is None:
             raise BrokerError("the didgw broker plugin is not built: run scripts/setup.sh")

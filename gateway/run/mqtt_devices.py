@@ -1,29 +1,28 @@
-"""Devices over MQTT: authentication, their broker accounts, and their readings.
+"""Devices over MQTT: authentication, their broker sessions, and their readings.
 
 Glue between the MQTT link (``transports/mqtt.py``), the sans-IO handshake and
-reading checks (``auth/``), the broker administration (``transports/dynsec.py``)
-and the reading pipeline (``ingest.py``). Everything runs on the event loop
-except broker administration, which blocks and so runs on a worker thread.
+reading checks (``auth/``), the broker sessions (``broker_sessions.py``) and the
+reading pipeline (``ingest.py``). Everything runs on the event loop except writing
+the deny file and administering the broker, which block and so run on a thread.
 
-Broker accounts are ephemeral: one is created when a device authenticates
-(before it is told its password) and deleted when its session expires, when the
-device is suspended, revoked or re-keyed (checked every half second against the
-registry, which is the source of truth), and, at start-up, for every device
-account this process did not create (the broker's own persistence is not trusted).
-Accounts are deleted before their roles: mosquitto 2.0.11 crashes when a role
-is deleted under a connected client.
+A device's broker session is a token the gateway signs (its broker password, in
+the grant): the broker's didgw plugin checks it and takes the device's topics from
+it, so a first session, a renewal or an expiry changes nothing in the broker, and
+the authentication rate is the gateway's. A device suspended, revoked or re-keyed
+(checked every half second against the registry, which is the source of truth)
+has its tokens voided in the deny file, which the plugin reads within a tick and
+acts on by disconnecting it. At start-up the gateway voids the tokens of the
+devices changed so while it was not running (within the longest a token lives),
+and removes the broker accounts named by DIDs that gateways before tokens made.
 
-mosquitto's plugin rewrites its whole file on every change, so the number of
-changes per authentication sets the authentication rate. A first session costs
-two (the device's role and its account); a renewal while the account exists,
-one (its new password); a session after an expired one, one (the role outlives
-the account until the device is suspended, revoked or re-keyed).
+(Before tokens, each session was an account of mosquitto's dynamic-security plugin,
+whose every change rewrites its whole file while the broker routes nothing: 44 ms
+with 100 accounts, 87 ms with 10,000. docs/development.md has the comparison.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -31,17 +30,21 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.auth import broker as policy
-from gateway.auth.mqtt_auth import Authenticator, Grant
+from gateway.auth.mqtt_auth import Authenticator
 from gateway.ops.logs import LogBudget
 from gateway.registry import Registry
+from gateway.run.broker_sessions import KEEP_SECONDS, BrokerSessions
 from gateway.run.ingest import ReadingPipeline
-from gateway.transports.dynsec import DynsecAdmin, DynsecError
+from gateway.transports.dynsec import DynsecAdmin
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], None]
 T = TypeVar("T")
 
+
+#: Registry changes after which a device's earlier broker sessions must end.
+BARRING = frozenset({"suspend", "revoke", "rotate"})
 
 #: Readings and authentications being handled at once before the gateway says it is behind
 #: (the broker drops QoS 1 messages to a subscriber whose queue is full).
@@ -86,6 +89,7 @@ class MqttDevices:
         pipeline: ReadingPipeline,
         registry: Registry,
         broker: DynsecAdmin,
+        sessions: BrokerSessions,
         publish: Publish,
         shared_readings: bool = False,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -95,19 +99,15 @@ class MqttDevices:
         self._pipeline = pipeline
         self._registry = registry
         self._broker = broker
+        self._tokens = sessions
         self._publish = publish
         self._clock_ms = clock_ms
         self._sessions: dict[str, _Session] = {}
-        self._roles: set[str] = set()  # devices whose broker role exists (we created it)
-        self._account_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._readings_prefix = f"{prefix}/d/"
         self._shared = shared_readings
         self._log_budget = LogBudget("authentication refusals", logger=log)
         self.closing = False  # set when stopping: readings are no longer taken
-        #: DIDs of people's live sessions (``mqtt_people.py``): their accounts are named by
-        #: DIDs too, and the reconciliation must keep them.
-        self.people_accounts: Callable[[], list[str]] = list
 
     @property
     def subscriptions(self) -> list[str]:
@@ -136,18 +136,7 @@ class MqttDevices:
     async def _on_auth(self, payload: bytes) -> None:
         outgoing, grant = self._auth.on_request(payload, self._clock_ms())
         if grant is not None:
-            async with self._account_lock(grant.did):
-                live = grant.did in self._sessions
-                try:
-                    await self._administer(
-                        self._open_account, grant, live, grant.did in self._roles
-                    )
-                except Exception as exc:  # the broker refused: the device gets no access
-                    log.error("cannot create the broker account of %s: %s", grant.did, exc)
-                    outgoing = self._auth.refuse_unavailable(grant)
-                else:
-                    self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
-                    self._roles.add(grant.did)
+            self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)
         elif (refusal := self._auth.core.last_refusal) is not None and self._log_budget.take(
             self._clock_ms(), refusal.reason
         ):
@@ -155,67 +144,35 @@ class MqttDevices:
         if outgoing is not None:  # None: too broken to know where to answer
             self._publish(outgoing.topic, outgoing.payload)
 
-    def _open_account(self, grant: Grant, live: bool, has_role: bool) -> None:
-        """The fewest changes that give the device an account with this password (see the
-        module docstring); if the broker does not hold what we expect, start clean."""
-        did, password = grant.did, grant.password
-        if live:
-            commands = policy.device_password_commands(did, password)
-        else:
-            commands = policy.device_client_commands(did, password, self._prefix)
-            if not has_role:
-                commands = policy.device_role_commands(did, self._prefix) + commands
-        try:
-            self._broker.execute(commands)
-        except DynsecError as exc:
-            log.info("broker account of %s not as expected (%s); creating it again", did, exc)
-            self._broker.execute(
-                policy.device_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
-            )
-            self._broker.execute(
-                policy.device_role_commands(did, self._prefix)
-                + policy.device_client_commands(did, password, self._prefix)
-            )
-
-    def _close_account(self, did: str, *, keep_role: bool) -> None:
-        commands = (
-            policy.device_account_removal_commands(did)
-            if keep_role
-            else policy.device_removal_commands(did)
-        )
-        self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
-
     async def _administer(self, work: Callable[..., T], *args: Any) -> T:
-        """Run blocking broker administration off the event loop."""
+        """Run blocking broker administration or file writing off the event loop."""
         return await asyncio.to_thread(work, *args)
 
-    def _account_lock(self, did: str) -> AccountLock:
-        """Changes to one device's account, one at a time (a renewal racing its expiry)."""
-        return AccountLock(self._account_locks, did)
-
-    # -- accounts ----------------------------------------------------------------
+    # -- the broker --------------------------------------------------------------
 
     def prepare_broker(self) -> int:
-        """Apply the anonymous policy and remove every device account this process did not make.
-
-        Returns how many stale accounts were removed. Run before taking messages.
-        """
+        """Apply the anonymous policy, remove the broker accounts named by DIDs (sessions
+        are tokens now), and void the tokens of devices barred while the gateway was not
+        watching. Returns how many accounts were removed. Run before taking messages."""
         group = self._broker.execute([{"command": "getAnonymousGroup"}])[0]
         current = str((group.get("data") or {}).get("group", {}).get("groupname", ""))
         self._broker.execute(
             policy.anonymous_policy_commands(self._prefix, anonymous_group=current),
             ok_errors=policy.POLICY_OK_ERRORS,
         )
-        clients = self._broker.list_clients()
-        wanted = set(self._sessions) | set(self.people_accounts())
-        commands = policy.reconcile(wanted, clients, self._broker.list_roles())
-        self._roles &= set(self._sessions)  # the others' roles are deleted with them
+        commands = policy.legacy_removals(self._broker.list_clients(), self._broker.list_roles())
         if commands:
             self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
+        since = self._clock_ms() / 1000 - KEEP_SECONDS
+        barred = [
+            c for c in self._registry.changes_since(0) if c.ts >= since and c.action in BARRING
+        ]
+        for change in barred:
+            self._tokens.void({change.device}, at=change.ts)
         return sum(1 for c in commands if c["command"] == "deleteClient")
 
     def spawn_reconcile(self) -> None:
-        """After the broker came back: put the policy back and remove accounts we did not make."""
+        """After the broker came back: put the policy back (its file may be another)."""
         self._spawn(self._reconcile())
 
     async def _reconcile(self) -> None:
@@ -224,10 +181,10 @@ class MqttDevices:
         except Exception as exc:  # the next reconnect tries again
             log.error("cannot reconcile the broker after a reconnect: %s", exc)
         else:
-            log.info("broker reconnected; removed %d device accounts it should not have", removed)
+            log.info("broker reconnected; removed %d accounts named by DIDs", removed)
 
     async def watch(self, interval: float = 0.5) -> None:
-        """Close accounts whose session expired or whose device is no longer active.
+        """Void the tokens of devices no longer active (and forget expired sessions).
 
         Registry changes are read from its audit trail (only what changed since
         the last look), so a revocation made by ``didgw device revoke`` in another
@@ -248,32 +205,25 @@ class MqttDevices:
                     "(devices resend them until acknowledged)",
                     backlog,
                 )
-            barred = {r.device for r in changed if r.action in ("suspend", "revoke", "rotate")}
-            expired = {did for did, s in self._sessions.items() if s.expires_ms <= now}
-            for did in barred | expired:
-                await self._close(did, barred=did in barred, now=now)
-
-    async def _close(self, did: str, *, barred: bool, now: int) -> None:
-        """End a session: the account goes; the role too when the device may not return."""
-        async with self._account_lock(did):
-            session = self._sessions.get(did)
-            if session is None and not (barred and did in self._roles):
-                return
-            if not barred and session is not None and session.expires_ms > now:
-                return  # renewed while we waited for the lock
-            try:
-                await self._administer(
-                    functools.partial(self._close_account, did, keep_role=not barred)
-                )
-            except Exception as exc:  # retried on the next round
-                log.error("cannot delete the broker account of %s: %s", did, exc)
-                self._sessions[did] = _Session(did, 0)
-                return
-            self._sessions.pop(did, None)
+            barred = {r.device for r in changed if r.action in BARRING}
+            for did in [d for d, s in self._sessions.items() if s.expires_ms <= now]:
+                del self._sessions[did]  # the broker ends it: the token says until when
             if barred:
-                self._roles.discard(did)
-            if session is not None:
-                log.info("closed the broker account of %s", did)
+                await self._void(barred)
+
+    async def _void(self, dids: set[str]) -> None:
+        """Void the tokens of ``dids``: the broker disconnects them within a tick."""
+        while True:
+            try:
+                await self._administer(self._tokens.void, dids)
+            except Exception as exc:  # the disk: try again, a revocation must not be lost
+                log.error("cannot void the broker sessions of %s: %s", sorted(dids), exc)
+                await asyncio.sleep(1)
+                continue
+            break
+        for did in dids:
+            if self._sessions.pop(did, None) is not None:
+                log.info("ended the broker session of %s", did)
 
     async def drain(self) -> None:
         """Wait for readings and authentications in progress (clean shutdown)."""

@@ -1,19 +1,19 @@
-"""People over MQTT: wallets authenticating with presentations, their accounts and requests.
+"""People over MQTT: wallets authenticating with presentations, their sessions and requests.
 
 Glue between the MQTT link, the sans-IO wallet protocol (``auth/wallet.py``,
-``auth/person_requests.py``), the broker administration (``transports/dynsec.py``), the
-registry and the market. Everything that touches the database (verifying presentations,
-whose status check reads the revocation list; registry changes; the record) runs on one
-thread of its own with its own connection; broker administration runs on worker threads;
-the rest on the event loop.
+``auth/person_requests.py``), the broker sessions (``broker_sessions.py``), the registry
+and the market. Everything that touches the database (verifying presentations, whose
+status check reads the revocation list; registry changes; the record) runs on one thread
+of its own with its own connection; writing the deny file on worker threads; the rest on
+the event loop.
 
-A person's broker account lives as long as her session: it is created (role, then
-account) before she is told its password, and deleted (account, then role) when the
-session expires (at the latest when a credential behind it does) and within
+A person's broker session is a token the gateway signs, as a device's is (kind
+``person``: her request and response topics and the revocation list). It ends when it
+expires (at the latest when a credential behind it does: the token says so), and within
 ``interval`` of the revocation or suspension of a credential behind it (``didgw cred
-revoke`` or ``suspend`` in another process: the credentials table is watched). The
-devices' reconciliation keeps the accounts of live sessions and deletes every other
-account named by a DID.
+revoke`` or ``suspend`` in another process: the credentials table is watched), when her
+tokens are voided in the deny file. At start-up the gateway voids the tokens of the
+people whose credentials were revoked or suspended while it was not watching.
 
 The gateway's revocation list is published retained on ``<prefix>/status-list`` at
 start, after a reconnect, on every revocation and at half its validity.
@@ -36,9 +36,8 @@ from gateway.chain.store import NewEntry
 from gateway.errors import DidgwError
 from gateway.identity.signing import Signer
 from gateway.ops.logs import LogBudget
-from gateway.run.mqtt_devices import AccountLock
+from gateway.run.broker_sessions import KEEP_SECONDS, BrokerSessions
 from gateway.run.people import PeopleDesk, PersonSession
-from gateway.transports.dynsec import DynsecAdmin
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class MqttPeople:
         prefix: str,
         authenticator: WalletAuthenticator,
         desk: PeopleDesk,
-        broker: DynsecAdmin,
+        sessions: BrokerSessions,
         signer: Signer,
         publish: Publish,
         market: Any = None,
@@ -65,7 +64,7 @@ class MqttPeople:
         self._prefix = prefix
         self._auth = authenticator
         self._desk = desk
-        self._broker = broker
+        self._tokens = sessions
         self._signer = signer
         self._publish = publish
         self._market = market
@@ -73,7 +72,6 @@ class MqttPeople:
         self._clock_ms = clock_ms
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="didgw-people")
         self._sessions: dict[str, PersonSession] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._auth_topic = policy.wallet_auth_topic(prefix)
         self._log_budget = LogBudget("wallet authentication refusals", logger=log)
@@ -90,10 +88,12 @@ class MqttPeople:
     def subscriptions(self) -> list[str]:
         return [self._auth_topic, policy.person_requests_filter(self._prefix)]
 
-    def live(self) -> list[str]:
-        """DIDs whose accounts must survive a reconciliation (sessions not yet expired)."""
-        now = self._clock_ms()
-        return [did for did, s in self._sessions.items() if s.expires_ms > now]
+    async def prepare(self) -> None:
+        """Void the tokens of people whose credentials were revoked or suspended while the
+        gateway was not watching (within the longest a token lives)."""
+        since = self._clock_ms() - KEEP_SECONDS * 1000
+        for did, at_ms in await self._desk_work(self._desk.barred_since, since):
+            await asyncio.to_thread(self._tokens.void, {did}, at_ms / 1000)
 
     def handles(self, topic: str) -> bool:
         head, tail = self._req
@@ -121,14 +121,7 @@ class MqttPeople:
     async def _on_auth(self, payload: bytes) -> None:
         outgoing, grant = await self._desk_work(self._auth.on_request, payload, self._clock_ms())
         if grant is not None:
-            async with AccountLock(self._locks, grant.did):
-                try:
-                    await asyncio.to_thread(self._open_account, grant)
-                except Exception as exc:  # the broker refused: no access
-                    log.error("cannot create the broker account of %s: %s", grant.did, exc)
-                    outgoing = self._auth.refuse_unavailable(grant)
-                else:
-                    outgoing = await self._start_session(grant, outgoing)
+            outgoing = await self._start_session(grant, outgoing)
         elif (refusal := self._auth.core.last_refusal) is not None and self._log_budget.take(
             self._clock_ms(), refusal.reason
         ):
@@ -143,33 +136,12 @@ class MqttPeople:
             )
         except Exception as exc:  # not on the record: no session
             log.error("cannot record the session of %s: %s", grant.did, exc)
-            await asyncio.to_thread(self._close_account, grant.did)
-            self._sessions.pop(grant.did, None)
-            return self._auth.refuse_unavailable(grant)
+            return self._auth.refuse_unavailable(grant)  # her token is never sent
         self._sessions[grant.did] = PersonSession(
             grant.expires_ms, grant.permissions, digests, disclosure, grant.status_indexes
         )
         log.info("%s authenticated with a presentation: %s", grant.did, grant.permissions.names())
         return outgoing
-
-    def _open_account(self, grant: PersonGrant) -> None:
-        if grant.did in self._sessions:  # a renewal: one change
-            try:
-                self._broker.execute(policy.device_password_commands(grant.did, grant.password))
-                return
-            except DidgwError as exc:
-                log.info("broker account of %s not as expected (%s)", grant.did, exc)
-        self._broker.execute(
-            policy.person_removal_commands(grant.did), ok_errors=policy.RECONCILE_OK_ERRORS
-        )
-        self._broker.execute(
-            policy.person_account_commands(grant.did, grant.password, self._prefix)
-        )
-
-    def _close_account(self, did: str) -> None:
-        self._broker.execute(
-            policy.person_removal_commands(did), ok_errors=policy.RECONCILE_OK_ERRORS
-        )
 
     # -- requests ------------------------------------------------------------------
 
@@ -263,16 +235,13 @@ class MqttPeople:
         self._spawn(self.publish_status())
 
     async def _close(self, did: str, now: int) -> None:
-        async with AccountLock(self._locks, did):
-            session = self._sessions.get(did)
-            if session is None:
-                return
-            _, revoked = await self._desk_work(self._desk.revocations)
-            if session.expires_ms > now and not session.status_indexes & revoked:
-                return  # renewed while we waited
-            await asyncio.to_thread(self._close_account, did)
-            self._sessions.pop(did, None)
-            log.info("closed the broker account of %s", did)
+        """End her session: expired, the broker ends it by itself (the token says until
+        when); revoked or suspended, her tokens are voided now."""
+        session = self._sessions.pop(did, None)
+        if session is None or session.expires_ms <= now:
+            return
+        await asyncio.to_thread(self._tokens.void, {did})
+        log.info("ended the broker session of %s", did)
 
     async def drain(self) -> None:
         if self._tasks:

@@ -161,6 +161,15 @@ class PeopleDesk:
         suspended — a suspension is not published, so it does not change the revision)."""
         return self.issuer.revision(), frozenset(self.issuer.ended_indexes())
 
+    def barred_since(self, since_ms: int) -> list[tuple[str, int]]:
+        """(holder DID, when) of the credentials revoked or suspended since ``since_ms``."""
+        rows = self.db.execute(
+            "SELECT subject, max(coalesce(revoked_ms, 0), coalesce(suspended_ms, 0)) "
+            "FROM credentials WHERE revoked_ms >= ? OR suspended_ms >= ?",
+            [since_ms, since_ms],
+        ).fetchall()
+        return [(str(did), int(at)) for did, at in rows]
+
     def status_list(self, signer: Signer) -> bytes:
         credential = self.issuer.status_list_credential(signer, now=time.time())
         return json.dumps(credential, separators=(",", ":")).encode()

@@ -44,13 +44,14 @@ from gateway.ops.sdnotify import Notifier
 from gateway.ops.tls import broker_cert_warning, gateway_tls
 from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
+from gateway.run.broker_sessions import BrokerSessions
 from gateway.run.disk import DiskGuard
 from gateway.run.energy import MarketSide, MeterSide
 from gateway.run.ingest import ReadingPipeline, clock_window
 from gateway.run.mqtt_devices import MqttDevices
 from gateway.run.recorder import Recorder, writer_lock_path
 from gateway.run.workers import VerifierPool, WorkerSettings
-from gateway.service import Gateway, open_gateway
+from gateway.service import Gateway, open_gateway, token_dir
 from gateway.transports.dynsec import DynsecAdmin
 from gateway.transports.mqtt import MqttError, MqttLink, forget_session
 
@@ -122,6 +123,7 @@ class _MqttSide:
         self.devices: MqttDevices | None = None
         self.link: MqttLink | None = None
         self.broker: DynsecAdmin | None = None
+        self.sessions: BrokerSessions | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.pool: VerifierPool | None = None
         self.authenticator: Authenticator | None = None
@@ -168,8 +170,14 @@ class _MqttSide:
             config, gateway.signer(env), lambda did: _status(gateway, did), mqtt.session_seconds
         )
         core.refusals = pipeline.refusals
+        sessions = self.sessions = BrokerSessions(
+            gateway.broker_token_key(env), mqtt.prefix, token_dir(config, state_dir)
+        )
         authenticator = self.authenticator = Authenticator(
-            core, gateway.resolver, prefix=mqtt.prefix
+            core,
+            gateway.resolver,
+            prefix=mqtt.prefix,
+            session_token=lambda did, expires_ms: sessions.token(did, "device", expires_ms),
         )
         devices = self.devices = MqttDevices(
             prefix=mqtt.prefix,
@@ -177,11 +185,13 @@ class _MqttSide:
             pipeline=pipeline,
             registry=gateway.registry,
             broker=self.broker,
+            sessions=sessions,
             publish=lambda topic, payload: self.link.publish(topic, payload) if self.link else None,
             shared_readings=workers > 0,
         )
         stale = await asyncio.to_thread(devices.prepare_broker)
-        log.info("removed %d device accounts left on the broker", stale)
+        if stale:
+            log.info("removed %d broker accounts named by DIDs (sessions are tokens now)", stale)
         if workers > 0:
             self.pool = VerifierPool(
                 workers,
@@ -195,7 +205,7 @@ class _MqttSide:
             log.info("%d reading worker processes started", workers)
         people = self.people = self._people(config, state_dir, env, gateway, market)
         if people is not None:
-            devices.people_accounts = people.live
+            await people.prepare()
         subscriptions = devices.subscriptions
         subscriptions += market.subscriptions if market is not None else []
         subscriptions += people.subscriptions if people is not None else []
@@ -259,12 +269,19 @@ class _MqttSide:
             config.credentials.session_seconds,
             known=desk.issuer.has_issued_to,  # on the desk's thread, with its connection
         )
-        authenticator = WalletAuthenticator(core, desk.verify, prefix=config.mqtt.prefix)
+        sessions = self.sessions
+        assert sessions is not None  # noqa: S101 - made with the broker, before people
+        authenticator = WalletAuthenticator(
+            core,
+            desk.verify,
+            prefix=config.mqtt.prefix,
+            session_token=lambda did, expires_ms: sessions.token(did, "person", expires_ms),
+        )
         return MqttPeople(
             prefix=config.mqtt.prefix,
             authenticator=authenticator,
             desk=desk,
-            broker=self.broker,
+            sessions=sessions,
             signer=signer,
             publish=lambda topic, payload, **kw: (
                 self.link.publish(topic, payload, **kw) if self.link else None

@@ -54,13 +54,7 @@ def write_config(
     if broker is None:
         lines += ["[mqtt]", "enabled = false"]
     else:
-        lines += [
-            "[mqtt]",
-            f'host = "{broker.host}"',
-            f"port = {broker.port}",
-            f'username = "{broker.gateway_username}"',
-            f'prefix = "{broker.prefix}"',
-        ]
+        lines += ["[mqtt]", broker.gateway_settings().rstrip("\n")]
     if coap_port is not None:
         lines += ["[coap]", "enabled = true", f"port = {coap_port}"]
     path.write_text("\n".join(lines) + "\n")

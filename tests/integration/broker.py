@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.auth import broker_tokens
 from gateway.ops.broker import PrivateBroker, free_port, missing_tools
 
 __all__ = ["Mosquitto", "Peer", "free_port", "missing_tools"]
@@ -46,6 +48,27 @@ class Mosquitto(PrivateBroker):
 
     def gateway(self) -> Peer:
         return self.peer(self.gateway_username, self.gateway_password)
+
+    def token(self, did: str, kind: str = "device", lifetime: int = 600) -> str:
+        """A session token for ``did``, as a gateway of this broker signs one (for tests
+        with no gateway): the first call puts a key of its own in :attr:`token_dir`."""
+        if not hasattr(self, "_token_key"):
+            self._token_key = Ed25519PrivateKey.generate()
+            self.token_dir.mkdir(parents=True, exist_ok=True)
+            (self.token_dir / "token.pub").write_bytes(
+                broker_tokens.public_pem(self._token_key.public_key())
+            )
+            if not (self.token_dir / "deny").exists():
+                (self.token_dir / "deny").write_text("")
+        return broker_tokens.mint(
+            self._token_key,
+            sub=did,
+            kind=kind,
+            prefix=self.prefix,
+            now=int(time.time()),
+            lifetime=lifetime,
+            random_bytes=secrets.token_bytes(broker_tokens.JTI_BYTES),
+        )
 
 
 class Peer:

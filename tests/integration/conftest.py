@@ -82,8 +82,7 @@ def gateway(didgw: Run, mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Gatewa
     config.write_text(
         f"[metrics]\nport = {free_port()}\n\n[http]\nport = {free_port()}\n\n"
         # [mqtt] last: tests append keys to it
-        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
+        "[mqtt]\n" + mosquitto.gateway_settings()
     )
     process = GatewayProcess(state, mosquitto, config)
     yield process

@@ -1,5 +1,6 @@
-"""The broker policy against a real mosquitto: what anonymous clients, devices and the gateway
-may do, revocation by deleting an account, reconciliation, and the dynamic-security client.
+"""The broker policy against a real mosquitto: what anonymous clients, devices (with a session
+token: the didgw plugin) and the gateway may do, the removal of accounts left by gateways
+before tokens, and the dynamic-security client.
 
 "Cannot" is checked where it matters, at the receiving end: the gateway (or a device) is
 subscribed, and a marker sent after the forbidden message must be the first thing to arrive.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -51,16 +51,8 @@ def marker() -> bytes:
 
 
 def add_device(mosquitto: Mosquitto, did: str) -> str:
-    """Give ``did`` a broker account as the gateway does after a grant; return its password."""
-    password = secrets.token_urlsafe(24)
-    with mosquitto.admin() as admin:
-        admin.execute(
-            [
-                *policy.device_role_commands(did, mosquitto.prefix),
-                *policy.device_client_commands(did, password, mosquitto.prefix),
-            ]
-        )
-    return password
+    """A session for ``did`` as the gateway gives one after a grant: its token (password)."""
+    return mosquitto.token(did)
 
 
 def connected(peer: Peer) -> Peer:
@@ -190,65 +182,28 @@ def test_a_device_cannot_reach_another_devices_topics(mosquitto: Mosquitto) -> N
         assert device.received_until(acks(DEVICE), token) == []
 
 
-def test_a_device_receives_only_what_its_roles_name_even_on_an_earlier_subscription(
+def test_accounts_named_by_dids_are_dead_and_reconcile_removes_them(
     mosquitto: Mosquitto,
 ) -> None:
-    """Why publishClientReceive defaults to deny: the plugin checks a subscription once,
-    when it is made, and changing a role (modifyRole) does not disconnect its clients."""
-    password = add_device(mosquitto, DEVICE)
-    emptied = {"command": "modifyRole", "rolename": policy.device_role_name(DEVICE), "acls": []}
-    with (
-        connected(mosquitto.peer(DEVICE, password)) as device,
-        connected(mosquitto.gateway()) as gateway,
-        mosquitto.admin() as admin,
-    ):
-        assert not device.subscribe(acks(DEVICE)).is_failure
-        admin.execute([emptied])
-        gateway.publish(acks(DEVICE), b"after its role lost the acks")
-        with pytest.raises(queue.Empty):
-            device.next_message(timeout=0.3)
-        assert not device.disconnected.is_set()
-
-        allow_receive = {"acltype": "publishClientReceive", "allow": True}
-        admin.execute([{"command": "setDefaultACLAccess", "acls": [allow_receive]}])
-        gateway.publish(acks(DEVICE), b"with the plugin's default")
-        assert device.next_message() == (acks(DEVICE), b"with the plugin's default")
-
-
-def test_deleting_a_device_account_disconnects_it_and_refuses_it_later(
-    mosquitto: Mosquitto,
-) -> None:
-    password = add_device(mosquitto, DEVICE)
-    with connected(mosquitto.peer(DEVICE, password)) as device, mosquitto.admin() as admin:
-        admin.execute(policy.device_removal_commands(DEVICE))
-        assert device.disconnected.wait(1.0), "the broker did not disconnect the deleted account"
-    with mosquitto.peer(DEVICE, password) as again:
-        assert str(again.connect()) == NOT_AUTHORIZED
+    """Gateways before session tokens made a dynamic-security account per session: with
+    the didgw plugin first, such an account lets nobody in (a ``did:`` username needs a
+    token), and the reconciliation at start-up deletes them with their roles."""
+    password = secrets.token_urlsafe(24)
     with mosquitto.admin() as admin:
-        assert DEVICE not in admin.list_clients()
-        assert policy.device_role_name(DEVICE) not in admin.list_roles()
-
-
-def test_reconcile_deletes_stale_device_accounts_after_a_broker_restart(
-    mosquitto: Mosquitto,
-) -> None:
-    passwords = {did: add_device(mosquitto, did) for did in (DEVICE, OTHER, THIRD)}
-    with mosquitto.admin() as admin:
-        mosquitto.restart()  # the plugin reloads every account from its own file
-        assert set(admin.list_clients()) >= {DEVICE, OTHER, THIRD}  # (after reconnecting)
-
-        active = {DEVICE: "granted"}  # the registry: OTHER and THIRD were revoked meanwhile
-        commands = policy.reconcile(active, admin.list_clients(), admin.list_roles())
+        for did in (DEVICE, OTHER):
+            admin.execute(
+                [
+                    {"command": "createRole", "rolename": f"{policy.DEVICE_ROLE_PREFIX}{did[-8:]}"},
+                    {"command": "createClient", "username": did, "password": password},
+                ]
+            )
+        with mosquitto.peer(DEVICE, password) as device:
+            assert str(device.connect()) == NOT_AUTHORIZED
+        commands = policy.legacy_removals(admin.list_clients(), admin.list_roles())
         admin.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
-
-        assert sorted(admin.list_clients()) == sorted(["admin", "gateway", DEVICE])
-        device_roles = [r for r in admin.list_roles() if r.startswith(policy.DEVICE_ROLE_PREFIX)]
-        assert device_roles == [policy.device_role_name(DEVICE)]
-        assert policy.reconcile(active, admin.list_clients(), admin.list_roles()) == []
-
-    for did, password in passwords.items():
-        with mosquitto.peer(did, password) as device:
-            assert device.connect().is_failure is (did != DEVICE), did
+        assert sorted(admin.list_clients()) == sorted(["admin", "gateway"])
+        assert not [r for r in admin.list_roles() if r.startswith(policy.DEVICE_ROLE_PREFIX)]
+        assert policy.legacy_removals(admin.list_clients(), admin.list_roles()) == []
 
 
 def test_the_policy_can_be_applied_again_and_restores_the_roles(mosquitto: Mosquitto) -> None:
@@ -321,26 +276,26 @@ def test_a_refused_command_raises_naming_the_command_and_the_brokers_reason(
 def test_the_convenience_methods_manage_an_account(mosquitto: Mosquitto) -> None:
     with mosquitto.admin() as admin:
         admin.create_role("sensors", [{"acltype": "publishClientSend", "topic": "didgw/x"}])
-        admin.create_client("did:example:123", "first", ["sensors"])
-        assert admin.get_client("did:example:123")["roles"] == [{"rolename": "sensors"}]
+        admin.create_client("sensor-account", "first", ["sensors"])
+        assert admin.get_client("sensor-account")["roles"] == [{"rolename": "sensors"}]
         with pytest.raises(DynsecError, match="Client already exists"):
-            admin.create_client("did:example:123", "again")
+            admin.create_client("sensor-account", "again")
 
-        with connected(mosquitto.peer("did:example:123", "first")) as device:
-            admin.disable_client("did:example:123")
+        with connected(mosquitto.peer("sensor-account", "first")) as device:
+            admin.disable_client("sensor-account")
             assert device.disconnected.wait(1.0)
-        with mosquitto.peer("did:example:123", "first") as device:
+        with mosquitto.peer("sensor-account", "first") as device:
             assert device.connect().is_failure
-        admin.enable_client("did:example:123")
-        admin.set_client_password("did:example:123", "second")
-        with mosquitto.peer("did:example:123", "first") as device:
+        admin.enable_client("sensor-account")
+        admin.set_client_password("sensor-account", "second")
+        with mosquitto.peer("sensor-account", "first") as device:
             assert device.connect().is_failure
-        with connected(mosquitto.peer("did:example:123", "second")):
+        with connected(mosquitto.peer("sensor-account", "second")):
             pass
 
-        admin.delete_client("did:example:123")
+        admin.delete_client("sensor-account")
         admin.delete_role("sensors")
-        assert "did:example:123" not in admin.list_clients()
+        assert "sensor-account" not in admin.list_clients()
         assert "sensors" not in admin.list_roles()
         with pytest.raises(DynsecError, match=r"getClient .username 'gone'.: Client not found"):
             admin.get_client("gone")

@@ -321,14 +321,7 @@ DEVICE = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
 def test_an_account_connection_is_named_by_its_account_and_nobody_else_can_take_it(
     mosquitto: Mosquitto,
 ) -> None:
-    from gateway.auth import broker as policy
-
-    password = "device-password"
-    with mosquitto.admin() as admin:
-        admin.execute(
-            policy.device_role_commands(DEVICE, mosquitto.prefix)
-            + policy.device_client_commands(DEVICE, password, mosquitto.prefix)
-        )
+    password = mosquitto.token(DEVICE)  # its session, as the gateway grants one
     accounts = mosquitto.accounts_port
     device, reason, _, kicked = _connect(
         mosquitto, "didgw-dev-1", port=accounts, username=DEVICE, password=password
@@ -383,7 +376,7 @@ def test_a_reconciliation_larger_than_the_packet_limit_is_sent_in_parts(
                     for name in stale[i : i + 100]
                 ]
             )
-        commands = policy.reconcile(set(), admin.list_clients(), admin.list_roles())
+        commands = policy.legacy_removals(admin.list_clients(), admin.list_roles())
         assert len(json.dumps({"commands": commands})) > policy.MAX_PACKET_BYTES
         admin.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
         assert not [name for name in admin.list_clients() if name.startswith("did:")]
@@ -412,11 +405,7 @@ def test_without_the_brokers_limit_the_gateway_still_takes_no_64_mib(
     state, config = tmp_path / "state", tmp_path / "gateway.toml"
     assert didgw("init", "--state-dir", str(state)).returncode == 0
     metrics_port = broker_free_port()
-    config.write_text(
-        f"[metrics]\nport = {metrics_port}\n\n"
-        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-        f'username = "{broker.gateway_username}"\nprefix = "{broker.prefix}"\n'
-    )
+    config.write_text(f"[metrics]\nport = {metrics_port}\n\n[mqtt]\n" + broker.gateway_settings())
     gateway = Process(state, broker, config)
     gw = gateway_did(didgw, state)
     member = make_device(tmp_path, broker, "member", gw)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support import wait_until
 
 from gateway.auth import broker_tokens as bt
-from gateway.ops.broker import BrokerError, token_plugin_library
+from gateway.ops.broker import token_plugin_library
 
 VECTORS = json.loads(
     (Path(__file__).parents[1] / "vectors" / "broker-token" / "tokens.json").read_text()
@@ -213,22 +213,27 @@ def test_the_gateway_and_anonymous_clients_still_go_through_dynamic_security(
         assert str(wrong.connect()) == "Not authorized"
 
 
-def test_a_denied_did_is_disconnected_and_cannot_come_back(tokens: TokenBroker) -> None:
+def test_a_denied_did_is_disconnected_and_only_a_newer_token_lets_it_back(
+    tokens: TokenBroker,
+) -> None:
+    """A deny line voids the DID's tokens issued at or before its second: the connection
+    goes, those tokens are refused; one issued later (a resumed or re-keyed device's next
+    session) passes."""
     did, bystander = new_did(), new_did()
+    now = int(time.time())
     device, code = tokens.connect(did, tokens.token(did))
     other, other_code = tokens.connect(bystander, tokens.token(bystander))
     with device, other:
         assert (code, other_code) == ("Success", "Success")
-        tokens.deny({did: int(time.time()) + 3600})
+        tokens.deny({did: now})
         assert device.disconnected.wait(5), "the denied device is still connected"
-        again, code = tokens.connect(did, tokens.token(did))
-        again.close()
-        assert code == "Not authorized"
+        for issued in (now - 100, now):
+            again, code = tokens.connect(did, tokens.token(did, now=issued))
+            again.close()
+            assert code == "Not authorized", issued
         assert other.connected.is_set()
         assert str(other.publish(topics(bystander)["readings"], b"r")) != "Not authorized"
-    # Past its date, a listed DID may come in again.
-    tokens.deny({did: int(time.time()) - 1})
-    back, code = tokens.connect(did, tokens.token(did))
+    back, code = tokens.connect(did, tokens.token(did, now=now + 1))
     back.close()
     assert code == "Success"
 
@@ -243,7 +248,7 @@ def test_a_token_that_expires_gets_the_client_disconnected(tokens: TokenBroker) 
 
 def test_the_deny_list_survives_a_restart(tokens: TokenBroker) -> None:
     did = new_did()
-    tokens.deny({did: int(time.time()) + 3600})
+    tokens.deny({did: int(time.time()) + 5})
     tokens.broker.restart()
     peer, code = tokens.connect(did, tokens.token(did))
     peer.close()
@@ -270,6 +275,31 @@ def test_an_unreadable_deny_file_refuses_every_did(tokens: TokenBroker) -> None:
     wait_until(accepted, "a DID accepted again once the deny file is fixed")
 
 
-def test_the_broker_does_not_start_without_an_ed25519_key(tmp_path: Path) -> None:
-    with pytest.raises(BrokerError, match="not an Ed25519 public key"):
-        start(tmp_path / "k", b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n")
+def test_without_a_good_token_key_every_did_is_refused_until_the_key_comes(
+    tmp_path: Path,
+) -> None:
+    """The broker may start before the gateway has written its key: it starts, refuses every
+    DID (fail closed), and reads the key when it appears or is replaced."""
+    key = Ed25519PrivateKey.generate()
+    broker, deny = start(
+        tmp_path / "k", b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n"
+    )
+    try:
+        tokens = TokenBroker(broker, key, deny)
+        did = new_did()
+        peer, code = tokens.connect(did, tokens.token(did))
+        peer.close()
+        assert code == "Not authorized"
+        public = deny.with_name("broker-token.pub")
+        new = public.with_suffix(".new")
+        new.write_bytes(bt.public_pem(key.public_key()))
+        os.replace(new, public)
+
+        def accepted() -> bool:
+            peer, code = tokens.connect(did, tokens.token(did))
+            peer.close()
+            return code == "Success"
+
+        wait_until(accepted, "the DID accepted once the key is there")
+    finally:
+        broker.stop()

@@ -95,9 +95,7 @@ def test_three_households_trade_over_mqtt_and_statements_add_up(  # noqa: PLR091
     interval = 3
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
-        "verify_workers = 0\n"
+        "[mqtt]\n" + mosquitto.gateway_settings() + "verify_workers = 0\n"
         "[meter]\nenabled = true\nrecord_every_seconds = 0.0\n"
         f"[market]\nenabled = true\ninterval_seconds = {interval}\ntick_seconds = 0.1\n"
     )

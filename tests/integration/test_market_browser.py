@@ -125,9 +125,9 @@ def test_a_household_signs_an_order_with_her_passkey_and_sees_its_trade_and_stat
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        f'username = "{mosquitto.gateway_username}"\nprefix = "{mosquitto.prefix}"\n'
-        "verify_workers = 0\n[coap]\nenabled = false\n[anchor]\nenabled = false\n"
+        "[mqtt]\n"
+        + mosquitto.gateway_settings()
+        + "verify_workers = 0\n[coap]\nenabled = false\n[anchor]\nenabled = false\n"
         f"[metrics]\nport = {free_port()}\n"
         "[meter]\nenabled = true\nrecord_every_seconds = 0.0\n"
         f"[market]\nenabled = true\ninterval_seconds = {INTERVAL}\ntick_seconds = 0.1\n"

@@ -44,9 +44,7 @@ class Site:
         self.config = tmp_path / "gateway.toml"
         self.config.write_text(
             f"[metrics]\nport = {free_port()}\n{extra}\n"
-            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-            f'username = "{broker.gateway_username}"\nprefix = "{broker.prefix}"\n'
-            "verify_workers = 0\n"
+            "[mqtt]\n" + broker.gateway_settings() + "verify_workers = 0\n"
         )
         self.process = GatewayProcess(self.state, broker, self.config)
 

@@ -1,5 +1,6 @@
-"""The broker policy as data: the dynamic-security commands for devices, anonymous clients,
-the gateway, and reconciliation with the registry."""
+"""The broker policy as data: the topics, the dynamic-security commands for anonymous clients
+and the gateway, and the removal of accounts that gateways before session tokens made.
+(Devices' and people's topics are the didgw plugin's: tests/integration/test_broker_tokens.py.)"""
 
 from __future__ import annotations
 
@@ -36,59 +37,10 @@ def allowed(acls: list[dict[str, Any]], acltype: str, topic: str) -> bool:
 
 def every_policy_command() -> list[dict[str, Any]]:
     return [
-        *broker.device_role_commands(DID, "didgw"),
-        *broker.device_client_commands(DID, "secret", "didgw"),
-        *broker.device_removal_commands(DID),
         *broker.anonymous_policy_commands("didgw"),
         *broker.gateway_role_commands("didgw"),
         *broker.gateway_client_commands("gateway", "secret"),
     ]
-
-
-def test_device_role_name_is_short_stable_and_distinct() -> None:
-    name = broker.device_role_name(DID)
-    assert name == broker.device_role_name(DID)
-    assert name.startswith("didgw-device-")
-    assert len(name) == len("didgw-device-") + 24
-    assert int(name.removeprefix("didgw-device-"), 16) >= 0
-    assert broker.device_role_name(OTHER) != name
-
-
-def test_device_role_allows_exactly_its_own_readings_acks_orders_and_market() -> None:
-    (command,) = broker.device_role_commands(DID, "didgw")
-    assert command["command"] == "createRole"
-    assert command["rolename"] == broker.device_role_name(DID)
-    assert command["acls"] == [
-        {"acltype": "publishClientSend", "topic": f"didgw/d/{DID}/readings", "allow": True},
-        {"acltype": "subscribeLiteral", "topic": f"didgw/d/{DID}/acks", "allow": True},
-        {"acltype": "publishClientReceive", "topic": f"didgw/d/{DID}/acks", "allow": True},
-        {"acltype": "publishClientSend", "topic": f"didgw/d/{DID}/orders", "allow": True},
-        {"acltype": "subscribeLiteral", "topic": f"didgw/d/{DID}/market", "allow": True},
-        {"acltype": "publishClientReceive", "topic": f"didgw/d/{DID}/market", "allow": True},
-    ]
-
-
-@pytest.mark.parametrize(
-    ("acltype", "topic", "expected"),
-    [
-        ("publishClientSend", f"site/gw/d/{DID}/readings", True),
-        ("publishClientSend", f"site/gw/d/{OTHER}/readings", False),
-        ("publishClientSend", f"site/gw/d/{DID}/orders", True),
-        ("publishClientSend", f"site/gw/d/{OTHER}/orders", False),
-        ("publishClientSend", f"site/gw/d/{DID}/market", False),
-        ("publishClientReceive", f"site/gw/d/{DID}/market", True),
-        ("publishClientReceive", f"site/gw/d/{OTHER}/market", False),
-        ("publishClientSend", f"site/gw/d/{DID}/acks", False),
-        ("publishClientSend", "site/gw/auth/req", False),
-        ("publishClientReceive", f"site/gw/d/{DID}/acks", True),
-        ("publishClientReceive", f"site/gw/d/{OTHER}/acks", False),
-        ("publishClientReceive", f"site/gw/d/{DID}/readings", False),
-        ("publishClientReceive", "site/gw/auth/res/abcdefghijklmnop", False),
-    ],
-)
-def test_a_device_reaches_its_own_topics_only(acltype: str, topic: str, expected: bool) -> None:
-    acls = role_acls(broker.device_role_commands(DID, "site/gw"))
-    assert allowed(acls, acltype, topic) is expected
 
 
 def test_device_topics_follow_the_protocol_layout() -> None:
@@ -98,30 +50,15 @@ def test_device_topics_follow_the_protocol_layout() -> None:
     assert broker.auth_response_filter("didgw") == "didgw/auth/res/+"
 
 
-def test_device_account_is_named_by_its_did_and_has_only_its_role() -> None:
-    (command,) = broker.device_client_commands(DID, "s3cret", "didgw")
-    assert command == {
-        "command": "createClient",
-        "username": DID,
-        "password": "s3cret",
-        "roles": [{"rolename": broker.device_role_name(DID)}],
-    }
-
-
-def test_an_empty_device_password_is_refused() -> None:
-    with pytest.raises(ValueError, match="password"):
-        broker.device_client_commands(DID, "", "didgw")
-
-
 @pytest.mark.parametrize(
     "did",
     ["did:key:z6Mk/readings", "did:key:z6Mk+", "did:key:z6Mk#frag", "sensor-7", "did:key:", ""],
 )
 def test_a_did_that_is_not_one_topic_level_is_refused(did: str) -> None:
     with pytest.raises(DidError, match="is not a DID"):
-        broker.device_role_commands(did, "didgw")
+        broker.readings_topic(did, "didgw")
     with pytest.raises(DidError):
-        broker.device_client_commands(did, "secret", "didgw")
+        broker.person_requests_topic(did, "didgw")
 
 
 @pytest.mark.parametrize(
@@ -129,29 +66,11 @@ def test_a_did_that_is_not_one_topic_level_is_refused(did: str) -> None:
 )
 def test_an_unusable_prefix_is_refused_with_the_reason(prefix: str) -> None:
     with pytest.raises(ConfigError, match=r"MQTT topic prefix .* is not usable"):
-        broker.device_role_commands(DID, prefix)
+        broker.readings_topic(DID, prefix)
     with pytest.raises(ConfigError):
         broker.anonymous_policy_commands(prefix)
     with pytest.raises(ConfigError):
         broker.gateway_role_commands(prefix)
-
-
-def test_device_removal_deletes_the_account_before_its_role() -> None:
-    assert broker.device_removal_commands(DID) == [
-        {"command": "deleteClient", "username": DID},
-        {"command": "deleteRole", "rolename": broker.device_role_name(DID)},
-    ]
-
-
-def test_a_renewal_changes_the_password_only_and_an_expiry_keeps_the_role() -> None:
-    assert broker.device_password_commands(DID, "s3cret") == [
-        {"command": "setClientPassword", "username": DID, "password": "s3cret"}
-    ]
-    assert broker.device_account_removal_commands(DID) == [
-        {"command": "deleteClient", "username": DID}
-    ]
-    with pytest.raises(ValueError):
-        broker.device_password_commands(DID, "")
 
 
 def test_anonymous_clients_get_the_auth_topics_and_nothing_else() -> None:
@@ -248,51 +167,21 @@ def test_every_policy_command_is_json_with_known_acl_types() -> None:
                 assert acl["acltype"] in broker.ACL_TYPES
 
 
-def test_reconcile_deletes_device_accounts_the_registry_does_not_want() -> None:
-    stale = "did:key:z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH"
-    commands = broker.reconcile({DID}, ["admin", "didgw-gateway", DID, stale, OTHER])
-    assert commands == [
-        {"command": "deleteClient", "username": OTHER},
-        {"command": "deleteClient", "username": stale},
-        *sorted(
-            (
-                {"command": "deleteRole", "rolename": broker.device_role_name(did)}
-                for did in (OTHER, stale)
-            ),
-            key=lambda c: c["rolename"],
-        ),
+def test_legacy_removals_delete_every_account_named_by_a_did_then_the_session_roles() -> None:
+    device_role, person_role = broker.DEVICE_ROLE_PREFIX + "ab12", broker.PERSON_ROLE_PREFIX + "cd"
+    clients = ["admin", "didgw-gateway", OTHER, DID, OTHER, "did:bad/name"]
+    roles = ["admin", broker.GATEWAY_ROLE, broker.ANONYMOUS_ROLE, person_role, device_role]
+    assert broker.legacy_removals(clients, roles) == [
+        *({"command": "deleteClient", "username": u} for u in sorted({DID, OTHER, "did:bad/name"})),
+        {"command": "deleteRole", "rolename": device_role},
+        {"command": "deleteRole", "rolename": person_role},
     ]
 
 
-def test_reconcile_accepts_the_registry_as_a_mapping_and_has_nothing_to_do_when_in_line() -> None:
-    active = {DID: {"expires": 1_700_000_000_000}, OTHER: {"expires": 1_700_000_000_000}}
-    roles = ["admin", broker.device_role_name(DID), broker.device_role_name(OTHER)]
-    assert broker.reconcile(active, ["admin", DID, OTHER, "gw"], roles) == []
-    assert broker.reconcile(active, [], []) == []  # accounts it cannot create are not its job
-
-
-def test_reconcile_never_touches_accounts_not_named_by_a_did() -> None:
+def test_legacy_removals_never_touch_accounts_not_named_by_a_did() -> None:
     clients = ["admin", "didgw-gateway", "DID:key:upper", "xdid:key:z6Mk", "", "mosquitto"]
     roles = ["admin", broker.GATEWAY_ROLE, broker.ANONYMOUS_ROLE, "didgw-devices", "custom"]
-    assert broker.reconcile(set(), clients, roles) == []
-
-
-def test_reconcile_deletes_device_roles_left_without_an_account() -> None:
-    orphan = broker.device_role_name(OTHER)
-    commands = broker.reconcile([DID], [DID], [broker.device_role_name(DID), orphan])
-    assert commands == [{"command": "deleteRole", "rolename": orphan}]
-
-
-def test_reconcile_deletes_a_malformed_device_account_without_inventing_a_role() -> None:
-    assert broker.reconcile([], ["did:bad/name"]) == [
-        {"command": "deleteClient", "username": "did:bad/name"}
-    ]
-
-
-def test_reconcile_lists_each_deletion_once_in_a_stable_order() -> None:
-    once = broker.reconcile([], [OTHER, DID, OTHER], [broker.device_role_name(DID)])
-    assert once == broker.reconcile([], [DID, OTHER], [])
-    assert [c["command"] for c in once] == ["deleteClient"] * 2 + ["deleteRole"] * 2
+    assert broker.legacy_removals(clients, roles) == []
 
 
 def test_the_setup_in_configs_mosquitto_readme_sends_this_policy() -> None:
@@ -320,35 +209,3 @@ def test_the_setup_in_configs_mosquitto_readme_puts_no_password_on_a_command_lin
         line for line in lines if re.search(r"mosquitto_\w+\b.*\s(-P|--pw)\b", line)
     ]
     assert not on_a_command_line
-
-
-def test_a_person_may_send_only_her_requests_and_read_only_her_answers() -> None:
-    [role, client] = broker.person_account_commands(DID, "pw", "didgw")
-    assert role["rolename"] == broker.person_role_name(DID) != broker.device_role_name(DID)
-    assert client == {
-        "command": "createClient",
-        "username": DID,
-        "password": "pw",
-        "roles": [{"rolename": role["rolename"]}],
-    }
-    acls = role["acls"]
-    assert allowed(acls, "publishClientSend", f"didgw/p/{DID}/req")
-    assert allowed(acls, "publishClientReceive", f"didgw/p/{DID}/res")
-    assert allowed(acls, "publishClientReceive", "didgw/status-list")
-    assert not allowed(acls, "publishClientSend", f"didgw/p/{OTHER}/req")
-    assert not allowed(acls, "publishClientReceive", f"didgw/p/{OTHER}/res")
-    assert not allowed(acls, "publishClientSend", f"didgw/d/{DID}/orders")
-    assert broker.person_removal_commands(DID) == [
-        {"command": "deleteClient", "username": DID},
-        {"command": "deleteRole", "rolename": broker.person_role_name(DID)},
-    ]
-
-
-def test_reconcile_keeps_live_people_and_removes_stale_ones_with_their_roles() -> None:
-    live, stale = DID, OTHER
-    roles = [broker.person_role_name(live), broker.person_role_name(stale)]
-    commands = broker.reconcile({live}, [live, stale, "admin"], roles)
-    assert {"command": "deleteClient", "username": stale} in commands
-    assert {"command": "deleteRole", "rolename": broker.person_role_name(stale)} in commands
-    assert not any(c.get("username") == live for c in commands)
-    assert {"command": "deleteRole", "rolename": broker.person_role_name(live)} not in commands
