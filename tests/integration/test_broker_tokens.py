@@ -273,3 +273,23 @@ def test_an_unreadable_deny_file_refuses_every_did(tokens: TokenBroker) -> None:
 def test_the_broker_does_not_start_without_an_ed25519_key(tmp_path: Path) -> None:
     with pytest.raises(BrokerError, match="not an Ed25519 public key"):
         start(tmp_path / "k", b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n")
+
+
+def test_a_configuration_reload_keeps_connected_devices_and_their_topics(
+    tokens: TokenBroker,
+) -> None:
+    """SIGHUP (the broker certificate's renewal sends one) must not forget the sessions."""
+    did = new_did()
+    mine = topics(did)
+    device, code = tokens.connect(did, tokens.token(did))
+    with device:
+        assert code == "Success"
+        tokens.broker.reload()
+        wait_until(lambda: "Reloading config" in tokens.broker.log(), "the broker's reload")
+        assert str(device.publish(mine["readings"], b"after reload")) != "Not authorized"
+        assert str(device.subscribe(mine["acks"])) == "Granted QoS 1"
+        assert str(device.publish(topics(new_did())["readings"], b"x")) == "Not authorized"
+    tokens.deny({did: int(time.time()) + 60})
+    again, code = tokens.connect(did, tokens.token(did))
+    again.close()
+    assert code == "Not authorized"
