@@ -14,7 +14,8 @@ client, so that the load generator stays cheap):
   gateway's account publishing, another of its connections subscribed; each message
   carries its send time, the stream runs in a process of its own), ``--accept`` (1,000)
   more tokens are accepted (``stall_ms_accept``) and then ``--deny`` (100) connected DIDs
-  are listed in the deny file, which kicks them (``stall_ms_deny``); each is the longest
+  are listed in the deny file, which kicks them (``stall_ms_deny``; ``deny_to_disconnect_ms``:
+  from the file's rename to the last of them seeing its connection closed); each is the longest
   delivery latency of the stream from 0.2 s before the action to 0.5 s after it. To
   compare: the same stream while nothing happens (``stall_ms_idle``), while as many
   anonymous clients connect the same way (``stall_ms_same_connects_anonymous``: what the
@@ -39,6 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -224,6 +226,7 @@ class Bench:
         self.broker = PrivateBroker(root / "mosquitto", token_plugin=(public, self.deny_file))
         self.socks: list[socket.socket] = []
         self.windows: dict[str, list[tuple[int, int]]] = {}
+        self.cut_off_ms: list[float] = []
 
     def creds(self, n: int) -> list[tuple[str, str]]:
         now, out = int(time.time()), []
@@ -277,12 +280,26 @@ class Bench:
         for sock in more:
             sock.close()
 
-    def revoke(self, dids: list[str]) -> None:
+    def revoke(self, dids: list[str], socks: list[socket.socket]) -> None:
+        """Deny ``dids`` (connected on ``socks``); record when the last one was cut off."""
+        for sock in socks:  # each is still connected: nothing to read, no end of file
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                assert sock.recv(1) != b"", "a connection closed before its DID was denied"
+            sock.setblocking(True)
         until = int(time.time()) + 3600
         new = self.deny_file.with_suffix(".new")
         new.write_text(bt.deny_file_text(dict.fromkeys(dids, until)))
         os.replace(new, self.deny_file)
-        time.sleep(0.3)  # the kicks happen at the broker's next tick
+        renamed = time.perf_counter()
+        for sock in socks:
+            sock.settimeout(5.0)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass  # reset or timed out: the time tells
+        self.cut_off_ms.append(round((time.perf_counter() - renamed) * 1000, 1))
 
     def dynsec_changes(self, admin: DynsecAdmin) -> None:
         """What the gateway does today per session: an account created, later deleted."""
@@ -317,11 +334,13 @@ class Bench:
             time.sleep(0.5)
             for round_ in range(2):
                 arrivals = self.creds(args.accept)  # minted before the window
-                denied = [did for did, _ in fleet[round_ * args.deny :][: args.deny]]
+                first = round_ * args.deny
+                denied = [did for did, _ in fleet[first : first + args.deny]]
+                cut = self.socks[first : first + args.deny]
                 self.window("idle", lambda: time.sleep(1.0))
                 self.window("accept", functools.partial(self.accept, arrivals))
                 self.window("anonymous", lambda: self.anonymous(args.accept))
-                self.window("deny", functools.partial(self.revoke, denied))
+                self.window("deny", functools.partial(self.revoke, denied, cut))
                 self.window("dynsec", lambda: self.dynsec_changes(admin))
             ours.send("stop")
             latencies = ours.recv()
@@ -344,6 +363,7 @@ class Bench:
             "stall_ms_accept": worst("accept"),
             "stall_ms_same_connects_anonymous": worst("anonymous"),
             "stall_ms_deny": worst("deny"),
+            "deny_to_disconnect_ms": self.cut_off_ms,
             "stall_ms_dynsec": worst("dynsec"),
             "stall_ms_max": max(worst("accept") + worst("deny")),
         }

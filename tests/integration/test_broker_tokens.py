@@ -303,3 +303,23 @@ def test_without_a_good_token_key_every_did_is_refused_until_the_key_comes(
         wait_until(accepted, "the DID accepted once the key is there")
     finally:
         broker.stop()
+
+
+def test_a_configuration_reload_keeps_connected_devices_and_their_topics(
+    tokens: TokenBroker,
+) -> None:
+    """SIGHUP (the broker certificate's renewal sends one) must not forget the sessions."""
+    did = new_did()
+    mine = topics(did)
+    device, code = tokens.connect(did, tokens.token(did))
+    with device:
+        assert code == "Success"
+        tokens.broker.reload()
+        wait_until(lambda: "Reloading config" in tokens.broker.log(), "the broker's reload")
+        assert str(device.publish(mine["readings"], b"after reload")) != "Not authorized"
+        assert str(device.subscribe(mine["acks"])) == "Granted QoS 1"
+        assert str(device.publish(topics(new_did())["readings"], b"x")) == "Not authorized"
+    tokens.deny({did: int(time.time()) + 60})
+    again, code = tokens.connect(did, tokens.token(did))
+    again.close()
+    assert code == "Not authorized"
