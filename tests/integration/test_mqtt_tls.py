@@ -311,11 +311,12 @@ def listeners(config: str) -> list[tuple[str, dict[str, str]]]:
 def runnable(shipped: str, tmp_path: Path, pki: Pki) -> tuple[str, dict[str, int]]:
     """The shipped file with free ports, this machine's plugin, and files in ``tmp_path``;
     and the port each ``listener`` line got."""
-    from gateway.ops.broker import dynsec_plugin, free_port
+    from gateway.ops.broker import dynsec_plugin, free_port, token_plugin_library
 
     paths = {
-        "plugin": str(dynsec_plugin()),
         "plugin_opt_config_file": str(tmp_path / "dynsec.json"),
+        "plugin_opt_public_key_file": str(tmp_path / "token.pub"),
+        "plugin_opt_deny_file": str(tmp_path / "deny"),
         "certfile": str(pki.cert),
         "keyfile": str(pki.key),
     }
@@ -326,6 +327,8 @@ def runnable(shipped: str, tmp_path: Path, pki: Pki) -> tuple[str, dict[str, int
         if word == "listener":
             port = ports.setdefault(value, free_port())
             return " ".join(["listener", str(port), *value.split()[1:]])
+        if word == "plugin":  # the checkout's didgw plugin, this machine's dynamic security
+            return f"plugin {token_plugin_library() if 'didgw_auth' in value else dynsec_plugin()}"
         return f"{word} {paths[word]}" if word in paths else line
 
     lines = [fitted(line) for line in shipped.splitlines()]
