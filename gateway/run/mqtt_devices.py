@@ -57,27 +57,6 @@ class _Session:
     expires_ms: int
 
 
-class AccountLock:
-    """An asyncio lock per DID, kept only while someone holds or waits for it (changes to
-    one broker account, devices' and people's, one at a time)."""
-
-    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], did: str) -> None:
-        self._locks, self._did = locks, did
-
-    async def __aenter__(self) -> None:
-        lock, users = self._locks.get(self._did) or (asyncio.Lock(), 0)
-        self._locks[self._did] = (lock, users + 1)
-        await lock.acquire()
-
-    async def __aexit__(self, *_: object) -> None:
-        lock, users = self._locks[self._did]
-        lock.release()
-        if users == 1:
-            del self._locks[self._did]
-        else:
-            self._locks[self._did] = (lock, users - 1)
-
-
 class MqttDevices:
     """Serve the auth and readings topics of one prefix."""
 
