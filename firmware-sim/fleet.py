@@ -429,12 +429,15 @@ class FleetDevice:
             getter = asyncio.ensure_future(inbox.get())
             closed = asyncio.ensure_future(link.closed.wait())
             grace = dev.REFUSAL_GRACE if refusal is not None else None
-            done, _ = await asyncio.wait(
-                {getter, closed}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
-            )
-            closed.cancel()
+            try:
+                done, _ = await asyncio.wait(
+                    {getter, closed}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:  # also when the attempt's time-out cancels us
+                closed.cancel()
+                if not getter.done():
+                    getter.cancel()
             if getter not in done:
-                getter.cancel()
                 if refusal is not None:
                     raise self._refused(refusal)
                 raise dev.AuthError(f"the broker closed the connection ({link.why})")
