@@ -23,8 +23,10 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
+import queue
 import tempfile
 import threading
 import time
@@ -117,8 +119,13 @@ def main() -> None:
                     args=(kind, broker.host, broker.port, f"{broker.prefix}/auth/req", s, out),
                 )
                 p.start()
-                used = out.get(timeout=300)
+                used = None
+                while used is None and (p.is_alive() or not out.empty()):
+                    with contextlib.suppress(queue.Empty):
+                        used = out.get(timeout=1)
                 p.join()
+                if used is None:
+                    raise SystemExit(f"the {kind} load process failed (exit {p.exitcode})")
                 percent = 100 * used / s["seconds"]
                 result.setdefault(f"{kind}_cpu_pct", []).append(round(percent, 1))
                 print(f"{kind}: {percent:.1f} % of a core", flush=True)

@@ -202,7 +202,7 @@ async def _storm(conn: dict, keys: list[bytes], s: dict, control, results) -> No
     renewing = connected[: len(connected) - len(doomed)]
     settled_after = None
     began = time.monotonic()
-    for probe in renewing[:1] * 60:
+    for probe in renewing[:1] * 20:
         with contextlib.suppress(dev.DeviceError, fleet.MqttError, OSError, TimeoutError):
             await probe.renew()
             settled_after = time.monotonic() - began

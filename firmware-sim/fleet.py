@@ -533,9 +533,12 @@ class FleetDevice:
     # ---------------------------------------------------------------- readings
 
     def send_reading(self, values: dict[str, Any], reading_type: str = "energy") -> int:
-        """Sign the next reading and send it; its seq (the ack resolves :meth:`ack_of`)."""
-        if self.link is None:
-            raise dev.DeviceError("not connected")
+        """Sign the next reading and send it; its seq (the ack resolves :meth:`ack_of`).
+
+        Without a connection the reading is kept, unsent, until :meth:`resend`.
+        """
+        if self.grant is None:
+            raise dev.DeviceError("not authenticated")
         self.seq += 1
         seq = self.seq
         token = dev.make_reading(
@@ -548,7 +551,9 @@ class FleetDevice:
         self.acked[seq] = asyncio.get_running_loop().create_future()
         self.tokens[seq] = token.encode()
         self.sent_at[seq] = time.monotonic()
-        self.link.publish(self.grant.readings if self.grant else "", self.tokens[seq])
+        link = self.link
+        if link is not None and not link.closed.is_set():
+            link.publish(self.grant.readings, self.tokens[seq])
         return seq
 
     def ack_of(self, seq: int) -> asyncio.Future[dict[str, Any]]:
