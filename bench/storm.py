@@ -124,7 +124,6 @@ async def _stream(conn: dict, keys: list[bytes], control, results) -> dict:
         await asyncio.sleep(tick)
     await asyncio.sleep(2)  # the last acks
     await tap.close()
-    latencies = [t for d in devices for t in d.latencies]
     for d in devices:
         await d.close()
     return {
@@ -132,7 +131,9 @@ async def _stream(conn: dict, keys: list[bytes], control, results) -> dict:
         "sent": sent,
         "late_ms_max": round(1000 * late_max, 1),
         "unacked": sum(len(d.sent_at) for d in devices),
-        "p99_ack_ms": round(1000 * ingest.percentile(latencies, 99), 1),
+        "acks": [
+            (t, lat) for d in devices for t, lat in zip(d.latency_sent, d.latencies, strict=True)
+        ],
         "statuses": dict(sum((d.statuses for d in devices), Counter())),
     }
 
@@ -270,6 +271,11 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     if len(inside) < 2:
         return float("nan")
     return round(1000 * max(b - a for a, b in itertools.pairwise(inside)), 1)
+
+
+def p99_between(acks: list[tuple[float, float]], start: float, end: float) -> float:
+    """p99 publish -> ack (ms) of the readings sent within [start, end]."""
+    return round(1000 * ingest.percentile([lat for t, lat in acks if start <= t <= end], 99), 1)
 
 
 def revoker(state: Path, config: Path, dids: list[str], rate: float, stop, out: dict) -> None:  # noqa: PLR0917
@@ -424,7 +430,9 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         "idle_stall_ms_max": longest_gap(arrivals, idle_from, start),
         "churn_stall_ms_max": longest_gap(arrivals, churn_start, churn_end),
         "stream_late_ms_max": streamed["late_ms_max"],
-        "stream_p99_ack_ms": streamed["p99_ack_ms"],
+        "stream_p99_ack_ms_idle": p99_between(streamed["acks"], idle_from, start),
+        "stream_p99_ack_ms_storm": p99_between(streamed["acks"], start, storm_end),
+        "stream_p99_ack_ms_churn": p99_between(streamed["acks"], churn_start, churn_end),
         "stream_unacked": streamed["unacked"],
         "storm_p99_first_ack_ms": round(1000 * ingest.percentile(result["latencies"], 99), 1),
         "auth_attempts": result["attempts"],

@@ -357,6 +357,7 @@ class FleetDevice:
         self.tokens: dict[int, bytes] = {}  # seq -> the reading, until acknowledged
         self.acked: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.latencies: list[float] = []  # publish -> ack, seconds
+        self.latency_sent: list[float] = []  # when each of those was sent (time.monotonic())
         self.statuses: Counter[str] = Counter()  # acks by status (refused: by reason)
         self.refusals: Counter[str] = Counter()  # authentication refusals by reason
         self.failures: Counter[str] = Counter()  # failed attempts by kind
@@ -597,6 +598,7 @@ class FleetDevice:
             sent = self.sent_at.pop(seq, None)
             if sent is not None:
                 self.latencies.append(now - sent)
+                self.latency_sent.append(sent)
             self.tokens.pop(seq, None)
             future = self.acked.pop(seq, None)
             if future is not None and not future.done():
