@@ -28,6 +28,8 @@ load generator of firmware-sim/fleet.py (all devices in one event loop, in one p
    the longest gap again (``churn_stall_ms_max``), and how long each revoked device stayed
    connected after its revocation (``revoke_cutoff_ms_max``).
 
+The stream's publish -> ack p99 is reported per phase (``stream_p99_ack_ms_idle``,
+``_storm``, ``_churn``): whether the gateway keeps acknowledging readings meanwhile.
 ``broker_stall_ms_max`` is the longest gap during the storm; ``idle_stall_ms_max`` the longest
 in the 5 s before it, with nothing else going on (the floor this machine gives). The CPU used
 by the gateway, mosquitto, the storm's load generator and the stream (percent of one core)
