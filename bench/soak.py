@@ -7,7 +7,9 @@ real ``didgw run`` with its defaults, devices speaking the wire protocol of
 docs/protocol/mqtt.md with the device simulator's message builders): ``--devices`` devices
 (1,000) authenticate through the protocol, then send signed readings
 (signed as they go) at ``--rate`` readings per second in all (1,000), each
-device in turn, for ``--minutes`` (10), from ``--load-processes`` (150 devices each).
+device in turn, for ``--minutes`` (10), from one load process: every device on one asyncio
+event loop (firmware-sim/fleet.py), so that the gateway gets the machine's cycles. The CPU of
+the gateway, mosquitto and the load process is reported (``cpu``, percent of one core).
 
 * ``rss_growth_pct``: the gateway's memory (the PSS of all its processes,
   sampled every 5 s) at the end against its value after the first minute (or
@@ -31,115 +33,71 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
+import asyncio
 import importlib.util
 import json
-import math
+import multiprocessing as mp
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-# Its neighbour bench/ingest.py, loaded from its file (this folder is off the path; it sets
-# the paths it needs itself).
-_spec = importlib.util.spec_from_file_location("ingest", os.path.join(HERE, "ingest.py"))
+# Its neighbour bench/storm.py, loaded from its file (this folder is off the path); it loads
+# bench/ingest.py and sets the paths it needs itself.
+_spec = importlib.util.spec_from_file_location("storm", os.path.join(HERE, "storm.py"))
 assert _spec is not None and _spec.loader is not None
-ingest = importlib.util.module_from_spec(_spec)
-sys.modules["ingest"] = ingest  # its dataclasses and pickled objects look it up by name
-_spec.loader.exec_module(ingest)
+storm = importlib.util.module_from_spec(_spec)
+sys.modules["storm"] = storm
+_spec.loader.exec_module(storm)
 
-PER_PROCESS = 150  # devices per load process: each holds three descriptors in paho
-dev = ingest.dev
-
-
-class SoakDevice:
-    """One authenticated device: signs and sends its next reading on demand, times the ack."""
-
-    def __init__(self, conn: dict, identity, grant) -> None:
-        self.identity, self.topic = identity, grant.readings
-        self.seq = 0
-        self.lock = threading.Lock()
-        self.sent_at: dict[int, float] = {}
-        self.latencies: list[float] = []
-        self.accepted: set[int] = set()
-        self.refused: Counter[str] = Counter()
-        self.client = ingest.new_client("soak", grant.username, grant.password)
-        self.client.on_message = self._ack
-        self.lost_because = ""
-        self.client.on_disconnect = self._gone
-        ingest.open_client(self.client, conn, [grant.acks], timeout=60, account=True)
-
-    def send(self) -> None:
-        self.seq += 1
-        token = dev.make_reading(
-            self.identity,
-            seq=self.seq,
-            ts_ms=int(time.time() * 1000),
-            reading_type="energy",
-            values=ingest.VALUES,
-        )
-        with self.lock:
-            self.sent_at[self.seq] = time.monotonic()
-        self.client.publish(self.topic, token, qos=1)
-
-    def _gone(self, _c, _u, _flags, reason, _p) -> None:
-        self.lost_because = str(reason)
-
-    def _ack(self, _c, _u, message) -> None:
-        now = time.monotonic()
-        ack = json.loads(message.payload)
-        with self.lock:
-            sent = self.sent_at.pop(ack.get("seq"), None)
-            if ack.get("status") == "accepted":
-                self.accepted.add(ack["seq"])
-            else:
-                self.refused[str(ack.get("reason"))] += 1
-            if sent is not None:
-                self.latencies.append(now - sent)
+ingest, fleet, dev = storm.ingest, storm.fleet, storm.ingest.dev
 
 
-def soak_worker(ready, go, conn, plan):
-    """Authenticate this worker's devices, then send on the shared schedule until the end."""
-    identities = [ingest.identity_of(k) for k in plan["keys"]]
-    auth = ingest.Authenticator(conn, identities, connections=4)
+def soak_main(conn: dict, keys: list[bytes], control, results) -> None:
+    """Process: every device on one event loop (firmware-sim/fleet.py), then the schedule."""
     try:
-        done = auth.run(time.monotonic(), timeout=300)
-    finally:
-        auth.close()
-    failed = [a.get("error", "no grant") for a in done if "grant" not in a]
-    if failed:
-        raise RuntimeError(f"{len(failed)} devices could not authenticate: {failed[:3]}")
-    devices = [SoakDevice(conn, a["identity"], a["grant"]) for a in done]
-    try:
-        ready(None)
-        _, start, end, rate, first, step, total = go()
-        k = 0
-        while True:  # device g of all (g = first + i·step) sends its k-th at (k·total + g)/rate
-            for i, device in enumerate(devices):
-                moment = start + (k * total + first + i * step) / rate
-                if moment > end:
-                    break
-                ingest.sleep_until(moment)
-                device.send()
-            else:
-                k += 1
-                continue
-            break
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(d.sent_at for d in devices):
-            time.sleep(0.1)
-        return {
-            "latencies": [t for d in devices for t in d.latencies],
-            "sent": sum(d.seq for d in devices),
-            "accepted": {d.identity.did: sorted(d.accepted) for d in devices},
-            "unacked": sum(len(d.sent_at) for d in devices),
-            "devices_unacked": sum(1 for d in devices if d.sent_at),
-            "disconnected": Counter(d.lost_because for d in devices if not d.client.is_connected()),
-            "refused": sum((d.refused for d in devices), Counter()),
-        }
-    finally:
-        for d in devices:
-            ingest.close_client(d.client)
+        results.put(("done", asyncio.run(_soak(conn, keys, control, results))))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
+
+
+async def _soak(conn: dict, keys: list[bytes], control, results) -> dict:
+    loop = asyncio.get_running_loop()
+    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
+    devices = [
+        fleet.FleetDevice(ingest.identity_of(k), broker, gateway_did=conn["gateway_did"])
+        for k in keys
+    ]
+    up = await asyncio.gather(*(d.bring_up(until=time.monotonic() + 600) for d in devices))
+    if not all(up):
+        failed = Counter(f for d in devices for f in d.failures)
+        raise RuntimeError(f"{up.count(False)} devices could not authenticate: {failed}")
+    results.put(("ready", None))
+    _, start, end, rate = await loop.run_in_executor(None, control.get)
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    sent = 0
+    while (now := time.monotonic()) < end:  # reading k goes to device k mod n at start + k/rate
+        for _ in range(int((now - start) * rate) - sent):
+            devices[sent % len(devices)].send_reading(ingest.VALUES)
+            sent += 1
+        await asyncio.sleep(0.005)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(d.sent_at for d in devices):
+        await asyncio.sleep(0.1)
+    out = {
+        "latencies": [t for d in devices for t in d.latencies],
+        "sent": sent,
+        "accepted": {d.did: d.statuses["accepted"] for d in devices},
+        "unacked": sum(len(d.sent_at) for d in devices),
+        "devices_unacked": sum(1 for d in devices if d.sent_at),
+        "disconnected": Counter(d.link.why for d in devices if d.link and not d.connected),
+        "refused": Counter(
+            {k: v for d in devices for k, v in d.statuses.items() if k != "accepted"}
+        ),
+    }
+    await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
+    return out
 
 
 def recorded(state: Path) -> dict[str, int]:
@@ -157,7 +115,8 @@ def recorded(state: Path) -> dict[str, int]:
     return {str(did): int(n) for did, n in rows}
 
 
-def run(s: dict, tmp: Path) -> dict:
+def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, top to bottom
+    load_before = os.getloadavg()
     missing = ingest.brokers.missing_tools()
     if missing:
         raise SystemExit(f"{missing}: run scripts/setup.sh")
@@ -180,18 +139,20 @@ def run(s: dict, tmp: Path) -> dict:
             "gateway_did": ingest.gateway_did_of(state, config),
             "nodelay": True,
         }
-        step = s["load_processes"]
-        halves = [keys[i::step] for i in range(step)]
-        with ingest.Workers() as workers:
-            for half in halves:
-                workers.start(soak_worker, conn, {"keys": half})
-            workers.gather("ready", timeout=600)
+        ctx = mp.get_context("spawn")
+        control, out = ctx.Queue(), ctx.Queue()
+        load = ctx.Process(target=soak_main, args=(conn, keys, control, out))
+        load.start()
+        try:
+            storm.expect(out, "ready", 900, load.is_alive)
             print(f"{s['devices']:,} devices authenticated; sending {s['rate']:,}/s in all")
             start = time.monotonic() + 1.0
             seconds = s["minutes"] * 60
             end = start + seconds
-            for wid, control in enumerate(workers.controls):
-                control.put(("go", start, end, s["rate"], wid, len(halves), s["devices"]))
+            control.put(("go", start, end, s["rate"]))
+            cpu = ingest.CpuMeter(
+                {"gateway": [gateway.pid], "mosquitto": [broker.pid], "load": [load.pid]}
+            )
             samples = []  # (seconds since start, PSS of the gateway's processes in MB)
             settle = min(60.0, seconds / 5)
             while time.monotonic() < end:
@@ -199,16 +160,19 @@ def run(s: dict, tmp: Path) -> dict:
                 at = time.monotonic() - start
                 samples.append((at, ingest.memory(gateway.pid)[1]))
                 print(f"  {at:5.0f} s: gateway PSS {samples[-1][1]:.1f} MB", flush=True)
-            results = workers.gather("done", timeout=120)
+            usage = cpu.stop()
+            results = [storm.expect(out, "done", 120, load.is_alive)]
+        finally:
+            load.join(timeout=30)
+            if load.is_alive():
+                load.kill()
     finally:
         code = gateway.stop() if gateway is not None else None
         broker.stop()
     on_record = recorded(state)
     latencies = [t for r in results for t in r["latencies"]]
-    accepted = {did: seqs for r in results for did, seqs in r["accepted"].items()}
-    missing_from_record = sum(
-        max(0, len(seqs) - on_record.get(did, 0)) for did, seqs in accepted.items()
-    )
+    accepted = {did: n for r in results for did, n in r["accepted"].items()}
+    missing_from_record = sum(max(0, n - on_record.get(did, 0)) for did, n in accepted.items())
     unacked = sum(r["unacked"] for r in results)
     baseline = next((mb for at, mb in samples if at >= settle), samples[0][1])
     final = samples[-1][1]
@@ -230,6 +194,8 @@ def run(s: dict, tmp: Path) -> dict:
         "devices_disconnected": dict(sum((r["disconnected"] for r in results), Counter())),
         "acknowledged_not_recorded": missing_from_record,
         "refused": dict(refused),
+        "cpu": usage,
+        "load_before": [round(x, 2) for x in load_before],
         "gateway_exit": code,
     }
 
@@ -245,17 +211,10 @@ def main() -> None:
         type=int,
         help="the gateway's [mqtt] verify_workers (default: the gateway's own default)",
     )
-    parser.add_argument(
-        "--load-processes",
-        type=int,
-        help="processes the devices are spread over (default: 150 devices each, at least 2)",
-    )
     args = parser.parse_args()
     s = vars(args)
     if args.quick:
         s.update(minutes=0.5, devices=300, rate=300)
-    if s["load_processes"] is None:  # paho's select() cannot watch descriptors past 1,023
-        s["load_processes"] = max(2, math.ceil(s["devices"] / PER_PROCESS))
     with tempfile.TemporaryDirectory() as tmp:
         summary = run(s, Path(tmp))
     print(

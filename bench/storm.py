@@ -1,0 +1,485 @@
+"""Reconnect storm: every device back at once after a power cut, and whether the broker stalls.
+
+    python bench/storm.py [--quick] [--devices N] [--timeout S] [--churn-seconds S]
+
+A real mosquitto (gateway/ops/broker.py ``PrivateBroker``, the shipped policy), ``didgw run``
+with its defaults, the devices registered in bulk (``didgw device import``), and the
+load generator of firmware-sim/fleet.py (all devices in one event loop, in one process).
+
+1. **Stream**: 20 devices authenticate first and then send 1,000 signed readings/s in all
+   (QoS 1) for the whole run, from a process of their own; a subscriber with the gateway's
+   broker account (in that process) timestamps every reading the broker delivers to it. The
+   longest gap between consecutive deliveries is the broker's longest stall (it routes
+   nothing while it blocks), plus whatever the stream's own process lost: the stream's
+   longest late tick is reported beside it (``stream_late_ms_max``).
+2. **Storm**: ``--devices`` registered devices (10,000; 2,000 with ``--quick``) all start their
+   handshake within one second (each at a random moment of it). Each authenticates (DID
+   challenge-response on the authentication listener), connects with its account, and sends
+   one reading; it is done when the reading is acknowledged. A device never gives up: after a
+   refusal or a time-out it backs off with jitter and tries again. ``reconnect_all_s``: from
+   the start of the storm until the last device is done (null if some were not done within
+   ``--timeout``; ``done`` says how many were); ``auth_per_s``: authentications completed per
+   second over that time (or over the time-out).
+3. **Churn** (``--churn-seconds``, 30; 15 with ``--quick``): once a renewal goes through again
+   (the storm's backlog drained: ``churn_settle_s``), with the stream still running, connected
+   devices renew their session (authenticate again: the gateway changes the
+   account's password) at ``--renew-rate`` per second (10), and devices are revoked at
+   ``--revoke-rate`` per second (1; through the registry, as ``didgw device revoke`` does):
+   the longest gap again (``churn_stall_ms_max``), and how long each revoked device stayed
+   connected after its revocation (``revoke_cutoff_ms_max``).
+
+The stream's publish -> ack p99 is reported per phase (``stream_p99_ack_ms_idle``,
+``_storm``, ``_churn``): whether the gateway keeps acknowledging readings meanwhile.
+``broker_stall_ms_max`` is the longest gap during the storm; ``idle_stall_ms_max`` the longest
+in the 5 s before it, with nothing else going on (the floor this machine gives). The CPU used
+by the gateway, mosquitto, the storm's load generator and the stream (percent of one core)
+is reported per phase. The last line is one JSON object. Temporary files go to
+``$DIDGW_BENCH_DIR`` if set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/http.py has the name of the standard library's http package: this folder comes off
+# the import path before anything imports http.client (paho, aiohttp, requests, web3 do).
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import multiprocessing as mp
+import random
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+# Its neighbour bench/ingest.py, loaded from its file (it sets the paths it needs itself).
+_spec = importlib.util.spec_from_file_location("ingest", os.path.join(HERE, "ingest.py"))
+assert _spec is not None and _spec.loader is not None
+ingest = importlib.util.module_from_spec(_spec)
+sys.modules["ingest"] = ingest
+_spec.loader.exec_module(ingest)
+
+import fleet  # firmware-sim/, on the path ingest set
+
+dev = ingest.dev
+STREAM_DEVICES = 20
+STREAM_RATE = 1_000  # readings per second, in all
+VALUES = ingest.VALUES
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+def stream_main(conn: dict, keys: list[bytes], control, results) -> None:
+    """Process: 20 devices sending 1,000 readings/s, and a subscriber timing deliveries."""
+    try:
+        results.put(("done", asyncio.run(_stream(conn, keys, control, results))))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
+
+
+async def _stream(conn: dict, keys: list[bytes], control, results) -> dict:
+    loop = asyncio.get_running_loop()
+    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
+    devices = [
+        fleet.FleetDevice(ingest.identity_of(k), broker, gateway_did=conn["gateway_did"])
+        for k in keys
+    ]
+    until = time.monotonic() + 120
+    if not all(await asyncio.gather(*(d.bring_up(until=until) for d in devices))):
+        raise RuntimeError("the stream's devices could not authenticate")
+    arrivals: list[float] = []
+    tap = await fleet.Connection.open(
+        conn["host"],
+        conn["port"],
+        client_id=f"didgw-bench-tap-{os.getpid()}",
+        username=conn["gateway_username"],
+        password=conn["gateway_password"].encode(),
+        on_message=lambda _t, _p: arrivals.append(time.monotonic()),
+    )
+    await tap.subscribe(f"{conn['prefix']}/d/+/readings")
+    results.put(("ready", None))
+    stop = asyncio.Event()
+    loop.run_in_executor(None, lambda: (control.get(), loop.call_soon_threadsafe(stop.set)))
+    start = time.monotonic()
+    sent, late_max, tick = 0, 0.0, 0.005
+    while not stop.is_set():
+        now = time.monotonic()
+        due = int((now - start) * STREAM_RATE) - sent
+        if due > 1:
+            late_max = max(late_max, (due - 1) / STREAM_RATE)
+        for _ in range(due):
+            d = devices[sent % len(devices)]
+            d.send_reading(VALUES)
+            sent += 1
+        await asyncio.sleep(tick)
+    await asyncio.sleep(2)  # the last acks
+    await tap.close()
+    for d in devices:
+        await d.close()
+    return {
+        "arrivals": arrivals,
+        "sent": sent,
+        "late_ms_max": round(1000 * late_max, 1),
+        "unacked": sum(len(d.sent_at) for d in devices),
+        "acks": [
+            (t, lat) for d in devices for t, lat in zip(d.latency_sent, d.latencies, strict=True)
+        ],
+        "statuses": dict(sum((d.statuses for d in devices), Counter())),
+    }
+
+
+# ----------------------------------------------------------------------------- the storm
+
+
+def storm_main(conn: dict, keys: list[bytes], s: dict, control, results) -> None:
+    """Process: the storm's devices, then the churn, on one event loop."""
+    try:
+        asyncio.run(_storm(conn, keys, s, control, results))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
+
+
+async def _storm(conn: dict, keys: list[bytes], s: dict, control, results) -> None:  # noqa: PLR0915
+    loop = asyncio.get_running_loop()
+    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
+    rng = random.Random(19)
+    devices = [
+        fleet.FleetDevice(
+            ingest.identity_of(k),
+            broker,
+            gateway_did=conn["gateway_did"],
+            backoff=fleet.Backoff(base=1.0, cap=30.0, rng=random.Random(rng.random())),
+        )
+        for k in keys
+    ]
+
+    async def command() -> tuple:
+        return await loop.run_in_executor(None, control.get)
+
+    results.put(("ready", None))
+    _, start = await command()
+    until = start + s["timeout"]
+    done_at: dict[int, float] = {}
+
+    async def one(i: int, device: fleet.FleetDevice) -> None:
+        await asyncio.sleep(max(0.0, start + rng.random() - time.monotonic()))
+        if await device.bring_up(until=until):
+            ack = await device.send_until_acked(VALUES, until=until)
+            if ack is not None:
+                done_at[i] = time.monotonic()
+
+    await asyncio.gather(*(one(i, d) for i, d in enumerate(devices)))
+    authenticated = sorted(d.authenticated_at for d in devices if d.authenticated_at)
+    results.put(
+        (
+            "storm",
+            {
+                "done": len(done_at),
+                "last_done": max(done_at.values(), default=None),
+                "authenticated": authenticated,
+                "attempts": sum(d.attempts for d in devices),
+                "refusals": dict(sum((d.refusals for d in devices), Counter())),
+                "failures": dict(sum((d.failures for d in devices), Counter())),
+                "latencies": [t for d in devices for t in d.latencies],
+            },
+        )
+    )
+    # The churn: once a renewal goes through again (the storm's backlog drained), renew
+    # connected devices at a steady rate until told to stop.
+    _, revoke_n = await command()
+    connected = [d for d in devices if d.connected]
+    doomed = connected[len(connected) - min(revoke_n, len(connected) // 2) :]
+    renewing = connected[: len(connected) - len(doomed)]
+    settled_after = None
+    began = time.monotonic()
+    for probe in renewing[:1] * 20:
+        with contextlib.suppress(dev.DeviceError, fleet.MqttError, OSError, TimeoutError):
+            await probe.renew()
+            settled_after = time.monotonic() - began
+            break
+    results.put(("settled", (settled_after, [d.did for d in doomed])))
+    _, rate = await command()
+    stop = asyncio.Event()
+    loop.run_in_executor(None, lambda: (control.get(), loop.call_soon_threadsafe(stop.set)))
+    renewed, failed, k, begin = 0, 0, 0, time.monotonic()
+    pending: set[asyncio.Task] = set()
+
+    async def renew(device: fleet.FleetDevice) -> None:
+        nonlocal renewed, failed
+        try:
+            await device.renew()
+            renewed += 1
+        except (dev.DeviceError, fleet.MqttError, OSError, TimeoutError):
+            failed += 1
+
+    while not stop.is_set() and renewing:
+        due = int((time.monotonic() - begin) * rate) - k
+        for _ in range(due):
+            task = asyncio.create_task(renew(renewing[k % len(renewing)]))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            k += 1
+        await asyncio.sleep(0.02)
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    lost = {d.did: d.lost_at for d in devices if d.lost_at is not None}
+    results.put(
+        (
+            "churn",
+            {"renewed": renewed, "renew_failed": failed, "lost": lost, "settled_s": settled_after},
+        )
+    )
+    await command()
+    await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
+    results.put(("closed", None))
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def expect(results, kind: str, timeout: float, alive) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got, value = results.get(timeout=1)
+        except Exception:  # queue.Empty
+            if not alive():
+                raise RuntimeError(f"a load process died before {kind!r}") from None
+            continue
+        if got == "error":
+            raise RuntimeError(f"a load process failed: {value}")
+        if got != kind:
+            raise RuntimeError(f"expected {kind!r} from a load process, got {got!r}")
+        return value
+    raise RuntimeError(f"no {kind!r} from a load process within {timeout:.0f} s")
+
+
+def longest_gap(times: list[float], start: float, end: float) -> float:
+    """The longest gap between consecutive deliveries within [start, end], in ms."""
+    inside = [t for t in times if start <= t <= end]
+    if len(inside) < 2:
+        return float("nan")
+    return round(1000 * max(b - a for a, b in itertools.pairwise(inside)), 1)
+
+
+def p99_between(acks: list[tuple[float, float]], start: float, end: float) -> float:
+    """p99 publish -> ack (ms) of the readings sent within [start, end]."""
+    return round(1000 * ingest.percentile([lat for t, lat in acks if start <= t <= end], 99), 1)
+
+
+def revoker(state: Path, config: Path, dids: list[str], rate: float, stop, out: dict) -> None:  # noqa: PLR0917
+    """Thread: revoke ``dids`` at ``rate`` per second through the registry (another process
+    than the gateway's, as ``didgw device revoke`` is)."""
+    from gateway.config import load_config
+    from gateway.service import open_gateway
+
+    with open_gateway(load_config(config), state) as gateway:
+        begin = time.monotonic()
+        for i, did in enumerate(dids):
+            ingest.sleep_until(begin + i / rate)
+            if stop.is_set():
+                return
+            gateway.registry.revoke(did, actor="bench", reason="storm churn", now=time.time())
+            out[did] = time.time()
+
+
+def register(state: Path, config: Path, tmp: Path, identities: list) -> float:
+    """``didgw device import`` of every DID; seconds."""
+    csv = tmp / "devices.csv"
+    rows = ["did,name,kind"] + [f"{d.did},storm {i},sensor" for i, d in enumerate(identities)]
+    csv.write_text("\n".join(rows) + "\n")
+    env = {**os.environ, "DIDGW_STATE_DIR": str(state), "DIDGW_CONFIG": str(config)}
+    begin = time.perf_counter()
+    subprocess.run(
+        [ingest.DIDGW, "device", "import", str(csv)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env=env,
+    )
+    return time.perf_counter() - begin
+
+
+def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top to bottom
+    broker = ingest.brokers.PrivateBroker(tmp / "mosquitto")
+    gateway = None
+    ctx = mp.get_context("spawn")
+    processes: list = []
+    try:
+        broker.setup()
+        total = s["devices"] + STREAM_DEVICES
+        state, config, private_keys = ingest.prepare(
+            broker, {"registered": total, "verify_workers": None}, tmp
+        )
+        free = ingest.brokers.free_port
+        config.write_text(
+            f"[metrics]\nport = {free()}\n\n[http]\nport = {free()}\n\n" + config.read_text()
+        )
+        identities = [dev.Identity.from_key(k) for k in private_keys]
+        keys = [k.private_bytes_raw() for k in private_keys]
+        import_s = register(state, config, tmp, identities)
+        print(f"{total:,} devices imported in {import_s:.1f} s", flush=True)
+        gateway = ingest.Gateway(state, config, broker.gateway_password, tmp / "gateway.log")
+        gateway.start()
+        conn = {
+            "host": broker.host,
+            "port": broker.port,
+            "accounts_port": broker.accounts_port,
+            "prefix": broker.prefix,
+            "gateway_did": ingest.gateway_did_of(state, config),
+            "gateway_username": broker.gateway_username,
+            "gateway_password": broker.gateway_password,
+        }
+        stream_ctl, stream_out = ctx.Queue(), ctx.Queue()
+        stream = ctx.Process(
+            target=stream_main, args=(conn, keys[:STREAM_DEVICES], stream_ctl, stream_out)
+        )
+        storm_ctl, storm_out = ctx.Queue(), ctx.Queue()
+        storm_keys = keys[STREAM_DEVICES:]
+        storm = ctx.Process(target=storm_main, args=(conn, storm_keys, s, storm_ctl, storm_out))
+        processes = [stream, storm]
+        for p in processes:
+            p.start()
+        expect(stream_out, "ready", 180, stream.is_alive)
+        expect(storm_out, "ready", 180, storm.is_alive)
+        print(f"stream of {STREAM_RATE:,}/s running; storm of {s['devices']:,} devices", flush=True)
+        idle_from = time.monotonic()
+        time.sleep(5)
+        roots = {
+            "gateway": [gateway.pid],
+            "mosquitto": [broker.pid],
+            "storm_load": [storm.pid],
+            "stream_load": [stream.pid],
+        }
+        cpu = ingest.CpuMeter(roots)
+        start = time.monotonic() + 0.2
+        storm_ctl.put(("go", start))
+        result = expect(storm_out, "storm", s["timeout"] + 120, storm.is_alive)
+        storm_end = time.monotonic()
+        storm_cpu = cpu.stop()
+        authenticated = result["authenticated"]
+        all_done = result["done"] == s["devices"]
+        span = (result["last_done"] - start) if all_done else s["timeout"]
+        auth_span = (authenticated[-1] - start) if authenticated else span
+        print(
+            f"storm: {result['done']:,}/{s['devices']:,} done in {span:.1f} s, "
+            f"{len(authenticated):,} authenticated; refusals {result['refusals']}; "
+            f"CPU {ingest.cpu_text(storm_cpu)}",
+            flush=True,
+        )
+        # The churn: renewals by the storm's devices, revocations through the registry.
+        revoke_n = max(1, int(s["revoke_rate"] * s["churn_seconds"]))
+        revoked: dict[str, float] = {}
+        halt = threading.Event()
+        storm_ctl.put(("settle", revoke_n))  # connected devices to revoke: up to half of them
+        settled, revoke_dids = expect(storm_out, "settled", 3600, storm.is_alive)
+        print(f"the gateway answers renewals again after {settled} s; churn", flush=True)
+        cpu = ingest.CpuMeter(roots)
+        churn_start = time.monotonic()
+        storm_ctl.put(("churn", s["renew_rate"]))
+        thread = threading.Thread(
+            target=revoker,
+            args=(state, config, revoke_dids, s["revoke_rate"], halt, revoked),
+            daemon=True,
+        )
+        thread.start()
+        time.sleep(s["churn_seconds"])
+        halt.set()
+        thread.join()
+        storm_ctl.put(("stop",))
+        churn = expect(storm_out, "churn", 120, storm.is_alive)
+        churn_end = time.monotonic()
+        churn_cpu = cpu.stop()
+        time.sleep(2)  # revocations of the last second take effect
+        stream_ctl.put(("stop",))
+        streamed = expect(stream_out, "done", 120, stream.is_alive)
+        storm_ctl.put(("close",))
+        expect(storm_out, "closed", 120, storm.is_alive)
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+        code = gateway.stop() if gateway is not None else None
+        broker.stop()
+    arrivals = streamed["arrivals"]
+    cutoffs = [
+        1000 * (churn["lost"][did] - at) for did, at in revoked.items() if did in churn["lost"]
+    ]
+    return {
+        "bench": "storm",
+        "registered": total,
+        "devices": s["devices"],
+        "done": result["done"],
+        "authenticated": len(authenticated),
+        "auth_per_s": round(len(authenticated) / auth_span, 1) if auth_span > 0 else None,
+        "reconnect_all_s": round(span, 1) if all_done else None,
+        "timeout_s": s["timeout"],
+        "broker_stall_ms_max": longest_gap(arrivals, start, storm_end),
+        "idle_stall_ms_max": longest_gap(arrivals, idle_from, start),
+        "churn_stall_ms_max": longest_gap(arrivals, churn_start, churn_end),
+        "stream_late_ms_max": streamed["late_ms_max"],
+        "stream_p99_ack_ms_idle": p99_between(streamed["acks"], idle_from, start),
+        "stream_p99_ack_ms_storm": p99_between(streamed["acks"], start, storm_end),
+        "stream_p99_ack_ms_churn": p99_between(streamed["acks"], churn_start, churn_end),
+        "stream_unacked": streamed["unacked"],
+        "storm_p99_first_ack_ms": round(1000 * ingest.percentile(result["latencies"], 99), 1),
+        "auth_attempts": result["attempts"],
+        "auth_refusals": result["refusals"],
+        "auth_failures": result["failures"],
+        "churn_settle_s": None if settled is None else round(settled, 1),
+        "renewed": churn["renewed"],
+        "renew_failed": churn["renew_failed"],
+        "renew_per_s": round(churn["renewed"] / (churn_end - churn_start), 1),
+        "revoked": len(revoked),  # connected devices, revoked while connected
+        "revoked_cut_off": len(cutoffs),
+        "revoke_cutoff_ms_max": round(max(cutoffs), 0) if cutoffs else None,
+        "cpu_storm": storm_cpu,
+        "cpu_churn": churn_cpu,
+        "import_s": round(import_s, 1),
+        "gateway_exit": code,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 devices, 15 s of churn")
+    parser.add_argument("--devices", type=int, help="devices in the storm (10,000)")
+    parser.add_argument("--timeout", type=float, help="seconds the storm may take (600)")
+    parser.add_argument("--churn-seconds", type=float, help="seconds of churn (30)")
+    parser.add_argument("--renew-rate", type=float, default=10.0, help="renewals per second")
+    parser.add_argument("--revoke-rate", type=float, default=1.0, help="revocations per second")
+    args = parser.parse_args()
+    s = vars(args)
+    defaults = (2000, 60.0, 15.0) if args.quick else (10_000, 600.0, 30.0)
+    for name, value in zip(("devices", "timeout", "churn_seconds"), defaults, strict=True):
+        if s[name] is None:
+            s[name] = value
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("DIDGW_BENCH_DIR")) as tmp:
+        summary = run(s, Path(tmp))
+    summary["load_before"] = [round(x, 2) for x in load]
+    print(
+        f"storm of {summary['devices']:,}: {summary['done']:,} done, "
+        f"reconnect_all_s {summary['reconnect_all_s']}, {summary['auth_per_s']} auth/s; "
+        f"longest gap in the stream {summary['broker_stall_ms_max']} ms (idle "
+        f"{summary['idle_stall_ms_max']} ms, churn {summary['churn_stall_ms_max']} ms)"
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
