@@ -112,7 +112,7 @@ def main() -> None:
         broker = PrivateBroker(Path(tmp) / "mosquitto")
         broker.setup()
         try:
-            for kind in ("paho", "fleet", "paho", "fleet"):  # in alternation, twice
+            for kind in ("paho", "fleet"):  # run the bench twice to alternate them
                 out = ctx.Queue()
                 p = ctx.Process(
                     target=child,
