@@ -14,7 +14,7 @@ load generator of firmware-sim/fleet.py (all devices in one event loop, in one p
    longest late tick is reported beside it (``stream_late_ms_max``).
 2. **Storm**: ``--devices`` registered devices (10,000; 2,000 with ``--quick``) all start their
    handshake within one second (each at a random moment of it). Each authenticates (DID
-   challenge-response on the authentication listener), connects with its account, and sends
+   challenge-response on the authentication listener), connects with its session, and sends
    one reading; it is done when the reading is acknowledged. A device never gives up: after a
    refusal or a time-out it backs off with jitter and tries again. ``reconnect_all_s``: from
    the start of the storm until the last device is done (null if some were not done within
@@ -22,8 +22,8 @@ load generator of firmware-sim/fleet.py (all devices in one event loop, in one p
    second over that time (or over the time-out).
 3. **Churn** (``--churn-seconds``, 30; 15 with ``--quick``): once a renewal goes through again
    (the storm's backlog drained: ``churn_settle_s``), with the stream still running, connected
-   devices renew their session (authenticate again: the gateway changes the
-   account's password) at ``--renew-rate`` per second (10), and devices are revoked at
+   devices renew their session (authenticate again: a new session token) at
+   ``--renew-rate`` per second (10), and devices are revoked at
    ``--revoke-rate`` per second (1; through the registry, as ``didgw device revoke`` does):
    the longest gap again (``churn_stall_ms_max``), and how long each revoked device stayed
    connected after its revocation (``revoke_cutoff_ms_max``).

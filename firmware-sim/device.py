@@ -122,7 +122,7 @@ class ConnectRefused(DeviceError):
     """The broker refused the CONNECT (bad credentials, expired or deleted account)."""
 
 
-def _retry_after(message: dict[str, Any]) -> float | None:
+def retry_after_of(message: dict[str, Any]) -> float | None:
     """A refusal's ``retry_after`` (ms) in seconds, when it is a sane number."""
     value = message.get("retry_after")
     if type(value) is not int or not 0 <= value <= 3_600_000:
@@ -1107,7 +1107,7 @@ class Device:
             if kind == "refused" and message is not None:
                 reason = str(message.get("reason"))
                 if reason in (REGISTRY_REFUSALS if what == "grant" else HELLO_REFUSALS):
-                    raise AuthRefused(reason, self.did, _retry_after(message))
+                    raise AuthRefused(reason, self.did, retry_after_of(message))
                 if what == "grant":
                     refusal = reason
                     refusal_until = min(deadline, now + REFUSAL_GRACE)

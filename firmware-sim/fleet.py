@@ -42,7 +42,6 @@ KEEPALIVE = 120  # seconds; the broker closes a connection silent for 1.5 times 
 #: are not yours"); any other refusal before our response answers someone else's.
 HELLO_REFUSALS = dev.HELLO_REFUSALS
 REGISTRY_REFUSALS = dev.REGISTRY_REFUSALS
-MAX_RETRY_AFTER = 3600.0  # seconds: a longer wait asked for is capped, not obeyed blindly
 
 
 class MqttError(Exception):
@@ -274,7 +273,7 @@ class Backoff:
 
     The k-th consecutive failure waits a random time between half of and the whole of
     ``min(cap, base · 2^k)`` ("equal jitter"): devices that failed together do not come back
-    together. A refusal that says when to come back (``retry_after`` seconds) is obeyed, and
+    together. A refusal that says when to come back (``retry_after``, ms) is obeyed, and
     the wait is spread over up to half as long again. :meth:`reset` after a success.
     """
 
@@ -294,19 +293,9 @@ class Backoff:
         self.failures = 0
 
 
-def retry_after_of(refusal: dict[str, Any]) -> float | None:
-    """When a refusal says to come back: ``retry_after`` (seconds) or ``retry_after_ms``.
-
-    Gateways up to now say neither (docs/protocol/mqtt.md); a value that is not a positive
-    finite number is ignored, and a very long one is capped at :data:`MAX_RETRY_AFTER`.
-    """
-    for name, scale in (("retry_after", 1.0), ("retry_after_ms", 0.001)):
-        value = refusal.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = value * scale
-            if math.isfinite(seconds) and seconds > 0:
-                return min(seconds, MAX_RETRY_AFTER)
-    return None
+#: When a refusal says to come back (``retry_after``, ms: docs/protocol/mqtt.md): the
+#: device simulator's reading of it, so both simulators obey the gateway alike.
+retry_after_of = dev.retry_after_of
 
 
 # --------------------------------------------------------------------------- device

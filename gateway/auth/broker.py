@@ -76,8 +76,9 @@ MAX_PACKET_BYTES = 65536
 #: Connections a LAN listener accepts: the accounts one (devices and people with a
 #: session) and the authentication one. They keep the broker's file descriptors
 #: (``LimitNOFILE`` in ``systemd/mosquitto.service.d/didgw.conf``) from running out, so that
-#: the gateway, on loopback, can always connect.
-MAX_ACCOUNT_CONNECTIONS = 4000
+#: the gateway, on loopback, can always connect. A building of 10,000 devices all connected
+#: at once (issue 19) fits, with room for people's sessions.
+MAX_ACCOUNT_CONNECTIONS = 12000
 MAX_AUTH_CONNECTIONS = 500
 
 #: What applies when no ACL of a client's roles matches. ``subscribe`` and

@@ -523,9 +523,9 @@ def test_a_device_waits_what_the_gateway_says_plus_jitter_else_backs_off(make_de
     alone = [device._delay(dev.AuthError("no answer")) for _ in range(7)]
     for delay, base in zip(alone, (1, 2, 4, 8, 16, 30, 30), strict=True):
         assert base <= delay < base * 1.25
-    assert dev._retry_after({"retry_after": 1500}) == 1.5
+    assert dev.retry_after_of({"retry_after": 1500}) == 1.5
     for bad in (-1, 3_600_001, 1.5, "9", True, None):
-        assert dev._retry_after({"retry_after": bad}) is None
+        assert dev.retry_after_of({"retry_after": bad}) is None
 
 
 def ack(seq: int | None, status: str = "accepted", **extra: object) -> bytes:
