@@ -28,6 +28,11 @@ load generator of firmware-sim/fleet.py (all devices in one event loop, in one p
    the longest gap again (``churn_stall_ms_max``), and how long each revoked device stayed
    connected after its revocation (``revoke_cutoff_ms_max``).
 
+4. **Restart**: the broker restarts with every device that was not revoked connected; each
+   connects again with the session token it has (no new handshake: ``restart_handshakes``)
+   and gets a reading acknowledged: ``restart_back`` of ``restart_devices`` within
+   ``restart_back_s``.
+
 The stream's publish -> ack p99 is reported per phase (``stream_p99_ack_ms_idle``,
 ``_storm``, ``_churn``): whether the gateway keeps acknowledging readings meanwhile.
 ``broker_stall_ms_max`` is the longest gap during the storm; ``idle_stall_ms_max`` the longest
@@ -242,6 +247,36 @@ async def _storm(conn: dict, keys: list[bytes], s: dict, control, results) -> No
             {"renewed": renewed, "renew_failed": failed, "lost": lost, "settled_s": settled_after},
         )
     )
+    # The broker restarts (the main process restarts it once we are ready): every device
+    # not revoked connects again with the token it has and gets a reading acknowledged.
+    survivors = [d for d in devices if d.did not in lost and d.grant is not None]
+    results.put(("restart ready", len(survivors)))
+    _, restarted_at = await command()
+    back_at: list[float] = []
+    again_until = restarted_at + s["timeout"]
+
+    async def back(device: fleet.FleetDevice) -> None:
+        while time.monotonic() < again_until:
+            try:
+                await device.connect()
+                break
+            except (OSError, fleet.MqttError, TimeoutError, dev.DeviceError):
+                await asyncio.sleep(0.2 + rng.random())
+        if device.connected and await device.send_until_acked(VALUES, until=again_until):
+            back_at.append(time.monotonic())
+
+    handshakes = sum(d.attempts for d in devices)
+    await asyncio.gather(*(back(d) for d in survivors))
+    results.put(
+        (
+            "restarted",
+            {
+                "back": len(back_at),
+                "last": max(back_at, default=None),
+                "handshakes": sum(d.attempts for d in devices) - handshakes,
+            },
+        )
+    )
     await command()
     await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
     results.put(("closed", None))
@@ -406,6 +441,17 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         time.sleep(2)  # revocations of the last second take effect
         stream_ctl.put(("stop",))
         streamed = expect(stream_out, "done", 120, stream.is_alive)
+        # The broker restarts with every device connected: they all come back.
+        survivors = expect(storm_out, "restart ready", 120, storm.is_alive)
+        broker.restart()
+        restarted_at = time.monotonic()
+        storm_ctl.put(("restart", restarted_at))
+        restart = expect(storm_out, "restarted", s["timeout"] + 120, storm.is_alive)
+        print(
+            f"broker restarted: {restart['back']:,} of {survivors:,} devices back, "
+            f"{restart['handshakes']} new handshakes",
+            flush=True,
+        )
         storm_ctl.put(("close",))
         expect(storm_out, "closed", 120, storm.is_alive)
     finally:
@@ -447,6 +493,12 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         "revoked": len(revoked),  # connected devices, revoked while connected
         "revoked_cut_off": len(cutoffs),
         "revoke_cutoff_ms_max": round(max(cutoffs), 0) if cutoffs else None,
+        "restart_devices": survivors,
+        "restart_back": restart["back"],
+        "restart_back_s": None
+        if restart["last"] is None
+        else round(restart["last"] - restarted_at, 1),
+        "restart_handshakes": restart["handshakes"],
         "cpu_storm": storm_cpu,
         "cpu_churn": churn_cpu,
         "import_s": round(import_s, 1),
