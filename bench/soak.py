@@ -55,20 +55,12 @@ ingest, fleet, dev = storm.ingest, storm.fleet, storm.ingest.dev
 
 def soak_main(conn: dict, keys: list[bytes], control, results) -> None:
     """Process: every device on one event loop (firmware-sim/fleet.py), then the schedule."""
-    try:
-        results.put(("done", asyncio.run(_soak(conn, keys, control, results))))
-    except BaseException as exc:
-        results.put(("error", repr(exc)))
-        raise
+    storm.load_process(_soak, conn, keys, control, results)
 
 
 async def _soak(conn: dict, keys: list[bytes], control, results) -> dict:
     loop = asyncio.get_running_loop()
-    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
-    devices = [
-        fleet.FleetDevice(ingest.identity_of(k), broker, gateway_did=conn["gateway_did"])
-        for k in keys
-    ]
+    devices = storm.devices_of(conn, keys)
     up = await asyncio.gather(*(d.bring_up(until=time.monotonic() + 600) for d in devices))
     if not all(up):
         failed = Counter(f for d in devices for f in d.failures)

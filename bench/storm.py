@@ -82,25 +82,45 @@ STREAM_RATE = 1_000  # readings per second, in all
 VALUES = ingest.VALUES
 
 
+# ----------------------------------------------------------------------------- load processes
+
+
+def load_process(work, *args) -> None:
+    """The body of a load process (this bench's and soak.py's): run the coroutine
+    ``work(*args)`` on an event loop of its own; its result, if any, goes to ``results``
+    (the last argument) as ``("done", result)``, a failure as ``("error", …)``."""
+    results = args[-1]
+    try:
+        out = asyncio.run(work(*args))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+        raise
+    if out is not None:
+        results.put(("done", out))
+
+
+def devices_of(conn: dict, keys: list[bytes], backoff=None) -> list:
+    """A fleet device (firmware-sim/fleet.py) per private key, all through one broker;
+    ``backoff()`` gives each its own backoff (default: fleet's)."""
+    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
+    extra = (lambda: {}) if backoff is None else (lambda: {"backoff": backoff()})
+    return [
+        fleet.FleetDevice(ingest.identity_of(k), broker, gateway_did=conn["gateway_did"], **extra())
+        for k in keys
+    ]
+
+
 # ----------------------------------------------------------------------------- the stream
 
 
 def stream_main(conn: dict, keys: list[bytes], control, results) -> None:
     """Process: 20 devices sending 1,000 readings/s, and a subscriber timing deliveries."""
-    try:
-        results.put(("done", asyncio.run(_stream(conn, keys, control, results))))
-    except BaseException as exc:
-        results.put(("error", repr(exc)))
-        raise
+    load_process(_stream, conn, keys, control, results)
 
 
 async def _stream(conn: dict, keys: list[bytes], control, results) -> dict:
     loop = asyncio.get_running_loop()
-    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
-    devices = [
-        fleet.FleetDevice(ingest.identity_of(k), broker, gateway_did=conn["gateway_did"])
-        for k in keys
-    ]
+    devices = devices_of(conn, keys)
     until = time.monotonic() + 120
     if not all(await asyncio.gather(*(d.bring_up(until=until) for d in devices))):
         raise RuntimeError("the stream's devices could not authenticate")
@@ -150,26 +170,17 @@ async def _stream(conn: dict, keys: list[bytes], control, results) -> dict:
 
 def storm_main(conn: dict, keys: list[bytes], s: dict, control, results) -> None:
     """Process: the storm's devices, then the churn, on one event loop."""
-    try:
-        asyncio.run(_storm(conn, keys, s, control, results))
-    except BaseException as exc:
-        results.put(("error", repr(exc)))
-        raise
+    load_process(_storm, conn, keys, s, control, results)
 
 
 async def _storm(conn: dict, keys: list[bytes], s: dict, control, results) -> None:  # noqa: PLR0915
     loop = asyncio.get_running_loop()
-    broker = fleet.Broker(conn["host"], conn["port"], conn["accounts_port"], conn["prefix"])
     rng = random.Random(19)
-    devices = [
-        fleet.FleetDevice(
-            ingest.identity_of(k),
-            broker,
-            gateway_did=conn["gateway_did"],
-            backoff=fleet.Backoff(base=1.0, cap=30.0, rng=random.Random(rng.random())),
-        )
-        for k in keys
-    ]
+    devices = devices_of(
+        conn,
+        keys,
+        lambda: fleet.Backoff(base=1.0, cap=30.0, rng=random.Random(rng.random())),
+    )
 
     async def command() -> tuple:
         return await loop.run_in_executor(None, control.get)

@@ -80,6 +80,14 @@ def household_market(
     return HouseholdMarket(orders, trades, statements)
 
 
+def next_seq(conn: sqlite3.Connection, household: str) -> int:
+    """A ``seq`` no order of ``household`` has used yet."""
+    row = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM market_orders WHERE household = ?", [household]
+    ).fetchone()
+    return int(row[0]) + 1
+
+
 def concerns(conn: sqlite3.Connection, households: list[str], entry: int) -> bool:
     """Whether record entry ``entry`` is a trade or statement of one of ``households``
     (so a receipt of it is theirs to have)."""

@@ -183,13 +183,6 @@ class Market:
         self.counts["accepted"] = self.counts.get("accepted", 0) + 1
         return {"status": "accepted", "seq": order.seq, "entry": entry}
 
-    def next_seq(self, household: str) -> int:
-        """A ``seq`` no order of ``household`` has used yet."""
-        row = self._conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM market_orders WHERE household = ?", [household]
-        ).fetchone()
-        return int(row[0]) + 1
-
     def _record_order(
         self,
         order: SignedOrder,

@@ -139,6 +139,11 @@ class Registry:
         row = self._db.execute("SELECT max(id) FROM registry_audit").fetchone()
         return int(row[0] or 0)
 
+    def changes_after(self, ts: float) -> list[AuditRecord]:
+        """Audit records made at or after ``ts`` (Unix s), oldest first."""
+        rows = self._db.execute(_SELECT_AUDIT + " WHERE ts >= ? ORDER BY id", [ts])
+        return [_audit_record(row) for row in rows]
+
     def changes_since(self, audit_id: int) -> list[AuditRecord]:
         """Audit records newer than ``audit_id``, oldest first (for a running gateway)."""
         rows = self._db.execute(_SELECT_AUDIT + " WHERE id > ? ORDER BY id", [audit_id])

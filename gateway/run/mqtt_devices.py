@@ -130,9 +130,9 @@ class MqttDevices:
     # -- the broker --------------------------------------------------------------
 
     def prepare_broker(self) -> int:
-        """Apply the anonymous policy, remove the broker accounts named by DIDs (sessions
-        are tokens now), and void the tokens of devices barred while the gateway was not
-        watching. Returns how many accounts were removed. Run before taking messages."""
+        """Apply the anonymous policy and remove the broker accounts named by DIDs
+        (sessions are tokens now). Returns how many accounts were removed. Run before
+        taking messages, and again when the broker comes back."""
         group = self._broker.execute([{"command": "getAnonymousGroup"}])[0]
         current = str((group.get("data") or {}).get("group", {}).get("groupname", ""))
         self._broker.execute(
@@ -142,13 +142,14 @@ class MqttDevices:
         commands = policy.legacy_removals(self._broker.list_clients(), self._broker.list_roles())
         if commands:
             self._broker.execute(commands, ok_errors=policy.RECONCILE_OK_ERRORS)
-        since = self._clock_ms() / 1000 - KEEP_SECONDS
-        barred = [
-            c for c in self._registry.changes_since(0) if c.ts >= since and c.action in BARRING
-        ]
-        for change in barred:
-            self._tokens.void({change.device}, at=change.ts)
         return sum(1 for c in commands if c["command"] == "deleteClient")
+
+    def void_barred_while_away(self) -> None:
+        """Void the tokens of devices suspended, revoked or re-keyed while the gateway was not
+        watching (within the longest a token lives), in one write. Run once, at start."""
+        since = self._clock_ms() / 1000 - KEEP_SECONDS
+        changes = self._registry.changes_after(since)
+        self._tokens.void_each({c.device: c.ts for c in changes if c.action in BARRING})
 
     def spawn_reconcile(self) -> None:
         """After the broker came back: put the policy back (its file may be another)."""

@@ -92,8 +92,8 @@ class MqttPeople:
         """Void the tokens of people whose credentials were revoked or suspended while the
         gateway was not watching (within the longest a token lives)."""
         since = self._clock_ms() - KEEP_SECONDS * 1000
-        for did, at_ms in await self._desk_work(self._desk.barred_since, since):
-            await asyncio.to_thread(self._tokens.void, {did}, at_ms / 1000)
+        barred = await self._desk_work(self._desk.barred_since, since)
+        await asyncio.to_thread(self._tokens.void_each, {did: ms / 1000 for did, ms in barred})
 
     def handles(self, topic: str) -> bool:
         head, tail = self._req

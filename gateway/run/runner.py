@@ -190,6 +190,7 @@ class _MqttSide:
             shared_readings=workers > 0,
         )
         stale = await asyncio.to_thread(devices.prepare_broker)
+        await asyncio.to_thread(devices.void_barred_while_away)
         if stale:
             log.info("removed %d broker accounts named by DIDs (sessions are tokens now)", stale)
         if workers > 0:

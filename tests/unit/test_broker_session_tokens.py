@@ -74,3 +74,12 @@ def test_a_deny_file_that_cannot_be_written_is_an_error_that_says_where(tmp_path
     made.deny_path.mkdir()  # (root writes anywhere: a directory in the way fails for all)
     with pytest.raises(StateError, match=r"cannot write the broker's deny file .*deny"):
         made.void({DID})
+
+
+def test_many_dids_are_voided_each_at_its_own_second_in_one_write(tmp_path: Path) -> None:
+    clock = [float(NOW)]
+    made, _ = sessions(tmp_path, clock)
+    before = made.deny_path.stat().st_ino
+    made.void_each({DID: NOW - 30.9, OTHER: NOW - 10})
+    assert made.denied() == {DID: NOW - 31, OTHER: NOW - 10}
+    assert made.deny_path.stat().st_ino != before  # the file replaced whole

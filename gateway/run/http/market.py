@@ -45,7 +45,7 @@ from gateway.auth.passkeys import (
 from gateway.auth.web_sessions import WebSession
 from gateway.chain.store import NewEntry
 from gateway.market import passkey_orders
-from gateway.market.household_view import HouseholdMarket, household_market
+from gateway.market.household_view import HouseholdMarket, household_market, next_seq
 from gateway.market.orders import ORDER_REASONS, OrderRefused
 from gateway.market.service import MarketSettings
 from gateway.run.http.energy import eur, local_zone
@@ -335,11 +335,8 @@ class MarketDoor:
         return web.json_response({"order": json.loads(text), "options": options})
 
     def _next_seq(self, household: str) -> int:
-        row = self.edge.db.conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM market_orders WHERE household = ?", [household]
-        ).fetchone()
-        waiting = [p.seq for p in self.pending.values() if p.household == household]
-        return max([int(row[0]), *waiting]) + 1
+        waiting = [p.seq + 1 for p in self.pending.values() if p.household == household]
+        return max([next_seq(self.edge.db.conn, household), *waiting])
 
     def _wait(self, challenge: bytes, pending: _Pending, now_ms: int) -> None:
         """Keep ``pending`` until it is signed: one per session, :data:`MAX_PENDING` in all."""
