@@ -18,7 +18,8 @@ from support import Run
 pytestmark = pytest.mark.integration
 
 PAGES = ("/console/people", "/console/record", "/console/record/0",
-         "/console/record/0/proof.json", "/console/health")  # fmt: skip
+         "/console/record/0/proof.json", "/console/health",
+         "/console/anchors/1/checkpoint.txt", "/console/anchors/1/consistency.json")  # fmt: skip
 
 
 def get(door: GatewayProcess, path: str, cookie: str | None = None) -> requests.Response:
@@ -65,7 +66,7 @@ def test_only_a_signed_in_facility_manager_gets_in(didgw: Run, front_door: Gatew
     before = credential_entries(front_door)
     done = post(front_door, "/console/people/any/revoke", cookie, csrf_token=csrf, reason="x")
     assert done.status_code == 403
-    for path in ("/api/credentials", "/api/chain/entries", "/api/status"):
+    for path in ("/api/credentials", "/api/chain/entries", "/api/status", "/api/anchors"):
         refused = requests.get(front_door.url + path, cookies={COOKIE: cookie}, timeout=10)
         assert refused.status_code == 403, path
     assert credential_entries(front_door) == before
@@ -213,3 +214,30 @@ def test_an_offer_needs_a_manager_csrf_an_offerable_kind_and_good_claims(
     made = post(front_door, "/console/people/offer", cookie, csrf_token=csrf, **good)
     assert made.status_code == 200 and 'id="offer-pin"' in made.text
     assert made.headers["Cache-Control"] == "no-store"
+
+
+def test_anchor_downloads_refuse_what_is_not_an_anchor(
+    didgw: Run, front_door: GatewayProcess
+) -> None:
+    """A checkpoint or a consistency proof of a size that is no anchor, or not a number, is
+    404 (no anchors here: anchoring is off); the anchors' JSON bounds its limit."""
+    manager = Person.issued(didgw, front_door, "facility-manager", "frank")
+    front_door.start()
+    cookie, _ = manager.sign_in_http()
+    for size in ("1", "0", "abc", "-1", "9" * 19, "1%2F..%2F..", "%00"):
+        for what in ("checkpoint.txt", "consistency.json"):
+            answer = get(front_door, f"/console/anchors/{size}/{what}", cookie)
+            assert answer.status_code == 404, (size, what, answer.text[:200])
+    made = didgw(
+        "api-token", "create", "reader", "--role", "reader",
+        "--state-dir", str(front_door.state), "--config", str(front_door.config),
+    )  # fmt: skip
+    bearer = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    ok = requests.get(front_door.url + "/api/anchors", headers=bearer, timeout=10)
+    assert ok.status_code == 200 and ok.json() == {"anchors": []}
+    for limit in ("0", "501", "x", "9" * 30):
+        bad = requests.get(
+            f"{front_door.url}/api/anchors?limit={limit}", headers=bearer, timeout=10
+        )
+        assert bad.status_code == 400, (limit, bad.text)
+    assert requests.get(front_door.url + "/api/anchors", timeout=10).status_code == 401

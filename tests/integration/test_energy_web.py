@@ -302,3 +302,6 @@ def test_every_reading_is_listed_with_its_receipt_newest_first_in_pages(
     other = get(energy_door, f"/api/energy/readings?household={bobs_home}", token)
     assert other.status_code == 403
     assert get(energy_door, f"/api/energy/readings?household={home}", None).status_code == 401
+    for before in ("abc", "-5", "9" * 30, ""):  # not a time: the first page
+        page = get(energy_door, f"/api/energy/readings?household={home}&before={before}", token)
+        assert page.json()["readings"][0] == newest, before
