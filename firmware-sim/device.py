@@ -1403,12 +1403,12 @@ class Device:
 
     def _delay(self, exc: BaseException) -> float:
         """How long to wait before the next try: the backoff (doubling up to 30 s), or, when
-        the gateway said when to come back, that; plus up to a quarter (backoff) or a half
-        (the gateway's word) more at random, so that a building coming back at once spreads
-        its retries."""
+        the gateway said when to come back, that; plus up to a quarter (backoff) or a tenth
+        (the gateway's word: it gives each refused device its own place in a line already)
+        more at random, so that a building coming back at once spreads its retries."""
         said = exc.retry_after if isinstance(exc, AuthRefused) else None
         if said is not None:
-            return said * (1 + secrets.randbelow(50) / 100)
+            return said * (1 + secrets.randbelow(10) / 100)
         delay = self._backoff * (1 + secrets.randbelow(25) / 100)
         self._backoff = min(self._backoff * 2, 30.0)
         return delay

@@ -273,8 +273,9 @@ class Backoff:
 
     The k-th consecutive failure waits a random time between half of and the whole of
     ``min(cap, base · 2^k)`` ("equal jitter"): devices that failed together do not come back
-    together. A refusal that says when to come back (``retry_after``, ms) is obeyed, and
-    the wait is spread over up to half as long again. :meth:`reset` after a success.
+    together. A refusal that says when to come back (``retry_after``, ms) is obeyed, plus up
+    to a tenth more (the gateway gives each refused device its own place in a line already).
+    :meth:`reset` after a success.
     """
 
     base: float = 1.0
@@ -286,7 +287,7 @@ class Backoff:
         ceiling = min(self.cap, self.base * 2**self.failures)
         self.failures += 1
         if retry_after is not None:
-            return retry_after * (1 + self.rng.random() / 2)
+            return retry_after * (1 + self.rng.random() / 10)
         return ceiling / 2 + self.rng.random() * ceiling / 2
 
     def reset(self) -> None:

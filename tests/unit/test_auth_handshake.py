@@ -23,6 +23,7 @@ from gateway.auth.mqtt_messages import (
     Refusal,
     ResponsePayload,
 )
+from gateway.auth.handshake import ASSUMED_RATE, MIN_RETRY_MS
 from gateway.auth.strict import AuthRefused
 from gateway.errors import ConfigError
 from gateway.identity import offline_resolver, sign_jws, verify_jws
@@ -450,29 +451,49 @@ def retry_after(out: Outgoing | None) -> int | None:
 
 
 def test_a_rate_limited_refusal_says_when_to_come_back() -> None:
-    """A DID with all its challenges out waits their lifetime; a full pool, its outstanding
-    challenges at the rate grants were made in the last second (250 ms to 30 s)."""
+    """A DID with all its challenges out waits their lifetime; a full pool gives places in a
+    line, one grant's time apart (at the last second's rate, never slower than the assumed
+    one), 250 ms to 30 s away."""
     world = make_world(max_pending=4, max_pending_strangers=1)
-    devices = [Device() for _ in range(12)]
+    devices = [Device() for _ in range(8)]
     for d in devices:
         world.registry[d.did] = Status.ACTIVE
     for _ in range(4):
         world.challenge(world.a)
     assert retry_after(world.auth.on_hello(world.a.hello(), NOW)) == 30_000
-    world = make_world(max_pending=4, max_pending_strangers=1)
-    for d in devices:
-        world.registry[d.did] = Status.ACTIVE
-    # no grant yet: nothing says how fast the pool drains, so the nonces' lifetime
-    out = [world.challenge(d) for d in devices[:4]]
-    assert retry_after(world.auth.on_hello(devices[4].hello(), NOW)) == 30_000
-    # 4 granted within the last second, 4 outstanding: a second
-    for d, challenge in zip(devices[:4], out, strict=True):
-        assert world.auth.on_response(d.respond(challenge), NOW + 100)[1] is not None
-    for d in devices[4:8]:
-        world.challenge(d, now=NOW + 200)
-    assert retry_after(world.auth.on_hello(devices[8].hello(), NOW + 300)) == 1000
-    # the grants are older than a second: back to the lifetime
-    assert retry_after(world.auth.on_hello(devices[8].hello(), NOW + 1200)) == 30_000
+
+    def full_world() -> tuple[World, list[Challenge]]:
+        world = make_world(max_pending=4, max_pending_strangers=1)
+        for d in devices:
+            world.registry[d.did] = Status.ACTIVE
+        return world, [world.challenge(d) for d in devices[:4]]
+
+    # no grant yet: each refusal (the same device may ask again) gets the next place, 1,000 /
+    # ASSUMED_RATE ms after the one before; none nearer than 250 ms, none beyond 30 s
+    world, _ = full_world()
+    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW)) for _ in range(20_000)]
+    step = 1000 / ASSUMED_RATE
+    assert waits[0] == MIN_RETRY_MS
+    assert waits[999] == int(1000 * step)  # the thousandth place
+    assert waits == sorted(waits)
+    assert waits[-1] == 30_000 and waits.count(30_000) > 1000  # the line ends at the lifetime
+    # a stranger's line is its own: its first place is near
+    world.challenge(Device())
+    assert retry_after(world.auth.on_hello(Device().hello(), NOW)) == MIN_RETRY_MS
+
+    # grants faster than assumed (800 in the last second): places follow that rate
+    world, out = full_world()
+    for k in range(200):
+        at = NOW + k
+        for d, challenge in zip(devices[:4], out, strict=True):
+            assert world.auth.on_response(d.respond(challenge), at)[1] is not None
+        out = [world.challenge(d, now=at) for d in devices[:4]]
+    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 500)) for _ in range(800)]
+    assert waits[-1] == 1000  # 800 places at 800 grants/s
+    # 1.5 s later those grants are history, and the line's end (NOW + 1,500) is past: the
+    # line starts from now again, at the assumed rate
+    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 2000)) for _ in range(800)]
+    assert waits[-1] == int(800 * step)
 
 
 def test_a_refusal_with_and_without_retry_after_decodes_strictly() -> None:
