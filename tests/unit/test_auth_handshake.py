@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support import WebResolver
 
 from gateway.auth import Authenticator, Grant, Handshake, Outgoing, open_secret
+from gateway.auth.handshake import ASSUMED_RATE, MIN_RETRY_MS
 from gateway.auth.mqtt_messages import (
     AUTH_TYP,
     Challenge,
@@ -23,7 +24,6 @@ from gateway.auth.mqtt_messages import (
     Refusal,
     ResponsePayload,
 )
-from gateway.auth.handshake import ASSUMED_RATE, MIN_RETRY_MS
 from gateway.auth.strict import AuthRefused
 from gateway.errors import ConfigError
 from gateway.identity import offline_resolver, sign_jws, verify_jws
