@@ -99,7 +99,7 @@ class MqttDevices:
 
     def on_message(self, topic: str, payload: bytes) -> None:
         if topic == f"{self._prefix}/auth/req":
-            self._spawn(self._on_auth(payload))
+            self._on_auth(payload)  # no awaiting in it: answered at once, not as a task
         elif self.closing:
             return  # not acknowledged: the device sends it again to the next gateway run
         elif topic.startswith(self._readings_prefix) and topic.endswith("/readings"):
@@ -112,7 +112,7 @@ class MqttDevices:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _on_auth(self, payload: bytes) -> None:
+    def _on_auth(self, payload: bytes) -> None:
         outgoing, grant = self._auth.on_request(payload, self._clock_ms())
         if grant is not None:
             self._sessions[grant.did] = _Session(grant.did, grant.expires_ms)

@@ -42,7 +42,6 @@ from gateway.ops import metrics
 from gateway.ops.health import Health, live_counts
 from gateway.ops.sdnotify import Notifier
 from gateway.ops.tls import broker_cert_warning, gateway_tls
-from gateway.registry import Status
 from gateway.registry.status_cache import StatusCache
 from gateway.run.broker_sessions import BrokerSessions
 from gateway.run.disk import DiskGuard
@@ -166,9 +165,7 @@ class _MqttSide:
         tls = gateway_tls(config, state_dir)
         self.broker = DynsecAdmin(mqtt.host, mqtt.port, mqtt.username, password, tls=tls)
         await asyncio.to_thread(self.broker.connect)
-        core = handshake(
-            config, gateway.signer(env), lambda did: _status(gateway, did), mqtt.session_seconds
-        )
+        core = handshake(config, gateway.signer(env), gateway.registry.status, mqtt.session_seconds)
         core.refusals = pipeline.refusals
         sessions = self.sessions = BrokerSessions(
             gateway.broker_token_key(env), mqtt.prefix, token_dir(config, state_dir)
@@ -346,9 +343,7 @@ class _CoapSide:
         from gateway.transports.coap import CoapServer
 
         coap = config.coap
-        core = handshake(
-            config, gateway.signer(env), lambda did: _status(gateway, did), coap.session_seconds
-        )
+        core = handshake(config, gateway.signer(env), gateway.registry.status, coap.session_seconds)
         core.refusals = pipeline.refusals
         self.authenticator = authenticator = CoapAuthenticator(
             core, gateway.resolver, readings_path="/" + "/".join(READINGS_PATH)
@@ -695,11 +690,6 @@ def config_changes(old: Config, new: Config) -> set[str]:
             if getattr(before, item.name) != getattr(after, item.name):
                 changed.add(f"{name}.{item.name}")
     return changed
-
-
-def _status(gateway: Gateway, did: str) -> Status | None:
-    device = gateway.registry.find(did)
-    return None if device is None else device.status
 
 
 def take_secrets(environ: MutableMapping[str, str]) -> dict[str, str]:

@@ -2,10 +2,12 @@
 
 paho runs its network loop on a thread of its own (``loop_start``); nothing here
 touches asyncio state from that thread except through
-``loop.call_soon_threadsafe``. Subscriptions are made in ``on_connect`` so that
-every reconnect (broker restart, network loss) subscribes again; paho
-reconnects by itself with back-off. ``publish`` is thread-safe in paho and may
-be called from the event loop.
+``loop.call_soon_threadsafe``. Messages are handed over in batches: the thread appends
+each to an inbox and wakes the event loop only when no hand-over is pending already, so a
+burst (a building's devices all saying hello) costs one wake-up, not one per message.
+Subscriptions are made in ``on_connect`` so that every reconnect (broker restart, network
+loss) subscribes again; paho reconnects by itself with back-off. ``publish`` is
+thread-safe in paho and may be called from the event loop.
 
 MQTT 5, for three things 3.1.1 lacks: the broker sends the gateway no packet larger than
 :data:`~gateway.auth.broker.MAX_PACKET_BYTES` (the Maximum Packet Size it asks for: a
@@ -28,6 +30,7 @@ import logging
 import socket
 import ssl
 import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -193,6 +196,9 @@ class MqttLink:
         client.max_queued_messages_set(0)  # paho's own outgoing queue: unbounded
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._subscribe_mid: int | None = None
+        self._inbox: list[tuple[str, bytes]] = []  # received, not yet handed to the loop
+        self._inbox_lock = threading.Lock()
+        self._handover_pending = False
         client.on_connect = self._connected
         client.on_subscribe = self._subscribed
         client.on_disconnect = self._disconnected
@@ -262,8 +268,32 @@ class MqttLink:
     def _received(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if not self.guard.admit(message.topic, message.payload, message.retain):
             return
+        with self._inbox_lock:
+            self._inbox.append((message.topic, bytes(message.payload)))
+            if self._handover_pending:
+                return  # the event loop takes this one with the others
+            self._handover_pending = True
         with contextlib.suppress(RuntimeError):  # the event loop is closed: we are stopping
-            self._loop.call_soon_threadsafe(self._on_message, message.topic, bytes(message.payload))
+            self._loop.call_soon_threadsafe(self._hand_over)
+
+    # -- the event loop -----------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """Give every message in the inbox to the handler, in the order received, until the
+        inbox is empty (a message arriving meanwhile is taken too, without another wake-up).
+        A handler's exception is logged and the next message handled: a hand-over that
+        stopped half-way would leave the inbox waiting for a wake-up that never comes."""
+        while True:
+            with self._inbox_lock:
+                batch, self._inbox = self._inbox, []
+                if not batch:
+                    self._handover_pending = False
+                    return
+            for topic, payload in batch:
+                try:
+                    self._on_message(topic, payload)
+                except Exception:
+                    log.exception("handling a message on %s failed", topic)
 
     def _clear(self, topic: str) -> None:
         """Delete the retained message of ``topic`` (the gateway may publish to its topics)."""

@@ -14,7 +14,9 @@ import asyncio
 import json
 import logging
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -164,6 +166,70 @@ def test_the_link_hands_on_only_what_the_guard_admits() -> None:
         assert got == [("didgw/auth/req", b"ok")]
         assert cleared == [("didgw/auth/req", b"", True)]
         assert link.guard.dropped == {"oversized": 1, "retained": 1}
+    finally:
+        loop.close()
+
+
+def test_the_link_hands_a_burst_over_in_order_with_one_wake_up_and_survives_a_bad_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Messages received on paho's thread reach the handler on the event loop in the order
+    received, a burst with one wake-up of the loop; a handler that raises is logged, and
+    the messages after it (and later bursts) are still handed over."""
+    loop = asyncio.new_event_loop()
+    got: list[bytes] = []
+
+    def handler(topic: str, payload: bytes) -> None:
+        if payload == b"bad":
+            raise ValueError("a handler's bug")
+        got.append(payload)
+
+    link = MqttLink(
+        host="127.0.0.1", port=1, username="gateway", password="pw", client_id="didgw-test",
+        subscriptions=["didgw/auth/req"], on_message=handler, loop=loop,
+    )  # fmt: skip
+    wake_ups = 0
+    threadsafe = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        nonlocal wake_ups
+        wake_ups += 1
+        return threadsafe(callback, *args)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+
+    def burst(payloads: list[bytes]) -> threading.Thread:
+        def receive() -> None:
+            for p in payloads:
+                m = mqtt.MQTTMessage(topic=b"didgw/auth/req")
+                m.payload = p
+                link._received(link._client, None, m)
+
+        return threading.Thread(target=receive)
+
+    try:
+        first = [str(i).encode() for i in range(2000)]
+        thread = burst(first)
+        thread.start()
+        thread.join()
+        assert wake_ups == 1  # the loop was not running: all 2,000 waited for one hand-over
+        loop.run_until_complete(asyncio.sleep(0))
+        assert got == first
+        # while the loop runs and takes them, a burst with a bad message in the middle
+        second = [b"a", b"bad", b"b", *(str(i).encode() for i in range(3000))]
+        thread = burst(second)
+
+        async def meanwhile() -> None:
+            thread.start()
+            while thread.is_alive():
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
+
+        loop.run_until_complete(meanwhile())
+        assert got == first + [p for p in second if p != b"bad"]
+        assert "handling a message on didgw/auth/req failed" in caplog.text
+        assert wake_ups < 1 + len(second)
+        assert not link._inbox and not link._handover_pending
     finally:
         loop.close()
 

@@ -51,12 +51,15 @@ def test_register_list_show(registry: Registry, new_did: Any) -> None:
 
 def test_lifecycle_is_audited_with_who_when_why(registry: Registry, new_did: Any) -> None:
     did = new_did().did
+    assert registry.status(did) is None  # not registered
     register(registry, did)
+    assert registry.status(did) is Status.ACTIVE
     registry.suspend(did, actor="fm:bob", reason="stolen", now=T0 + 1)
-    assert registry.get(did).status is Status.SUSPENDED
+    assert registry.get(did).status is Status.SUSPENDED is registry.status(did)
     registry.resume(did, actor="fm:bob", reason="found", now=T0 + 2)
+    assert registry.status(did) is Status.ACTIVE
     registry.revoke(did, actor="fm:carol", reason="decommissioned", now=T0 + 3)
-    assert registry.get(did).status is Status.REVOKED
+    assert registry.get(did).status is Status.REVOKED is registry.status(did)
     history = [
         (r.action, r.actor, r.ts, r.reason, r.detail.get("to")) for r in registry.history(did)
     ]

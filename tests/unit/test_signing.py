@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from typing import Any
 
@@ -102,6 +103,33 @@ def test_jws_round_trip_with_the_rfc8037_key() -> None:
     assert verified.payload == b"Example of Ed25519 signing"
     assert verified.signer.did == signer.did
     assert verified.header["typ"] == "didgw-reading"
+
+
+def test_sign_jws_writes_what_joserfc_writes_and_joserfc_verifies_it() -> None:
+    """sign_jws serialises the compact JWS itself (the handshake's hot path): byte for byte
+    what joserfc makes of the same header, payload and key, and joserfc's check accepts it,
+    for the RFC 8037 key and fresh ones, with and without extra header members, for empty,
+    binary and non-ASCII payloads."""
+    from joserfc import jws
+    from joserfc.jwk import OKPKey
+
+    keys = [Ed25519PrivateKey.from_private_bytes(bytes.fromhex(RFC8037["A.1_d_hex"]))]
+    keys += [Ed25519PrivateKey.generate() for _ in range(3)]
+    payloads = [b"", b"Example of Ed25519 signing", bytes(range(256)), "Zähler 1".encode()]
+    for key, payload, headers in itertools.product(
+        keys, payloads, [None, {"typ": "didgw-grant"}, {"typ": "x", "cty": "é"}]
+    ):
+        signer = Signer.for_did_key(key)
+        ours = sign_jws(payload, signer, headers=headers)
+        theirs = jws.serialize_compact(
+            {"alg": "EdDSA", "kid": signer.kid, **(headers or {})},
+            payload,
+            OKPKey.import_key(key),
+            algorithms=["EdDSA"],
+        )
+        assert ours == theirs
+        checked = jws.deserialize_compact(ours, OKPKey.import_key(key.public_key()), ["EdDSA"])
+        assert checked.payload == payload
 
 
 def _token(header: dict[str, Any], payload: bytes, key: Ed25519PrivateKey) -> str:
