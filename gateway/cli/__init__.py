@@ -1,11 +1,11 @@
 """The ``didgw`` command: each subcommand is a few lines over a library call.
 
 One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
-``energy``, ``credentials``, ``api_tokens``, ``running``, ``settings``, ``tls``), each
-declaring its parsers next to its handlers; ``demo`` is ``didgw demo``. Nothing imports
-this package. Start-up must stay fast (``didgw --help`` well under 0.3 s on a Pi), so only
-the standard library is imported until a command runs. Exit status: 0 done, 1 refused (the
-message says why), 2 usage error.
+``energy``, ``credentials``, ``api_tokens``, ``running``, ``settings``, ``tls``,
+``broker``), each declaring its parsers next to its handlers; ``demo`` is ``didgw demo``.
+Nothing imports this package. Start-up must stay fast (``didgw --help`` well under 0.3 s on
+a Pi), so only the standard library is imported until a command runs. Exit status: 0 done,
+1 refused (the message says why), 2 usage error.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from gateway.cli import (
     anchor,
     api_tokens,
+    broker,
     chain,
     credentials,
     devices,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         running,
         settings,
         tls,
+        broker,
     ):
         module.register(tree)
     return parser

@@ -37,6 +37,7 @@ from typing import IO
 
 from gateway.auth import broker as policy
 from gateway.errors import DidgwError
+from gateway.ops.broker_setup import apply_policy, init_dynsec_file
 from gateway.transports.dynsec import DynsecAdmin
 
 HOST = "127.0.0.1"
@@ -141,27 +142,11 @@ class PrivateBroker:
             raise BrokerError(f"{missing}: run scripts/setup.sh")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.token_dir.mkdir(mode=0o755, exist_ok=True)
-        # The admin password goes to mosquitto_ctrl's prompt on stdin, never on its command
-        # line, where anyone on the machine could read it.
-        ctrl = shutil.which("mosquitto_ctrl") or "mosquitto_ctrl"
-        subprocess.run(
-            [ctrl, "dynsec", "init", str(self.dynsec_file), self.admin_username],
-            input=f"{self.admin_password}\n{self.admin_password}\n".encode(),
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        init_dynsec_file(self.dynsec_file, self.admin_password)  # as `didgw broker setup`
         self.config_file.write_text(self.config())
         self.start()
         with self.admin(as_gateway=False) as admin:
-            admin.execute(
-                [
-                    *policy.anonymous_policy_commands(self.prefix),
-                    *policy.gateway_role_commands(self.prefix),
-                    *policy.gateway_client_commands(self.gateway_username, self.gateway_password),
-                ],
-                ok_errors=policy.POLICY_OK_ERRORS,
-            )
+            apply_policy(admin, self.prefix, self.gateway_username, self.gateway_password)
 
     def config(self) -> str:
         """The broker's configuration file."""
