@@ -969,11 +969,19 @@ def render_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Where the installed service keeps its state (``StateDirectory=didgw`` in its unit).
+SERVICE_STATE_DIR = Path("/var/lib/didgw")
+
+
 def default_state_dir(env: Mapping[str, str]) -> Path:
-    """Where state lives when nothing says otherwise: systemd's, else the XDG state home."""
+    """Where state lives when nothing says otherwise: systemd's, else the installed service's
+    (an administrator typing ``didgw device list`` means that gateway, not a new one in his
+    home), else the XDG state home."""
     systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
     if systemd:
         return Path(systemd)
+    if SERVICE_STATE_DIR.is_dir():
+        return SERVICE_STATE_DIR
     xdg = env.get("XDG_STATE_HOME")
     base = (
         Path(xdg) if xdg else Path(env.get("HOME") or os.path.expanduser("~")) / ".local" / "state"

@@ -27,7 +27,7 @@ from gateway.cli import (
     settings,
     tls,
 )
-from gateway.cli._base import CommandTree
+from gateway.cli._base import CommandTree, as_state_owner
 
 DESCRIPTION = """\
 didgw: DID authentication gateway for the IoT edge.
@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.errors import DidgwError
 
     try:
+        as_state_owner(args)
         return int(args.func(args))
     except DidgwError as exc:
         print(f"didgw: error: {exc}", file=sys.stderr)

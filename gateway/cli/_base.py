@@ -42,7 +42,10 @@ class CommandTree:
         example: str,
         *,
         group: argparse._SubParsersAction[argparse.ArgumentParser] | None = None,
+        on_state: bool = True,
     ) -> argparse.ArgumentParser:
+        """``on_state``: the command works on the gateway's state, so it runs as the state's
+        owner (``ops/service_user.py``); False for those that must stay who they are."""
         sub = (group or self._top).add_parser(
             name,
             help=help_text,
@@ -51,7 +54,7 @@ class CommandTree:
             epilog=f"Example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.set_defaults(func=handler)
+        sub.set_defaults(func=handler, on_state=on_state)
         return sub
 
 
@@ -62,7 +65,7 @@ def _common_options() -> argparse.ArgumentParser:
         "--state-dir",
         metavar="DIR",
         help="state directory (default: $DIDGW_STATE_DIR, [gateway] state_dir, "
-        "$STATE_DIRECTORY, ~/.local/state/didgw)",
+        "$STATE_DIRECTORY, /var/lib/didgw if it exists, ~/.local/state/didgw)",
     )
     group.add_argument(
         "--config",
@@ -89,6 +92,21 @@ def state_dir(args: argparse.Namespace, config: Config) -> Path:
     from gateway.config import state_dir
 
     return state_dir(config, args.state_dir, os.environ)
+
+
+def as_state_owner(args: argparse.Namespace) -> None:
+    """Before a command on the gateway's state: become the state's owner if it is another
+    user's (as root), or stop with the command to run as that user."""
+    if not getattr(args, "on_state", False):
+        return
+    from gateway.errors import ConfigError
+    from gateway.ops.service_user import run_as_owner
+
+    try:
+        config = load_config(args)
+    except ConfigError:
+        return  # the command says what is wrong with it, in its own way
+    run_as_owner(state_dir(args, config))
 
 
 def open_gateway(args: argparse.Namespace) -> Gateway:

@@ -94,6 +94,7 @@ def register(tree: CommandTree) -> None:
         "and apply the access policy; safe to run again",
         "sudo didgw broker setup --config /etc/didgw/gateway.toml",
         group=broker,
+        on_state=False,  # root: it gives files to the broker and the service
     )
     p.add_argument(
         "--admin-password-file",

@@ -127,6 +127,7 @@ def register(tree: CommandTree) -> None:
         "generate an Ed25519 did:key; the private key goes to a new 0600 file",
         "didgw did new -o sensor-7.pem",
         group=did,
+        on_state=False,
     )
     p.add_argument(
         "-o", "--out", metavar="FILE", help="key file to create (default: <multikey>.pem)"

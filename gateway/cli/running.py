@@ -4,20 +4,39 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from gateway.cli._base import CommandTree, load_config, state_dir
 
+#: ``didgw run``'s exit status when starting again cannot help (sysexits' EX_CONFIG): the
+#: unit's ``RestartPreventExitStatus`` stops systemd from restarting it forever.
+NOT_RESTARTABLE = 78
+
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.errors import ConfigError, KeyStoreError, StateError
     from gateway.ops import logs
-    from gateway.run.runner import run
+    from gateway.ops.sdnotify import Notifier
 
-    config = load_config(args)
-    logs.configure()
-    for key, why in config.warnings():
-        section, name = key.split(".", 1)
-        logging.getLogger("didgw").warning("[%s] %s: %s", section, name, why)
-    run(config, state_dir(args, config))
+    try:
+        config = load_config(args)
+        logs.configure()
+        for key, why in config.warnings():
+            section, name = key.split(".", 1)
+            logging.getLogger("didgw").warning("[%s] %s: %s", section, name, why)
+        from gateway.run.runner import run
+
+        run(config, state_dir(args, config))
+    except (ConfigError, KeyStoreError, StateError) as exc:
+        # A bad or incomplete configuration, a missing or unreadable key, a state that is
+        # not a gateway's: the same next time. Said where `systemctl status` shows it.
+        notifier = Notifier()
+        notifier.status(f"not started: {exc} (a restart will not fix this)")
+        notifier.close()
+        print(f"didgw: error: {exc}", file=sys.stderr)
+        print("didgw: not started, and a restart will not fix this: fix it, then start again",
+              file=sys.stderr)  # fmt: skip
+        return NOT_RESTARTABLE
     return 0
 
 
@@ -66,6 +85,7 @@ def register(tree: CommandTree) -> None:
         cmd_demo,
         "run the whole product for a minute on loopback: broker, ledger, devices, market",
         "didgw demo --seconds 60",
+        on_state=False,
     )
     demo.add_argument("--seconds", type=float, default=60.0, help="how long devices send")
     demo.add_argument("--keep", action="store_true", help="keep the demo's files afterwards")

@@ -35,6 +35,7 @@ def register(tree: CommandTree) -> None:
         "print a config file listing every key with its default",
         "didgw config example > /etc/didgw/gateway.toml",
         group=config,
+        on_state=False,
     )
     tree.command(
         "check",
@@ -42,4 +43,5 @@ def register(tree: CommandTree) -> None:
         "validate the config file and say which one is used",
         "didgw config check --config /etc/didgw/gateway.toml",
         group=config,
+        on_state=False,
     )

@@ -132,6 +132,7 @@ def register(tree: CommandTree) -> None:
         "(loopback is always added), signed by the gateway's certificate authority",
         "didgw tls issue --name gateway.local --ip 192.168.1.10",
         group=tls,
+        on_state=False,  # root: it writes the broker's files, as the broker's user
     )
     p.add_argument(
         "--name", action="append", default=[], metavar="HOST", help="a DNS name (repeat for more)"
@@ -146,6 +147,7 @@ def register(tree: CommandTree) -> None:
         "renew_before_days (systemd/didgw-tls-renew.timer runs this daily)",
         "didgw tls renew --config /etc/didgw/gateway.toml",
         group=tls,
+        on_state=False,  # root: it writes the broker's files, as the broker's user
     )
     p.add_argument("--force", action="store_true", help="renew now, whenever it expires")
     p = tree.command(
@@ -155,6 +157,7 @@ def register(tree: CommandTree) -> None:
         "broker certificate's names and expiry",
         "didgw tls show",
         group=tls,
+        on_state=False,  # root: it writes the broker's files, as the broker's user
     )
     p.add_argument("--pem", action="store_true", help="print the CA certificate (PEM) only")
     p.add_argument("--json", action="store_true", help="print the same as JSON")

@@ -116,6 +116,40 @@ class NotifySocket:
         self.sock.close()
 
 
+def test_a_start_that_a_restart_cannot_fix_exits_78_and_says_why(
+    didgw: Run, tmp_path: Path
+) -> None:
+    """No broker password, a config that does not parse: `didgw run` exits 78, which the
+    unit's RestartPreventExitStatus keeps systemd from restarting, and tells systemd why
+    (the STATUS `systemctl status` shows)."""
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    unit = (ROOT / "systemd" / "didgw.service").read_text()
+    assert "RestartPreventExitStatus=78" in unit.splitlines()
+    no_password = tmp_path / "no-password.toml"
+    no_password.write_text('[mqtt]\nhost = "127.0.0.1"\nport = 1\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[mqtt\nport = 1\n")
+    for config, why in (
+        (no_password, "DIDGW_MQTT_PASSWORD is not set"),
+        (broken, "not valid TOML"),
+    ):
+        notify = NotifySocket(tmp_path / f"notify-{config.stem}")
+        try:
+            ran = didgw(
+                "run", "--config", str(config), "--state-dir", str(state),
+                env={"NOTIFY_SOCKET": str(notify.path)},
+            )  # fmt: skip
+            assert ran.returncode == 78, ran.stdout + ran.stderr
+            assert why in ran.stderr and "a restart will not fix this" in ran.stderr
+            status = notify.receive("STATUS", timeout=5)["STATUS"]
+            while not status.startswith("not started: "):  # after "stopping", if it got that far
+                status = notify.receive("STATUS", timeout=5)["STATUS"]
+            assert why in status
+        finally:
+            notify.close()
+
+
 def test_ready_status_watchdog_and_stopping(
     didgw: Run, mosquitto: Mosquitto, gateway: GatewayProcess, tmp_path: Path
 ) -> None:

@@ -168,6 +168,23 @@ def test_state_dir_precedence(tmp_path: Path) -> None:
     assert state_dir(Config(), None, {"HOME": str(tmp_path)}) == tmp_path / ".local/state/didgw"
 
 
+def test_the_installed_services_state_comes_before_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the service installed (its state directory exists), a command given no state
+    directory means the service's gateway, not a new one in the user's home."""
+    import gateway.config as config_module
+
+    service = tmp_path / "var-lib-didgw"
+    monkeypatch.setattr(config_module, "SERVICE_STATE_DIR", service)
+    home = {"HOME": str(tmp_path)}
+    assert state_dir(Config(), None, home) == tmp_path / ".local/state/didgw"  # not installed
+    service.mkdir()
+    assert state_dir(Config(), None, home) == service
+    assert state_dir(Config(), "/cli", home) == Path("/cli")  # an explicit one still wins
+    assert state_dir(Config(), None, {**home, "STATE_DIRECTORY": "/sd"}) == Path("/sd")
+
+
 # -- exposure warnings -----------------------------------------------------------------------
 
 
