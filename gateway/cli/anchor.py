@@ -182,6 +182,43 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """A day of anchors at the configured cadence: how many, the gas, the ether at each fee."""
+    from gateway.anchor.estimate import GAS_PER_ANCHOR, day_of_anchors
+
+    settings = load_config(args).anchor
+    every_seconds = args.every_seconds or settings.every_seconds
+    every_entries = args.every_entries or settings.every_entries
+    fees = args.fee_gwei or [0.01, 0.1, 1.0, settings.max_fee_gwei]
+    days = [
+        day_of_anchors(every_seconds, every_entries, args.entries_per_day, fee)
+        for fee in sorted(set(fees))
+    ]
+    if args.json:
+        print_json(
+            {
+                "every_seconds": every_seconds,
+                "every_entries": every_entries,
+                "entries_per_day": args.entries_per_day,
+                "gas_per_anchor": GAS_PER_ANCHOR,
+                "anchors_per_day": days[0].anchors,
+                "gas_per_day": days[0].gas,
+                "per_fee": [{"fee_gwei": d.fee_gwei, "ether_per_day": d.ether} for d in days],
+            }
+        )
+        return 0
+    print(
+        f"every {every_seconds:g} s or {every_entries:,} entries, with {args.entries_per_day:,.0f} "
+        f"entries a day: {days[0].anchors:,.0f} anchors a day"
+    )
+    print(f"at most {GAS_PER_ANCHOR:,} gas each: {days[0].gas:,.0f} gas a day")
+    print(f"{'fee per gas (gwei)':>20}  {'ether a day':>14}  {'ether a month (30 days)':>24}")
+    for d in days:
+        print(f"{d.fee_gwei:>20g}  {d.ether:>14.6f}  {d.ether * 30:>24.6f}")
+    print("a rollup's layer-1 data fee is not included; ask its fee estimator")
+    return 0
+
+
 def register(tree: CommandTree) -> None:
     p = tree.command(
         "receipt",
@@ -224,4 +261,24 @@ def register(tree: CommandTree) -> None:
         group=anchor,
     )
     p.add_argument("--limit", metavar="N", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = tree.command(
+        "estimate",
+        cmd_estimate,
+        "what a day of anchors costs at the configured cadence: anchors, gas, and ether at "
+        "a few fees per gas (or those given)",
+        "didgw anchor estimate --entries-per-day 100000 --fee-gwei 0.5",
+        group=anchor,
+        on_state=False,
+    )
+    p.add_argument(
+        "--entries-per-day", metavar="N", type=float, default=86_400.0,
+        help="new record entries a day (default 86,400: a reading a second)",
+    )  # fmt: skip
+    p.add_argument("--every-seconds", metavar="S", type=float, help="instead of [anchor]'s")
+    p.add_argument("--every-entries", metavar="N", type=int, help="instead of [anchor]'s")
+    p.add_argument(
+        "--fee-gwei", metavar="GWEI", type=float, action="append",
+        help="a fee per gas (base fee and tip) to price at; repeat for more",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
