@@ -1,0 +1,84 @@
+"""``didgw backup FILE`` and ``didgw restore FILE``: the whole gateway in one archive, and back
+(the work is in gateway/ops/backup.py and gateway/ops/restore.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from gateway.cli._base import CommandTree, load_config, state_dir, when
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway import __version__
+    from gateway.config import find_config
+    from gateway.ops.backup import take_backup
+
+    config = load_config(args)
+    result = take_backup(
+        state_dir(args, config),
+        find_config(args.config, os.environ),
+        Path(args.file),
+        force=args.force,
+        now=time.time(),
+        version=__version__,
+    )
+    print(f"wrote {result.path} ({result.size} bytes, 0600): gateway {result.gateway_did}")
+    print(f"record: {result.entries} entries, verified; root {result.root}")
+    print(f"head: {result.head or '-'}")
+    print(f"files: {', '.join(result.members)}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from gateway.ops.restore import restore_backup
+
+    config = load_config(args)
+    directory = state_dir(args, config)
+    result = restore_backup(
+        Path(args.file),
+        directory,
+        force=args.force,
+        config_out=Path(args.write_config) if args.write_config else None,
+    )
+    if result.moved_aside is not None:
+        print(f"the state that was in {directory} is now in {result.moved_aside}")
+    print(
+        f"restored gateway {result.gateway_did} into {directory}: {result.entries} entries, "
+        f"verified; root {result.root}; backed up {when(result.created)}"
+    )
+    if result.config_written is not None:
+        print(f"the backup's configuration: {result.config_written} (0600)")
+    return 0
+
+
+def register(tree: CommandTree) -> None:
+    backup = tree.command(
+        "backup",
+        cmd_backup,
+        "write the keys, the database (online, consistent, verified) and the configuration "
+        "to one archive (0600)",
+        "didgw backup /var/backups/didgw/didgw-$(date +%F).tar",
+    )
+    backup.add_argument("file", metavar="FILE", help="the archive to write (a new file)")
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    restore = tree.command(
+        "restore",
+        cmd_restore,
+        "restore a backup into the state directory (stop the gateway first)",
+        "didgw restore didgw-2026-12-05.tar --state-dir /var/lib/didgw",
+    )
+    restore.add_argument("file", metavar="FILE", help="an archive written by didgw backup")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="restore over an existing state: it is moved into replaced-<time>/ inside it first",
+    )
+    restore.add_argument(
+        "--write-config",
+        metavar="PATH",
+        help="also write the backup's configuration file to PATH (a new file, 0600)",
+    )
