@@ -15,21 +15,31 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     from gateway import __version__
     from gateway.config import find_config
-    from gateway.ops.backup import take_backup
+    from gateway.errors import DidgwError
+    from gateway.ops.backup import dated_name, prune, take_backup
 
+    if (args.file is None) == (args.dir is None):
+        raise DidgwError("give FILE or --dir DIR (one of them)")
+    if args.keep is not None and (args.dir is None or args.keep < 1):
+        raise DidgwError("--keep N goes with --dir, and N is at least 1")
     config = load_config(args)
+    now = time.time()
+    target = Path(args.file) if args.file else Path(args.dir) / dated_name(now)
     result = take_backup(
         state_dir(args, config),
         find_config(args.config, os.environ),
-        Path(args.file),
+        target,
         force=args.force,
-        now=time.time(),
+        now=now,
         version=__version__,
     )
     print(f"wrote {result.path} ({result.size} bytes, 0600): gateway {result.gateway_did}")
     print(f"record: {result.entries} entries, verified; root {result.root}")
     print(f"head: {result.head or '-'}")
     print(f"files: {', '.join(result.members)}")
+    if args.keep is not None:
+        for path in prune(Path(args.dir), args.keep):
+            print(f"removed {path} (keeping the {args.keep} newest)")
     return 0
 
 
@@ -63,7 +73,18 @@ def register(tree: CommandTree) -> None:
         "to one archive (0600)",
         "didgw backup /var/backups/didgw/didgw-$(date +%F).tar",
     )
-    backup.add_argument("file", metavar="FILE", help="the archive to write (a new file)")
+    backup.add_argument("file", metavar="FILE", nargs="?", help="the archive to write (a new file)")
+    backup.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="instead of FILE: write DIR/didgw-<UTC time>.tar (the daily timer's way)",
+    )
+    backup.add_argument(
+        "--keep",
+        metavar="N",
+        type=int,
+        help="with --dir: then remove all but the N newest didgw-<time>.tar in DIR",
+    )
     backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
     restore = tree.command(
         "restore",

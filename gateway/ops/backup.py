@@ -37,10 +37,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import sqlite3
 import stat
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -257,3 +259,31 @@ def _write_tar(
             tar.addfile(info(DB_MEMBER, members[DB_MEMBER]["size"]), db)
         for name, data in files.items():
             tar.addfile(info(name, len(data)), io.BytesIO(data))
+
+
+#: How a backup made by ``didgw backup --dir`` is named: the time sorts them.
+DATED_PREFIX = "didgw-"
+DATED_SUFFIX = ".tar"
+
+
+def dated_name(now: float) -> str:
+    """``didgw-20261205T031500Z.tar``: names that sort as the backups were taken."""
+    return f"{DATED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{DATED_SUFFIX}"
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest dated backups in ``directory``; return the removed.
+
+    Only names ``dated_name`` makes are touched: other files there are not the timer's."""
+    if keep < 1:
+        raise BackupError("--keep must be at least 1 (the backup just written)")
+    pattern = re.compile(rf"{re.escape(DATED_PREFIX)}\d{{8}}T\d{{6}}Z{re.escape(DATED_SUFFIX)}")
+    dated = sorted(
+        path
+        for path in directory.iterdir()
+        if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+    )
+    removed = dated[: max(0, len(dated) - keep)]
+    for path in removed:
+        path.unlink()
+    return removed
