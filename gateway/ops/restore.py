@@ -92,8 +92,8 @@ def restore_backup(
                 _extract(archive, manifest, staging)
                 _check_staged_record(staging / "state" / DB_NAME, manifest)
                 _set_modes(staging, manifest)
-                _give_to_owner(staging, state_dir)
                 aside = _move_aside(state_dir, present) if present else None
+                _give_to_owner(state_dir, [staging / "state", state_dir / LOCK_NAME, aside])
                 for name in sorted(os.listdir(staging / "state")):
                     os.rename(staging / "state" / name, state_dir / name)
                 os.chmod(state_dir, 0o700)
@@ -327,14 +327,19 @@ def _set_modes(staging: Path, manifest: dict[str, Any]) -> None:
         os.chmod(keys, 0o700)
 
 
-def _give_to_owner(staging: Path, state_dir: Path) -> None:
-    """Root restoring a service's state: the files become the state directory's owner's."""
+def _give_to_owner(state_dir: Path, paths: list[Path | None]) -> None:
+    """Root restoring a service's state: what it writes there (the restored files, the lock,
+    the replaced state) becomes the state directory's owner's, so the service can use it."""
     owner = state_dir.stat()
     if os.geteuid() != 0 or owner.st_uid == 0:
         return
-    for root, dirs, files in os.walk(staging / "state"):
-        for name in [*dirs, *files]:
-            os.chown(Path(root) / name, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    for top in paths:
+        if top is None or not top.exists():
+            continue
+        os.chown(top, owner.st_uid, owner.st_gid, follow_symlinks=False)
+        for root, dirs, files in os.walk(top):
+            for name in [*dirs, *files]:
+                os.chown(Path(root) / name, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def _move_aside(state_dir: Path, present: list[str]) -> Path:

@@ -235,6 +235,25 @@ def test_restore_refuses_an_existing_gateway_unless_forced_then_moves_it_aside(
         assert not [n for n in tar.getnames() if "replaced-" in n]
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: restores as root into another account's state"
+)
+def test_root_restoring_a_services_state_gives_it_the_services_account(
+    didgw: Run, tmp_path: Path
+) -> None:
+    state, service = tmp_path / "state", tmp_path / "service"
+    _init(didgw, state, notes=1)
+    assert didgw("backup", str(tmp_path / "b.tar"), "--state-dir", str(state)).returncode == 0
+    service.mkdir(mode=0o700)
+    os.chown(service, 65534, 65534)  # nobody, as systemd's StateDirectory= gives didgw
+    (service / "old").write_text("the state before")
+    result = didgw("restore", str(tmp_path / "b.tar"), "--state-dir", str(service), "--force")
+    assert result.returncode == 0, result.stderr
+    owners = {p.relative_to(service): p.lstat().st_uid for p in service.rglob("*")}
+    assert set(owners.values()) == {65534}, owners
+    assert Path("didgw.lock") in owners and Path("keys/gateway.pem") in owners
+
+
 @pytest.mark.parametrize(
     "tamper", ["one byte of the database", "a ../ member", "a link", "no manifest"]
 )
