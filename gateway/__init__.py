@@ -15,6 +15,33 @@ One folder per layer, imports pointing down only:
 Importing this package must stay cheap: ``didgw --help`` imports it.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-__all__ = ["__version__"]
+from pathlib import Path
+
+#: The one place the version is written: ``[project] version`` in pyproject.toml.
+_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def version() -> str:
+    """didgw's version: the installed distribution's (pyproject's ``[project] version``, as
+    built), or, when the package runs from a checkout that is not installed, the checkout's
+    pyproject.toml. Read when asked, so that ``import gateway`` stays cheap."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("didgw")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        with _PYPROJECT.open("rb") as file:
+            return str(tomllib.load(file)["project"]["version"])
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        return version()
+    raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "version"]

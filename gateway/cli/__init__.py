@@ -2,10 +2,10 @@
 
 One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
 ``energy``, ``credentials``, ``api_tokens``, ``running``, ``settings``, ``tls``,
-``broker``), each declaring its parsers next to its handlers; ``demo`` is ``didgw demo``.
-Nothing imports this package. Start-up must stay fast (``didgw --help`` well under 0.3 s on
-a Pi), so only the standard library is imported until a command runs. Exit status: 0 done,
-1 refused (the message says why), 2 usage error.
+``broker``, ``backup``), each declaring its parsers next to its handlers; ``demo`` is
+``didgw demo``. Nothing imports this package. Start-up must stay fast (``didgw --help`` well
+under 0.3 s on a Pi), so only the standard library is imported until a command runs. Exit
+status: 0 done, 1 refused (the message says why), 2 usage error.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from gateway.cli import (
     anchor,
     api_tokens,
+    backup,
     broker,
     chain,
     credentials,
@@ -38,9 +39,20 @@ record of what it accepted.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from gateway import __version__
+class _Version(argparse.Action):
+    """``--version``: prints ``didgw <version>``, read only when asked (it costs an import)."""
 
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print didgw's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from gateway import __version__
+
+        print(f"didgw {__version__}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didgw",
         description=DESCRIPTION,
@@ -48,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  didgw init && didgw device list\n\n"
         "Run 'didgw COMMAND --help' for each command.",
     )
-    parser.add_argument("--version", action="version", version=f"didgw {__version__}")
+    parser.add_argument("--version", action=_Version)
     tree = CommandTree(parser)
     for module in (
         identity,
@@ -62,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         settings,
         tls,
         broker,
+        backup,
     ):
         module.register(tree)
     return parser

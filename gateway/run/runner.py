@@ -41,6 +41,7 @@ from gateway.identity.signing import Signer
 from gateway.ops import metrics
 from gateway.ops.health import Health, live_counts
 from gateway.ops.sdnotify import Notifier
+from gateway.ops.state_lock import holding
 from gateway.ops.tls import broker_cert_warning, gateway_tls
 from gateway.registry.status_cache import StatusCache
 from gateway.run.broker_sessions import BrokerSessions
@@ -721,4 +722,6 @@ def run(config: Config, state_dir: Path) -> None:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         await serve(config, state_dir, env, stop, reload)
 
-    asyncio.run(main())
+    # Held while the gateway runs: a restore refuses this state until it stops.
+    with holding(state_dir, "didgw run"):
+        asyncio.run(main())
