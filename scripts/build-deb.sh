@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the Debian package: scripts/build-deb.sh [--no-lintian] [amd64] [arm64]
-#   -> dist/didgw_<version>_<arch>.deb for each architecture named (default: both).
+# Build the Debian package: scripts/build-deb.sh [--no-lintian] [--out DIR] [amd64] [arm64]
+#   -> DIR/didgw_<version>_<arch>.deb (DIR: dist) for each architecture named (default: both).
 # Runs on an amd64 Debian 12 machine. Build time may use PyPI (pip download of the pinned
 # runtime dependencies as CPython 3.11 manylinux wheels of the target architecture);
 # installing and running the package downloads nothing. What goes where, and why the
@@ -10,12 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 LINTIAN=1
+DIST=dist
 archs=()
-for arg in "$@"; do
+while [[ $# -gt 0 ]]; do
+    arg=$1
+    shift
     case $arg in
         --no-lintian) LINTIAN=0 ;;
+        --out) DIST=${1:?--out needs a directory}; shift ;;
         amd64 | arm64) archs+=("$arg") ;;
-        *) echo "usage: $0 [--no-lintian] [amd64] [arm64] (unknown: $arg)" >&2; exit 2 ;;
+        *) echo "usage: $0 [--no-lintian] [--out DIR] [amd64] [arm64] (unknown: $arg)" >&2; exit 2 ;;
     esac
 done
 [[ ${#archs[@]} -gt 0 ]] || archs=(amd64 arm64)
@@ -30,7 +34,12 @@ VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "r
 PYVER=3.11      # Debian 12's python3: the wheels' ABI, the venv's lib/python3.11
 GLIBC_MINOR=36  # Debian 12's glibc 2.36: the newest manylinux tag its machines can load
 WORK=$ROOT/build/deb
-mkdir -p "$WORK" dist
+# Who builds it (Debian's DEBFULLNAME and DEBEMAIL, else git's user): the package's
+# Maintainer field and its changelog's signature.
+MAINTAINER="${DEBFULLNAME:-$(git config user.name || echo didgw)} <${DEBEMAIL:-$(git config user.email || true)}>"
+[[ $MAINTAINER == *@*.*'>' ]] || die "set DEBEMAIL (and DEBFULLNAME): the package's maintainer address"
+mkdir -p "$WORK" "$DIST"
+DIST=$(cd "$DIST" && pwd)
 
 # The project's own wheel (pure Python), once for every architecture.
 rm -rf "$WORK/self" && mkdir -p "$WORK/self"
@@ -39,10 +48,10 @@ rm -rf "$WORK/self" && mkdir -p "$WORK/self"
 self_whl=$(ls "$WORK"/self/didgw-"$VERSION"-*.whl) || die "no wheel of didgw $VERSION was built"
 
 build_one() {
-    local arch=$1 triplet machine cc cflags ldflags
+    local arch=$1 triplet machine cc strip cflags ldflags
     case $arch in
-        amd64) triplet=x86_64-linux-gnu machine=x86_64 cc=cc ;;
-        arm64) triplet=aarch64-linux-gnu machine=aarch64 cc=aarch64-linux-gnu-gcc ;;
+        amd64) triplet=x86_64-linux-gnu machine=x86_64 cc=cc strip=strip ;;
+        arm64) triplet=aarch64-linux-gnu machine=aarch64 cc=aarch64-linux-gnu-gcc strip=aarch64-linux-gnu-strip ;;
     esac
     command -v "$cc" >/dev/null || die "$cc is missing (apt-get install gcc-$triplet; the
 arm64 headers and libraries: dpkg --add-architecture arm64; apt-get install
@@ -65,6 +74,8 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
     # pip --target writes console scripts for the build machine's Python: ours are below.
     rm -rf "$site/bin"
     find "$site" -name __pycache__ -prune -exec rm -rf {} +
+    # Nothing in site-packages is run as a program: everything there is 0644.
+    find "$site" -type f -exec chmod 0644 {} +
 
     # A virtual environment made by hand: the layout `python3 -m venv` makes, over Debian's
     # python3, so the units and docs name the same /opt/didgw/.venv/bin/didgw as a checkout.
@@ -84,7 +95,8 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
     cflags=$(DEB_HOST_ARCH=$arch dpkg-buildflags --get CFLAGS)
     ldflags=$(DEB_HOST_ARCH=$arch dpkg-buildflags --get LDFLAGS)
     CC=$cc CFLAGS=$cflags LDFLAGS=$ldflags scripts/build-broker-plugin.sh "$out/didgw_auth.so"
-    install -m 0644 "$out/didgw_auth.so" "$pkg$plugin_dir/didgw_auth.so"
+    "$strip" --strip-unneeded --remove-section=.comment --remove-section=.note \
+        -o "$pkg$plugin_dir/didgw_auth.so" "$out/didgw_auth.so"
 
     say "$arch: configuration, units, maintainer scripts"
     mkdir -p "$pkg/etc/didgw" "$pkg/etc/mosquitto" "$pkg/lib/systemd/system/mosquitto.service.d" \
@@ -106,16 +118,16 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
     install -m 0644 scripts/deb/tmpfiles.conf "$pkg/usr/lib/tmpfiles.d/didgw.conf"
     install -m 0644 README.md docs/operations.md "$pkg/usr/share/doc/didgw/"
     install -m 0644 scripts/deb/copyright "$pkg/usr/share/doc/didgw/copyright"
-    printf 'didgw (%s) stable; urgency=medium\n\n  * Release %s: see /usr/share/doc/didgw/README.md.\n\n -- didgw maintainers <didgw@localhost>  %s\n' \
-        "$VERSION" "$VERSION" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}")" \
-        | gzip -9n > "$pkg/usr/share/doc/didgw/changelog.Debian.gz"
+    printf 'didgw (%s) stable; urgency=medium\n\n  * Release %s: see /usr/share/doc/didgw/README.md.\n\n -- %s  %s\n' \
+        "$VERSION" "$VERSION" "$MAINTAINER" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}")" \
+        | gzip -9n > "$pkg/usr/share/doc/didgw/changelog.gz"
     install -m 0644 scripts/deb/lintian-overrides "$pkg/usr/share/lintian/overrides/didgw"
     local s
     for s in postinst prerm postrm; do install -m 0755 "scripts/deb/$s" "$pkg/DEBIAN/$s"; done
     (cd "$pkg" && find etc -type f | sed 's|^|/|' | sort) > "$pkg/DEBIAN/conffiles"
     local size
     size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
-    sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" \
+    sed -e "s/@VERSION@/$VERSION/" -e "s|@MAINTAINER@|$MAINTAINER|" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" \
         scripts/deb/control.in > "$pkg/DEBIAN/control"
     (cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
         | xargs -0 md5sum) > "$out/md5sums" && mv "$out/md5sums" "$pkg/DEBIAN/md5sums"
@@ -123,7 +135,7 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
     find "$pkg" -type f ! -perm -u+x -exec chmod 0644 {} +
     chmod 0644 "$pkg"/DEBIAN/{control,conffiles,md5sums}
 
-    local deb=dist/didgw_${VERSION}_$arch.deb
+    local deb=$DIST/didgw_${VERSION}_$arch.deb
     dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
     say "built $deb ($(du -h "$deb" | cut -f1))"
     if [[ $LINTIAN -eq 1 ]]; then
