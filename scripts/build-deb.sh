@@ -137,6 +137,7 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
 
     local deb=$DIST/didgw_${VERSION}_$arch.deb
     dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
+    rm -rf "$pkg"  # the staging tree (its documents would look like the checkout's)
     say "built $deb ($(du -h "$deb" | cut -f1))"
     if [[ $LINTIAN -eq 1 ]]; then
         command -v lintian >/dev/null || die "lintian is missing (apt-get install lintian)"
