@@ -50,6 +50,9 @@ if [[ $DEV -eq 1 ]]; then
     [[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
     # zbarimg reads the QR codes the pages draw, as a phone's camera would.
     command -v zbarimg >/dev/null || apt_missing+=(zbar-tools)
+    # The Debian package's test builds it (dpkg-deb, dpkg-buildflags) and asks lintian.
+    command -v dpkg-buildflags >/dev/null || apt_missing+=(dpkg-dev)
+    command -v lintian >/dev/null || apt_missing+=(lintian)
 fi
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"
