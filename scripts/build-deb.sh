@@ -108,7 +108,8 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
         "/usr/lib/$triplet/mosquitto_dynamic_security.so" "$plugin_dir/didgw_auth.so" \
         > "$pkg/etc/mosquitto/didgw.conf"
     local unit
-    for unit in didgw.service didgw-tls-renew.service didgw-tls-renew.timer; do
+    for unit in didgw.service didgw-tls-renew.service didgw-tls-renew.timer \
+        didgw-backup.service didgw-backup.timer; do  # the backup timer: shipped, off until enabled
         sed -e 's|file:/opt/didgw/README.md|file:/usr/share/doc/didgw/README.md|' \
             -e 's|file:/opt/didgw/docs/|file:/usr/share/doc/didgw/|' \
             "systemd/$unit" > "$pkg/lib/systemd/system/$unit"

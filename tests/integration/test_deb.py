@@ -70,6 +70,8 @@ def test_files_units_and_conffiles(tree: Path) -> None:
         "lib/systemd/system/didgw.service",
         "lib/systemd/system/didgw-tls-renew.service",
         "lib/systemd/system/didgw-tls-renew.timer",
+        "lib/systemd/system/didgw-backup.service",
+        "lib/systemd/system/didgw-backup.timer",
         "lib/systemd/system/mosquitto.service.d/didgw.conf",
         "usr/lib/sysusers.d/didgw.conf",
         "usr/lib/tmpfiles.d/didgw.conf",
