@@ -204,7 +204,9 @@ def main() -> None:
     print(f"didgw --help        median {result['didgw_help']['median_s'] * 1000:.0f} ms")
     print(f"didgw did resolve   median {result['didgw_did_resolve']['median_s'] * 1000:.0f} ms")
     print(f"didgw run imports   median {run['run_import_ms']:.0f} ms (everything on)")
-    print(f"didgw run RSS       median {run['run_rss_mb']:.1f} MiB, ready in {run['run_ready_s']} s")
+    print(
+        f"didgw run RSS       median {run['run_rss_mb']:.1f} MiB, ready in {run['run_ready_s']} s"
+    )
     print(json.dumps(result))
 
 
