@@ -56,32 +56,35 @@ class EvmLedger:
     """An EVM node reached over JSON-RPC on HTTP(S)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        self.url = url
         self._rpc = JsonRpc(url, timeout=timeout)
+        #: scheme, host and port: what messages show (the rest may hold an API key)
+        self.where = self._rpc.where
 
     def __repr__(self) -> str:
-        return f"EvmLedger({self.url})"
+        return f"EvmLedger({self.where})"
 
     def chain_id(self) -> int:
-        return _quantity(self.url, self._rpc.call("eth_chainId"), "eth_chainId")
+        return _quantity(self.where, self._rpc.call("eth_chainId"), "eth_chainId")
 
     def head(self) -> int:
-        return _quantity(self.url, self._rpc.call("eth_blockNumber"), "eth_blockNumber")
+        return _quantity(self.where, self._rpc.call("eth_blockNumber"), "eth_blockNumber")
 
     def base_fee(self) -> int:
         block = _object(
-            self.url, self._rpc.call("eth_getBlockByNumber", "latest", False), "the latest block"
+            self.where, self._rpc.call("eth_getBlockByNumber", "latest", False), "the latest block"
         )
         fee = block.get("baseFeePerGas")
-        return 0 if fee is None else _quantity(self.url, fee, "the block's baseFeePerGas")
+        return 0 if fee is None else _quantity(self.where, fee, "the block's baseFeePerGas")
 
     def balance(self, address: str) -> int:
-        return _quantity(self.url, self._rpc.call("eth_getBalance", address, "latest"), "a balance")
+        return _quantity(
+            self.where, self._rpc.call("eth_getBalance", address, "latest"), "a balance"
+        )
 
     def nonce(self, address: str, *, pending: bool) -> int:
         block = "pending" if pending else "latest"
         found = self._rpc.call("eth_getTransactionCount", address, block)
-        return _quantity(self.url, found, "eth_getTransactionCount")
+        return _quantity(self.where, found, "eth_getTransactionCount")
 
     def send_raw(self, raw: bytes) -> None:
         try:
@@ -94,19 +97,19 @@ class EvmLedger:
         found = self._rpc.call("eth_getTransactionReceipt", "0x" + tx_hash.hex())
         if found is None:
             return None
-        found = _object(self.url, found, "a transaction receipt")
+        found = _object(self.where, found, "a transaction receipt")
         if found.get("blockNumber") is None:
             return None
         return TxReceipt(
-            _quantity(self.url, found["blockNumber"], "the receipt's blockNumber"),
-            _data(self.url, found.get("blockHash"), "the receipt's blockHash", 32),
-            _quantity(self.url, found.get("status"), "the receipt's status"),
+            _quantity(self.where, found["blockNumber"], "the receipt's blockNumber"),
+            _data(self.where, found.get("blockHash"), "the receipt's blockHash", 32),
+            _quantity(self.where, found.get("status"), "the receipt's status"),
         )
 
     def transaction(self, tx_hash: bytes) -> dict[str, Any] | None:
         """The node's view of the transaction (``eth_getTransactionByHash``), or None."""
         found = self._rpc.call("eth_getTransactionByHash", "0x" + tx_hash.hex())
-        return None if found is None else _object(self.url, found, "a transaction")
+        return None if found is None else _object(self.where, found, "a transaction")
 
     def known(self, tx_hash: bytes) -> bool:
         return self.transaction(tx_hash) is not None
@@ -115,6 +118,7 @@ class EvmLedger:
 def read_ledger_view(url: str, tx_hash: bytes, *, timeout: float = 10.0) -> LedgerView | None:
     """What the node at ``url`` says about ``tx_hash``; None when it does not know it."""
     ledger = EvmLedger(url, timeout=timeout)
+    where = ledger.where
     chain_id = ledger.chain_id()
     tx = ledger.transaction(tx_hash)
     if tx is None:
@@ -124,11 +128,11 @@ def read_ledger_view(url: str, tx_hash: bytes, *, timeout: float = 10.0) -> Ledg
     return LedgerView(
         chain_id=chain_id,
         head=ledger.head(),
-        sender="0x" + _data(url, tx.get("from"), "the transaction's from", 20).hex(),
-        recipient=None if to is None else "0x" + _data(url, to, "the transaction's to", 20).hex(),
-        value=_quantity(url, tx.get("value"), "the transaction's value"),
-        data=_data(url, tx.get("input"), "the transaction's input"),
-        block_number=None if number is None else _quantity(url, number, "its blockNumber"),
-        block_hash=None if block is None else _data(url, block, "its blockHash", 32),
+        sender="0x" + _data(where, tx.get("from"), "the transaction's from", 20).hex(),
+        recipient=None if to is None else "0x" + _data(where, to, "its to", 20).hex(),
+        value=_quantity(where, tx.get("value"), "the transaction's value"),
+        data=_data(where, tx.get("input"), "the transaction's input"),
+        block_number=None if number is None else _quantity(where, number, "its blockNumber"),
+        block_hash=None if block is None else _data(where, block, "its blockHash", 32),
         status=None if receipt is None else receipt.status,
     )
