@@ -8,6 +8,7 @@ loopback, each answering in one wrong way.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import socket
@@ -108,7 +109,13 @@ class Node(http.server.BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
         path = self.path.strip("/")
-        if path == "ok":
+        if path == "v3/KEY-secret":  # a provider's URL: the key in the path, or basic auth
+            wanted = "Basic " + base64.b64encode(b"user:pa ss").decode()
+            if self.headers.get("Authorization") not in (None, wanted):
+                self._send(401, b"who are you")
+                return
+            self._send(200, json.dumps({**answer, "result": "0x7a69"}).encode())
+        elif path == "ok":
             self._send(200, json.dumps({**answer, "result": "0x7a69"}).encode())
         elif path in ("refuse", "already", "refuse-500"):
             message = "already known" if path == "already" else "insufficient funds for gas"
@@ -196,6 +203,18 @@ def test_already_known_transactions_are_not_errors(node: tuple[str, list[str]]) 
     EvmLedger(f"{url}/already", timeout=5).send_raw(b"\x02\xc0")
     with pytest.raises(LedgerError, match="insufficient funds"):
         EvmLedger(f"{url}/refuse", timeout=5).send_raw(b"\x02\xc0")
+
+
+def test_credentials_in_the_url_are_used_and_never_shown(node: tuple[str, list[str]]) -> None:
+    url, _ = node
+    host = url.removeprefix("http://")
+    assert EvmLedger(f"http://user:pa%20ss@{host}/v3/KEY-secret", timeout=5).chain_id() == 31337
+    with pytest.raises(LedgerError) as refused:
+        EvmLedger(f"http://user:wrong@{host}/v3/KEY-secret", timeout=5).chain_id()
+    assert str(refused.value) == (
+        f"the ledger at http://{host} answered eth_chainId with HTTP 401 Unauthorized"
+    )
+    assert "secret" not in repr(EvmLedger(f"http://u:secret@{host}/KEY-secret", timeout=5))
 
 
 def test_no_node_and_no_http_url() -> None:
