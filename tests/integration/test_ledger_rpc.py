@@ -183,6 +183,9 @@ def test_each_wrong_answer_is_a_clear_error(
     node: tuple[str, list[str]], path: str, unavailable: bool, message: str
 ) -> None:
     url, hits = node
+    # Python's own limit: a module that raised it (py_ecc does, under web3 and eth-account)
+    # would turn the 200,000-deep answer into a crash of the whole test run.
+    assert sys.getrecursionlimit() == 1000, "import web3/eth_account via support.py"
     with pytest.raises(LedgerError, match=message) as raised:
         EvmLedger(f"{url}/{path}", timeout=5).chain_id()
     assert isinstance(raised.value, LedgerUnavailable) == unavailable
