@@ -11,8 +11,8 @@
 * ``receipt_ms``: building one receipt from the database (``didgw receipt`` without
   the process start), median over random entries. Target: at most 5 ms.
 * ``verify_receipt_ms``: checking one receipt, reading the transaction from the node
-  over JSON-RPC included (``didgw verify-receipt`` without the process start and
-  the import of web3), median. Target: at most 50 ms.
+  over JSON-RPC included (``didgw verify-receipt`` without the process start), median.
+  Target: at most 50 ms.
 
 ``--quick`` runs 30 s of load (under a minute in all). The last line is one JSON object.
 """
@@ -124,7 +124,7 @@ def bench_receipts(state: Path, url: str, anchored: int) -> tuple[float, float]:
         report = check_receipt(receipt, read_ledger_view(url, tx_hash))
         times.append((time.perf_counter() - t) * 1000)
         assert report.ok, report.checks
-    verify_ms = statistics.median(times[10:])  # the first ones warm web3 up
+    verify_ms = statistics.median(times[10:])  # the first ones warm the caches up
     print(f"receipt verification:       {verify_ms:.2f} ms (median of {len(times) - 10})")
     return receipt_ms, verify_ms
 

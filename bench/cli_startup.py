@@ -1,11 +1,17 @@
-"""How long the ``didgw`` command takes to start: ``--help`` and a did:key resolution.
+"""How long the ``didgw`` command takes to start, and what ``didgw run`` costs to be up.
 
-Target: ``didgw --help`` under 0.3 s on a Raspberry Pi-class machine (heavy
-modules are imported lazily). Runs the installed command as a user would.
+* ``didgw --help`` and a did:key resolution, run as a user would. Target: ``--help``
+  under 0.3 s on a Raspberry Pi-class machine (heavy modules are imported lazily).
+* ``run_import_ms``: the imports of a real ``didgw run`` with everything on (MQTT through
+  a private mosquitto, CoAP, the HTTP front door, metrics, meters, the market, anchoring to
+  a local anvil; ``verify_workers = 0``, so the one process holds every part), summed over
+  its top-level imports as ``python -X importtime`` reports them. Target: at most 400 ms.
+* ``run_rss_mb``: that process's resident memory (VmRSS, MiB) two seconds after it told
+  systemd's notify socket ``READY=1`` (a socket of this bench's). Target: at most 60 MB.
 
     python bench/cli_startup.py [--quick]
 
-The last line is one JSON object with the figures.
+Needs ``scripts/setup.sh --dev`` (mosquitto, anvil). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
 import json
+import re
+import socket
 import statistics
 import subprocess
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ANVIL = ROOT / "scripts" / "anvil" / "node_modules" / ".bin" / "anvil"
 
 DIDGW = str(Path(sys.executable).with_name("didgw"))
 DID = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
@@ -47,14 +61,133 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _rpc(url: str, method: str, *params: object) -> object:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())["result"]
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _top_level_import_ms(stderr: str) -> float:
+    """The sum of the cumulative times of top-level imports (``-X importtime`` lines)."""
+    total = 0
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
+        if m and not m.group(2).startswith(" "):
+            total += int(m.group(1))
+    return total / 1000
+
+
+def run_once(tmp: Path, url: str, config: Path, state: Path, importtime: bool) -> dict[str, float]:
+    """Start ``didgw run``, wait for READY=1, measure, stop it with SIGTERM."""
+    notify_path = tmp / f"notify-{time.monotonic_ns()}"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(1.0)
+    env = {**os.environ, "DIDGW_STATE_DIR": str(state), "DIDGW_CONFIG": str(config),
+           "NOTIFY_SOCKET": str(notify_path)}  # fmt: skip
+    flags = ["-X", "importtime"] if importtime else []
+    err = (tmp / "run.err").open("w+")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, *flags, "-m", "gateway", "run"], env=env,
+        stdout=subprocess.DEVNULL, stderr=err,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while ready is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if b"READY=1" in notify.recv(4096):
+                    ready = time.perf_counter() - start
+            except TimeoutError:
+                pass
+        if ready is None:
+            err.seek(0)
+            raise SystemExit(f"didgw run did not get ready:\n{err.read()[-3000:]}")
+        time.sleep(2.0)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        rss_kb = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        notify.close()
+    err.seek(0)
+    out = {"ready_s": ready, "rss_mb": rss_kb / 1024}
+    if importtime:
+        out["import_ms"] = _top_level_import_ms(err.read())
+    err.close()
+    return out
+
+
+def bench_run(runs: int) -> dict[str, float]:
+    """``didgw run`` with everything on: import time and resident memory, medians."""
+    from gateway.config import Config
+    from gateway.files import write_private
+    from gateway.ops.broker import PrivateBroker
+    from gateway.service import init_gateway
+
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        broker = PrivateBroker(tmp / "mosquitto")
+        anvil_port = _free_port()
+        anvil = subprocess.Popen(
+            [str(ANVIL), "--host", "127.0.0.1", "--port", str(anvil_port), "--silent"]
+        )
+        try:
+            broker.setup()
+            url = f"http://127.0.0.1:{anvil_port}"
+            for _ in range(200):
+                try:
+                    _rpc(url, "eth_chainId")
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            state = tmp / "state"
+            init = init_gateway(Config(), state, {})
+            _rpc(url, "anvil_setBalance", init.ledger_address, hex(10**18))
+            password = tmp / "mqtt-password"
+            write_private(password, broker.gateway_password.encode() + b"\n")
+            config = tmp / "gateway.toml"
+            config.write_text(
+                f"[mqtt]\n{broker.gateway_settings()}verify_workers = 0\n"
+                f'password_file = "{password}"\n'
+                f"[coap]\nenabled = true\nport = {_free_port(socket.SOCK_DGRAM)}\n"
+                f"[metrics]\nport = {_free_port()}\n"
+                f"[http]\nport = {_free_port()}\n"
+                "[meter]\nenabled = true\n[market]\nenabled = true\n"
+                f'[anchor]\nenabled = true\nrpc_url = "{url}"\nevery_seconds = 5.0\n'
+            )
+            run_once(tmp, url, config, state, importtime=False)  # warm the page cache
+            imports = [run_once(tmp, url, config, state, True)["import_ms"] for _ in range(runs)]
+            plain = [run_once(tmp, url, config, state, False) for _ in range(runs)]
+        finally:
+            broker.stop()
+            anvil.terminate()
+            anvil.wait(10)
+    return {
+        "run_import_ms": round(statistics.median(imports), 1),
+        "run_rss_mb": round(statistics.median(p["rss_mb"] for p in plain), 1),
+        "run_ready_s": round(statistics.median(p["ready_s"] for p in plain), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (under a minute)")
-    runs = 10 if parser.parse_args().quick else 40
+    quick = parser.parse_args().quick
+    runs = 10 if quick else 40
     timed([DIDGW, "--help"], 2)  # warm the page cache
     baseline = timed([sys.executable, "-c", "pass"], runs)
     help_times = timed([DIDGW, "--help"], runs)
     resolve_times = timed([DIDGW, "did", "resolve", DID], runs)
+    run = bench_run(3 if quick else 7)
     result = {
         "bench": "cli_startup",
         "runs": runs,
@@ -62,10 +195,18 @@ def main() -> None:
         "didgw_help": summary(help_times),
         "didgw_did_resolve": summary(resolve_times),
         "target_help_s": 0.3,
+        **run,
+        "target_run_import_ms": 400,
+        "target_run_rss_mb": 60,
+        "load_average": round(os.getloadavg()[0], 2),
     }
     print(f"python -c pass      median {result['python_startup']['median_s'] * 1000:.0f} ms")
     print(f"didgw --help        median {result['didgw_help']['median_s'] * 1000:.0f} ms")
     print(f"didgw did resolve   median {result['didgw_did_resolve']['median_s'] * 1000:.0f} ms")
+    print(f"didgw run imports   median {run['run_import_ms']:.0f} ms (everything on)")
+    print(
+        f"didgw run RSS       median {run['run_rss_mb']:.1f} MiB, ready in {run['run_ready_s']} s"
+    )
     print(json.dumps(result))
 
 

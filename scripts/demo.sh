@@ -7,5 +7,5 @@
 # stops it all. Extra arguments go to `didgw demo` (e.g. --seconds 30, --keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --demo
 exec .venv/bin/didgw demo "$@"

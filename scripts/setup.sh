@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything didgw needs on Debian 12 / Raspberry Pi OS (bookworm), then stop.
-#   scripts/setup.sh          runtime: Python venv in .venv with the pinned dependencies
-#   scripts/setup.sh --dev    also the test tools and the interop test's npm packages
-# Both install the local EVM dev chain (anvil, npm @foundry-rs/anvil) for the demo and tests.
+#   scripts/setup.sh          runtime: mosquitto and its didgw plugin, the Python venv in .venv
+#                             with the pinned dependencies; no node, npm or local ledger
+#   scripts/setup.sh --demo   also the local EVM dev chain the demo runs (anvil, from the npm
+#                             package @foundry-rs/anvil: node and npm are installed for it)
+#   scripts/setup.sh --dev    also the test tools, the tests' npm packages and anvil
 # Idempotent: it installs only what is missing and skips pip/npm when nothing changed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DEV=0
-if [[ "${1:-}" == "--dev" ]]; then DEV=1; fi
+DEV=0 DEMO=0
+case "${1:-}" in
+    --dev) DEV=1 DEMO=1 ;;
+    --demo) DEMO=1 ;;
+    "") ;;
+    *) echo "usage: scripts/setup.sh [--dev | --demo]" >&2; exit 2 ;;
+esac
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -38,9 +45,12 @@ command -v cc >/dev/null || apt_missing+=(gcc libc6-dev)
 [[ -f /usr/include/mosquitto.h ]] || apt_missing+=(libmosquitto-dev)
 [[ -f /usr/include/openssl/evp.h ]] || apt_missing+=(libssl-dev)
 [[ -f /usr/include/sodium.h ]] || apt_missing+=(libsodium-dev)
-# node and npm install anvil, the local ledger of the demo and the tests.
-command -v node >/dev/null || apt_missing+=(nodejs)
-command -v npm >/dev/null || apt_missing+=(npm)
+# node and npm install anvil, the local ledger of the demo and the tests (and the tests' own
+# npm packages); a gateway that anchors to a real ledger needs neither.
+if [[ $DEMO -eq 1 ]]; then
+    command -v node >/dev/null || apt_missing+=(nodejs)
+    command -v npm >/dev/null || apt_missing+=(npm)
+fi
 # The tests check the shipped systemd units with systemd-analyze, and the broker's TLS
 # certificates with OpenSSL's command-line tools.
 if [[ $DEV -eq 1 ]]; then
@@ -98,8 +108,8 @@ fi
 # exactly, so no lock file is kept: one would list only the platform it was made on.
 anvil_dir=scripts/anvil
 pin=$(sha256sum "$anvil_dir/package.json" | cut -d' ' -f1)
-if [[ "$(cat "$anvil_dir/node_modules/.didgw-pin" 2>/dev/null)" != "$pin" ]] \
-    || [[ ! -x "$anvil_dir/node_modules/.bin/anvil" ]]; then
+if [[ $DEMO -eq 1 ]] && { [[ "$(cat "$anvil_dir/node_modules/.didgw-pin" 2>/dev/null)" != "$pin" ]] \
+    || [[ ! -x "$anvil_dir/node_modules/.bin/anvil" ]]; }; then
     say "installing the local dev chain, anvil (npm install)"
     npm install --prefix "$anvil_dir" --no-package-lock --no-audit --no-fund --loglevel=error
     echo "$pin" > "$anvil_dir/node_modules/.didgw-pin"

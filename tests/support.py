@@ -88,3 +88,16 @@ def sensor(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def import_keeping_recursion_limit(name: str) -> Any:
+    """Import ``name`` (web3, eth_account: test dependencies only) and undo what py_ecc, which
+    they import, does to Python's recursion limit (100,000): with it, a deeply nested JSON
+    document overflows the C stack and kills the test process instead of raising."""
+    import importlib
+
+    limit = sys.getrecursionlimit()
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.setrecursionlimit(limit)

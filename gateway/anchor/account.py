@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.anchor.eip1559 import Eip1559Fields, decode_raw, keccak256
 from gateway.anchor.encoding import anchor_gas
-from gateway.anchor.ledger import recursion_kept
 from gateway.errors import DidgwError
 from gateway.identity.signing import Signer, sign_jws
 
@@ -85,12 +84,8 @@ class Fees:
     @classmethod
     def of_transaction(cls, raw: bytes) -> Fees:
         """The fees a signed EIP-1559 transaction offers."""
-        with recursion_kept():
-            from eth_account.typed_transactions.typed_transaction import TypedTransaction
-            from hexbytes import HexBytes
-
-        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
-        return cls(int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"]))
+        fields = decode_raw(raw)
+        return cls(fields.max_fee, fields.priority_fee)
 
 
 def _bump(wei: int) -> int:
@@ -110,55 +105,64 @@ class SignedTx:
 def ledger_address(key: ec.EllipticCurvePrivateKey) -> str:
     """The EVM address of a secp256k1 key: the last 20 bytes of Keccak-256 of the public point.
 
-    EIP-55 checksummed (mixed case). Computed here rather than through eth_account
-    so that ``didgw init`` and ``didgw anchor status`` start fast.
+    EIP-55 checksummed (mixed case). The point comes from pyca ``cryptography``
+    (OpenSSL); :class:`LedgerAccount` derives it again through libsecp256k1.
     """
     from cryptography.hazmat.primitives import serialization
-    from eth_hash.auto import keccak
 
     point = key.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
-    plain = keccak(point[1:])[-20:].hex()
-    mask = keccak(plain.encode("ascii")).hex()[:40]
+    return _checksummed(point)
+
+
+def _checksummed(uncompressed_point: bytes) -> str:
+    """EIP-55: a hex digit upper-cased where Keccak-256 of the lower-case address is ≥ 8."""
+    plain = keccak256(uncompressed_point[1:])[-20:].hex()
+    mask = keccak256(plain.encode("ascii")).hex()[:40]
     return "0x" + "".join(
         c.upper() if int(m, 16) >= 8 else c for c, m in zip(plain, mask, strict=True)
     )
 
 
 class LedgerAccount:
-    """Signs anchor transactions with the ledger key; never shows the key itself."""
+    """Signs anchor transactions with the ledger key; never shows the key itself.
+
+    The signature is libsecp256k1's (coincurve): deterministic (RFC 6979) and with a
+    low ``s``, as Ethereum requires, and recoverable, which gives the ``y_parity``.
+    """
 
     def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        with recursion_kept():
-            from eth_account import Account
+        from coincurve import PrivateKey
 
         if not isinstance(key.curve, ec.SECP256K1):
             raise DidgwError("the ledger account key must be secp256k1")
-        self._secret = key.private_numbers().private_value.to_bytes(32, "big")
-        self._account = Account.from_key(self._secret)
-        self.address: str = str(self._account.address)  # EIP-55 checksummed
+        self._key = PrivateKey(key.private_numbers().private_value.to_bytes(32, "big"))
+        self.address: str = _checksummed(self._key.public_key.format(compressed=False))
         if self.address != ledger_address(key):  # pragma: no cover - two derivations agree
-            raise DidgwError("ledger address derivation disagrees with eth_account")
+            raise DidgwError("ledger address derivation disagrees between OpenSSL and libsecp256k1")
 
     def __repr__(self) -> str:  # keep the key out of logs and tracebacks
         return f"LedgerAccount({self.address})"
 
     def sign_anchor(self, data: bytes, *, chain_id: int, nonce: int, fees: Fees) -> SignedTx:
         """A 0-value EIP-1559 transaction to the account itself carrying ``data``."""
-        tx: dict[str, Any] = {
-            "type": 2,
-            "chainId": chain_id,
-            "nonce": nonce,
-            "to": self.address,
-            "value": 0,
-            "data": data,
-            "gas": anchor_gas(data),
-            "maxFeePerGas": fees.max_fee,
-            "maxPriorityFeePerGas": fees.priority_fee,
-        }
-        signed = self._account.sign_transaction(tx)
-        return SignedTx(bytes(signed.raw_transaction), bytes(signed.hash), nonce)
+        fields = Eip1559Fields(
+            chain_id=chain_id,
+            nonce=nonce,
+            priority_fee=fees.priority_fee,
+            max_fee=fees.max_fee,
+            gas=anchor_gas(data),
+            to=bytes.fromhex(self.address[2:]),
+            value=0,
+            data=data,
+        )
+        signature = self._key.sign_recoverable(fields.signing_hash(), hasher=None)
+        r, s, y_parity = signature[:32], signature[32:64], signature[64]
+        if y_parity > 1:  # pragma: no cover - r above the group order: about 2**-127
+            raise DidgwError("secp256k1 signature with an x-overflowed r; sign again")
+        raw = fields.raw(y_parity, int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+        return SignedTx(raw, keccak256(raw), nonce)
 
 
 def binding_statement(signer: Signer, address: str, *, issued: int) -> str:

@@ -9,31 +9,12 @@ tests and future backends plug in without touching them. Every method may raise
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import DidgwError
 
-__all__ = ["Ledger", "LedgerError", "LedgerUnavailable", "TxReceipt", "recursion_kept"]
-
-
-@contextlib.contextmanager
-def recursion_kept() -> Iterator[None]:
-    """Keep Python's recursion limit as it is across importing eth-account or web3.
-
-    Both import py_ecc, which raises the limit to 100,000 for its own arithmetic (the
-    gateway uses none of it). With that limit, a deeply nested JSON document (a `[` per
-    byte: a 64 KiB body from anyone on the network) makes the parser overflow a thread's C
-    stack and kills the whole gateway (seen here: a segmentation fault at 100,000 levels),
-    where the default limit gives a RecursionError that is refused as malformed."""
-    limit = sys.getrecursionlimit()
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(limit)
+__all__ = ["Ledger", "LedgerError", "LedgerUnavailable", "TxReceipt"]
 
 
 class LedgerError(DidgwError):

@@ -139,7 +139,7 @@ class Demo:
 
     def start_ledger(self) -> str:
         if not ANVIL.exists():
-            raise DemoError(f"anvil is missing ({ANVIL}): run scripts/setup.sh")
+            raise DemoError(f"anvil is missing ({ANVIL}): run scripts/setup.sh --demo")
         port = self.ports["anvil"]
         self.spawn(
             "anvil",

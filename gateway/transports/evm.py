@@ -1,9 +1,9 @@
-"""EVM JSON-RPC: the :class:`~gateway.anchor.ledger.Ledger` backend, with web3.py over HTTP.
+"""EVM JSON-RPC: the :class:`~gateway.anchor.ledger.Ledger` backend, over ``jsonrpc.py``.
 
-Thin on purpose: each method is one or two JSON-RPC calls, and every failure is
-mapped onto the ledger's two errors — the node could not be reached
-(:class:`LedgerUnavailable`: connection refused, timeout, HTTP 5xx) or it
-answered with a refusal (:class:`LedgerError`). Transactions arrive here already
+Thin on purpose: each method is one JSON-RPC call and a strict reading of its
+answer (hex quantities and byte strings, as the Ethereum JSON-RPC specification
+writes them); an answer of the wrong shape is the node's fault and a
+:class:`LedgerError` that names the method. Transactions arrive here already
 signed (the node holds no keys); sending one the node already has, or one
 already mined, is not an error, so re-sending after a crash is always safe.
 
@@ -15,144 +15,124 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.anchor.ledger import LedgerError, LedgerUnavailable, TxReceipt, recursion_kept
+from gateway.anchor.ledger import LedgerError, TxReceipt
 from gateway.anchor.verify_receipt import LedgerView
+from gateway.transports.jsonrpc import JsonRpc, RpcRefusal
 
 __all__ = ["EvmLedger", "read_ledger_view"]
 
 # Answers to eth_sendRawTransaction that mean "the node has (or had) this one".
 _ALREADY = ("already known", "already imported", "known transaction", "nonce too low")
+_QUANTITY = re.compile(r"0x(0|[1-9a-fA-F][0-9a-fA-F]{0,63})")
+_DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+
+
+def _quantity(url: str, value: Any, what: str) -> int:
+    if not isinstance(value, str) or not _QUANTITY.fullmatch(value):
+        raise _malformed(url, what, value, "a hex quantity")
+    return int(value, 16)
+
+
+def _data(url: str, value: Any, what: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str) or not _DATA.fullmatch(value):
+        raise _malformed(url, what, value, "hex data")
+    data = bytes.fromhex(value[2:])
+    if length is not None and len(data) != length:
+        raise _malformed(url, what, value, f"{length} bytes")
+    return data
+
+
+def _object(url: str, value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _malformed(url, what, value, "an object")
+    return value
+
+
+def _malformed(url: str, what: str, value: Any, wanted: str) -> LedgerError:
+    return LedgerError(f"the ledger at {url} gave {what} as {repr(value)[:80]}, not {wanted}")
 
 
 class EvmLedger:
     """An EVM node reached over JSON-RPC on HTTP(S)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        with recursion_kept():
-            from web3 import Web3
-
-        self.url = url
-        self._w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+        self._rpc = JsonRpc(url, timeout=timeout)
+        #: scheme, host and port: what messages show (the rest may hold an API key)
+        self.where = self._rpc.where
 
     def __repr__(self) -> str:
-        return f"EvmLedger({self.url})"
-
-    def _call(self, what: str, call: Any, *args: Any) -> Any:
-        with recursion_kept():
-            from web3.exceptions import TransactionNotFound, Web3RPCError
-
-        try:
-            return call(*args)
-        except TransactionNotFound:
-            raise
-        except Web3RPCError as exc:
-            raise LedgerError(f"ledger at {self.url} refused {what}: {_rpc_message(exc)}") from None
-        except (OSError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"cannot reach the ledger at {self.url}: {exc}") from None
-        except Exception as exc:
-            # requests' ConnectionError/Timeout and HTTP errors (5xx) derive from OSError;
-            # anything else from the transport is still "could not ask the node".
-            if type(exc).__module__.startswith(("requests", "urllib3", "aiohttp")):
-                raise LedgerUnavailable(f"cannot reach the ledger at {self.url}: {exc}") from None
-            raise
+        return f"EvmLedger({self.where})"
 
     def chain_id(self) -> int:
-        return int(self._call("eth_chainId", lambda: self._w3.eth.chain_id))
+        return _quantity(self.where, self._rpc.call("eth_chainId"), "eth_chainId")
 
     def head(self) -> int:
-        return int(self._call("eth_blockNumber", lambda: self._w3.eth.block_number))
+        return _quantity(self.where, self._rpc.call("eth_blockNumber"), "eth_blockNumber")
 
     def base_fee(self) -> int:
-        block = self._call("eth_getBlockByNumber", self._w3.eth.get_block, "latest")
-        return int(block.get("baseFeePerGas", 0))
+        block = _object(
+            self.where, self._rpc.call("eth_getBlockByNumber", "latest", False), "the latest block"
+        )
+        fee = block.get("baseFeePerGas")
+        return 0 if fee is None else _quantity(self.where, fee, "the block's baseFeePerGas")
 
     def balance(self, address: str) -> int:
-        return int(self._call("eth_getBalance", self._w3.eth.get_balance, address))
+        return _quantity(
+            self.where, self._rpc.call("eth_getBalance", address, "latest"), "a balance"
+        )
 
     def nonce(self, address: str, *, pending: bool) -> int:
         block = "pending" if pending else "latest"
-        return int(
-            self._call(
-                "eth_getTransactionCount", self._w3.eth.get_transaction_count, address, block
-            )
-        )
+        found = self._rpc.call("eth_getTransactionCount", address, block)
+        return _quantity(self.where, found, "eth_getTransactionCount")
 
     def send_raw(self, raw: bytes) -> None:
         try:
-            self._call("eth_sendRawTransaction", self._w3.eth.send_raw_transaction, raw)
-        except LedgerError as exc:
-            if isinstance(exc, LedgerUnavailable) or not any(
-                a in str(exc).lower() for a in _ALREADY
-            ):
+            self._rpc.call("eth_sendRawTransaction", "0x" + raw.hex())
+        except RpcRefusal as exc:
+            if not any(a in exc.rpc_message.lower() for a in _ALREADY):
                 raise
 
     def receipt(self, tx_hash: bytes) -> TxReceipt | None:
-        with recursion_kept():
-            from web3.exceptions import TransactionNotFound
+        found = self._rpc.call("eth_getTransactionReceipt", "0x" + tx_hash.hex())
+        if found is None:
+            return None
+        found = _object(self.where, found, "a transaction receipt")
+        if found.get("blockNumber") is None:
+            return None
+        return TxReceipt(
+            _quantity(self.where, found["blockNumber"], "the receipt's blockNumber"),
+            _data(self.where, found.get("blockHash"), "the receipt's blockHash", 32),
+            _quantity(self.where, found.get("status"), "the receipt's status"),
+        )
 
-        try:
-            found = self._call(
-                "eth_getTransactionReceipt", self._w3.eth.get_transaction_receipt, tx_hash
-            )
-        except TransactionNotFound:
-            return None
-        if found is None or found.get("blockNumber") is None:
-            return None
-        return TxReceipt(int(found["blockNumber"]), bytes(found["blockHash"]), int(found["status"]))
+    def transaction(self, tx_hash: bytes) -> dict[str, Any] | None:
+        """The node's view of the transaction (``eth_getTransactionByHash``), or None."""
+        found = self._rpc.call("eth_getTransactionByHash", "0x" + tx_hash.hex())
+        return None if found is None else _object(self.where, found, "a transaction")
 
     def known(self, tx_hash: bytes) -> bool:
-        with recursion_kept():
-            from web3.exceptions import TransactionNotFound
-
-        try:
-            return bool(
-                self._call("eth_getTransactionByHash", self._w3.eth.get_transaction, tx_hash)
-            )
-        except TransactionNotFound:
-            return False
-
-
-def _reason(exc: Exception) -> str:
-    """The root cause in a few words ("Connection refused"), not urllib3's retry story."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if errno:
-        return errno.group(1).strip()
-    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
-        return "timed out"
-    return text[:200]
-
-
-def _rpc_message(exc: Exception) -> str:
-    args = exc.args[0] if exc.args else exc
-    if isinstance(args, dict):
-        return str(args.get("message", args))
-    return str(args)
+        return self.transaction(tx_hash) is not None
 
 
 def read_ledger_view(url: str, tx_hash: bytes, *, timeout: float = 10.0) -> LedgerView | None:
     """What the node at ``url`` says about ``tx_hash``; None when it does not know it."""
-    with recursion_kept():
-        from web3.exceptions import TransactionNotFound
-
     ledger = EvmLedger(url, timeout=timeout)
-    w3 = ledger._w3
+    where = ledger.where
     chain_id = ledger.chain_id()
-    try:
-        tx = ledger._call("eth_getTransactionByHash", w3.eth.get_transaction, tx_hash)
-    except TransactionNotFound:
-        return None
+    tx = ledger.transaction(tx_hash)
     if tx is None:
         return None
     receipt = ledger.receipt(tx_hash)
+    to, number, block = tx.get("to"), tx.get("blockNumber"), tx.get("blockHash")
     return LedgerView(
         chain_id=chain_id,
         head=ledger.head(),
-        sender=str(tx["from"]),
-        recipient=None if tx.get("to") is None else str(tx["to"]),
-        value=int(tx["value"]),
-        data=bytes(tx["input"]),
-        block_number=None if tx.get("blockNumber") is None else int(tx["blockNumber"]),
-        block_hash=None if tx.get("blockHash") is None else bytes(tx["blockHash"]),
+        sender="0x" + _data(where, tx.get("from"), "the transaction's from", 20).hex(),
+        recipient=None if to is None else "0x" + _data(where, to, "its to", 20).hex(),
+        value=_quantity(where, tx.get("value"), "the transaction's value"),
+        data=_data(where, tx.get("input"), "the transaction's input"),
+        block_number=None if number is None else _quantity(where, number, "its blockNumber"),
+        block_hash=None if block is None else _data(where, block, "its blockHash", 32),
         status=None if receipt is None else receipt.status,
     )

@@ -153,8 +153,9 @@ def test_deeply_nested_json_is_refused_as_malformed_never_a_server_error(
 
 
 def test_the_ledger_libraries_leave_pythons_recursion_limit_alone() -> None:
-    """eth-account and web3 import py_ecc, which raises the limit to 100,000: then a deeply
-    nested JSON body overflows the C stack and kills the gateway instead of being refused."""
+    """eth-account and web3 (no longer used by the gateway) import py_ecc, which raises the
+    limit to 100,000: then a deeply nested JSON body overflows the C stack and kills the
+    gateway instead of being refused. Whatever the ledger's code imports must not."""
     probe = (
         "import sys\n"
         "from cryptography.hazmat.primitives.asymmetric import ec\n"

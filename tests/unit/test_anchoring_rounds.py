@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import import_keeping_recursion_limit
 
 from gateway.anchor.account import Fees, LedgerAccount
 from gateway.anchor.ledger import LedgerUnavailable, TxReceipt
@@ -60,14 +61,14 @@ class MemoryLedger:
         return len(self.mined) + (len(self.pool) if pending else 0)
 
     def send_raw(self, raw: bytes) -> None:
-        from eth_account import Account
-        from eth_utils import keccak
+        account_module = import_keeping_recursion_limit("eth_account")
+        keccak = import_keeping_recursion_limit("eth_utils").keccak
 
         if self.fail_next_send:
             self.fail_next_send = False
             raise LedgerUnavailable("connection reset")
         tx_hash = keccak(raw)
-        assert Account.recover_transaction(raw)
+        assert account_module.Account.recover_transaction(raw)
         if tx_hash in self.mined:
             return
         self.received[tx_hash] = raw
@@ -97,10 +98,9 @@ class MemoryLedger:
 
 
 def _nonce(raw: bytes) -> int:
-    from eth_account.typed_transactions.typed_transaction import TypedTransaction
-    from hexbytes import HexBytes
-
-    return int(TypedTransaction.from_bytes(HexBytes(raw)).as_dict()["nonce"])
+    typed = import_keeping_recursion_limit("eth_account.typed_transactions.typed_transaction")
+    hexbytes = import_keeping_recursion_limit("hexbytes")
+    return int(typed.TypedTransaction.from_bytes(hexbytes.HexBytes(raw)).as_dict()["nonce"])
 
 
 @pytest.fixture
