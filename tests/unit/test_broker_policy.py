@@ -4,8 +4,6 @@ and the gateway, and the removal of accounts that gateways before session tokens
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from typing import Any
@@ -184,18 +182,17 @@ def test_legacy_removals_never_touch_accounts_not_named_by_a_did() -> None:
     assert broker.legacy_removals(clients, roles) == []
 
 
-def test_the_setup_in_configs_mosquitto_readme_sends_this_policy() -> None:
+def test_the_setup_in_configs_mosquitto_readme_is_didgw_broker_setup() -> None:
+    """The operator sets the broker up with the installed command (run against a real broker
+    by tests/integration/test_broker_setup.py): twice, around the restart that makes
+    mosquitto read the file the first run made; no Python from a checkout."""
     readme = (ROOT / "configs" / "mosquitto" / "README.md").read_text()
-    match = re.search(r"python -c '(.*?)' \\", readme, flags=re.S)
-    assert match, "configs/mosquitto/README.md no longer builds the policy with python -c"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(match.group(1), {})  # noqa: S102  (the snippet in configs/mosquitto/README.md)
-    assert json.loads(out.getvalue()) == {
-        "commands": broker.anonymous_policy_commands("didgw")
-        + broker.gateway_role_commands("didgw")
-    }
-    assert f"addClientRole didgw {broker.GATEWAY_ROLE}" in readme
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+             for line in block.splitlines()]  # fmt: skip
+    setups = [n for n, line in enumerate(lines) if "didgw broker setup" in line]
+    restart = [n for n, line in enumerate(lines) if "systemctl restart mosquitto" in line]
+    assert len(setups) == 2 and len(restart) == 1 and setups[0] < restart[0] < setups[1]
+    assert not [line for line in lines if "python" in line or "mosquitto_ctrl" in line]
 
 
 def test_the_setup_in_configs_mosquitto_readme_puts_no_password_on_a_command_line() -> None:
