@@ -103,7 +103,10 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
         > "$venv/pyvenv.cfg"
     ln -s /usr/bin/python3 "$venv/bin/python3"
     ln -s python3 "$venv/bin/python"
-    printf '#!/opt/didgw/.venv/bin/python3\nimport sys\n\nfrom gateway.cli import main\n\nsys.exit(main())\n' \
+    # The console script as pip writes it, its guard included: the reading workers are
+    # started with multiprocessing's spawn, which imports this file again in each worker (as
+    # __mp_main__); without the guard each worker ran `didgw run` once more instead.
+    printf '#!/opt/didgw/.venv/bin/python3\nimport sys\n\nfrom gateway.cli import main\n\nif __name__ == "__main__":\n    sys.exit(main())\n' \
         > "$venv/bin/didgw"
     chmod 0755 "$venv/bin/didgw"
     mkdir -p "$pkg/usr/bin"
