@@ -65,6 +65,8 @@ fi
 rm -rf "$WORK/self" && mkdir -p "$WORK/self"
 "$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WORK/self" "$src" 2>&1 \
     | grep -v 'is ignored' || true
+# The copy goes (a second README.md and gateway/ in the checkout would confuse its tools).
+[[ $src == . ]] || rm -rf "$src"
 self_whl=$(ls "$WORK"/self/didgw-"$VERSION"-*.whl) || die "no wheel of didgw $VERSION was built"
 
 build_one() {
