@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Build the Debian package: scripts/build-deb.sh [--no-lintian] [--out DIR] [amd64] [arm64]
+# Build the Debian package:
+#   scripts/build-deb.sh [--no-lintian] [--out DIR] [--version VERSION] [amd64] [arm64]
 #   -> DIR/didgw_<version>_<arch>.deb (DIR: dist) for each architecture named (default: both).
+# --version builds the checkout's code under another version number than pyproject.toml's
+# (package, wheel metadata and so `didgw --version` alike); it exists for the upgrade test,
+# which needs a newer package of the same code. A release is built without it.
 # Runs on an amd64 Debian 12 machine. Build time may use PyPI (pip download of the pinned
 # runtime dependencies as CPython 3.11 manylinux wheels of the target architecture);
 # installing and running the package downloads nothing. What goes where, and why the
@@ -11,6 +15,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 LINTIAN=1
 DIST=dist
+VERSION_SET=
 archs=()
 while [[ $# -gt 0 ]]; do
     arg=$1
@@ -18,8 +23,9 @@ while [[ $# -gt 0 ]]; do
     case $arg in
         --no-lintian) LINTIAN=0 ;;
         --out) DIST=${1:?--out needs a directory}; shift ;;
+        --version) VERSION_SET=${1:?--version needs a version}; shift ;;
         amd64 | arm64) archs+=("$arg") ;;
-        *) echo "usage: $0 [--no-lintian] [--out DIR] [amd64] [arm64] (unknown: $arg)" >&2; exit 2 ;;
+        *) echo "usage: $0 [--no-lintian] [--out DIR] [--version VERSION] [amd64] [arm64] (unknown: $arg)" >&2; exit 2 ;;
     esac
 done
 [[ ${#archs[@]} -gt 0 ]] || archs=(amd64 arm64)
@@ -41,10 +47,26 @@ MAINTAINER="${DEBFULLNAME:-$(git config user.name || echo didgw)} <${DEBEMAIL:-$
 mkdir -p "$WORK" "$DIST"
 DIST=$(cd "$DIST" && pwd)
 
-# The project's own wheel (pure Python), once for every architecture.
+# The project's own wheel (pure Python), once for every architecture. Under --version, from
+# a copy of what the wheel is made of with that version written into its pyproject.toml.
+src=.
+if [[ -n $VERSION_SET ]]; then
+    # Both a PEP 440 version and a Debian one, ordered alike: N.N.N, optionally +LOCAL.
+    [[ $VERSION_SET =~ ^[0-9]+(\.[0-9]+)*(\+[0-9a-z]+(\.[0-9a-z]+)*)?$ ]] \
+        || die "--version $VERSION_SET: expected digits and dots, optionally +local (e.g. 1.2.3+rebuild1)"
+    src=$WORK/src
+    rm -rf "$src" && mkdir -p "$src"
+    cp -r gateway README.md "$src/"
+    find "$src" -name __pycache__ -prune -exec rm -rf {} +
+    sed "s/^version = \"$VERSION\"\$/version = \"$VERSION_SET\"/" pyproject.toml > "$src/pyproject.toml"
+    grep -qx "version = \"$VERSION_SET\"" "$src/pyproject.toml" || die "no version line in pyproject.toml"
+    VERSION=$VERSION_SET
+fi
 rm -rf "$WORK/self" && mkdir -p "$WORK/self"
-"$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WORK/self" . 2>&1 \
+"$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WORK/self" "$src" 2>&1 \
     | grep -v 'is ignored' || true
+# The copy goes (a second README.md and gateway/ in the checkout would confuse its tools).
+[[ $src == . ]] || rm -rf "$src"
 self_whl=$(ls "$WORK"/self/didgw-"$VERSION"-*.whl) || die "no wheel of didgw $VERSION was built"
 
 build_one() {
@@ -83,7 +105,10 @@ libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
         > "$venv/pyvenv.cfg"
     ln -s /usr/bin/python3 "$venv/bin/python3"
     ln -s python3 "$venv/bin/python"
-    printf '#!/opt/didgw/.venv/bin/python3\nimport sys\n\nfrom gateway.cli import main\n\nsys.exit(main())\n' \
+    # The console script as pip writes it, its guard included: the reading workers are
+    # started with multiprocessing's spawn, which imports this file again in each worker (as
+    # __mp_main__); without the guard each worker ran `didgw run` once more instead.
+    printf '#!/opt/didgw/.venv/bin/python3\nimport sys\n\nfrom gateway.cli import main\n\nif __name__ == "__main__":\n    sys.exit(main())\n' \
         > "$venv/bin/didgw"
     chmod 0755 "$venv/bin/didgw"
     mkdir -p "$pkg/usr/bin"

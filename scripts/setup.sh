@@ -64,6 +64,20 @@ if [[ $DEV -eq 1 ]]; then
     command -v dpkg-buildflags >/dev/null || apt_missing+=(dpkg-dev)
     command -v lintian >/dev/null || apt_missing+=(lintian)
 fi
+# The arm64 package (scripts/build-deb.sh arm64): the cross compiler and the plugin's arm64
+# libraries; its test runs that package's didgw under qemu-user on an arm64 python3.11,
+# whose standard library comes from the arm64 multiarch packages (beside the amd64 ones).
+arm64_libs=(libsodium-dev:arm64 libssl-dev:arm64 libpython3.11-stdlib:arm64 zlib1g:arm64 libexpat1:arm64)
+if [[ $DEV -eq 1 && $(dpkg --print-architecture 2>/dev/null) == amd64 ]]; then
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        as_root dpkg --add-architecture arm64
+    fi
+    command -v aarch64-linux-gnu-gcc >/dev/null || apt_missing+=(gcc-aarch64-linux-gnu)
+    command -v qemu-aarch64-static >/dev/null || apt_missing+=(qemu-user-static)
+    for lib in "${arm64_libs[@]}"; do
+        dpkg-query -W -f '${Status}' "$lib" 2>/dev/null | grep -q 'ok installed' || apt_missing+=("$lib")
+    done
+fi
 if [[ ${#apt_missing[@]} -gt 0 ]]; then
     say "installing system packages: ${apt_missing[*]}"
     as_root apt-get update -qq
@@ -71,6 +85,17 @@ if [[ ${#apt_missing[@]} -gt 0 ]]; then
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "didgw needs Python 3.11 or newer; $(python3 --version) found" >&2; exit 1; }
+
+# The arm64 python3.11 itself (python3.11-minimal:arm64 cannot be installed beside the
+# amd64 one): its package unpacked into build/arm64-python, for the arm64 package's test.
+if [[ $DEV -eq 1 && $(dpkg --print-architecture 2>/dev/null) == amd64 ]] \
+    && [[ ! -x build/arm64-python/usr/bin/python3.11 ]]; then
+    say "unpacking an arm64 python3.11 into build/arm64-python"
+    dl=$(mktemp -d) && chmod 0755 "$dl" && { chown _apt "$dl" 2>/dev/null || true; }
+    (cd "$dl" && apt-get download -qq python3.11-minimal:arm64)
+    mkdir -p build && dpkg-deb -x "$dl"/python3.11-minimal_*_arm64.deb build/arm64-python
+    rm -rf "$dl"
+fi
 
 # --- mosquitto's didgw plugin ----------------------------------------------------
 scripts/build-broker-plugin.sh

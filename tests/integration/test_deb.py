@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
+import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +84,8 @@ def test_files_units_and_conffiles(tree: Path) -> None:
         assert (tree / path).is_file(), path
     assert os.readlink(tree / "usr/bin/didgw") == "/opt/didgw/.venv/bin/didgw"
     assert os.readlink(tree / "opt/didgw/.venv/bin/python3") == "/usr/bin/python3"
+    # multiprocessing's spawn imports the script again in each reading worker: guarded.
+    assert 'if __name__ == "__main__":' in (tree / "opt/didgw/.venv/bin/didgw").read_text()
     unit = (tree / "lib/systemd/system/didgw.service").read_text()
     (start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     program = start.removeprefix("ExecStart=").split()[0]
@@ -167,51 +172,113 @@ def test_packaged_code_runs_on_debians_python(tree: Path, tmp_path: Path) -> Non
     assert "Gateway DID: did:key:z6Mk" in init.stdout
 
 
-# --- a real install, in a throwaway root ------------------------------------------------
+# --- the package's whole life, in a throwaway root --------------------------------------
 
 
 class Throwaway:
-    """This machine's / under an overlay whose writes go to ``upper``: each command runs
-    chrooted into it, in a new mount namespace (the overlay vanishes with it) and a new
-    network namespace (no network: nothing can be downloaded, no broker reached)."""
+    """This machine's / under an overlay whose writes go to ``upper``, in a private mount
+    namespace (the overlay vanishes with it) and network namespace (only its own loopback:
+    nothing can be downloaded, and ports 1883, 8883 and 8884 are free for its broker).
+
+    One holder process keeps both namespaces alive; every command enters them (``nsenter``)
+    and runs chrooted into the overlay, so the broker and the gateway started in the
+    background share the namespaces with the commands that follow."""
 
     def __init__(self, base: Path) -> None:
         self.upper, self.work, self.merged = base / "upper", base / "work", base / "merged"
         for d in (self.upper, self.work, self.merged):
             d.mkdir()
-
-    def run(self, command: str) -> subprocess.CompletedProcess[str]:
         setup = (
             f"mount -t overlay overlay -o lowerdir=/,upperdir={self.upper},"
             f"workdir={self.work} {self.merged} && "
             f"mount -t proc proc {self.merged}/proc && "
             f"mount --rbind /dev {self.merged}/dev && "
-            f'exec chroot {self.merged} /bin/sh -c "$0"'
+            "ip link set lo up && echo ready && exec sleep infinity"
         )
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--net", "sh", "-c", setup],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        )  # fmt: skip
+        self.background: list[subprocess.Popen[bytes]] = []
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline() != "ready\n":
+            _, err = self.holder.communicate(timeout=10)
+            self.error = err.strip() or "the namespaces did not start"
+        else:
+            self.error = ""
+
+    def enter(self, *, chroot: bool = True) -> list[str]:
+        where = ["nsenter", "-t", str(self.holder.pid), "--net"]
+        if chroot:
+            return [*where, "--mount", "chroot", str(self.merged)]
+        return where  # the network namespace only: this machine's files, the root's broker
+
+    def run(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["unshare", "--mount", "--net", "sh", "-c", setup, command],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-        )
+            [*self.enter(), "/bin/sh", "-c", command],
+            capture_output=True, text=True, timeout=timeout, check=False, env=ENV,
+        )  # fmt: skip
 
     def ok(self, command: str) -> str:
         done = self.run(command)
         assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
         return done.stdout
 
+    def start(self, command: str, log: Path) -> subprocess.Popen[bytes]:
+        """A long-running command in the root (``exec``'d, so that it gets the signals)."""
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [*self.enter(), "/bin/sh", "-c", f"exec {command}"],
+                stdout=out, stderr=subprocess.STDOUT, env=ENV,
+            )  # fmt: skip
+        self.background.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> int:
+        process.terminate()
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def wait_port(self, port: int) -> None:
+        probe = (
+            "import socket, sys, time\n"
+            "end = time.monotonic() + 20\n"
+            "while time.monotonic() < end:\n"
+            "    try:\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), 1).close()\n"
+            "        sys.exit(0)\n"
+            "    except OSError:\n"
+            "        time.sleep(0.1)\n"
+            "sys.exit(1)\n"
+        )
+        done = subprocess.run([*self.enter(chroot=False), sys.executable, "-c", probe], check=False)
+        assert done.returncode == 0, f"nothing listens on {port} in the throwaway root"
+
+    def close(self) -> None:
+        for process in reversed(self.background):
+            if process.poll() is None:
+                self.stop(process)
+        self.holder.kill()
+        self.holder.communicate()  # and its pipes closed
+
+
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
 
 @pytest.fixture
 def throwaway(tmp_path: Path) -> Iterator[Throwaway]:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("a throwaway root needs root and unshare (util-linux)")
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("a throwaway root needs root, unshare and nsenter (util-linux)")
     root = Throwaway(tmp_path)
-    probe = root.run("true")
-    if probe.returncode != 0:
-        pytest.skip(f"no overlay root here: {probe.stderr.strip()}")
-    yield root
+    try:
+        if root.error:
+            pytest.skip(f"no overlay root here: {root.error}")
+        yield root
+    finally:
+        root.close()
 
 
 def modes(root: Throwaway, *paths: str) -> dict[str, str]:
@@ -219,11 +286,102 @@ def modes(root: Throwaway, *paths: str) -> dict[str, str]:
     return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()}
 
 
-def test_install_reinstall_remove_purge(deb: Path, throwaway: Throwaway) -> None:
+NEXT = f"{VERSION}+upgrade1"  # the same code, rebuilt as a newer package
+
+
+@pytest.fixture(scope="module")
+def deb_next(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist-next")
+    build = subprocess.run(
+        [ROOT / "scripts" / "build-deb.sh", "--no-lintian", "--out", str(out),
+         "--version", NEXT, "amd64"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    return out / f"didgw_{NEXT}_amd64.deb"
+
+
+def timed(root: Throwaway, command: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    done = root.run(command)
+    return done, time.monotonic() - start
+
+
+class Sensor:
+    """firmware-sim/sensor.py in the root's network namespace (this machine's files: the
+    checkout's simulator, its own key and queue), over TLS to the installed broker."""
+
+    def __init__(self, root: Throwaway, base: Path) -> None:
+        self.root, self.base = root, base
+        self.key, self.state, self.ca = base / "dev.pem", base / "dev-state", base / "ca.pem"
+        self.did = self.sim("--print-did").strip()
+        assert self.did.startswith("did:key:z6Mk"), self.did
+
+    def sim(self, *args: str) -> str:
+        command = [sys.executable, str(ROOT / "firmware-sim" / "sensor.py"),
+                   "--key", str(self.key), "--state", str(self.state), *args]  # fmt: skip
+        done = subprocess.run(
+            [*self.root.enter(chroot=False), *command],
+            capture_output=True, text=True, timeout=120, check=False, env=ENV,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def send(self, count: int, gateway_did: str) -> list[int]:
+        """``count`` signed readings, each acknowledged: their record entries."""
+        out = self.sim(
+            "--broker", "mqtts://127.0.0.1:8884", "--account-broker", "mqtts://127.0.0.1:8883",
+            "--tls-ca", str(self.ca), "--gateway-did", gateway_did,
+            "--rate", "10", "--count", str(count), "--timeout", "20",
+        )  # fmt: skip
+        entries = [int(e) for e in re.findall(r"accepted \(record entry (\d+)\)", out)]
+        assert len(entries) == count, out
+        return entries
+
+
+def gateway_did(root: Throwaway) -> str:
+    """What `didgw init` says of the installed gateway (it makes none when there is one)."""
+    out = root.ok("didgw init --config /etc/didgw/gateway.toml")
+    assert "already initialised in /var/lib/didgw" in out, out
+    (did,) = re.findall(r"^Gateway DID: (did:key:z6Mk\w+)$", out, re.M)
+    return did
+
+
+def run_gateway(root: Throwaway, log: Path) -> subprocess.Popen[bytes]:
+    """`didgw run` as the unit runs it: as didgw, umask 077, the installed configuration."""
+    gateway = root.start(
+        "setpriv --reuid=didgw --regid=didgw --init-groups "
+        "sh -c 'umask 077 && PYTHONUNBUFFERED=1 "
+        "exec /opt/didgw/.venv/bin/didgw run --config /etc/didgw/gateway.toml'",
+        log,
+    )
+    end = time.monotonic() + 60
+    while " running (state " not in log.read_text(errors="replace"):
+        assert gateway.poll() is None and time.monotonic() < end, log.read_text()
+        time.sleep(0.2)
+    return gateway
+
+
+def on_record(root: Throwaway, did: str, entries: list[int]) -> None:
+    verified = root.ok("didgw chain verify")
+    assert verified.startswith("ok: "), verified
+    for seq in entries:
+        entry = root.ok(f"didgw chain show {seq}")
+        assert "reading" in entry and did in entry, entry
+
+
+def test_install_run_upgrade_purge(
+    deb: Path, deb_next: Path, throwaway: Throwaway, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The package's whole life as an administrator lives it: install (no systemd, so the
+    test does what the units would), the broker and a device over TLS, readings on the
+    record, an upgrade to a newer package that keeps all of it, remove, purge."""
+    logs = tmp_path_factory.mktemp("logs")
     shutil.copy(deb, throwaway.upper / "didgw.deb")
-    installed = throwaway.run("dpkg -i /didgw.deb")
+    shutil.copy(deb_next, throwaway.upper / "didgw-next.deb")
+    installed, install_seconds = timed(throwaway, "dpkg -i /didgw.deb")
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    # No systemd here and no network: the broker's last step is left, and said so.
+    # No systemd here and no broker yet: the broker's last step is left, and said so.
     assert "sudo didgw broker setup" in installed.stderr
     assert "dialout" in throwaway.ok("id -nG didgw").split()
     assert modes(
@@ -246,16 +404,48 @@ def test_install_reinstall_remove_purge(deb: Path, throwaway: Throwaway) -> None
     }  # fmt: skip
     assert throwaway.ok("readlink /etc/mosquitto/conf.d/didgw.conf").strip() == "../didgw.conf"
     assert throwaway.ok("systemctl is-enabled didgw.service").strip() == "enabled"
-    # root's admin command finds the service's gateway and runs as its user.
-    assert throwaway.run("didgw device list").returncode == 0
-    key = throwaway.upper / "var/lib/didgw/keys/gateway.pem"
-    before = hashlib.sha256(key.read_bytes()).hexdigest()
+    assert throwaway.ok("didgw --version").strip() == f"didgw {VERSION}"
+    did = gateway_did(throwaway)  # postinst made it; the operator's `didgw init` keeps it
 
-    # Reinstalling takes the upgrade path: data and the administrator's edits are kept.
+    # mosquitto as Debian's unit starts it: the installed configuration, conf.d included.
+    throwaway.ok("install -d -o mosquitto -g mosquitto /run/mosquitto")
+    broker_log = logs / "mosquitto.log"
+    broker = throwaway.start("mosquitto -c /etc/mosquitto/mosquitto.conf", broker_log)
+    for port in (1883, 8883, 8884):
+        throwaway.wait_port(port)
+    # The operator's step once the broker runs: it now logs in and applies the policy.
+    setup = throwaway.run("didgw broker setup")
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+
+    sensor = Sensor(throwaway, tmp_path_factory.mktemp("sensor"))
+    sensor.ca.write_text(throwaway.ok("didgw tls show --pem"))
+    throwaway.ok(f"didgw device register {sensor.did} --name 'sim 1' --kind sensor")
+    gateway = run_gateway(throwaway, logs / "gateway.log")
+    first = sensor.send(3, did)
+    on_record(throwaway, sensor.did, first)
+    assert throwaway.stop(gateway) == 0, (logs / "gateway.log").read_text()
+
+    # Upgrade to a newer package (mosquitto keeps running, as it would), the
+    # administrator's edit in a conffile and every datum kept.
     throwaway.ok("echo '# edited by the administrator' >> /etc/didgw/gateway.toml")
-    throwaway.ok("dpkg -i /didgw.deb")
-    assert hashlib.sha256(key.read_bytes()).hexdigest() == before
+    key = throwaway.upper / "var/lib/didgw/keys/gateway.pem"
+    key_digest = hashlib.sha256(key.read_bytes()).hexdigest()
+    upgraded, upgrade_seconds = timed(throwaway, "dpkg -i /didgw-next.deb")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    assert throwaway.ok("dpkg-query -W -f '${Version}' didgw") == NEXT
+    assert throwaway.ok("didgw --version").strip() == f"didgw {NEXT}"
     assert "# edited by the administrator" in throwaway.ok("cat /etc/didgw/gateway.toml")
+    assert hashlib.sha256(key.read_bytes()).hexdigest() == key_digest
+    assert gateway_did(throwaway) == did
+    assert sensor.did in throwaway.ok(f"didgw device show {sensor.did}")
+    on_record(throwaway, sensor.did, first)
+    # The upgraded gateway takes the same device's next readings onto the same record.
+    gateway = run_gateway(throwaway, logs / "gateway-next.log")
+    later = sensor.send(2, did)
+    assert min(later) > max(first)
+    on_record(throwaway, sensor.did, first + later)
+    assert throwaway.stop(gateway) == 0, (logs / "gateway-next.log").read_text()
+    throwaway.stop(broker)
 
     # Remove: the code goes, the data and configuration stay, mosquitto's link goes.
     throwaway.ok("dpkg -r didgw")
@@ -271,3 +461,74 @@ def test_install_reinstall_remove_purge(deb: Path, throwaway: Throwaway) -> None
     gone = ("/var/lib/didgw", "/var/lib/didgw-broker", "/etc/didgw", "/etc/mosquitto/didgw.conf")
     for path in (*gone, "/etc/mosquitto/certs/didgw"):
         throwaway.ok(f"test ! -e {path}")
+    print(f"dpkg -i {install_seconds:.1f} s, upgrade {upgrade_seconds:.1f} s")
+
+
+# --- arm64: built here, its native code checked, its didgw run under qemu-user -----------
+
+EM_AARCH64 = 183
+#: An arm64 python3.11 for qemu-user: Debian's python3.11-minimal:arm64 unpacked here, its
+#: standard library and libraries the arm64 multiarch packages (scripts/setup.sh --dev).
+ARM64_PYTHON = ROOT / "build" / "arm64-python" / "usr" / "bin" / "python3.11"
+
+
+@pytest.fixture(scope="module")
+def arm64_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no cross compiler for arm64 (gcc-aarch64-linux-gnu; scripts/setup.sh --dev)")
+    out = tmp_path_factory.mktemp("dist-arm64")
+    build = subprocess.run(
+        [ROOT / "scripts" / "build-deb.sh", "--no-lintian", "--out", str(out), "arm64"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    deb = out / f"didgw_{VERSION}_arm64.deb"
+    assert field(deb, "Architecture") == "arm64"
+    root = tmp_path_factory.mktemp("tree-arm64")
+    subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
+    return root
+
+
+def test_arm64_native_code_is_aarch64(arm64_tree: Path) -> None:
+    native = {
+        p.relative_to(arm64_tree): elf_machine(p)
+        for p in arm64_tree.rglob("*")
+        if p.is_file() and not p.is_symlink() and elf_machine(p) is not None
+    }
+    assert Path("usr/lib/aarch64-linux-gnu/didgw/didgw_auth.so") in native
+    assert len(native) > 20
+    assert {p: m for p, m in native.items() if m != EM_AARCH64} == {}
+    conf = (arm64_tree / "etc/mosquitto/didgw.conf").read_text()
+    assert "plugin /usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so" in conf
+
+
+def test_arm64_didgw_runs_under_qemu(arm64_tree: Path, tmp_path: Path) -> None:
+    """The arm64 package's own code and native extensions on an arm64 python3.11, emulated:
+    `didgw --version`, then a gateway made from nothing (Ed25519, X25519, secp256k1, SQLite)."""
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.skip("no qemu-user here (qemu-user-static; scripts/setup.sh --dev installs it)")
+    if not ARM64_PYTHON.is_file():
+        pytest.skip(f"no arm64 python3.11 at {ARM64_PYTHON} (scripts/setup.sh --dev unpacks it)")
+    site = arm64_tree / "opt/didgw/.venv/lib/python3.11/site-packages"
+    # The stdlib is /usr/lib/python3.11 with the arm64 extension modules of
+    # libpython3.11-stdlib:arm64 beside the amd64 ones; the package's site-packages on the path
+    # (its venv's python3 links to the machine's /usr/bin/python3, an amd64 program here).
+    env = {**ENV, "PYTHONHOME": "/usr", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    script = str(arm64_tree / "opt/didgw/.venv/bin/didgw")
+
+    def arm64(*args: str) -> str:
+        done = subprocess.run(
+            [qemu, str(ARM64_PYTHON), *args],
+            capture_output=True, text=True, timeout=300, check=False, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert arm64("-c", "import platform; print(platform.machine())").strip() == "aarch64"
+    assert arm64(script, "--version").strip() == f"didgw {VERSION}"
+    init = arm64(script, "init", "--state-dir", str(tmp_path / "state"))
+    assert "Gateway DID: did:key:z6Mk" in init
+    # ...on the package's own native extensions, not anything of this machine's.
+    rust = arm64("-c", "import cryptography.hazmat.bindings._rust as r; print(r.__file__)")
+    assert rust.strip().startswith(str(site)), rust
