@@ -18,6 +18,11 @@
     python bench/cli_startup.py [--quick]
 
 Needs ``scripts/setup.sh --dev`` (mosquitto, anvil). The last line is one JSON object.
+
+The bench first compiles ``gateway/``'s bytecode (``compileall``), as the Debian package's
+postinst does: with ``PYTHONDONTWRITEBYTECODE`` set in the environment nothing else would
+write it, and every start would compile the gateway's modules from source again (in this
+measure, some hundreds of milliseconds that no installed gateway pays).
 """
 
 from __future__ import annotations
@@ -244,6 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (under a minute)")
     quick = parser.parse_args().quick
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "gateway")], check=True)
     runs = 10 if quick else 40
     timed([DIDGW, "--help"], 2)  # warm the page cache
     baseline = timed([sys.executable, "-c", "pass"], runs)
