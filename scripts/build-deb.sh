@@ -72,9 +72,14 @@ self_whl=$(ls "$WORK"/self/didgw-"$VERSION"-*.whl) || die "no wheel of didgw $VE
 build_one() {
     local arch=$1 triplet machine cc strip cflags ldflags
     case $arch in
-        amd64) triplet=x86_64-linux-gnu machine=x86_64 cc=cc strip=strip ;;
-        arm64) triplet=aarch64-linux-gnu machine=aarch64 cc=aarch64-linux-gnu-gcc strip=aarch64-linux-gnu-strip ;;
+        amd64) triplet=x86_64-linux-gnu machine=x86_64 ;;
+        arm64) triplet=aarch64-linux-gnu machine=aarch64 ;;
     esac
+    # The machine's own compiler for its own architecture (a Pi builds arm64 natively), the
+    # cross compiler for the other.
+    if [[ $arch == "$(dpkg --print-architecture)" ]]; then cc=cc strip=strip
+    else cc=$triplet-gcc strip=$triplet-strip
+    fi
     command -v "$cc" >/dev/null || die "$cc is missing (apt-get install gcc-$triplet; the
 arm64 headers and libraries: dpkg --add-architecture arm64; apt-get install
 libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"

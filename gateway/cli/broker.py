@@ -34,9 +34,10 @@ def cmd_broker_setup(args: argparse.Namespace) -> int:
         )
     gateway_file = Path(mqtt.password_file)
     admin_file = Path(args.admin_password_file or gateway_file.with_name(ADMIN_PASSWORD_NAME))
-    gateway = setup.password_file(gateway_file, owner=args.service_user)
-    if early is not None and early.made:
+    if early is not None and early.path == gateway_file:
         gateway = early
+    else:
+        gateway = setup.password_file(gateway_file, owner=args.service_user)
     admin = setup.password_file(admin_file)
     for made in (admin, gateway):
         print(f"{'wrote a new' if made.made else 'kept the'} password in {made.path} (0600)")
