@@ -23,8 +23,8 @@ client, so that the load generator stays cheap):
   ``--dynsec-accounts`` (1,000) accounts, creates and deletes 20 accounts the way the
   gateway does today (``stall_ms_dynsec``). The phases run in alternation, twice.
   ``--window``: CONNECTs in flight at once (100): mosquitto handles every connection that
-  is ready in one pass of its loop, so a burst of N token checks delays routing by N
-  signature verifications.
+  is ready in one pass of its loop, so a burst of N token logins delays routing by N
+  token checks (an HMAC each).
 
 The last line is one JSON object.
 """
@@ -56,7 +56,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth import broker_tokens as bt
 from gateway.ops.broker import PrivateBroker
@@ -173,10 +172,13 @@ class Stream:
 
     def stop(self) -> None:
         self._stop.set()
-        self.pub.close()
         self._threads[0].join()
-        self.sub.close()
+        self.pub.close()
+        # shutdown() wakes the receiving thread's blocked recv(); close() alone may not.
+        with contextlib.suppress(OSError):
+            self.sub.shutdown(socket.SHUT_RDWR)
         self._threads[1].join()
+        self.sub.close()
 
     def _send(self) -> None:
         next_at = time.perf_counter()
@@ -219,11 +221,12 @@ class Bench:
 
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.args = args
-        self.key = Ed25519PrivateKey.generate()
-        public, self.deny_file = root / "token.pub", root / "deny"
-        public.write_bytes(bt.public_pem(self.key.public_key()))
+        self.key = secrets.token_bytes(bt.KEY_BYTES)
+        key_file, self.deny_file = root / "token.key", root / "deny"
+        key_file.write_bytes(self.key)
+        key_file.chmod(0o600)
         self.deny_file.write_text("")
-        self.broker = PrivateBroker(root / "mosquitto", token_plugin=(public, self.deny_file))
+        self.broker = PrivateBroker(root / "mosquitto", token_plugin=(key_file, self.deny_file))
         self.socks: list[socket.socket] = []
         self.windows: dict[str, list[tuple[int, int]]] = {}
         self.cut_off_ms: list[float] = []

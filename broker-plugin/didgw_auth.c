@@ -1,14 +1,17 @@
 /*
  * didgw_auth: a mosquitto 2.0 plugin (API version 5) that lets devices and people in with
- * a session token the gateway signed, instead of a dynamic-security account per session.
+ * a session token the gateway sealed, instead of a dynamic-security account per session.
  *
  * Why: the dynamic-security plugin rewrites its whole JSON file on every account change
  * while the broker routes nothing (44-87 ms per change, issue 19). A token needs no change
- * in the broker at all: the gateway signs it, this plugin checks it with the gateway's
- * public token key and takes the client's topics from its claims.
+ * in the broker at all: the gateway seals it, this plugin checks it with the token key it
+ * shares with the gateway and takes the client's topics from its claims.
  *
  * The token (gateway/auth/broker_tokens.py makes it; docs/protocol/mqtt.md describes it):
- *   v1.<b64url(payload)>.<b64url(Ed25519 signature over "v1." + b64url(payload))>
+ *   v2.<b64url(payload)>.<b64url(HMAC-SHA256(key, "v2." + b64url(payload)))>
+ * A MAC, not a signature: every login is checked on the broker's one thread while it
+ * routes nothing, and an Ed25519 verification took 74 us of it (a burst of 300 logins held
+ * routing 13-20 ms), an HMAC about 1 us.
  * payload, canonical JSON with one fixed layout (read by a strict parser, no JSON library):
  *   {"exp":N,"iat":N,"jti":"S","kind":"device"|"person","pfx":"S","sub":"S"}
  *
@@ -18,9 +21,10 @@
  * dynamic-security plugin, which must be loaded after this one.
  *
  * Options:
- *   plugin_opt_public_key_file  the gateway's token key: PEM public key or 32 raw bytes;
- *                               reloaded when it changes. Until it can be read, every
- *                               DID is refused (the broker may start before the gateway).
+ *   plugin_opt_key_file         the token key: exactly 32 bytes, readable by no one but
+ *                               its owner and group (0640 at most); reloaded when it
+ *                               changes. Until it can be read, every DID is refused (the
+ *                               broker may start before the gateway).
  *   plugin_opt_deny_file        lines "<did> <unix s>": that DID's tokens issued at or
  *                               before that second are void (revoked, suspended or
  *                               re-keyed then; a newer token passes). The gateway
@@ -42,8 +46,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <sodium.h>
 
 #include <mosquitto.h>
@@ -53,7 +55,7 @@
 #define MAX_TOKEN 2048           /* longest password read (gateway/auth/broker_tokens.py) */
 #define MAX_DENY_FILE (32 << 20) /* 32 MiB: far more than 10,000 lines */
 #define MAX_DENY_LINE 4200
-#define SIG_BYTES 64
+#define TAG_BYTES crypto_auth_hmacsha256_BYTES /* 32 */
 
 enum kind { KIND_DEVICE, KIND_PERSON };
 
@@ -73,7 +75,7 @@ struct denied {
 };
 
 static mosquitto_plugin_id_t *plugin_id;
-static unsigned char token_key[crypto_sign_PUBLICKEYBYTES]; /* the gateway's, raw */
+static unsigned char token_key[crypto_auth_hmacsha256_KEYBYTES]; /* 32 bytes, shared */
 static bool key_ok;  /* token_key holds a key read from key_path */
 static char *key_path;
 static struct stat key_stat;
@@ -91,7 +93,7 @@ static struct stat deny_stat;
 static bool deny_seen;
 static bool sweep_pending; /* the deny list changed during an authentication */
 
-static void refresh_public_key(void);
+static void refresh_key(void);
 
 /* -- small helpers --------------------------------------------------------------------- */
 
@@ -248,12 +250,10 @@ static bool good_level(const char *s)
 	return s[0] != '\0' && strpbrk(s, "/+#") == NULL;
 }
 
-/* libsodium, not OpenSSL's EVP_DigestVerify: 74 against 164 us per Ed25519 verification on
- * the 2-core test machine (OpenSSL 3.0.19), and the verification is nearly all that a
- * connection costs the broker's single thread beyond what mosquitto does anyway. */
-static bool signature_ok(const char *signed_part, size_t signed_len, const unsigned char *sig)
+/* libsodium's HMAC-SHA256, compared in constant time. */
+static bool tag_ok(const char *covered, size_t covered_len, const unsigned char *tag)
 {
-	return crypto_sign_verify_detached(sig, (const unsigned char *)signed_part, signed_len,
+	return crypto_auth_hmacsha256_verify(tag, (const unsigned char *)covered, covered_len,
 			token_key) == 0;
 }
 
@@ -263,19 +263,19 @@ static const char *check_token(const char *username, const char *token, int64_t 
 {
 	size_t len;
 	const char *dot;
-	unsigned char payload[MAX_TOKEN], sig[MAX_TOKEN];
-	long payload_len, sig_len;
+	unsigned char payload[MAX_TOKEN], tag[MAX_TOKEN];
+	long payload_len, tag_len;
 
 	if(token == NULL) return "no token";
 	len = strnlen(token, MAX_TOKEN + 1);
 	if(len > MAX_TOKEN) return "token too long";
-	if(strncmp(token, "v1.", 3) != 0) return "not a v1 token";
+	if(strncmp(token, "v2.", 3) != 0) return "not a v2 token";
 	dot = memchr(token + 3, '.', len - 3);
 	if(dot == NULL) return "malformed token";
 	payload_len = b64url_decode(token + 3, (size_t)(dot - token - 3), payload);
-	sig_len = b64url_decode(dot + 1, len - (size_t)(dot + 1 - token), sig);
-	if(payload_len <= 0 || sig_len != SIG_BYTES) return "malformed token";
-	if(!signature_ok(token, (size_t)(dot - token), sig)) return "bad signature";
+	tag_len = b64url_decode(dot + 1, len - (size_t)(dot + 1 - token), tag);
+	if(payload_len <= 0 || tag_len != TAG_BYTES) return "malformed token";
+	if(!tag_ok(token, (size_t)(dot - token), tag)) return "bad tag";
 	if(!parse_claims((const char *)payload, (size_t)payload_len, c)) return "bad payload";
 	if(strcmp(c->sub, username) != 0) return "token of another DID";
 	if(!good_level(c->sub) || !good_prefix(c->pfx)) return "bad claims";
@@ -578,7 +578,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!is_ours(ed->username)) return MOSQ_ERR_PLUGIN_DEFER;
 
 	if(refresh_deny_list()) sweep_pending = true; /* kicks wait for the tick */
-	refresh_public_key();
+	refresh_key();
 	c = mosquitto_malloc(sizeof(*c));
 	if(c == NULL) return MOSQ_ERR_AUTH;
 	why = key_ok ? check_token(ed->username, ed->password, now, c) : "no token key yet";
@@ -633,7 +633,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	(void)userdata;
-	refresh_public_key();
+	refresh_key();
 	if(refresh_deny_list() || sweep_pending || now >= next_expiry){
 		sweep_pending = false;
 		sweep(now);
@@ -652,34 +652,31 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 
 /* -- plugin entry points --------------------------------------------------------------- */
 
-/* The gateway's public token key, PEM (read by OpenSSL) or 32 raw bytes, into token_key. */
-static bool read_public_key(const char *path)
+/* The token key: exactly 32 bytes, in a regular file that others cannot read (a key
+ * anyone on the machine could read would let them make tokens). */
+static bool read_key(const char *path)
 {
 	FILE *f = fopen(path, "rb");
-	unsigned char raw[33];
-	size_t n, len = sizeof(token_key);
-	EVP_PKEY *key = NULL;
-	bool ok = false;
+	unsigned char raw[sizeof(token_key) + 1];
+	struct stat st;
+	size_t n;
+	bool ok;
 	if(f == NULL) return false;
-	n = fread(raw, 1, sizeof(raw), f);
-	if(n == 32 && feof(f)){
-		memcpy(token_key, raw, 32);
+	if(fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & S_IRWXO) != 0){
 		fclose(f);
-		return true;
+		return false;
 	}
-	rewind(f);
-	key = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	n = fread(raw, 1, sizeof(raw), f);
+	ok = n == sizeof(token_key) && feof(f) && !ferror(f);
 	fclose(f);
-	if(key != NULL && EVP_PKEY_get_id(key) == EVP_PKEY_ED25519){
-		ok = EVP_PKEY_get_raw_public_key(key, token_key, &len) == 1 && len == sizeof(token_key);
-	}
-	EVP_PKEY_free(key);
+	if(ok) memcpy(token_key, raw, sizeof(token_key));
+	sodium_memzero(raw, sizeof(raw));
 	return ok;
 }
 
 /* Reads the token key again when its file changed (the gateway writes it when it starts);
  * an unreadable or wrong file refuses every DID until it is fixed. */
-static void refresh_public_key(void)
+static void refresh_key(void)
 {
 	struct stat st;
 	if(stat(key_path, &st) != 0){
@@ -692,25 +689,22 @@ static void refresh_public_key(void)
 		memset(&key_stat, 0, sizeof(key_stat));
 		return;
 	}
-	if(key_ok && st.st_ino == key_stat.st_ino && st.st_dev == key_stat.st_dev
-			&& st.st_size == key_stat.st_size && st.st_mtim.tv_sec == key_stat.st_mtim.tv_sec
-			&& st.st_mtim.tv_nsec == key_stat.st_mtim.tv_nsec){
-		return;
-	}
-	if(!key_ok && key_seen && st.st_ino == key_stat.st_ino && st.st_size == key_stat.st_size
-			&& st.st_mtim.tv_sec == key_stat.st_mtim.tv_sec
-			&& st.st_mtim.tv_nsec == key_stat.st_mtim.tv_nsec){
-		return; /* the same bad file: said once */
-	}
+	/* The change time too: a chmod that opens the file to others must be seen. */
+	bool same = key_seen && st.st_ino == key_stat.st_ino && st.st_dev == key_stat.st_dev
+		&& st.st_size == key_stat.st_size && st.st_mtim.tv_sec == key_stat.st_mtim.tv_sec
+		&& st.st_mtim.tv_nsec == key_stat.st_mtim.tv_nsec
+		&& st.st_ctim.tv_sec == key_stat.st_ctim.tv_sec
+		&& st.st_ctim.tv_nsec == key_stat.st_ctim.tv_nsec;
+	if(same) return; /* unchanged: still good, or the same bad file, said once */
 	key_stat = st;
 	key_seen = true;
-	key_ok = read_public_key(key_path);
+	key_ok = read_key(key_path);
 	if(key_ok){
 		mosquitto_log_printf(MOSQ_LOG_INFO, "didgw_auth: token key read from %s", key_path);
 	}else{
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-				"didgw_auth: %s is not an Ed25519 public key (PEM or 32 raw bytes): refusing "
-				"every DID", key_path);
+				"didgw_auth: %s is not a token key (32 bytes, not readable by others): "
+				"refusing every DID", key_path);
 	}
 }
 
@@ -728,19 +722,19 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	(void)userdata;
 	plugin_id = identifier;
 	for(int i = 0; i < option_count; i++){
-		if(strcmp(options[i].key, "public_key_file") == 0) key_path = mosquitto_strdup(options[i].value);
+		if(strcmp(options[i].key, "key_file") == 0) key_path = mosquitto_strdup(options[i].value);
 		else if(strcmp(options[i].key, "deny_file") == 0) deny_path = mosquitto_strdup(options[i].value);
 	}
 	if(key_path == NULL || deny_path == NULL){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-				"didgw_auth: plugin_opt_public_key_file and plugin_opt_deny_file are required");
+				"didgw_auth: plugin_opt_key_file and plugin_opt_deny_file are required");
 		return MOSQ_ERR_INVAL;
 	}
 	if(sodium_init() < 0){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "didgw_auth: libsodium cannot start");
 		return MOSQ_ERR_UNKNOWN;
 	}
-	refresh_public_key(); /* missing or bad: every DID is refused until it is fixed */
+	refresh_key(); /* missing or bad: every DID is refused until it is fixed */
 	session_buckets = 1024;
 	sessions = mosquitto_calloc(session_buckets, sizeof(*sessions));
 	if(sessions == NULL) return MOSQ_ERR_NOMEM;

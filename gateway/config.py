@@ -236,9 +236,9 @@ class MqttSection(_Section):
     )
     token_dir: str = _setting(
         "",
-        "Where the gateway writes what the broker's didgw plugin reads: the public half of "
-        "its session-token key (token.pub) and the deny file (deny). The broker's user must "
-        "be able to read it (configs/mosquitto/README.md). Empty: broker/ in the state "
+        "Where the gateway writes what the broker's didgw plugin reads: the broker's copy "
+        "of its session-token key (token.key, 0640) and the deny file (deny). The broker's "
+        "group must be able to read it (configs/mosquitto/README.md). Empty: broker/ in the state "
         "directory (a broker run as the gateway's own user: the demo, the tests).",
     )
     verify_workers: int = _setting(

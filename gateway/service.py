@@ -11,9 +11,9 @@ State directory layout::
       keys/             0700
         gateway.pem     0600, PKCS#8, optionally encrypted
         ledger.pem      0600, PKCS#8 secp256k1: the ledger account that signs anchors
-        broker-token.pem  0600, PKCS#8 Ed25519: signs broker session tokens (nothing else)
+        broker-token.key  0600, 32 random bytes: seals broker session tokens (nothing else)
       broker/           the broker plugin's files, unless [mqtt] token_dir puts them elsewhere
-        token.pub       the public half of broker-token.pem (PEM), which the broker checks with
+        token.key       0640, the broker's copy of broker-token.key (its group reads it)
         deny            DIDs whose earlier tokens are void (gateway/run/broker_sessions.py)
       didgw.db          SQLite (WAL), named migrations
 """
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlite_utils import Database
 
 from gateway import db as database
@@ -52,7 +51,7 @@ from gateway.registry import Registry
 
 KEY_FILE = Path("keys") / "gateway.pem"
 LEDGER_KEY_FILE = Path("keys") / "ledger.pem"
-TOKEN_KEY_FILE = Path("keys") / "broker-token.pem"
+TOKEN_KEY_FILE = Path("keys") / "broker-token.key"
 
 
 @dataclass
@@ -86,11 +85,10 @@ class Gateway:
         passphrase = keystore.read_passphrase(self.config.keys.passphrase_file, env)
         return keystore.load_ledger_key(path, passphrase)
 
-    def broker_token_key(self, env: Mapping[str, str]) -> Ed25519PrivateKey:
-        """The key that signs broker session tokens, made if this gateway has none yet
-        (one initialised before tokens), with its public half where the broker reads it."""
-        passphrase = keystore.read_passphrase(self.config.keys.passphrase_file, env)
-        key = _token_key(self.state_dir / TOKEN_KEY_FILE, passphrase)
+    def broker_token_key(self) -> bytes:
+        """The key that seals broker session tokens, made if this gateway has none yet
+        (one initialised before tokens), with the broker's copy where the broker reads it."""
+        key = _token_key(self.state_dir / TOKEN_KEY_FILE)
         publish_token_key(token_dir(self.config, self.state_dir), key)
         return key
 
@@ -211,9 +209,7 @@ def init_gateway(config: Config, state_dir: Path, env: Mapping[str, str]) -> Ini
         key = keystore.load_private_key(key_path, passphrase)
     did = did_from_public_key(keystore.public_bytes(key))
     ledger_key, created_ledger = _ledger_key(state_dir / LEDGER_KEY_FILE, passphrase)
-    publish_token_key(
-        token_dir(config, state_dir), _token_key(state_dir / TOKEN_KEY_FILE, passphrase)
-    )
+    publish_token_key(token_dir(config, state_dir), _token_key(state_dir / TOKEN_KEY_FILE))
     db = database.connect(state_dir / database.DB_NAME)
     try:
         now = time.time()
@@ -244,13 +240,22 @@ def _ledger_key(path: Path, passphrase: bytes | None) -> tuple[ec.EllipticCurveP
     return key, True
 
 
-def _token_key(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
-    """The broker-token key, created if this state directory has none yet (never replaced)."""
-    if path.exists():
-        return keystore.load_private_key(path, passphrase)
-    key = keystore.generate_key()
-    keystore.write_private_key(path, key, passphrase)
-    return key
+def _token_key(path: Path) -> bytes:
+    """The broker-token key, created if this state directory has none yet (never replaced).
+
+    Not under the gateway's passphrase: the broker needs it in the clear all the same."""
+    from gateway.auth.broker_tokens import KEY_BYTES, TokenError, check_key
+    from gateway.files import read_secret, write_private
+
+    if not path.exists():
+        key = os.urandom(KEY_BYTES)
+        write_private(path, key, error=KeyStoreError, exists=f"{path} already exists")
+        return key
+    key = read_secret(path, "broker token key", KeyStoreError, max_bytes=KEY_BYTES)
+    try:
+        return check_key(key)
+    except TokenError:
+        raise KeyStoreError(f"broker token key {path} is not {KEY_BYTES} random bytes") from None
 
 
 def token_dir(config: Config, state_dir: Path) -> Path:
@@ -258,21 +263,25 @@ def token_dir(config: Config, state_dir: Path) -> Path:
     return Path(config.mqtt.token_dir) if config.mqtt.token_dir else state_dir / "broker"
 
 
-def publish_token_key(directory: Path, key: Ed25519PrivateKey) -> None:
-    """Put the public half of ``key`` where the broker reads it (``token.pub``, 0644: a
-    public key), unless it is there already; the plugin picks a new one up by itself."""
-    from gateway.auth.broker_tokens import public_pem
-
-    pem = public_pem(key.public_key())
-    path = directory / "token.pub"
+def publish_token_key(directory: Path, key: bytes) -> None:
+    """Put the broker's copy of ``key`` where it reads it (``token.key``, 0640: the token
+    directory's group is the broker's), unless it is there already; the plugin picks a new
+    one up by itself. The public key of earlier versions (``token.pub``) goes."""
+    path = directory / "token.key"
     try:
-        if path.exists() and path.read_bytes() == pem:
+        if path.exists() and path.read_bytes() == key:
             return
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-        new = path.with_name(".token.pub.new")
-        new.write_bytes(pem)
-        os.chmod(new, 0o644)
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        new = path.with_name(".token.key.new")
+        new.unlink(missing_ok=True)
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as file:
+            os.fchmod(fd, 0o640)  # group only now, and only the token directory's group
+            file.write(key)
+            file.flush()
+            os.fsync(fd)
         os.replace(new, path)
+        (directory / "token.pub").unlink(missing_ok=True)
     except OSError as exc:
         raise StateError(f"cannot write the broker's token key {path}: {exc.strerror}") from None
 

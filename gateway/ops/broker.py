@@ -107,9 +107,9 @@ class PrivateBroker:
         #: plugin checks the gateway's session tokens (gateway/auth/broker_tokens.py) before
         #: dynamic security sees a client
         self.token_dir = directory / "tokens"
-        #: (public key file, deny file) of the plugin: those in token_dir unless given
+        #: (token key file, deny file) of the plugin: those in token_dir unless given
         self.token_plugin = token_plugin or (
-            self.token_dir / "token.pub",
+            self.token_dir / "token.key",
             self.token_dir / "deny",
         )
         self.host = HOST
@@ -188,10 +188,10 @@ class PrivateBroker:
         library = token_plugin_library()
         if library is None:
             raise BrokerError("the didgw broker plugin is not built: run scripts/setup.sh")
-        public_key_file, deny_file = self.token_plugin
+        key_file, deny_file = self.token_plugin
         return [
             f"plugin {library}",
-            f"plugin_opt_public_key_file {public_key_file}",
+            f"plugin_opt_key_file {key_file}",
             f"plugin_opt_deny_file {deny_file}",
         ]
 

@@ -1,7 +1,7 @@
 """Broker sessions as tokens: what the gateway gives a device or a person that authenticated,
 and how it takes it back.
 
-A session is a token the gateway signs (``gateway/auth/broker_tokens.py``), checked by the
+A session is a token the gateway seals (``gateway/auth/broker_tokens.py``), checked by the
 broker's didgw plugin (``broker-plugin/didgw_auth.c``) with no change to the broker's
 accounts: a first session, a renewal and an expiry cost the broker nothing. Taking sessions
 back is the **deny file** in the token directory (``[mqtt] token_dir``): one line
@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from gateway.auth import broker_tokens
 from gateway.errors import StateError
 
@@ -41,7 +39,7 @@ class BrokerSessions:
 
     def __init__(
         self,
-        key: Ed25519PrivateKey,
+        key: bytes,
         prefix: str,
         directory: Path,
         *,

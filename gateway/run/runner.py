@@ -169,7 +169,7 @@ class _MqttSide:
         core = handshake(config, gateway.signer(env), gateway.registry.status, mqtt.session_seconds)
         core.refusals = pipeline.refusals
         sessions = self.sessions = BrokerSessions(
-            gateway.broker_token_key(env), mqtt.prefix, token_dir(config, state_dir)
+            gateway.broker_token_key(), mqtt.prefix, token_dir(config, state_dir)
         )
         authenticator = self.authenticator = Authenticator(
             core,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -50,14 +49,14 @@ class Mosquitto(PrivateBroker):
         return self.peer(self.gateway_username, self.gateway_password)
 
     def token(self, did: str, kind: str = "device", lifetime: int = 600) -> str:
-        """A session token for ``did``, as a gateway of this broker signs one (for tests
+        """A session token for ``did``, as a gateway of this broker seals one (for tests
         with no gateway): the first call puts a key of its own in :attr:`token_dir`."""
         if not hasattr(self, "_token_key"):
-            self._token_key = Ed25519PrivateKey.generate()
+            self._token_key = secrets.token_bytes(broker_tokens.KEY_BYTES)
             self.token_dir.mkdir(parents=True, exist_ok=True)
-            (self.token_dir / "token.pub").write_bytes(
-                broker_tokens.public_pem(self._token_key.public_key())
-            )
+            key_file = self.token_dir / "token.key"
+            key_file.write_bytes(self._token_key)
+            key_file.chmod(0o600)
             if not (self.token_dir / "deny").exists():
                 (self.token_dir / "deny").write_text("")
         return broker_tokens.mint(

@@ -200,7 +200,7 @@ def test_restore_onto_an_empty_state_gives_a_gateway_that_verifies_and_reports(
     assert stat.S_IMODE(restored.stat().st_mode) == 0o700
     assert stat.S_IMODE((restored / "keys").stat().st_mode) == 0o700
     keys = sorted((restored / "keys").iterdir())
-    assert {k.name for k in keys} >= {"gateway.pem", "ledger.pem", "broker-token.pem", "tls-ca.pem"}
+    assert {k.name for k in keys} >= {"gateway.pem", "ledger.pem", "broker-token.key", "tls-ca.pem"}
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
     assert stat.S_IMODE((restored / "didgw.db").stat().st_mode) == 0o600
     assert (restored / "tls" / "ca.crt").read_bytes() == (state / "tls" / "ca.crt").read_bytes()

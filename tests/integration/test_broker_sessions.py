@@ -83,7 +83,7 @@ def test_a_token_opens_only_its_own_did_and_topics(
     try:
         device.open(timeout=15)
         token = device.grant.password.decode("ascii")
-        assert token.startswith("v1.") and len(token) < 2048
+        assert token.startswith("v2.") and len(token) < 2048
         other_did = make_device(tmp_path, mosquitto, "other", gw).did
         for username in (other_did, "gateway", "admin"):
             with mosquitto.account_peer(username, token) as peer:

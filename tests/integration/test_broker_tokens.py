@@ -1,5 +1,5 @@
 """mosquitto's didgw plugin (broker-plugin/didgw_auth.c) on a real mosquitto 2.0 with
-dynamic security: session tokens the gateway signs (gateway/auth/broker_tokens.py) let
+dynamic security: session tokens the gateway seals (gateway/auth/broker_tokens.py) let
 devices and people in with the topics of their claims; the deny file cuts them off."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Peer, missing_tools
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support import wait_until
 
 from gateway.auth import broker_tokens as bt
@@ -29,7 +28,7 @@ PREFIX = "didgw"
 @dataclass
 class TokenBroker:
     broker: Mosquitto
-    key: Ed25519PrivateKey
+    key: bytes
     deny_file: Path
 
     def token(self, did: str, kind: str = "device", lifetime: int = 600, **over: object) -> str:
@@ -63,18 +62,19 @@ def start(directory: Path, key_bytes: bytes, deny_text: str = "") -> tuple[Mosqu
     assert not missing_tools(), f"{missing_tools()}: run scripts/setup.sh"
     assert token_plugin_library() is not None, "run scripts/setup.sh (builds the plugin)"
     directory.mkdir(parents=True)
-    public, deny = directory / "broker-token.pub", directory / "deny"
-    public.write_bytes(key_bytes)
+    key_file, deny = directory / "token.key", directory / "deny"
+    key_file.write_bytes(key_bytes)
+    key_file.chmod(0o640)
     deny.write_text(deny_text)
-    broker = Mosquitto(directory / "mosquitto", token_plugin=(public, deny))
+    broker = Mosquitto(directory / "mosquitto", token_plugin=(key_file, deny))
     broker.setup()
     return broker, deny
 
 
 @pytest.fixture
 def tokens(tmp_path: Path) -> Iterator[TokenBroker]:
-    key = Ed25519PrivateKey.generate()
-    broker, deny = start(tmp_path / "b", bt.public_pem(key.public_key()))
+    key = secrets.token_bytes(bt.KEY_BYTES)
+    broker, deny = start(tmp_path / "b", key)
     try:
         yield TokenBroker(broker, key, deny)
     finally:
@@ -85,8 +85,8 @@ def topics(did: str) -> dict[str, str]:
     return {name: f"{PREFIX}/d/{did}/{name}" for name in ("readings", "orders", "acks", "market")}
 
 
-def test_the_vector_token_opens_the_broker_with_a_raw_public_key(tmp_path: Path) -> None:
-    broker, _ = start(tmp_path / "v", bytes.fromhex(VECTORS["public_key_hex"]))
+def test_the_vector_token_opens_the_broker(tmp_path: Path) -> None:
+    broker, _ = start(tmp_path / "v", bytes.fromhex(VECTORS["key_hex"]))
     try:
         cases = {c["name"]: c for c in VECTORS["cases"]}
         device, person, expired = cases["device"], cases["person"], cases["expired"]
@@ -156,7 +156,7 @@ def test_a_person_has_the_person_topics_only(tokens: TokenBroker) -> None:
 def refused_passwords(tokens: TokenBroker, did: str) -> dict[str, str]:
     good = tokens.token(did)
     forged = bt.mint(
-        Ed25519PrivateKey.generate(),
+        secrets.token_bytes(bt.KEY_BYTES),
         sub=did,
         kind="device",
         prefix=PREFIX,
@@ -164,10 +164,10 @@ def refused_passwords(tokens: TokenBroker, did: str) -> dict[str, str]:
         lifetime=600,
         random_bytes=bytes(16),
     )
-    payload, signature = good.split(".")[1:]
-    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    payload, tag = good.split(".")[1:]
+    flipped = tag[:10] + ("A" if tag[10] != "A" else "B") + tag[11:]
     return {
-        "bad signature": f"v1.{payload}.{flipped}",
+        "bad tag": f"v2.{payload}.{flipped}",
         "another key": forged,
         "another DID": tokens.token(new_did()),
         "expired": tokens.token(did, now=int(time.time()) - 700),
@@ -175,7 +175,7 @@ def refused_passwords(tokens: TokenBroker, did: str) -> dict[str, str]:
         "garbage": "garbage",
         "empty": "",
         "oversized": good + "A" * 4000,
-        "v2": "v2." + good[3:],
+        "v1": "v1." + good[3:],
     }
 
 
@@ -280,20 +280,19 @@ def test_without_a_good_token_key_every_did_is_refused_until_the_key_comes(
 ) -> None:
     """The broker may start before the gateway has written its key: it starts, refuses every
     DID (fail closed), and reads the key when it appears or is replaced."""
-    key = Ed25519PrivateKey.generate()
-    broker, deny = start(
-        tmp_path / "k", b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n"
-    )
+    key = secrets.token_bytes(bt.KEY_BYTES)
+    broker, deny = start(tmp_path / "k", key[:31])  # one byte short: not a key
     try:
         tokens = TokenBroker(broker, key, deny)
         did = new_did()
         peer, code = tokens.connect(did, tokens.token(did))
         peer.close()
         assert code == "Not authorized"
-        public = deny.with_name("broker-token.pub")
-        new = public.with_suffix(".new")
-        new.write_bytes(bt.public_pem(key.public_key()))
-        os.replace(new, public)
+        key_file = deny.with_name("token.key")
+        new = key_file.with_suffix(".new")
+        new.write_bytes(key)
+        new.chmod(0o640)
+        os.replace(new, key_file)
 
         def accepted() -> bool:
             peer, code = tokens.connect(did, tokens.token(did))
@@ -303,6 +302,32 @@ def test_without_a_good_token_key_every_did_is_refused_until_the_key_comes(
         wait_until(accepted, "the DID accepted once the key is there")
     finally:
         broker.stop()
+
+
+def test_a_token_key_that_others_can_read_refuses_every_did(tokens: TokenBroker) -> None:
+    """Anyone on the machine who can read the key can make tokens: the plugin will not use a
+    key file that others may read, and it sees a chmod (not only a new file)."""
+    did = new_did()
+    peer, code = tokens.connect(did, tokens.token(did))
+    peer.close()
+    assert code == "Success"
+    key_file = tokens.deny_file.with_name("token.key")
+    key_file.chmod(0o644)
+
+    def refused() -> bool:
+        peer, code = tokens.connect(did, tokens.token(did))
+        peer.close()
+        return code == "Not authorized"
+
+    wait_until(refused, "a DID refused once the key file is readable by others")
+    key_file.chmod(0o640)
+
+    def accepted() -> bool:
+        peer, code = tokens.connect(did, tokens.token(did))
+        peer.close()
+        return code == "Success"
+
+    wait_until(accepted, "a DID accepted again once the key file is private")
 
 
 def test_a_configuration_reload_keeps_connected_devices_and_their_topics(

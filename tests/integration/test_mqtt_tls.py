@@ -315,7 +315,7 @@ def runnable(shipped: str, tmp_path: Path, pki: Pki) -> tuple[str, dict[str, int
 
     paths = {
         "plugin_opt_config_file": str(tmp_path / "dynsec.json"),
-        "plugin_opt_public_key_file": str(tmp_path / "token.pub"),
+        "plugin_opt_key_file": str(tmp_path / "token.key"),
         "plugin_opt_deny_file": str(tmp_path / "deny"),
         "certfile": str(pki.cert),
         "keyfile": str(pki.key),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 import stat
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth import broker_tokens
 from gateway.errors import StateError
@@ -17,8 +17,8 @@ OTHER = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 NOW = 1_790_000_000
 
 
-def sessions(tmp_path: Path, clock: list[float]) -> tuple[BrokerSessions, Ed25519PrivateKey]:
-    key = Ed25519PrivateKey.generate()
+def sessions(tmp_path: Path, clock: list[float]) -> tuple[BrokerSessions, bytes]:
+    key = secrets.token_bytes(broker_tokens.KEY_BYTES)
     made = BrokerSessions(
         key, "site", tmp_path / "tokens", random_bytes=lambda n: b"\x07" * n, clock=lambda: clock[0]
     )
@@ -29,12 +29,10 @@ def test_a_token_names_its_did_kind_prefix_and_ends_with_the_session(tmp_path: P
     clock = [NOW + 0.4]
     made, key = sessions(tmp_path, clock)
     token = made.token(DID, "device", (NOW + 600) * 1000 + 999)
-    claims = broker_tokens.verify(token, key.public_key(), NOW)
+    claims = broker_tokens.verify(token, key, NOW)
     assert (claims.sub, claims.kind, claims.pfx, claims.iat, claims.exp) == (
         DID, "device", "site", NOW, NOW + 600)  # fmt: skip
-    person = broker_tokens.verify(
-        made.token(OTHER, "person", NOW * 1000 + 1), key.public_key(), NOW
-    )
+    person = broker_tokens.verify(made.token(OTHER, "person", NOW * 1000 + 1), key, NOW)
     assert person.kind == "person" and person.exp == NOW + 1  # never less than a second
 
 
