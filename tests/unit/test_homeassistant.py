@@ -265,3 +265,48 @@ def test_a_bad_setting_is_refused_naming_its_key(tmp_path: Path, line: str, key:
         load_config(path)
     path.write_text("[homeassistant]\nenabled = true\nstate_every_seconds = 2.5\n")
     assert load_config(path).homeassistant.state_every_seconds == 2.5
+
+
+def test_the_publisher_sends_configs_changes_and_removals(tmp_path: Path, new_did) -> None:
+    from gateway.db import connect, migrate
+    from gateway.run.homeassistant import Publisher
+
+    db = connect(tmp_path / "didgw.db")
+    migrate(db, now=0)
+    registry = Registry(db, offline_resolver())
+    house = new_did()
+    registry.register(house.did, name="Lindenstr. 4", kind="household", actor="t", now=1.0)
+    households.opt_in(db, house.did, 1)
+    inverter: list[ha.InverterNow] = []
+    publisher = Publisher(
+        tmp_path / "didgw.db",
+        prefix="didgw",
+        version="1",
+        every_s=10,
+        inverter=lambda _db, _h: inverter[0] if inverter else None,
+    )
+    node = access.node_id(house.did)
+    config, state = access.discovery_topic("didgw", node), access.state_topic("didgw", node)
+    first = publisher.step(0)
+    assert [t for t, _ in first] == [config, state]  # the config first, then its state
+    assert publisher.step(1) == []  # nothing changed
+    inverter.append(ha.InverterNow(100, 2000))  # an inverter with readings appears
+    again = dict(publisher.step(2))
+    assert "solar_kwh" in json.loads(again[config])["components"][f"{node}_solar_kwh"]["unique_id"]
+    assert json.loads(again[state])["solar_kwh"] == 2.0  # its state at once, with the config
+    inverter[0] = ha.InverterNow(150, 2001)
+    assert publisher.step(3) == []  # changed, but within state_every_seconds
+    assert [t for t, _ in publisher.step(12)] == [state]
+    publisher.republish()  # after a reconnect: everything again
+    assert [t for t, _ in publisher.step(13)] == [config, state]
+    households.opt_out(db, house.did)
+    assert publisher.step(14) == [(config, b""), (state, b"")]  # removed from Home Assistant
+    assert publisher.step(15) == []
+    publisher.close()
+    # A new run clears a household still listed but no longer active (suspended meanwhile).
+    households.opt_in(db, house.did, 16)
+    registry.suspend(house.did, actor="t", reason="test", now=17.0)
+    fresh = Publisher(tmp_path / "didgw.db", prefix="didgw", version="1", every_s=10)
+    assert fresh.step(0) == [(config, b""), (state, b"")]
+    fresh.close()
+    db.close()
