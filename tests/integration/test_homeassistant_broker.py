@@ -5,18 +5,23 @@ keeping each household's Home Assistant account to her own entities, read-only."
 from __future__ import annotations
 
 import json
+import queue
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import paho.mqtt.client as mqtt
 import pytest
 from broker import Mosquitto, Peer
 from gateway_process import GatewayProcess
 from meters import Meters, enroll
+from paho.mqtt.enums import CallbackAPIVersion
 from support import Run, wait_until
 
 from gateway.auth import homeassistant_access as access
+from gateway.auth.broker import POLICY_OK_ERRORS
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 
@@ -171,3 +176,53 @@ def test_households_home_assistant_reads_her_entities_only(
     assert not late.subscribe(access.status_topic(prefix)).is_failure
     assert late.next_message(timeout=5) == (access.status_topic(prefix), b"offline")
     late.close()
+
+
+def _ha_like_client(mosquitto: Mosquitto, username: str, password: str, client_id: str) -> Any:
+    """A client connecting as Home Assistant's MQTT integration does by default: MQTT
+    3.1.1, a will on ``homeassistant/status`` (which her account may not publish)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    client.will_set("homeassistant/status", "offline", qos=0, retain=False)
+    return client
+
+
+def test_a_client_as_home_assistant_connects_with_a_didgw_client_id_only(
+    mosquitto: Mosquitto,
+) -> None:
+    did = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    node, password = access.node_id(did), "p" * 32
+    with mosquitto.admin() as admin:
+        admin.execute(access.role_commands(mosquitto.prefix, node), ok_errors=POLICY_OK_ERRORS)
+        admin.execute(access.client_commands(node, password))
+    gw = mosquitto.gateway()
+    assert not gw.connect().is_failure
+    config_topic = access.discovery_topic(mosquitto.prefix, node)
+    gw.client.publish(config_topic, b'{"retained": true}', qos=1, retain=True).wait_for_publish(5)
+    gw.close()
+    results: dict[str, Any] = {}
+    for client_id in ("4Fz8Qk2mXvB7", "didgw-homeassistant"):  # random (HA's default), ours
+        client = _ha_like_client(mosquitto, access.username(node), password, client_id)
+        got: queue.Queue[Any] = queue.Queue()
+        client.on_connect = lambda c, u, f, code, p, got=got: got.put(("connack", code))
+        client.on_subscribe = lambda c, u, mid, codes, p, got=got: got.put(("suback", codes))
+        client.on_message = lambda c, u, m, got=got: got.put(("message", m.topic))
+        client.connect(mosquitto.host, mosquitto.accounts_port, keepalive=30)
+        client.loop_start()
+        try:
+            kind, code = got.get(timeout=5)
+            results[client_id] = code
+            if code.is_failure:
+                continue
+            prefix = access.discovery_prefix(mosquitto.prefix, node)
+            filters = [f"{prefix}/+/+/config", f"{prefix}/+/+/+/config", "homeassistant/+/+/config"]
+            client.subscribe([(f, 0) for f in filters])
+            kind, codes = got.get(timeout=5)
+            assert kind == "suback"
+            assert [c.is_failure for c in codes] == [False, False, True]
+            assert got.get(timeout=5) == ("message", config_topic)  # her retained config
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    assert results["4Fz8Qk2mXvB7"].is_failure  # the broker's client-id rule
+    assert not results["didgw-homeassistant"].is_failure  # the denied will does not matter
