@@ -561,6 +561,8 @@ def _start_homeassistant(config: Config, state_dir: Path, env: Mapping[str, str]
     from gateway import __version__
     from gateway.run.homeassistant import HomeAssistantSide
 
+    # Inverters: pass inverter=(db, household) -> InverterNow | None once their readings are
+    # on the record (market/homeassistant_households.py: inverter_devices, no_inverter).
     side = HomeAssistantSide(config, state_dir, mqtt_password(config, env), version=__version__)
     side.start(gateway_tls(config, state_dir))
     return side
