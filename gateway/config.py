@@ -607,6 +607,27 @@ class MarketSection(_Section):
 
 
 @dataclass(frozen=True)
+class HomeAssistantSection(_Section):
+    """Home Assistant MQTT discovery for the households that opted in (didgw homeassistant)."""
+
+    enabled: bool = _setting(
+        False,
+        "Publish the discovery message and the states of every household that opted in "
+        "(needs [mqtt]); docs/homeassistant.md.",
+    )
+    state_every_seconds: float = _setting(
+        10.0,
+        "A household's state goes out when it changed, at most this often.",
+        lambda v: None if 1 <= v <= 3600 else "must be between 1 and 3600",
+    )
+    poll_seconds: float = _setting(
+        1.0,
+        "How often the gateway looks for changes (readings, orders, statements, opt-ins).",
+        lambda v: None if 0.1 <= v <= 60 else "must be between 0.1 and 60",
+    )
+
+
+@dataclass(frozen=True)
 class CredentialsSection(_Section):
     """Verifiable credentials: what the gateway issues, its revocation list, people's sessions."""
 
@@ -772,6 +793,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     meter: MeterSection = field(default_factory=MeterSection)
     market: MarketSection = field(default_factory=MarketSection)
+    homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
     credentials: CredentialsSection = field(default_factory=CredentialsSection)
     http: HttpSection = field(default_factory=HttpSection)
     source: str = "(built-in defaults)"
@@ -801,6 +823,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "metrics": MetricsSection,
     "meter": MeterSection,
     "market": MarketSection,
+    "homeassistant": HomeAssistantSection,
     "credentials": CredentialsSection,
     "http": HttpSection,
 }

@@ -432,6 +432,16 @@ def _passkey_bindings(db: Database) -> None:
     db.execute("ALTER TABLE passkeys ADD COLUMN bound_entry INTEGER")
 
 
+def _homeassistant(db: Database) -> None:
+    # The households that opted in to Home Assistant (gateway/market/homeassistant_households.py):
+    # the gateway publishes their discovery and states, and each has a read-only broker
+    # account named here (its password is never stored: the household was shown it once).
+    db.execute(
+        "CREATE TABLE homeassistant_households (household TEXT PRIMARY KEY REFERENCES "
+        "devices(did), username TEXT NOT NULL, enabled_ms INTEGER NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -452,4 +462,5 @@ MIGRATIONS: list[Migration] = [
     ("0017_device_table", _device_table),
     ("0018_entry_kind", _entry_kind),
     ("0019_passkey_bindings", _passkey_bindings),
+    ("0020_homeassistant", _homeassistant),
 ]

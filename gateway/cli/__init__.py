@@ -1,7 +1,7 @@
 """The ``didgw`` command: each subcommand is a few lines over a library call.
 
 One module per command group (``identity``, ``devices``, ``chain``, ``anchor``,
-``energy``, ``credentials``, ``api_tokens``, ``running``, ``settings``, ``tls``,
+``energy``, ``homeassistant``, ``credentials``, ``api_tokens``, ``running``, ``settings``, ``tls``,
 ``broker``, ``backup``), each declaring its parsers next to its handlers; ``demo`` is
 ``didgw demo``. Nothing imports this package. Start-up must stay fast (``didgw --help`` well
 under 0.3 s on a Pi), so only the standard library is imported until a command runs. Exit
@@ -23,6 +23,7 @@ from gateway.cli import (
     credentials,
     devices,
     energy,
+    homeassistant,
     identity,
     running,
     settings,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         chain,
         anchor,
         energy,
+        homeassistant,
         credentials,
         api_tokens,
         running,

@@ -477,6 +477,7 @@ class _Parts:
         self.coap = _CoapSide()
         self.meters: MeterSide | None = None
         self.market: MarketSide | None = None
+        self.homeassistant: Any = None  # gateway.run.homeassistant.HomeAssistantSide
         self.anchoring: Any = None
         self.exporter: Any = None
         self.front_door: Any = None  # gateway.run.http.server.HttpEdge with [http] enabled
@@ -504,6 +505,8 @@ class _Parts:
                 config, self.state_dir, env, gateway, self.pipeline, market=self.market
             )
             self.mqtt.report_to(self.health, self.pipeline)
+        if config.homeassistant.enabled:
+            self.homeassistant = _start_homeassistant(config, self.state_dir, env)
         if config.coap.enabled:
             await self.coap.start(config, env, gateway, self.coap_pipeline)
             self.health.readings.append(("coap", self.coap_pipeline.snapshot_counts))
@@ -537,6 +540,8 @@ class _Parts:
         self.recorder.close()  # commits what is queued; the acks go out before the link closes
         if self.market is not None:
             await self.market.stop()
+        if self.homeassistant is not None:
+            await self.homeassistant.stop()
         await self.mqtt.stop()
         await self.coap.stop()
         if self.meters is not None:
@@ -547,6 +552,20 @@ class _Parts:
             self.exporter.shutdown()
         self.lookups.close()
         self.gateway.close()
+
+
+def _start_homeassistant(config: Config, state_dir: Path, env: Mapping[str, str]) -> Any:
+    """Home Assistant discovery and states (``run/homeassistant.py``), imported only when on."""
+    if not config.mqtt.enabled:
+        raise ConfigError(f"{config.source}: [homeassistant] needs [mqtt] enabled")
+    from gateway import __version__
+    from gateway.run.homeassistant import HomeAssistantSide
+
+    # Inverters: pass inverter=(db, household) -> InverterNow | None once their readings are
+    # on the record (market/homeassistant_households.py: inverter_devices, no_inverter).
+    side = HomeAssistantSide(config, state_dir, mqtt_password(config, env), version=__version__)
+    side.start(gateway_tls(config, state_dir))
+    return side
 
 
 async def serve(

@@ -177,7 +177,10 @@ class MqttLink:
         max_inflight: int = 0,
         on_reconnect: Callable[[], None] | None = None,
         tls: ssl.SSLContext | None = None,
+        will: tuple[str, bytes] | None = None,
     ) -> None:
+        """``will``: (topic, payload) the broker publishes, retained, if the connection is
+        lost without a goodbye. No ``subscriptions``: ``connected`` is set on CONNACK."""
         self._loop = loop
         self._on_message = on_message
         self._on_reconnect = on_reconnect
@@ -187,6 +190,8 @@ class MqttLink:
         self.connects = 0  # how many times the connection was (re)established
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
         self.guard = InputGuard(clear=self._clear)
         if tls is not None:
             client.tls_set_context(tls)
@@ -226,9 +231,16 @@ class MqttLink:
         self._client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        self.publish_tracked(topic, payload, qos=qos, retain=retain)
+
+    def publish_tracked(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        """:meth:`publish`, returning paho's info to wait on (a goodbye before closing)."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+        return info
 
     # -- paho's thread ------------------------------------------------------
 
@@ -239,6 +251,9 @@ class MqttLink:
             log.error("broker refused the gateway's connection: %s", reason)
             return
         set_nodelay(client)
+        if not self._subscriptions:  # a link that only publishes
+            self._up()
+            return
         # ``connected`` is set once the broker has acknowledged the subscriptions: before
         # that, a message published to us would be lost (a device's hello, a reading).
         options = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
@@ -253,6 +268,9 @@ class MqttLink:
         if refused:
             log.error("the broker refused the gateway's subscriptions: %s", refused)
             return
+        self._up()
+
+    def _up(self) -> None:
         self.connects += 1
         self._loop.call_soon_threadsafe(self.connected.set)
         if self.connects > 1 and self._on_reconnect is not None:
