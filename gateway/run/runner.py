@@ -476,6 +476,7 @@ class _Parts:
         self.mqtt = _MqttSide()
         self.coap = _CoapSide()
         self.meters: MeterSide | None = None
+        self.inverters: Any = None  # gateway.run.inverters.InverterSide with [inverter] enabled
         self.market: MarketSide | None = None
         self.anchoring: Any = None
         self.exporter: Any = None
@@ -488,6 +489,13 @@ class _Parts:
             self.meters = MeterSide(config, self.state_dir, gateway, passphrase)
             self.meters.start()
             self.meters.report_to(self.health)
+        if config.inverter.enabled:  # pymodbus is imported only then
+            from gateway.run.inverters import InverterSide
+
+            passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
+            self.inverters = InverterSide(config, self.state_dir, gateway, passphrase)
+            self.inverters.start()
+            self.inverters.report_to(self.health)
         if config.market.enabled:
             if not config.mqtt.enabled:
                 raise ConfigError(f"{config.source}: [market] needs [mqtt] enabled")
@@ -541,6 +549,8 @@ class _Parts:
         await self.coap.stop()
         if self.meters is not None:
             self.meters.stop()
+        if self.inverters is not None:
+            self.inverters.stop()
         if self.anchoring is not None:
             await self.anchoring.stop()
         if self.exporter is not None:
