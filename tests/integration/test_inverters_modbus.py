@@ -11,9 +11,11 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from broker import free_port
 from gateway_process import GatewayProcess, gateway_did
 from inverters import Inverters, enroll, household
 from support import Run, wait_until
@@ -46,10 +48,11 @@ def counts_of(output: str, did: str) -> dict[str, int]:
     return json.loads(re.findall(rf"inverter {re.escape(did)}: (\{{.*?\}})", output)[-1])
 
 
-def run_gateway(state: Path, tmp_path: Path) -> GatewayProcess:
+def run_gateway(state: Path, tmp_path: Path, metrics_port: int | None = None) -> GatewayProcess:
     config = tmp_path / "gateway.toml"
+    metrics = "enabled = false" if metrics_port is None else f"port = {metrics_port}"
     config.write_text(
-        "[mqtt]\nenabled = false\n[metrics]\nenabled = false\n"
+        f"[mqtt]\nenabled = false\n[http]\nenabled = false\n[metrics]\n{metrics}\n"
         "[inverter]\nenabled = true\npoll_seconds = 0.1\ntimeout_seconds = 0.5\n"
         "reconnect_seconds = 0.2\n"
     )
@@ -71,7 +74,8 @@ def test_inverters_over_tcp_and_rtu_on_a_pty_have_their_readings_on_the_record(
     house = household(didgw, state, tmp_path, "house")
     tcp = inverters.tcp("--serial", "TCP-0001", "--speed", "60", "--power", "3000")
     pty = tmp_path / "ttyINV"
-    inverters.pty(pty, "--unit", "7", "--serial", "RTU-0001", "--power", "1500", "--speed", "60")
+    rtu_args = ("--unit", "7", "--serial", "RTU-0001", "--power", "1500", "--speed", "60")
+    rtu_sim = inverters.pty(pty, *rtu_args)
     over_tcp = enroll(didgw, state, house, "roof", tcp)
     over_rtu = enroll(didgw, state, house, "garage", str(pty), "--unit", "7", "--baud", "19200")
     gateway = run_gateway(state, tmp_path)
@@ -79,6 +83,17 @@ def test_inverters_over_tcp_and_rtu_on_a_pty_have_their_readings_on_the_record(
         wait_until(
             lambda: len(readings(state, over_tcp)) >= 5 and len(readings(state, over_rtu)) >= 5,
             "5 readings of each inverter on the record",
+            20,
+            details=lambda: gateway.output,
+        )
+        rtu_sim.terminate()  # the serial line goes away (its pty with it) …
+        rtu_sim.wait(10)
+        time.sleep(0.5)
+        before = len(readings(state, over_rtu))
+        inverters.pty(pty, *rtu_args, "--energy-wh", "13000000")  # … and comes back
+        wait_until(
+            lambda: len(readings(state, over_rtu)) >= before + 3,
+            "3 more readings over RTU after the line came back",
             20,
             details=lambda: gateway.output,
         )
@@ -177,13 +192,17 @@ def test_misbehaving_inverters_and_garbage_on_a_pty_leave_the_gateway_reading_th
     pty = tmp_path / "ttyGARBAGE"
     inverters.pty(pty, "--fault", "garbage")
     faults["garbage_rtu"] = enroll(didgw, state, house, "garbage rtu", str(pty))
-    gateway = run_gateway(state, tmp_path)
+    port = free_port()
+    gateway = run_gateway(state, tmp_path, metrics_port=port)
     try:
         time.sleep(3)
         wait_until(
             lambda: len(readings(state, good)) >= 10, "10 good readings", 15, lambda: gateway.output
         )
         memory_mb = gateway.memory_kb() / 1024
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            metrics = answer.read().decode()
+        status = didgw("status", "--config", str(gateway.config), "--state-dir", str(state))
     finally:
         assert gateway.stop() == 0, gateway.output
     assert "Traceback" not in gateway.output
@@ -195,6 +214,18 @@ def test_misbehaving_inverters_and_garbage_on_a_pty_leave_the_gateway_reading_th
     assert counts_of(gateway.output, faults["endless"])["too_many_models"] >= 2
     assert counts_of(gateway.output, faults["silent"])["no_answer"] >= 2
     assert memory_mb < 120, memory_mb
+    # The refusals by reason, as the metrics and didgw status show them.
+    counted = {
+        outcome: float(n)
+        for outcome, n in re.findall(
+            r'didgw_readings_total\{outcome="(\w+)",transport="sunspec"\} (\S+)', metrics
+        )
+    }
+    assert counted["accepted"] >= 10 and counted["bad_model"] >= 2, metrics
+    assert counted["too_many_models"] >= 2 and counted["no_answer"] >= 4, metrics
+    assert "too_many_models" in status.stdout, status.stdout
+    assert f"inverter {good[-8:]}:up" in status.stdout, status.stdout
+    assert f"inverter {faults['silent'][-8:]}:DOWN" in status.stdout, status.stdout
 
 
 def _mbpoll(*args: str) -> list[int]:
