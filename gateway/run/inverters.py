@@ -69,6 +69,7 @@ class InverterPoller:
 
         link: ModbusLink | None = None
         layout: sunspec.Layout | None = None
+        streak: str | None = None  # the reason of the refusals since the last good poll
         while not self._stop.is_set():
             started = time.monotonic()
             wait = self._poll
@@ -86,10 +87,15 @@ class InverterPoller:
                 nameplate, values = sunspec.poll(link.read, layout)
                 self.connected.set()
                 self.recorder.record(nameplate, values, int(time.time() * 1000))
+                if streak is not None:
+                    log.info("inverter %s: read again after %s", self.inverter.did, streak)
+                    streak = None
             except sunspec.SunSpecRefused as refusal:
                 if refusal.reason not in ("wrong_inverter", "energy_backwards"):
                     self.recorder.refused(refusal.reason)  # those two the recorder counts
-                log.warning("inverter %s: %s", self.inverter.did, refusal)
+                if refusal.reason != streak:  # once per streak: a silent night is one line
+                    log.warning("inverter %s: %s", self.inverter.did, refusal)
+                    streak = refusal.reason
                 if refusal.reason in _LINK_DOWN or layout is None:
                     self.connected.clear()
                     if link is not None:

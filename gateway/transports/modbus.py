@@ -12,6 +12,7 @@ this module only when an inverter is read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,9 @@ class ModbusLink:
         from pymodbus import FramerType
         from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 
+        # pymodbus logs each failure itself; the refusal raised below carries its message,
+        # and the poller logs it once per streak, so its own lines would only repeat it.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
         self.spec = spec
         self._client: Any
         if spec.is_tcp:

@@ -213,6 +213,8 @@ def test_misbehaving_inverters_and_garbage_on_a_pty_leave_the_gateway_reading_th
     assert counts_of(gateway.output, faults["huge_model"])["bad_model"] >= 2
     assert counts_of(gateway.output, faults["endless"])["too_many_models"] >= 2
     assert counts_of(gateway.output, faults["silent"])["no_answer"] >= 2
+    # Logged once per streak, not at every poll (an inverter silent all night is one line).
+    assert gateway.output.count(f"inverter {faults['silent']}: no_answer") == 1, gateway.output
     assert memory_mb < 120, memory_mb
     # The refusals by reason, as the metrics and didgw status show them.
     counted = {
