@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config
 from gateway.db import DB_NAME, connect
@@ -26,6 +27,9 @@ from gateway.identity.signing import Signer
 from gateway.ops.health import Health
 from gateway.registry import Status
 from gateway.service import Gateway
+
+if TYPE_CHECKING:
+    from gateway.transports.modbus import ModbusLink
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,9 @@ class InverterPoller:
         self._reconnect = reconnect_seconds
         self._stop = threading.Event()
         self.connected = threading.Event()
+        self._link: ModbusLink | None = None  # made on the poller's thread, at its first poll
+        self._layout: sunspec.Layout | None = None
+        self._streak: str | None = None  # the reason of the refusals since the last good poll
         self._thread = threading.Thread(
             target=self._run, name=f"didgw-inverter-{recorder.inverter.did[-8:]}", daemon=True
         )
@@ -65,54 +72,63 @@ class InverterPoller:
         self._thread.join(self._timeout * 4 + 5)
 
     def _run(self) -> None:
-        from gateway.transports.modbus import ModbusLink
-
-        link: ModbusLink | None = None
-        layout: sunspec.Layout | None = None
-        streak: str | None = None  # the reason of the refusals since the last good poll
         while not self._stop.is_set():
             started = time.monotonic()
-            wait = self._poll
-            try:
-                if link is None:
-                    link = ModbusLink(self.inverter.spec, timeout=self._timeout)
-                if layout is None:
-                    layout = sunspec.discover(link.read)
-                    log.info(
-                        "inverter %s: SunSpec at %d, model %d",
-                        self.inverter.did,
-                        layout.base,
-                        layout.inverter.id,
-                    )
-                nameplate, values = sunspec.poll(link.read, layout)
-                self.connected.set()
-                self.recorder.record(nameplate, values, int(time.time() * 1000))
-                if streak is not None:
-                    log.info("inverter %s: read again after %s", self.inverter.did, streak)
-                    streak = None
-            except sunspec.SunSpecRefused as refusal:
-                if refusal.reason not in ("wrong_inverter", "energy_backwards"):
-                    self.recorder.refused(refusal.reason)  # those two the recorder counts
-                if refusal.reason != streak:  # once per streak: a silent night is one line
-                    log.warning("inverter %s: %s", self.inverter.did, refusal)
-                    streak = refusal.reason
-                if refusal.reason in _LINK_DOWN or layout is None:
-                    self.connected.clear()
-                    if link is not None:
-                        link.close()
-                    link, layout = None, None
-                    wait = self._reconnect
-                else:
-                    layout = None  # the device changed under us, perhaps: walk it again
-            except InverterError as exc:  # the record is unavailable: the next poll tries again
-                log.error("%s", exc)
-            except Exception:  # a bug must not end the poller, nor pass silently
-                log.exception("inverter %s: poll failed", self.inverter.did)
-                self.recorder.refused("error")
-                wait = self._reconnect
+            wait = self._poll_once()
             self._stop.wait(max(0.0, wait - (time.monotonic() - started)))
-        if link is not None:
-            link.close()
+        if self._link is not None:
+            self._link.close()
+
+    def _poll_once(self) -> float:
+        """One poll (finding the layout first if need be); the seconds until the next."""
+        from gateway.transports.modbus import ModbusLink
+
+        try:
+            if self._link is None:
+                self._link = ModbusLink(self.inverter.spec, timeout=self._timeout)
+            if self._layout is None:
+                self._layout = sunspec.discover(self._link.read)
+                log.info(
+                    "inverter %s: SunSpec at %d, model %d",
+                    self.inverter.did,
+                    self._layout.base,
+                    self._layout.inverter.id,
+                )
+            nameplate, values = sunspec.poll(self._link.read, self._layout)
+            self.connected.set()
+            self.recorder.record(nameplate, values, int(time.time() * 1000))
+        except sunspec.SunSpecRefused as refusal:
+            return self._refused(refusal)
+        except InverterError as exc:  # the record is unavailable: the next poll tries again
+            log.error("%s", exc)
+            return self._poll
+        except Exception:  # a bug must not end the poller, nor pass silently
+            log.exception("inverter %s: poll failed", self.inverter.did)
+            self.recorder.refused("error")
+            self._drop_link()
+            return self._reconnect
+        if self._streak is not None:
+            log.info("inverter %s: read again after %s", self.inverter.did, self._streak)
+            self._streak = None
+        return self._poll
+
+    def _refused(self, refusal: sunspec.SunSpecRefused) -> float:
+        if refusal.reason not in ("wrong_inverter", "energy_backwards"):
+            self.recorder.refused(refusal.reason)  # those two the recorder counts
+        if refusal.reason != self._streak:  # once per streak: a silent night is one line
+            log.warning("inverter %s: %s", self.inverter.did, refusal)
+            self._streak = refusal.reason
+        if refusal.reason in _LINK_DOWN or self._layout is None:
+            self._drop_link()
+            return self._reconnect
+        self._layout = None  # the device may have changed under us: walk it again
+        return self._poll
+
+    def _drop_link(self) -> None:
+        self.connected.clear()
+        if self._link is not None:
+            self._link.close()
+        self._link, self._layout = None, None
 
 
 class InverterSide:
