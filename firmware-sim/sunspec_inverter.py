@@ -5,9 +5,10 @@ It serves holding registers (function 3; anything else gets exception 1, an addr
 of its map exception 2) laid out as the SunSpec Information Model says: "SunS" at 40000,
 the common model 1 (66 registers: manufacturer, model, options, version, serial number,
 device address, pad), the three-phase inverter model 103 (50 registers: AC power W with
-W_SF, lifetime energy WH as acc32 with WH_SF, operating state …) and the end marker
-0xFFFF. Its power follows a solar day (a sine from 06:00 to 20:00 of a clock that may run
-faster, --speed) or stays at --power W; its lifetime energy counts it exactly (Wh).
+W_SF, lifetime energy WH as acc32 with WH_SF, operating state …; or with --float its
+float32 twin, model 113 of 60 registers) and the end marker 0xFFFF. Its power follows a
+solar day (a sine from 06:00 to 20:00 of a clock that may run faster, --speed) or stays at
+--power W; its lifetime energy counts it exactly (Wh).
 
 Shares no code with gateway/: Modbus TCP (MBAP header) and RTU (CRC-16/MODBUS, poly
 0xA001 reflected, init 0xFFFF, low byte first) are written out here, from the Modbus
@@ -119,7 +120,9 @@ class Inverter:
             for i in range(2000):
                 regs += [64000 + i % 100, 1, 0]
             return dict(enumerate(regs, BASE))
-        if self.fault != "no_inverter":
+        if self.fault != "no_inverter" and self.args.float:
+            regs += self.float_model(power, energy)
+        elif self.fault != "no_inverter":
             # W_SF 0, WH_SF 0; volts with V_SF -1, current with A_SF -2, Hz with -2.
             amps = int(power / 3 / 230 * 100)
             model = [103, 50]
@@ -138,6 +141,22 @@ class Inverter:
             regs += model
         regs += [0xFFFF, 0]
         return dict(enumerate(regs, BASE))
+
+    @staticmethod
+    def float_model(power: int, energy: int) -> list[int]:
+        """Model 113: the points of 103 as float32 (high word first), NaN where not modelled."""
+        values = [math.nan] * 23
+        values[10] = float(power)  # W
+        values[11] = 50.0  # Hz
+        values[15] = float(energy)  # WH
+        values[19] = 35.0  # TmpCab
+        model = [113, 60]
+        for value in values:
+            model += struct.unpack(">HH", struct.pack(">f", value))
+        model += [4 if power > 0 else 2, 0xFFFF] + [0] * 12  # St, StVnd, events
+        if len(model) != 62:
+            raise RuntimeError(f"model 113 laid out as {len(model)} registers")
+        return model
 
     def answer(self, unit: int, pdu: bytes) -> bytes | None:
         """The response PDU to a request PDU; None: no answer (another unit, or silent)."""
@@ -250,6 +269,7 @@ def main() -> int:
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument("--start", help="simulated clock's start, ISO (UTC); default now")
     p.add_argument("--energy-wh", type=int, default=12_345_678, help="lifetime energy at start")
+    p.add_argument("--float", action="store_true", help="serve model 113 (float32), not 103")
     p.add_argument("--fault", choices=FAULTS)
     args = p.parse_args()
     inverter = Inverter(args)

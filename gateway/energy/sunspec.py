@@ -8,9 +8,12 @@ points, until the end marker (ID 0xFFFF). The first model is the common model 1
 an inverter's measurements are in model 101, 102 or 103 (single, split, three phase; one
 layout of 50 registers), as integers with a scale factor each: AC power ``W`` (int16) times
 10^``W_SF``, lifetime AC energy ``WH`` (acc32) times 10^``WH_SF``. A point the device does
-not implement holds 0x8000 (int16, scale factors), 0xFFFF (uint16) or 0 (acc32).
+not implement holds 0x8000 (int16, scale factors), 0xFFFF (uint16) or 0 (acc32). The float
+models 111, 112 and 113 (60 registers) hold the same points as IEEE 754 float32 (high word
+first) without scale factors; NaN is "not implemented" there.
 (SunSpec Information Model Specification and the models' definitions, sunspec/models:
-``model_1.json``, ``model_101.json`` to ``model_103.json``.)
+``model_1.json``, ``model_101.json`` to ``model_103.json``, ``model_111.json`` to
+``model_113.json``.)
 
 Nothing here reads the wire: :func:`discover` walks the chain through a ``read(address,
 count)`` function the edge supplies (``gateway/transports/modbus.py``), bounded in models
@@ -20,6 +23,8 @@ values or in a :class:`SunSpecRefused` with one of the :data:`REASONS`.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +34,9 @@ END = 0xFFFF
 COMMON = 1
 INVERTERS = (101, 102, 103)
 INVERTER_LENGTH = 50
+FLOAT_INVERTERS = (111, 112, 113)  # the same points as float32, no scale factors
+FLOAT_INVERTER_LENGTH = 60
+MAX_VALUE = 2**53  # whole W and Wh beyond this are refused: past any inverter, and JSON's
 COMMON_LENGTHS = (65, 66)  # 66 in the specification (with its pad); 65 in many devices
 MAX_READ = 125  # registers in one Modbus read (function 3)
 MAX_MODELS = 32  # models walked before the chain is given up as endless
@@ -40,6 +48,9 @@ _POW10: tuple[int, ...] = tuple(10**i for i in range(11))  # scale factors are -
 NOT_INT16 = 0x8000
 NOT_UINT16 = 0xFFFF
 NOT_ACC32 = 0
+
+# The float models' offsets: W, WH and St.
+_FW, _FWH, _FST = 20, 30, 46
 
 # Offsets of points from the model's first point (after its ID and length registers).
 _W, _W_SF, _WH, _WH_SF, _ST = 12, 13, 22, 24, 36
@@ -54,6 +65,7 @@ REASONS = (
     "bad_registers",  # the device answered with another number of registers than asked
     "not_implemented",  # W, WH or their scale factors hold the "not implemented" value
     "bad_scale",  # a scale factor outside -10..10
+    "bad_value",  # W or WH not finite, negative lifetime energy, or beyond MAX_VALUE
     "wrong_inverter",  # another serial number than the one bound to this inverter
     "energy_backwards",  # lifetime energy lower than the last reading's
     "no_answer",  # the device did not answer within the timeout, or the link is down
@@ -183,8 +195,9 @@ def discover(read: Read, bases: Sequence[int] = BASES) -> Layout:
                     "no_common", f"first model is {model_id} (length {length}), not 1"
                 )
             common = model
-        elif model_id in INVERTERS:
-            if length != INVERTER_LENGTH:
+        elif model_id in INVERTERS or model_id in FLOAT_INVERTERS:
+            expected = INVERTER_LENGTH if model_id in INVERTERS else FLOAT_INVERTER_LENGTH
+            if length != expected:
                 raise SunSpecRefused("bad_model", f"inverter model {model_id}: length {length}")
             return Layout(base, common, model)
         address += 2 + length
@@ -192,7 +205,9 @@ def discover(read: Read, bases: Sequence[int] = BASES) -> Layout:
         raise SunSpecRefused("too_many_models", f"no end marker within {MAX_MODELS} models")
     if common is None:
         raise SunSpecRefused("no_common", "the chain ends before any model")
-    raise SunSpecRefused("no_inverter", "no inverter model (101, 102, 103) in the chain")
+    raise SunSpecRefused(
+        "no_inverter", "no inverter model (101, 102, 103, 111, 112, 113) in the chain"
+    )
 
 
 def _text(regs: Sequence[int]) -> str:
@@ -234,8 +249,17 @@ def _scale(points: Sequence[int], offset: int, name: str) -> int:
     return scale
 
 
-def decode_inverter(points: Sequence[int]) -> InverterValues:
-    """An inverter model's points (101, 102 or 103; without ID and length) as values."""
+def _bounded(name: str, value: int) -> int:
+    if not -MAX_VALUE < value < MAX_VALUE:
+        raise SunSpecRefused("bad_value", f"{name} = {value}")
+    return value
+
+
+def decode_inverter(points: Sequence[int], model: int = 103) -> InverterValues:
+    """An inverter model's points (without ID and length) as values: 101, 102 or 103
+    (integers and scale factors) or 111, 112 or 113 (float32)."""
+    if model in FLOAT_INVERTERS:
+        return _decode_float(points)
     if len(points) != INVERTER_LENGTH:
         raise SunSpecRefused("bad_registers", f"inverter model of {len(points)} registers")
     if points[_W] == NOT_INT16:
@@ -245,8 +269,31 @@ def decode_inverter(points: Sequence[int]) -> InverterValues:
         raise SunSpecRefused("not_implemented", "WH is not implemented (0)")
     state = points[_ST]
     return InverterValues(
-        power_w=scaled(_int16(points[_W]), _scale(points, _W_SF, "W_SF")),
-        energy_wh=scaled(energy, _scale(points, _WH_SF, "WH_SF")),
+        power_w=_bounded("W", scaled(_int16(points[_W]), _scale(points, _W_SF, "W_SF"))),
+        energy_wh=_bounded("WH", scaled(energy, _scale(points, _WH_SF, "WH_SF"))),
+        state=None if state == NOT_UINT16 else state,
+    )
+
+
+def _float32(points: Sequence[int], offset: int, name: str) -> float:
+    value: float = struct.unpack(">f", struct.pack(">HH", points[offset], points[offset + 1]))[0]
+    if math.isnan(value):
+        raise SunSpecRefused("not_implemented", f"{name} is not implemented (NaN)")
+    if math.isinf(value) or not -MAX_VALUE < value < MAX_VALUE:
+        raise SunSpecRefused("bad_value", f"{name} = {value}")
+    return value
+
+
+def _decode_float(points: Sequence[int]) -> InverterValues:
+    if len(points) != FLOAT_INVERTER_LENGTH:
+        raise SunSpecRefused("bad_registers", f"float inverter model of {len(points)} registers")
+    energy = _float32(points, _FWH, "WH")
+    if energy < 0:
+        raise SunSpecRefused("bad_value", f"WH = {energy}")
+    state = points[_FST]
+    return InverterValues(
+        power_w=int(_float32(points, _FW, "W")),  # whole units, truncated toward zero
+        energy_wh=int(energy),
         state=None if state == NOT_UINT16 else state,
     )
 
@@ -255,7 +302,7 @@ def poll(read: Read, layout: Layout) -> tuple[Nameplate, InverterValues]:
     """One poll: read the common and the inverter model's points, decode both."""
     answers = [_read(read, address, count) for address, count in layout.reads()]
     common, inverter = layout.split(answers)
-    return decode_common(common), decode_inverter(inverter)
+    return decode_common(common), decode_inverter(inverter, layout.inverter.id)
 
 
 def check_reading(

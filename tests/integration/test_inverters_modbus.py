@@ -273,3 +273,22 @@ def test_mbpoll_reads_the_simulator_as_the_gateway_does(
             power,
             energy,
         )
+
+
+@pytest.mark.skipif(shutil.which("mbpoll") is None, reason="needs mbpoll (scripts/setup.sh --dev)")
+def test_mbpoll_reads_the_float_model_as_the_gateway_does(didgw: Run, inverters: Inverters) -> None:
+    link = inverters.tcp("--float", "--power", "2345", "--speed", "0", "--energy-wh", "2500000")
+    host, port = link.removeprefix("tcp://").rsplit(":", 1)
+    header = _mbpoll("-m", "tcp", "-p", port, "-r", "40070", "-c", "2", host)
+    assert header == [113, 60]
+    floats = []
+    for offset in (20, 30):  # W and WH of model 113, float32 with the high word first (-B)
+        out = subprocess.run(
+            ["mbpoll", "-m", "tcp", "-p", port, "-0", "-1", "-B", "-t", "4:float",
+             "-r", str(40072 + offset), "-c", "1", host],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        floats.append(float(re.findall(r"^\[\d+\]:\s+(\S+)", out.stdout, re.M)[0]))
+    seen = json.loads(didgw("inverter", "read", "--link", link, "--json").stdout.splitlines()[-1])
+    assert floats == [2345.0, 2_500_000.0]
+    assert (seen["power_w"], seen["energy_wh"]) == (2345, 2_500_000)

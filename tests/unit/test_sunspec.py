@@ -1,8 +1,12 @@
 """The SunSpec decoder on register maps laid out here from the SunSpec models' definitions
-(sunspec/models: model_1.json, model_103.json): the marker, the bounded model walk, the
-common and inverter models, scale factors, "not implemented", and whatever a device sends."""
+(sunspec/models: model_1.json, model_103.json, model_113.json): the marker, the bounded
+model walk, the common and inverter models (integer and float), scale factors, "not
+implemented", and whatever a device sends."""
 
 from __future__ import annotations
+
+import math
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -226,3 +230,54 @@ def test_whatever_a_device_holds_the_walk_is_bounded(regs: dict[int, int], marke
         assert refused.reason in sunspec.REASONS
     assert len(read.reads) <= len(sunspec.BASES) + sunspec.MAX_MODELS + 2
     assert all(count <= sunspec.MAX_READ for _, count in read.reads)
+
+
+def float_inverter(*, model: int = 113, w: float = 2500.75, wh: float = 1.5e7) -> list[int]:
+    """The float models' layout (model_111.json … model_113.json): W at 20, WH at 30, St 46."""
+    points = [0] * 60
+
+    def put(offset: int, value: float) -> None:
+        high, low = struct.unpack(">HH", struct.pack(">f", value))
+        points[offset], points[offset + 1] = high, low
+
+    for offset in range(0, 46, 2):
+        put(offset, math.nan)  # what the device does not implement
+    put(20, w)
+    put(30, wh)
+    points[46], points[47] = 4, 0xFFFF
+    return [model, 60, *points]
+
+
+def test_a_float_inverter_model_is_found_and_read_in_two_requests() -> None:
+    read = Reader(device(common(), float_inverter(w=-12.9, wh=16_777_216.0)))
+    layout = discover(read)
+    assert layout.inverter == Model(113, 40070, 60)
+    assert layout.reads() == [(40004, 66), (40072, 60)]  # 128 registers: more than one read
+    nameplate, values = poll(read, layout)
+    assert nameplate.serial == "SN-1"
+    assert values == InverterValues(power_w=-12, energy_wh=16_777_216, state=4)
+    assert discover(Reader(device(common(), float_inverter(model=111)))).inverter.id == 111
+
+
+@pytest.mark.parametrize(
+    ("points", "reason"),
+    [
+        (float_inverter(w=math.nan), "not_implemented"),
+        (float_inverter(wh=math.nan), "not_implemented"),
+        (float_inverter(w=math.inf), "bad_value"),
+        (float_inverter(wh=-1.0), "bad_value"),
+        (float_inverter(wh=1e30), "bad_value"),
+        (inverter(wh=0xFFFFFFFF, wh_sf=10), "bad_value"),  # past what SQLite and JSON hold
+        (float_inverter()[:-1], "bad_registers"),
+    ],
+)
+def test_float_and_out_of_range_values_are_refused(points: list[int], reason: str) -> None:
+    with pytest.raises(SunSpecRefused) as refused:
+        decode_inverter(points[2:], points[0])
+    assert refused.value.reason == reason
+
+
+def test_a_float_model_of_another_length_is_refused() -> None:
+    with pytest.raises(SunSpecRefused) as refused:
+        discover(Reader(device(common(), [113, 50, *([0] * 50)])))
+    assert refused.value.reason == "bad_model"
