@@ -23,7 +23,8 @@ Faults (--fault): bad_marker ("SunX" instead of "SunS"), no_inverter (the common
 the end marker only), backwards (lifetime energy goes down by 1 kWh at each read of it),
 huge_model (the first model after the common one claims 65,000 registers), endless (a
 chain of 1-register models without an end), garbage (RTU: random bytes instead of answers;
-TCP: random bytes then the connection closed), silent (never answers).
+TCP: random bytes then the connection closed), flood (random bytes without end from the
+first request on), silent (never answers).
 --serial-file F: the serial number is read from F at every request (a swapped inverter).
 """
 
@@ -43,7 +44,10 @@ import tty
 from datetime import UTC, datetime
 
 BASE = 40000
-FAULTS = ("bad_marker", "no_inverter", "backwards", "huge_model", "endless", "garbage", "silent")
+FAULTS = (
+    "bad_marker", "no_inverter", "backwards", "huge_model", "endless", "garbage", "flood",
+    "silent",
+)  # fmt: skip
 
 
 def crc16_modbus(data: bytes) -> int:
@@ -200,6 +204,12 @@ def serve_tcp(inverter: Inverter, host: str, port: int) -> None:
                     if inverter.fault == "garbage":
                         conn.sendall(os.urandom(64))
                         return
+                    if inverter.fault == "flood":
+                        while True:  # until the client hangs up
+                            try:
+                                conn.sendall(os.urandom(65536))
+                            except OSError:
+                                return
                     answer = inverter.answer(unit, pdu)
                     if answer is not None:
                         header = struct.pack(">HHHB", tid, 0, len(answer) + 1, unit)
@@ -236,11 +246,21 @@ def serve_rtu(inverter: Inverter, fd: int) -> None:
         if inverter.fault == "garbage":
             os.write(fd, os.urandom(random.randint(1, 300)))  # noqa: S311 - a simulation
             continue
+        if inverter.fault == "flood":  # bytes without end, whatever is asked
+            flood(fd)
         answer = inverter.answer(frame[0], frame[1:-2])
         if answer is None or frame[0] == 0:
             continue
         body = bytes([frame[0]]) + answer
         os.write(fd, body + crc16_modbus(body).to_bytes(2, "little"))
+
+
+def flood(fd: int) -> None:
+    while True:
+        try:
+            os.write(fd, os.urandom(4096))
+        except OSError:
+            time.sleep(0.001)  # the line's buffer is full: the reader is behind
 
 
 def open_pty(link: str) -> int:

@@ -167,6 +167,7 @@ def test_another_inverter_on_the_link_and_energy_going_backwards_are_refused(
         ("endless", "too_many_models"),
         ("silent", "no_answer"),
         ("garbage", "no_answer"),
+        ("flood", "no_answer"),
     ],
 )
 def test_didgw_inverter_read_refuses_a_misbehaving_device_with_its_reason(
@@ -187,11 +188,12 @@ def test_misbehaving_inverters_and_garbage_on_a_pty_leave_the_gateway_reading_th
     good = enroll(didgw, state, house, "good", inverters.tcp("--power", "900"))
     faults = {
         fault: enroll(didgw, state, house, fault, inverters.tcp("--fault", fault))
-        for fault in ("huge_model", "endless", "silent", "garbage")
+        for fault in ("huge_model", "endless", "silent", "garbage", "flood")
     }
-    pty = tmp_path / "ttyGARBAGE"
-    inverters.pty(pty, "--fault", "garbage")
-    faults["garbage_rtu"] = enroll(didgw, state, house, "garbage rtu", str(pty))
+    for fault in ("garbage", "flood"):
+        pty = tmp_path / f"tty{fault}"
+        inverters.pty(pty, "--fault", fault)
+        faults[f"{fault}_rtu"] = enroll(didgw, state, house, f"{fault} rtu", str(pty))
     port = free_port()
     gateway = run_gateway(state, tmp_path, metrics_port=port)
     try:
