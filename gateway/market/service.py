@@ -459,7 +459,12 @@ class Market:
         bodies: list[tuple[Statement, dict[str, Any]]] = []
         for household in households:
             metered = self.metered(household, interval, end)
-            produced = self.produced(household, interval, end)
+            produced: tuple[int, list[int]] | str | None = None
+            tolerance = self.settings.production_tolerance_wh
+            if not isinstance(metered, str) and metered[0].export_wh > tolerance:
+                # Only export beyond the tolerance needs the inverters' word: a night's
+                # statement does not wait for an inverter that sleeps.
+                produced = self.produced(household, interval, end)
             if isinstance(metered, str) or isinstance(produced, str):
                 why = metered if isinstance(metered, str) else produced
                 self._waiting[(interval, household)] = str(why)

@@ -26,7 +26,8 @@ disagreement): ``credited = min(export, produced + tolerance)`` takes the place 
 is neither paid nor counted as delivered; the statement names it (``produced_wh``,
 ``held_wh``) for the operator to look into (a battery or a generator not enrolled, a
 meter or an inverter misreporting). Without inverters (``produced`` None) nothing changes
-and the statement has neither field.
+and the statement has neither field; the market passes None too when the export is within
+the tolerance, which the cross-check could not change.
 """
 
 from __future__ import annotations

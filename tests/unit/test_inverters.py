@@ -223,6 +223,10 @@ def test_the_market_settles_a_household_against_its_inverters(db, world, tmp_pat
     gateway, registry, house, inverter, recorder = world
     buyer = new_did()
     registry.register(buyer.did, name="buyer", kind="household", actor="t", now=T0 / 1000)
+    asleep = enroll(  # the buyer's inverter never answers (it is night on its roof)
+        db, registry, state_dir=tmp_path, gateway=gateway, household=buyer.did, name="asleep",
+        spec=LinkSpec("/dev/ttyUSB9"), serial=None, actor="t", now=T0 / 1000,
+    )  # fmt: skip
     meters = []
     for h in (house, buyer):
         meter = enroll_meter(
@@ -248,7 +252,9 @@ def test_the_market_settles_a_household_against_its_inverters(db, world, tmp_pat
     market.tick(start)
     meters[0].record(telegram(1150), end)  # exported 150 Wh …
     meters[1].record(telegram(0), end)
-    assert set(dict(market.tick(end + 1))) == {buyer.did}  # the buyer has no inverter
+    # The buyer exported nothing: its inverter's silence holds nothing up.
+    assert set(dict(market.tick(end + 1))) == {buyer.did}
+    assert inverters(db, buyer.did) == [asleep]
     # … the seller's statement waits for the inverter's reading at or after the end:
     overdue = market.overdue(end + 2 * INTERVAL)
     assert [(h, why) for _, h, why in overdue] == [
@@ -260,4 +266,4 @@ def test_the_market_settles_a_household_against_its_inverters(db, world, tmp_pat
     assert statement["produced_wh"] == 110 and statement["held_wh"] == 20  # 150 - (110 + 20)
     assert statement["feed_in"] == 80 * 30  # (150 - 20 held) - 100 sold
     assert len(statement["production_readings"]) == 2
-    assert "produced_wh" not in market.statements(buyer.did, start)[0]  # it has no inverter
+    assert "produced_wh" not in market.statements(buyer.did, start)[0]  # nothing to check
