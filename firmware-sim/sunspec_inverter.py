@@ -67,8 +67,9 @@ def text(value: str, registers: int) -> list[int]:
 class Inverter:
     """The register map and the physics behind it."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, unit: int) -> None:
         self.args = args
+        self.unit = unit
         self.fault = args.fault
         self.start = time.monotonic()
         self.clock0 = (
@@ -88,6 +89,8 @@ class Inverter:
                     return f.read().strip()
             except OSError:
                 pass
+        if len(self.args.unit) > 1:  # several inverters on one line: told apart by unit
+            return f"{self.args.serial}-{self.unit}"
         return str(self.args.serial)
 
     def power_w(self) -> int:
@@ -115,7 +118,7 @@ class Inverter:
         common = [1, 66]
         common += text(self.args.manufacturer, 16) + text(self.args.model, 16)
         common += text("", 8) + text("1.0.0", 8) + text(self.serial(), 16)
-        common += [self.args.unit, 0]
+        common += [self.unit, 0]
         regs += common
         if self.fault == "huge_model":
             regs += [160, 65000]
@@ -162,9 +165,9 @@ class Inverter:
             raise RuntimeError(f"model 113 laid out as {len(model)} registers")
         return model
 
-    def answer(self, unit: int, pdu: bytes) -> bytes | None:
-        """The response PDU to a request PDU; None: no answer (another unit, or silent)."""
-        if self.fault == "silent" or (unit not in (0, self.args.unit) and unit != 255):
+    def answer(self, pdu: bytes) -> bytes | None:
+        """The response PDU to a request PDU; None: no answer (silent)."""
+        if self.fault == "silent":
             return None
         function = pdu[0]
         if function != 3 or len(pdu) != 5:
@@ -179,7 +182,22 @@ class Inverter:
         return bytes([3, 2 * count]) + b"".join(struct.pack(">H", v or 0) for v in values)
 
 
-def serve_tcp(inverter: Inverter, host: str, port: int) -> None:
+class Bus:
+    """The inverters on one line (or behind one TCP port), by unit id."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.inverters = {unit: Inverter(args, unit) for unit in args.unit}
+        self.fault = args.fault
+
+    def answer(self, unit: int, pdu: bytes) -> bytes | None:
+        """None: no answer (another unit on the line, or silent)."""
+        if unit == 255 and len(self.inverters) == 1:  # TCP's "no particular unit"
+            unit = next(iter(self.inverters))
+        inverter = self.inverters.get(unit)
+        return None if inverter is None or not pdu else inverter.answer(pdu)
+
+
+def serve_tcp(inverter: Bus, host: str, port: int) -> None:
     server = socket.create_server((host, port))
     print(f"listening on {host}:{server.getsockname()[1]}", flush=True)
 
@@ -220,10 +238,10 @@ def serve_tcp(inverter: Inverter, host: str, port: int) -> None:
         threading.Thread(target=client, args=(conn,), daemon=True).start()
 
 
-def serve_rtu(inverter: Inverter, fd: int) -> None:
+def serve_rtu(inverter: Bus, fd: int) -> None:
     """A read request is 8 bytes and is answered as soon as its CRC checks; anything else
     is a frame once the line has been silent for 3.5 characters (a few ms at pty speed)."""
-    gap = max(0.005, 3.5 * 11 / inverter.args.baud)
+    gap = max(0.005, 3.5 * 11 / next(iter(inverter.inverters.values())).args.baud)
     buffer = b""
     while True:
         ready, _, _ = select.select([fd], [], [], gap if buffer else None)
@@ -278,7 +296,13 @@ def main() -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST:PORT", help="Modbus TCP server (port 0: any)")
     where.add_argument("--pty", metavar="LINK", help="Modbus RTU on a new pty; LINK → its slave")
-    p.add_argument("--unit", type=int, default=1, help="Modbus unit id (default 1)")
+    p.add_argument(
+        "--unit",
+        type=int,
+        action="append",
+        help="Modbus unit id (default 1); again for more inverters on the line, whose serial "
+        "numbers then end in -UNIT",
+    )
     p.add_argument("--baud", type=int, default=9600, help="RTU: the line's speed, for timing")
     p.add_argument("--serial", default="SIM-INV-0001", help="serial number (common model SN)")
     p.add_argument("--serial-file", help="read the serial number from this file at each read")
@@ -292,7 +316,8 @@ def main() -> int:
     p.add_argument("--float", action="store_true", help="serve model 113 (float32), not 103")
     p.add_argument("--fault", choices=FAULTS)
     args = p.parse_args()
-    inverter = Inverter(args)
+    args.unit = args.unit or [1]
+    inverter = Bus(args)
     try:
         if args.tcp:
             host, _, port = args.tcp.rpartition(":")

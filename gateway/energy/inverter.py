@@ -91,6 +91,7 @@ def enroll(
         )
     if serial is not None and not (0 < len(serial) <= MAX_SERIAL and serial.isprintable()):
         raise InverterError(f"serial {serial!r}: 1 to {MAX_SERIAL} printable characters")
+    _check_link_free(db, spec)
     key = keystore.generate_key()
     did = did_from_public_key(keystore.public_bytes(key))
     directory = state_dir / INVERTER_KEYS
@@ -151,6 +152,27 @@ def enroll(
         did, household, spec.link, spec.unit, spec.baudrate, spec.parity, str(path), serial,
         entry.seq,
     )  # fmt: skip
+
+
+def _check_link_free(db: Database, spec: LinkSpec) -> None:
+    """Refuse a second inverter on the same link and unit, a serial line with other line
+    settings than the inverters already on it, and a meter's serial port."""
+    for other in inverters(db):
+        if other.link != spec.link:
+            continue
+        if other.unit == spec.unit:
+            raise InverterError(
+                f"{spec.describe()}: inverter {other.did} is enrolled there already"
+            )
+        if not spec.is_tcp and (other.baudrate, other.parity) != (spec.baudrate, spec.parity):
+            raise InverterError(
+                f"{spec.link}: the inverters on this line use {other.baudrate} 8"
+                f"{other.parity}1; all on one line share its settings"
+            )
+    if not spec.is_tcp:
+        meter = db.execute("SELECT did FROM meters WHERE port = ?", [spec.link]).fetchone()
+        if meter is not None:
+            raise InverterError(f"{spec.link} is the port of meter {meter[0]}")
 
 
 def inverters(db: Database, household: str | None = None) -> list[Inverter]:

@@ -13,7 +13,7 @@ this module only when an inverter is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.energy.modbus_link import LinkSpec
@@ -50,28 +50,35 @@ class ModbusLink:
                 reconnect_delay=0,
             )
 
-    def read(self, address: int, count: int) -> Sequence[int]:
+    def reader(self, unit: int) -> Callable[[int, int], Sequence[int]]:
+        """``read`` for another unit id on the same link (inverters sharing an RS-485 line)."""
+        return lambda address, count: self.read(address, count, unit=unit)
+
+    def read(self, address: int, count: int, *, unit: int | None = None) -> Sequence[int]:
         from pymodbus.exceptions import ModbusException
+
+        unit = self.spec.unit if unit is None else unit
 
         if not 1 <= count <= MAX_READ:
             raise SunSpecRefused("bad_model", f"a read of {count} registers")
         try:
-            answer = self._client.read_holding_registers(
-                address, count=count, device_id=self.spec.unit
-            )
+            answer = self._client.read_holding_registers(address, count=count, device_id=unit)
         except ModbusException as exc:
             self.close()  # a half-read answer must not be taken for the next one's
-            raise SunSpecRefused("no_answer", f"{self.spec.describe()}: {exc}") from None
+            raise SunSpecRefused("no_answer", f"{self._where(unit)}: {exc}") from None
         except OSError as exc:
             self.close()
-            raise SunSpecRefused("no_answer", f"{self.spec.describe()}: {exc}") from None
+            raise SunSpecRefused("no_answer", f"{self._where(unit)}: {exc}") from None
         if answer.isError():
             code = getattr(answer, "exception_code", None)
             raise SunSpecRefused(
-                "modbus_error", f"{self.spec.describe()}: exception {code} at {address}"
+                "modbus_error", f"{self._where(unit)}: exception {code} at {address}"
             )
         registers: list[int] = list(answer.registers)
         return registers
+
+    def _where(self, unit: int) -> str:
+        return self.spec.describe().rsplit(" unit ", 1)[0] + f" unit {unit}"
 
     def close(self) -> None:
         self._client.close()

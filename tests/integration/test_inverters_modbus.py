@@ -120,6 +120,35 @@ def test_inverters_over_tcp_and_rtu_on_a_pty_have_their_readings_on_the_record(
     assert didgw("chain", "verify", "--state-dir", str(state)).returncode == 0
 
 
+def test_two_inverters_on_one_rs485_line_are_polled_in_turn(
+    didgw: Run, inverters: Inverters, state: Path, tmp_path: Path
+) -> None:
+    house = household(didgw, state, tmp_path, "house")
+    line = tmp_path / "ttyRS485"
+    inverters.pty(line, "--unit", "3", "--unit", "4", "--serial", "BUS", "--power", "700")
+    third = enroll(didgw, state, house, "east", str(line), "--unit", "3")
+    fourth = enroll(didgw, state, house, "west", str(line), "--unit", "4")
+    refused = didgw(
+        "inverter", "enroll", "--household", house, "--name", "x", "--link", str(line),
+        "--unit", "5", "--baud", "19200", "--state-dir", str(state),
+    )  # fmt: skip
+    assert refused.returncode == 1 and "share its settings" in refused.stderr, refused.stderr
+    gateway = run_gateway(state, tmp_path)
+    try:
+        wait_until(
+            lambda: len(readings(state, third)) >= 5 and len(readings(state, fourth)) >= 5,
+            "5 readings of each inverter on the line",
+            20,
+            details=lambda: gateway.output,
+        )
+    finally:
+        assert gateway.stop() == 0, gateway.output
+    assert {b["inverter"]["serial"] for b in readings(state, third)} == {"BUS-3"}
+    assert {b["inverter"]["serial"] for b in readings(state, fourth)} == {"BUS-4"}
+    assert "reading 2 inverters on 1 links" in gateway.output
+    assert "no_answer" not in gateway.output  # one request on the line at a time
+
+
 def test_another_inverter_on_the_link_and_energy_going_backwards_are_refused(
     didgw: Run, inverters: Inverters, state: Path, tmp_path: Path
 ) -> None:

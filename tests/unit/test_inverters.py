@@ -267,3 +267,28 @@ def test_the_market_settles_a_household_against_its_inverters(db, world, tmp_pat
     assert statement["feed_in"] == 80 * 30  # (150 - 20 held) - 100 sold
     assert len(statement["production_readings"]) == 2
     assert "produced_wh" not in market.statements(buyer.did, start)[0]  # nothing to check
+
+
+def test_one_inverter_per_link_and_unit_and_one_setting_per_line(db, world, tmp_path):
+    gateway, registry, house, *_ = world
+
+    def enrol(spec: LinkSpec):
+        return enroll(
+            db, registry, state_dir=tmp_path, gateway=gateway, household=house.did,
+            name="x", spec=spec, serial=None, actor="t", now=T0 / 1000,
+        )  # fmt: skip
+
+    with pytest.raises(InverterError, match="enrolled there already"):
+        enrol(LinkSpec("tcp://192.0.2.10:502", 1))  # the fixture's inverter
+    enrol(LinkSpec("tcp://192.0.2.10:502", 2))  # another unit behind the same endpoint
+    enrol(LinkSpec("/dev/ttyUSB3", 1, 19200, "E"))
+    enrol(LinkSpec("/dev/ttyUSB3", 2, 19200, "E"))  # a second inverter on the RS-485 line
+    with pytest.raises(InverterError, match="share its settings"):
+        enrol(LinkSpec("/dev/ttyUSB3", 3, 9600, "N"))
+    enroll_meter(
+        db, registry, state_dir=tmp_path, gateway_did=gateway.did, household=house.did,
+        name="m", port="/dev/ttyUSB0", actor="t", now=T0 / 1000,
+    )  # fmt: skip
+    with pytest.raises(InverterError, match="port of meter"):
+        enrol(LinkSpec("/dev/ttyUSB0", 1))
+    assert len(inverters(db, house.did)) == 4
