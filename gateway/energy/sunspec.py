@@ -59,7 +59,7 @@ _MN, _MD, _VR, _SN = (0, 16), (16, 32), (40, 48), (48, 64)
 REASONS = (
     "no_marker",  # no "SunS" at any base address
     "no_common",  # the first model is not the common model 1 of a known length
-    "no_inverter",  # no model 101/102/103 before the end marker
+    "no_inverter",  # no model 101-103 or 111-113 before the end marker
     "bad_model",  # a model's length is 0, too long, or runs past the address space
     "too_many_models",  # more than MAX_MODELS before the end marker
     "bad_registers",  # the device answered with another number of registers than asked
