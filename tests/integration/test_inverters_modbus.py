@@ -1,28 +1,34 @@
 """Solar inverters end to end: the SunSpec simulator as a Modbus TCP server on loopback and
 as Modbus RTU on a real pty, read by the real ``didgw run`` (pymodbus) with its readings on
 the record; another inverter on the same link and energy going backwards refused; devices
-that misbehave bounded; and the simulator's registers read by mbpoll (libmodbus), a Modbus
-master nobody here wrote, agreeing with what the gateway read."""
+that misbehave bounded; the simulator's registers read by mbpoll (libmodbus), a Modbus
+master nobody here wrote, agreeing with what the gateway read; and a statement of the running
+market checking a household's metered export against its inverter."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from broker import free_port
-from gateway_process import GatewayProcess, gateway_did
+from broker import Mosquitto, free_port
+from gateway_process import GatewayProcess, gateway_did, make_device
 from inverters import Inverters, enroll, household
+from meters import Meters
 from support import Run, wait_until
 
+from gateway.auth.broker import orders_topic
 from gateway.chain.store import ChainStore
 from gateway.db import connect
-from gateway.identity import offline_resolver, verify_jws
+from gateway.identity import keystore, offline_resolver, verify_jws
+from gateway.identity.signing import Signer, sign_jws
+from gateway.market.orders import ORDER_TYP
 
 pytestmark = pytest.mark.integration
 
@@ -323,3 +329,83 @@ def test_mbpoll_reads_the_float_model_as_the_gateway_does(didgw: Run, inverters:
     seen = json.loads(didgw("inverter", "read", "--link", link, "--json").stdout.splitlines()[-1])
     assert floats == [2345.0, 2_500_000.0]
     assert (seen["power_w"], seen["energy_wh"]) == (2345, 2_500_000)
+
+
+def test_a_statement_checks_metered_export_against_the_inverter_over_the_running_market(
+    didgw: Run, mosquitto: Mosquitto, meters: Meters, inverters: Inverters, tmp_path: Path
+) -> None:
+    """A household whose P1 meter exports more than its inverter produces (the meter's
+    roof is 9 kW, the inverter says 2 kW): its statement holds the excess."""
+    state = tmp_path / "state"
+    assert didgw("init", "--state-dir", str(state)).returncode == 0
+    interval = 3
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[mqtt]\n" + mosquitto.gateway_settings() + "verify_workers = 0\n[http]\nenabled = false\n"
+        f"[metrics]\nport = {free_port()}\n"
+        "[meter]\nenabled = true\nrecord_every_seconds = 0.0\n"
+        "[inverter]\nenabled = true\npoll_seconds = 0.2\n"
+        f"[market]\nenabled = true\ninterval_seconds = {interval}\ntick_seconds = 0.1\n"
+        "production_tolerance_wh = 5\n"
+    )
+    house = make_device(tmp_path, mosquitto, "house", gateway_did(didgw, state))
+    out = didgw(
+        "device", "register", house.did, "--name", "house", "--kind", "household",
+        "--state-dir", str(state),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    p1 = tmp_path / "ttyP1"
+    out = didgw(
+        "meter", "enroll", "--household", house.did, "--name", "p1", "--port", str(p1),
+        "--state-dir", str(state),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    meters.start(p1, "--rate", "10", "--speed", "30", "--start", "2024-06-15T11:00",
+                 "--solar-peak-w", "9000")  # fmt: skip
+    roof = enroll(
+        didgw, state, house.did, "roof", inverters.tcp("--power", "2000", "--speed", "30")
+    )
+    gateway = GatewayProcess(state, mosquitto, config)
+    gateway.start()
+    db = sqlite3.connect(state / "didgw.db")
+    try:
+        grant = house.authenticate(timeout=15)
+        peer = mosquitto.peer(grant.username, grant.password.decode())
+        peer.connect()
+        wait_until(
+            lambda: (
+                db.execute("SELECT max(peak_export_w) FROM meters").fetchone()[0] > 0
+                and readings(state, roof)
+            ),
+            "the meter's export and the inverter's production on record",
+            15,
+            details=lambda: gateway.output,
+        )
+        signer = Signer.for_did_key(keystore.load_private_key(tmp_path / "house.pem", None))
+        now = int(time.time() * 1000)
+        start = now - now % (interval * 1000) + 2 * interval * 1000
+        body = {"did": signer.did, "seq": 1, "ts": now, "side": "sell", "interval": start,
+                "wh": 5, "price": 90}  # fmt: skip
+        token = sign_jws(json.dumps(body).encode(), signer, headers={"typ": ORDER_TYP})
+        peer.publish(orders_topic(signer.did, mosquitto.prefix), token)
+        wait_until(
+            lambda: db.execute("SELECT count(*) FROM market_statements").fetchone()[0] == 1,
+            "the household's statement",
+            20,
+            details=lambda: gateway.output,
+        )
+        peer.close()
+    finally:
+        assert gateway.stop() == 0, gateway.output
+    [(raw,)] = db.execute("SELECT body FROM market_statements").fetchall()
+    statement = json.loads(raw)
+    first, last = (
+        db.execute("SELECT energy_wh FROM inverter_readings WHERE entry = ?", [entry]).fetchone()[0]
+        for entry in statement["production_readings"]
+    )
+    assert statement["produced_wh"] == last - first > 0
+    held = max(0, statement["export_wh"] - statement["produced_wh"] - 5)
+    assert statement["held_wh"] == held > 0, statement  # 9 kW of roof, 2 kW of inverter
+    # Nobody bought (sold 0): feed-in pays for the export the inverter backs, no more.
+    assert statement["sold_wh"] == 0
+    assert statement["feed_in"] == 80 * (statement["export_wh"] - held), statement
