@@ -70,6 +70,13 @@ def _between(low: int, high: int) -> Check:
     return check
 
 
+def _seconds_between(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost): a server
     bound there, or a peer there, is out of reach of every other machine. Any other name
@@ -564,6 +571,34 @@ class MeterSection(_Section):
 
 
 @dataclass(frozen=True)
+class InverterSection(_Section):
+    """Solar inverters over SunSpec Modbus (TCP or RTU), read by the gateway and vouched for."""
+
+    enabled: bool = _setting(
+        False,
+        "Read every enrolled, active inverter (didgw inverter enroll) while the gateway runs, "
+        "and put its readings on the record signed by the inverter key the gateway holds.",
+    )
+    poll_seconds: float = _setting(
+        10.0,
+        "Read each inverter this often; each good read is one reading on the record (the "
+        "meters' record_every_seconds, for production).",
+        _seconds_between(0.1, 86400),
+    )
+    timeout_seconds: float = _setting(
+        2.0,
+        "Seconds a Modbus request waits for the inverter's answer; no answer is counted "
+        "(no_answer) and the connection is made again at the next poll.",
+        _seconds_between(0.05, 60),
+    )
+    reconnect_seconds: float = _setting(
+        5.0,
+        "After an inverter did not answer or its link failed, seconds before trying again.",
+        _positive,
+    )
+
+
+@dataclass(frozen=True)
 class MarketSection(_Section):
     """The local market where households trade solar surplus, settled against their meters."""
 
@@ -591,6 +626,13 @@ class MarketSection(_Section):
         "Feed-in tariff in milli-euro per kWh: what export beyond what was sold, and energy "
         "bought but not used, earn.",
         _not_negative,
+    )
+    production_tolerance_wh: int = _setting(
+        100,
+        "A household with enrolled inverters is credited, per interval, with metered export "
+        "up to its inverters' production plus this many Wh; export beyond it is held, not "
+        "paid (docs/market.md, Settlement).",
+        _between(0, 10**9),
     )
     max_order_wh: int = _setting(100_000, "Largest order quantity, in Wh.", _between(1, 10**9))
     max_price: int = _setting(
@@ -792,6 +834,7 @@ class Config:
     anchor: AnchorSection = field(default_factory=AnchorSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     meter: MeterSection = field(default_factory=MeterSection)
+    inverter: InverterSection = field(default_factory=InverterSection)
     market: MarketSection = field(default_factory=MarketSection)
     homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
     credentials: CredentialsSection = field(default_factory=CredentialsSection)
@@ -822,6 +865,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "anchor": AnchorSection,
     "metrics": MetricsSection,
     "meter": MeterSection,
+    "inverter": InverterSection,
     "market": MarketSection,
     "homeassistant": HomeAssistantSection,
     "credentials": CredentialsSection,

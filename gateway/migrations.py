@@ -442,6 +442,42 @@ def _homeassistant(db: Database) -> None:
     )
 
 
+def _inverters(db: Database) -> None:
+    # SunSpec inverters the gateway vouches for (gateway/energy/inverter.py): their Modbus
+    # link as enrolled, their serial number (given at enrolment or first seen) and the
+    # entry of the gateway's statement binding them to the household; then their readings
+    # (the signed reading itself is chain entry `entry`), for settlement's cross-check.
+    db.execute(
+        """
+        CREATE TABLE inverters (
+            did TEXT PRIMARY KEY REFERENCES devices(did),
+            household TEXT NOT NULL REFERENCES devices(did),
+            link TEXT NOT NULL,
+            unit INTEGER NOT NULL,
+            baudrate INTEGER NOT NULL,
+            parity TEXT NOT NULL,
+            key_file TEXT NOT NULL,
+            serial TEXT,
+            binding_entry INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX inverters_household ON inverters(household)")
+    db.execute(
+        "CREATE TABLE inverter_readings (inverter TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "ts INTEGER NOT NULL, power_w INTEGER NOT NULL, energy_wh INTEGER NOT NULL, "
+        "entry INTEGER NOT NULL, PRIMARY KEY (inverter, seq)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX inverter_readings_ts ON inverter_readings(inverter, ts)")
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER inverter_readings_no_{verb.lower()} BEFORE {verb} ON "
+            "inverter_readings BEGIN SELECT RAISE(ABORT, 'inverter_readings is append-only'); "
+            "END"
+        )
+
+
 MIGRATIONS: list[Migration] = [
     ("0001_gateway_meta", _gateway_meta),
     ("0002_device_registry", _device_registry),
@@ -463,4 +499,5 @@ MIGRATIONS: list[Migration] = [
     ("0018_entry_kind", _entry_kind),
     ("0019_passkey_bindings", _passkey_bindings),
     ("0020_homeassistant", _homeassistant),
+    ("0021_inverters", _inverters),
 ]

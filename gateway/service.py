@@ -178,6 +178,7 @@ def market_settings(config: Config) -> MarketSettings:
         max_price=m.max_price,
         retail=m.retail_price,
         feed_in=m.feed_in_price,
+        production_tolerance_wh=m.production_tolerance_wh,
     )
 
 

@@ -63,6 +63,9 @@ if [[ $DEV -eq 1 ]]; then
     # The Debian package's test builds it (dpkg-deb, dpkg-buildflags) and asks lintian.
     command -v dpkg-buildflags >/dev/null || apt_missing+=(dpkg-dev)
     command -v lintian >/dev/null || apt_missing+=(lintian)
+    # mbpoll (libmodbus) reads the SunSpec inverter simulator over Modbus TCP and RTU: the
+    # tests' Modbus peer that nobody here wrote.
+    command -v mbpoll >/dev/null || apt_missing+=(mbpoll)
 fi
 # The arm64 package (scripts/build-deb.sh arm64): the cross compiler and the plugin's arm64
 # libraries; its test runs that package's didgw under qemu-user on an arm64 python3.11,

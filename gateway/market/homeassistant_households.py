@@ -18,6 +18,7 @@ from sqlite_utils import Database
 from gateway.auth import homeassistant_access as access
 from gateway.db import write_transaction
 from gateway.energy.history import household_meters, meter_now
+from gateway.energy.inverter import latest_readings
 from gateway.errors import DidgwError
 from gateway.market.homeassistant import Household, InverterNow, Snapshot
 from gateway.registry import Status
@@ -82,21 +83,22 @@ def listing(db: Database) -> list[dict[str, object]]:
 
 
 def no_inverter(db: Database, household: str) -> InverterNow | None:
-    """The inverter lookup until inverter readings are on the record: none."""
+    """An inverter lookup that finds none (for a household with no inverter, and tests)."""
     return None
 
 
-def inverter_devices(db: Database, household: str) -> list[str]:
-    """Her active devices of kind ``inverter`` (an inverter lookup starts here)."""
-    rows = db.execute(
-        "SELECT did FROM devices WHERE owner = ? AND kind = 'inverter' AND status = ? "
-        "ORDER BY created_at",
-        [household, Status.ACTIVE.value],
-    ).fetchall()
-    return [str(r[0]) for r in rows]
+def recorded_inverter(db: Database, household: str) -> InverterNow | None:
+    """Her inverters' latest recorded readings, summed: the power they produce now and the
+    energy they have produced to date (None until one of them has a reading)."""
+    latest = latest_readings(db.conn, household)
+    if not latest:
+        return None
+    return InverterNow(sum(r.power_w for r in latest), sum(r.energy_wh for r in latest))
 
 
-def snapshot(db: Database, household: str, inverter: InverterLookup = no_inverter) -> Snapshot:
+def snapshot(
+    db: Database, household: str, inverter: InverterLookup = recorded_inverter
+) -> Snapshot:
     """Her figures now: meters summed (None until every meter has a reading), open orders
     (intervals not cleared yet), and the sums of all her statements."""
     import_wh = export_wh = import_w = export_w = 0

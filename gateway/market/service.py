@@ -55,6 +55,7 @@ class MarketSettings:
     max_price: int = 5000
     retail: int = 300
     feed_in: int = 80
+    production_tolerance_wh: int = 100
 
     @property
     def rules(self) -> Rules:
@@ -388,6 +389,38 @@ class Market:
             used += [before[2], after[2]]
         return Metered(imp, exp), used
 
+    def produced(self, household: str, start: int, end: int) -> tuple[int, list[int]] | str | None:
+        """What the household's active inverters produced over [start, end] (Wh) and the
+        entries of the readings used; None when it has no active inverter (settlement is
+        then as it was without inverters); or why it is not known yet."""
+        rows = self._conn.execute(
+            "SELECT i.did FROM inverters i JOIN devices d ON d.did = i.did "
+            "WHERE i.household = ? AND d.status = 'active'",
+            [household],
+        ).fetchall()
+        if not rows:
+            return None
+        total = 0
+        used: list[int] = []
+        for (inverter,) in rows:
+            before = self._conn.execute(
+                "SELECT energy_wh, entry FROM inverter_readings WHERE inverter = ? "
+                "AND ts <= ? ORDER BY ts DESC LIMIT 1",
+                [inverter, start],
+            ).fetchone()
+            after = self._conn.execute(
+                "SELECT energy_wh, entry FROM inverter_readings WHERE inverter = ? "
+                "AND ts >= ? ORDER BY ts LIMIT 1",
+                [inverter, end],
+            ).fetchone()
+            if before is None:
+                return f"inverter {inverter} has no reading at or before the interval's start"
+            if after is None:
+                return f"inverter {inverter} has no reading at or after the interval's end yet"
+            total += after[0] - before[0]
+            used += [before[1], after[1]]
+        return total, used
+
     def settle_interval(self, interval: int, now_ms: int) -> list[Message]:
         """Statements for the households with orders in the interval whose meter data are in.
 
@@ -426,8 +459,15 @@ class Market:
         bodies: list[tuple[Statement, dict[str, Any]]] = []
         for household in households:
             metered = self.metered(household, interval, end)
-            if isinstance(metered, str):
-                self._waiting[(interval, household)] = metered
+            produced: tuple[int, list[int]] | str | None = None
+            tolerance = self.settings.production_tolerance_wh
+            if not isinstance(metered, str) and metered[0].export_wh > tolerance:
+                # Only export beyond the tolerance needs the inverters' word: a night's
+                # statement does not wait for an inverter that sleeps.
+                produced = self.produced(household, interval, end)
+            if isinstance(metered, str) or isinstance(produced, str):
+                why = metered if isinstance(metered, str) else produced
+                self._waiting[(interval, household)] = str(why)
                 continue
             self._waiting.pop((interval, household), None)
             statement = settle(
@@ -437,8 +477,13 @@ class Market:
                 metered=metered[0],
                 prices=self.settings.prices,
                 price=price,
+                produced_wh=None if produced is None else produced[0],
+                tolerance_wh=self.settings.production_tolerance_wh,
             )
-            bodies.append((statement, {**statement.as_json(), "readings": metered[1]}))
+            body = {**statement.as_json(), "readings": metered[1]}
+            if produced is not None:
+                body["production_readings"] = produced[1]
+            bodies.append((statement, body))
 
         def write() -> list[int]:
             tokens = [

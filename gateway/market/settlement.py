@@ -17,6 +17,17 @@ household receives, negative: it pays):
   the grid, which pays the feed-in tariff for it.
 
 ``net`` is their sum.
+
+**Production cross-check.** When the household has enrolled inverters, ``produced`` is
+their lifetime-energy difference over the same readings' bounds, and metered export can
+be no more than what they produced (plus ``tolerance`` Wh for the two instruments'
+disagreement): ``credited = min(export, produced + tolerance)`` takes the place of
+``export`` in ``shortfall`` and ``feed_in``, and the rest, ``held = export - credited``,
+is neither paid nor counted as delivered; the statement names it (``produced_wh``,
+``held_wh``) for the operator to look into (a battery or a generator not enrolled, a
+meter or an inverter misreporting). Without inverters (``produced`` None) nothing changes
+and the statement has neither field; the market passes None too when the export is within
+the tolerance, which the cross-check could not change.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ class Statement:
     grid_import: int
     unused: int
     trades: tuple[int, ...]  # indexes of its trades in the interval
+    produced_wh: int | None = None  # its inverters' production; None: no inverter
+    held_wh: int = 0  # export beyond production + tolerance: not credited
 
     @property
     def net(self) -> int:
@@ -63,6 +76,8 @@ class Statement:
         body = asdict(self)
         body["trades"] = list(self.trades)
         body["net"] = self.net
+        if self.produced_wh is None:
+            del body["produced_wh"], body["held_wh"]
         return {
             "type": "statement",
             "units": {"energy": "Wh", "price": "m€/kWh", "money": "µ€"},
@@ -78,6 +93,8 @@ def settle(
     metered: Metered,
     prices: Prices,
     price: int | None,
+    produced_wh: int | None = None,
+    tolerance_wh: int = 0,
 ) -> Statement:
     mine = [t for t in trades if household in (t.seller, t.buyer)]
     sold = sum(t.wh for t in mine if t.seller == household)
@@ -86,6 +103,7 @@ def settle(
         t.amount_ueur for t in mine if t.buyer == household
     )
     exp, imp = metered.export_wh, metered.import_wh
+    credited = exp if produced_wh is None else min(exp, max(0, produced_wh + tolerance_wh))
     return Statement(
         household=household,
         interval=interval,
@@ -95,9 +113,11 @@ def settle(
         import_wh=imp,
         export_wh=exp,
         market=market,
-        shortfall=-prices.retail * max(0, sold - exp),
-        feed_in=prices.feed_in * max(0, exp - sold),
+        shortfall=-prices.retail * max(0, sold - credited),
+        feed_in=prices.feed_in * max(0, credited - sold),
         grid_import=-prices.retail * max(0, imp - bought),
         unused=prices.feed_in * max(0, bought - imp),
         trades=tuple(t.index for t in mine),
+        produced_wh=produced_wh,
+        held_wh=exp - credited,
     )

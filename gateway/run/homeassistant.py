@@ -64,7 +64,7 @@ class Publisher:
         prefix: str,
         version: str,
         every_s: float,
-        inverter: households.InverterLookup = households.no_inverter,
+        inverter: households.InverterLookup = households.recorded_inverter,
     ) -> None:
         self._db = connect(db_path)
         self._prefix, self._version = prefix, version
@@ -118,7 +118,7 @@ class HomeAssistantSide:
         password: str,
         *,
         version: str,
-        inverter: households.InverterLookup = households.no_inverter,
+        inverter: households.InverterLookup = households.recorded_inverter,
     ) -> None:
         settings, mqtt = config.homeassistant, config.mqtt
         self._poll = settings.poll_seconds

@@ -476,6 +476,7 @@ class _Parts:
         self.mqtt = _MqttSide()
         self.coap = _CoapSide()
         self.meters: MeterSide | None = None
+        self.inverters: Any = None  # gateway.run.inverters.InverterSide with [inverter] enabled
         self.market: MarketSide | None = None
         self.homeassistant: Any = None  # gateway.run.homeassistant.HomeAssistantSide
         self.anchoring: Any = None
@@ -489,6 +490,13 @@ class _Parts:
             self.meters = MeterSide(config, self.state_dir, gateway, passphrase)
             self.meters.start()
             self.meters.report_to(self.health)
+        if config.inverter.enabled:  # pymodbus is imported only then
+            from gateway.run.inverters import InverterSide
+
+            passphrase = keystore.read_passphrase(config.keys.passphrase_file, env)
+            self.inverters = InverterSide(config, self.state_dir, gateway, passphrase)
+            self.inverters.start()
+            self.inverters.report_to(self.health)
         if config.market.enabled:
             if not config.mqtt.enabled:
                 raise ConfigError(f"{config.source}: [market] needs [mqtt] enabled")
@@ -546,6 +554,8 @@ class _Parts:
         await self.coap.stop()
         if self.meters is not None:
             self.meters.stop()
+        if self.inverters is not None:
+            self.inverters.stop()
         if self.anchoring is not None:
             await self.anchoring.stop()
         if self.exporter is not None:
@@ -561,8 +571,6 @@ def _start_homeassistant(config: Config, state_dir: Path, env: Mapping[str, str]
     from gateway import __version__
     from gateway.run.homeassistant import HomeAssistantSide
 
-    # Inverters: pass inverter=(db, household) -> InverterNow | None once their readings are
-    # on the record (market/homeassistant_households.py: inverter_devices, no_inverter).
     side = HomeAssistantSide(config, state_dir, mqtt_password(config, env), version=__version__)
     side.start(gateway_tls(config, state_dir))
     return side

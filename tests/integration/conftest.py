@@ -14,6 +14,7 @@ from anvil import Anvil, missing_anvil
 from broker import Mosquitto, free_port, missing_tools
 from browser import Browser, launched
 from gateway_process import GatewayProcess
+from inverters import Inverters
 from meters import Meters
 from people_web import Person
 from support import Run
@@ -142,6 +143,15 @@ def https_front_door(front_door: GatewayProcess, didgw: Run) -> GatewayProcess:
     front_door.url = f"https://localhost:{port}"
     front_door.ca = state / "tls" / "ca.crt"
     return front_door
+
+
+@pytest.fixture
+def inverters() -> Iterator[Inverters]:
+    """Simulated SunSpec inverters over Modbus TCP (``inverters.tcp(*args)``) and RTU on real
+    ptys (``inverters.pty(link, *args)``), stopped after."""
+    sims = Inverters()
+    yield sims
+    sims.stop()
 
 
 @pytest.fixture
