@@ -200,8 +200,6 @@ _TST = re.compile(r"(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})([SW])")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){0,96}")
 _PLAIN_ID = re.compile(r"[\x21-\x7e]{0,96}")
 _SCALE = {"kWh": 1000, "Wh": 1, "kW": 1000, "W": 1}
-_ENERGY_UNITS = ("kWh", "Wh")
-_POWER_UNITS = ("kW", "W")
 
 # OBIS codes meters send that this parser knows and does not use.
 _IGNORED = frozenset(
@@ -243,15 +241,14 @@ _PHASE_EXPORT = {"22": "L1", "42": "L2", "62": "L3"}
 _IDS = (("0-0:96.1.1", True), ("0-0:42.0.0", True), ("0-0:96.1.255", False), ("0-0:96.1.0", False))
 
 
-def _quantity(value: str, obis: str, units: tuple[str, ...]) -> int:
+def _quantity(value: str, obis: str, unit: str) -> int:
     """'001581.123*kWh' -> 1581123 (Wh); '000000286*W' -> 286 (W); below 1 Wh/W dropped."""
     m = _QUANTITY.fullmatch(value)
-    if m is None or m[3] not in units:
-        raise P1Error("garbled", f"{obis}: {value!r} is not a value in {' or '.join(units)}")
+    if m is None or m[3] != unit:
+        raise P1Error("garbled", f"{obis}: {value!r} is not a value in {unit}")
     scale = _SCALE[str(m[3])]
     frac = str(m[2] or "")
-    whole = int(m[1]) * scale
-    return whole + int(frac or "0") * scale // 10 ** len(frac)
+    return int(m[1]) * scale + int(frac.ljust(9, "0")) * scale // 1_000_000_000
 
 
 def _meter_time(value: str) -> int:
@@ -303,7 +300,7 @@ def _check_crc(data: bytes, end: int, crc_text: bytes, variant: Variant) -> None
         raise P1Error("crc", f"CRC says {stated:04X}, telegram has {actual:04X}")
 
 
-def _registers(cosem: dict[str, str], kind: str) -> tuple[tuple[int, ...], int | None]:
+def _registers(cosem: dict[str, str], kind: str, unit: str) -> tuple[tuple[int, ...], int | None]:
     """The tariff registers (1-0:1.8.1, 1.8.2 …) and the total (1.8.0) of 'import' ('1')
     or 'export' ('2'), in Wh. Tariffs must start at 1 and have no gap; a total sent beside
     them must be their sum."""
@@ -312,12 +309,12 @@ def _registers(cosem: dict[str, str], kind: str) -> tuple[tuple[int, ...], int |
         obis = f"1-0:{kind}.8.{n}"
         if obis not in cosem:
             break
-        tariffs.append(_quantity(cosem[obis], obis, _ENERGY_UNITS))
+        tariffs.append(_quantity(cosem[obis], obis, unit))
     for n in range(len(tariffs) + 2, 6):
         if f"1-0:{kind}.8.{n}" in cosem:
             raise P1Error("garbled", f"1-0:{kind}.8.{n} without 1-0:{kind}.8.{len(tariffs) + 1}")
     total_obis = f"1-0:{kind}.8.0"
-    total = _quantity(cosem[total_obis], total_obis, _ENERGY_UNITS) if total_obis in cosem else None
+    total = _quantity(cosem[total_obis], total_obis, unit) if total_obis in cosem else None
     if total is not None and tariffs and total != sum(tariffs):
         raise P1Error(
             "garbled", f"{total_obis} is {total} Wh, its tariffs add up to {sum(tariffs)}"
@@ -336,9 +333,11 @@ class _Lines:
     unknown: int = 0
 
 
-def _lines(text: str) -> tuple[dict[str, str], _Lines]:  # noqa: PLR0912 - one pass, flat
-    """The registers kept as text (by OBIS code) and the rest, from a checked body."""
+def _lines(text: str) -> tuple[dict[str, str], dict[str, str], _Lines]:
+    """The registers kept as text (by OBIS code), the per-phase powers (to be read once the
+    variant and so the unit is known) and the rest, from a checked body."""
     cosem: dict[str, str] = {}
+    phase_power: dict[str, str] = {}
     out = _Lines()
     seen: set[str] = set()
     last = ""
@@ -373,11 +372,9 @@ def _lines(text: str) -> tuple[dict[str, str], _Lines]:  # noqa: PLR0912 - one p
             if amps is None:
                 raise P1Error("garbled", f"{obis}: {inner!r} is not a current")
             out.current[name] = float(amps[1])
-        elif kind == "+P":
-            out.phase_import[name] = _quantity(inner, obis, _POWER_UNITS)
         else:
-            out.phase_export[name] = _quantity(inner, obis, _POWER_UNITS)
-    return cosem, out
+            phase_power[obis] = inner
+    return cosem, phase_power, out
 
 
 def parse_telegram(data: bytes, variant: str = AUTO) -> Telegram:
@@ -409,14 +406,18 @@ def parse_telegram(data: bytes, variant: str = AUTO) -> Telegram:
     if shape is None or shape.end() != len(text):
         bad = 0 if shape is None else shape.end()
         raise P1Error("garbled", f"not a COSEM line at byte {ident.end() + bad}")
-    cosem, lines = _lines(text)
+    cosem, phase_power, lines = _lines(text)
     layout = detect(ident[0].decode("ascii"), cosem) if variant == AUTO else variant
-    required = VARIANTS[layout].required
-    missing = [obis for obis in required if obis not in cosem]
+    spec = VARIANTS[layout]
+    missing = [obis for obis in spec.required if obis not in cosem]
     if missing:
         raise P1Error("garbled", f"missing {', '.join(missing)} ({layout})")
-    import_wh, import_total = _registers(cosem, "1")
-    export_wh, export_total = _registers(cosem, "2")
+    import_wh, import_total = _registers(cosem, "1", spec.energy)
+    export_wh, export_total = _registers(cosem, "2", spec.energy)
+    for obis, value in phase_power.items():
+        kind, phase = _HANDLERS[obis]
+        side = lines.phase_import if kind == "+P" else lines.phase_export
+        side[phase] = _quantity(value, obis, spec.power)
     if not import_wh and import_total is None:
         raise P1Error("garbled", "missing 1-0:1.8.1 or 1-0:1.8.0 (energy imported)")
     tariff = cosem.get("0-0:96.14.0")
@@ -435,9 +436,9 @@ def parse_telegram(data: bytes, variant: str = AUTO) -> Telegram:
         import_wh=import_wh,
         export_wh=export_wh,
         tariff=None if tariff is None else int(tariff),
-        power_import_w=_quantity(cosem["1-0:1.7.0"], "1-0:1.7.0", _POWER_UNITS),
+        power_import_w=_quantity(cosem["1-0:1.7.0"], "1-0:1.7.0", spec.power),
         power_export_w=(
-            0 if power_export is None else _quantity(power_export, "1-0:2.7.0", _POWER_UNITS)
+            0 if power_export is None else _quantity(power_export, "1-0:2.7.0", spec.power)
         ),
         voltage_v=lines.voltage,
         current_a=lines.current,

@@ -33,6 +33,8 @@ class Variant:
     serial: str  # the port's settings: baud, data bits, parity, stop bits
     encrypted: bool = False
     authentication_key: bytes | None = None  # fixed for all meters of the variant
+    energy: str = "kWh"  # the unit of its energy registers
+    power: str = "kW"  # and of its power
 
 
 _TARIFFS = ("1-0:1.8.1", "1-0:1.8.2", "1-0:2.8.1", "1-0:2.8.2", "0-0:96.14.0")
@@ -62,8 +64,16 @@ VARIANTS: dict[str, Variant] = {
         Variant("fluvius", "Belgium: Fluvius e-MUCS", True, _FLUVIUS, _FAST),
         Variant("eon-hu", "Hungary: E.ON", True, _EON_HU, _FAST),
         Variant("iskra-ie", "Ireland: Iskra", True, (*_TARIFFS, *_POWER), _FAST),
-        Variant("sagemcom-t210", "Austria: Sagemcom T210-D-R (Wh, W)", True, _T210, _FAST),
-        Variant("q3d", "EasyMeter Q3D (no CRC)", False, _Q3D, _SLOW),
+        Variant(
+            "sagemcom-t210",
+            "Austria: Sagemcom T210-D-R (Wh, W)",
+            True,
+            _T210,
+            _FAST,
+            energy="Wh",
+            power="W",
+        ),
+        Variant("q3d", "EasyMeter Q3D (no CRC)", False, _Q3D, _SLOW, power="W"),
         Variant("smarty-plain", "Luxembourg: Smarty, decrypted", True, _SMARTY, _FAST),
         Variant(
             "smarty",
@@ -81,6 +91,8 @@ VARIANTS: dict[str, Variant] = {
             _T210,
             _FAST,
             encrypted=True,
+            energy="Wh",
+            power="W",
         ),
     )
 }
