@@ -21,6 +21,8 @@ telegram's reasons. A refused frame becomes nothing; its bytes are dropped.
 
 from __future__ import annotations
 
+import dataclasses
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -105,6 +107,7 @@ class EncryptedSplitter:
         if len(key) != 16 or auth is None or len(auth) != 16:
             raise ValueError(f"{variant} needs a 16-byte encryption and authentication key")
         self._key, self._auth = key, auth
+        self._variant = variant
         self._plain = PLAIN_OF[variant]
         self._buf = bytearray()
         self._max = max_frame
@@ -154,7 +157,7 @@ class EncryptedSplitter:
         self.last_counter = counter
         self.counts["telegrams"] += 1
         self.counts["unknown_lines"] += telegram.unknown
-        return telegram
+        return dataclasses.replace(telegram, frame_counter=counter, variant=self._variant)
 
     def _reject(self, reason: str, detail: str) -> Rejected:
         self.counts[reason] += 1

@@ -117,6 +117,7 @@ class Telegram:
     import_total: int | None = None  # 1-0:1.8.0 when sent (else the tariffs' sum)
     export_total: int | None = None  # 1-0:2.8.0 when sent
     variant: str = "dsmr5"
+    frame_counter: int | None = None  # an encrypted frame's invocation counter
 
     @property
     def total_import_wh(self) -> int:

@@ -24,8 +24,10 @@ from typing import Any
 from gateway.auth.broker import market_topic
 from gateway.config import Config
 from gateway.db import DB_NAME, connect
-from gateway.energy.meter import MeterRecorder, meters
-from gateway.energy.p1 import P1Splitter, Telegram
+from gateway.energy.dlms_frames import EncryptedSplitter
+from gateway.energy.meter import MeterError, MeterRecorder, load_dlms_keys, meters
+from gateway.energy.p1 import P1Splitter, Rejected, Telegram
+from gateway.energy.variants import AUTO, VARIANTS
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 from gateway.market.service import Market, Message
@@ -47,7 +49,7 @@ class MeterSide:
     ) -> None:
         self._readers: list[SerialReader] = []
         self.recorders: list[MeterRecorder] = []
-        self.splitters: list[P1Splitter] = []
+        self.splitters: list[P1Splitter | EncryptedSplitter] = []
         settings = config.meter
         serial_settings = SerialSettings(
             settings.baudrate,
@@ -61,6 +63,16 @@ class MeterSide:
             device = gateway.registry.find(meter.did)
             if device is None or device.status is not Status.ACTIVE:
                 continue
+            variant = str(device.metadata.get("variant", AUTO))
+            if variant not in VARIANTS:
+                raise MeterError(f"meter {meter.did}: unknown variant {variant!r}")
+            # An encrypted meter without its key (or with a key others may read) stops the
+            # start, with the file and the fix named: nothing could be read from it anyway.
+            dlms = (
+                load_dlms_keys(state_dir, meter.did, variant)
+                if VARIANTS[variant].encrypted
+                else None
+            )
             key = keystore.load_private_key(Path(meter.key_file), passphrase)
             recorder = MeterRecorder(
                 meter,
@@ -69,7 +81,13 @@ class MeterSide:
                 gateway.did,
                 every_ms=int(settings.record_every_seconds * 1000),
             )
-            splitter = P1Splitter()
+            splitter: P1Splitter | EncryptedSplitter
+            if dlms is not None:
+                splitter = EncryptedSplitter(
+                    variant, *dlms, last_counter=recorder.last_frame_counter
+                )
+            else:
+                splitter = P1Splitter(variant=variant)
             self.recorders.append(recorder)
             self.splitters.append(splitter)
             self._readers.append(
@@ -125,15 +143,18 @@ class MeterSide:
             recorder.close()
 
 
-def _feed(recorder: MeterRecorder, splitter: P1Splitter, chunk: bytes) -> None:
+def _feed(recorder: MeterRecorder, splitter: P1Splitter | EncryptedSplitter, chunk: bytes) -> None:
     for item in splitter.feed(chunk):
         if isinstance(item, Telegram):
             try:
                 recorder.record(item, _now_ms())
             except Exception as exc:  # the record is unavailable: the next telegram tries again
                 log.error("%s", exc)
-        else:
-            log.debug("telegram rejected (%s): %s", item.reason, item.detail)
+        elif isinstance(item, Rejected):
+            # A wrong key or a replay is the operator's business (or an attack); the rest is
+            # line noise, counted in the status.
+            level = logging.WARNING if item.reason in ("decrypt", "replay") else logging.DEBUG
+            log.log(level, "telegram rejected (%s): %s", item.reason, item.detail)
 
 
 class MarketSide:

@@ -53,7 +53,7 @@ def test_smarty_frames_open_to_the_published_telegram():
     out = feed(splitter, seal(PLAIN, 1) + b"\x00noise\xdb" + seal(PLAIN, 2))
     assert [type(x) for x in out] == [Telegram, Telegram]
     t = out[0]
-    assert t.variant == "smarty-plain" and t.equipment_id == "SAG1030700012701"
+    assert t.variant == "smarty" and t.frame_counter == 1 and t.equipment_id == "SAG1030700012701"
     assert (t.total_import_wh, t.total_export_wh, t.power_export_w) == (273764, 112743030, 897)
     assert splitter.last_counter == 2 and splitter.counts["noise_bytes"] == 7
 
