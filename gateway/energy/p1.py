@@ -200,6 +200,9 @@ _AMP = re.compile(r"(\d{1,4}(?:\.\d{1,3})?)\*A")
 _TST = re.compile(r"(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})([SW])")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){0,96}")
 _PLAIN_ID = re.compile(r"[\x21-\x7e]{0,96}")
+_PRINTABLE = re.compile(rb"[\x21-\x7e]*")
+_TARIFF_CODES = {kind: tuple(f"1-0:{kind}.8.{n}" for n in range(1, 5)) for kind in "12"}
+_TOTAL_CODES = {kind: f"1-0:{kind}.8.0" for kind in "12"}
 _SCALE = {"kWh": 1000, "Wh": 1, "kW": 1000, "W": 1}
 
 # OBIS codes meters send that this parser knows and does not use.
@@ -247,9 +250,13 @@ def _quantity(value: str, obis: str, unit: str) -> int:
     m = _QUANTITY.fullmatch(value)
     if m is None or m[3] != unit:
         raise P1Error("garbled", f"{obis}: {value!r} is not a value in {unit}")
-    scale = _SCALE[str(m[3])]
-    frac = str(m[2] or "")
-    return int(m[1]) * scale + int(frac.ljust(9, "0")) * scale // 1_000_000_000
+    whole, frac, _ = m.groups()
+    if frac is None:
+        return int(whole) * _SCALE[unit]
+    if len(frac) == 3 and unit[0] == "k":  # DSMR's 3 decimals of kWh or kW: the usual case
+        return int(whole) * 1000 + int(frac)
+    scale = _SCALE[unit]
+    return int(whole) * scale + int(frac.ljust(9, "0")) * scale // 1_000_000_000
 
 
 def _meter_time(value: str) -> int:
@@ -280,7 +287,7 @@ def _equipment(cosem: dict[str, str]) -> str:
             raise P1Error("garbled", f"{obis}: equipment id is not hex-encoded")
         text = bytes.fromhex(value)
         # DSMR 4.2 meters (Kaifa) send ids that are not text: they stay in hex.
-        return text.decode("ascii") if all(0x20 < b < 0x7F for b in text) else value.upper()
+        return text.decode("ascii") if _PRINTABLE.fullmatch(text) else value.upper()
     return ""
 
 
@@ -306,15 +313,15 @@ def _registers(cosem: dict[str, str], kind: str, unit: str) -> tuple[tuple[int, 
     or 'export' ('2'), in Wh. Tariffs must start at 1 and have no gap; a total sent beside
     them must be their sum."""
     tariffs: list[int] = []
-    for n in range(1, 5):
-        obis = f"1-0:{kind}.8.{n}"
+    codes = _TARIFF_CODES[kind]
+    for obis in codes:
         if obis not in cosem:
             break
         tariffs.append(_quantity(cosem[obis], obis, unit))
-    for n in range(len(tariffs) + 2, 6):
-        if f"1-0:{kind}.8.{n}" in cosem:
-            raise P1Error("garbled", f"1-0:{kind}.8.{n} without 1-0:{kind}.8.{len(tariffs) + 1}")
-    total_obis = f"1-0:{kind}.8.0"
+    for obis in codes[len(tariffs) + 1 :]:
+        if obis in cosem:
+            raise P1Error("garbled", f"{obis} without {codes[len(tariffs)]}")
+    total_obis = _TOTAL_CODES[kind]
     total = _quantity(cosem[total_obis], total_obis, unit) if total_obis in cosem else None
     if total is not None and tariffs and total != sum(tariffs):
         raise P1Error(
@@ -334,7 +341,7 @@ class _Lines:
     unknown: int = 0
 
 
-def _lines(text: str) -> tuple[dict[str, str], dict[str, str], _Lines]:
+def _lines(text: str) -> tuple[dict[str, str], dict[str, str], _Lines]:  # noqa: PLR0912 - flat
     """The registers kept as text (by OBIS code), the per-phase powers (to be read once the
     variant and so the unit is known) and the rest, from a checked body."""
     cosem: dict[str, str] = {}
@@ -343,12 +350,13 @@ def _lines(text: str) -> tuple[dict[str, str], dict[str, str], _Lines]:
     seen: set[str] = set()
     last = ""
     for line in text.split("\r\n")[:-1]:
-        if line.startswith("("):  # the value of the line before (a DSMR 2.2-3 gas reading)
+        obis, _, value = line.partition("(")
+        if not obis:  # the value of the line before (a DSMR 2.2-3 gas reading)
             if last in cosem or last in _HANDLERS:
                 raise P1Error("garbled", f"{last}: a value on a line of its own")
             continue
-        obis, _, value = line.partition("(")
-        obis = obis.removesuffix("*255")
+        if obis[-1] == "5":  # EasyMeter's '*255'
+            obis = obis.removesuffix("*255")
         if obis in seen:
             raise P1Error("garbled", f"{obis} appears twice")
         seen.add(obis)
