@@ -270,7 +270,9 @@ def cmd_market_statement(args: argparse.Namespace) -> int:
 
 
 def register(tree: CommandTree) -> None:
-    meter = tree.group("meter", "smart meters on a serial line (DSMR P1, every variant), vouched for")
+    meter = tree.group(
+        "meter", "smart meters on a serial line (DSMR P1, every variant), vouched for"
+    )
     p = tree.command(
         "read",
         cmd_meter_read,

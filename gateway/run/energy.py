@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth.broker import market_topic
 from gateway.config import Config
 from gateway.db import DB_NAME, connect
-from gateway.energy.dlms_frames import EncryptedSplitter
 from gateway.energy.meter import MeterError, MeterRecorder, load_dlms_keys, meters
 from gateway.energy.p1 import P1Splitter, Rejected, Telegram
 from gateway.energy.variants import AUTO, VARIANTS
@@ -35,6 +34,9 @@ from gateway.ops.health import Health
 from gateway.registry import Registry, Status
 from gateway.service import Gateway, build_resolver, market_settings
 from gateway.transports.serial import SerialReader, SerialSettings
+
+if TYPE_CHECKING:
+    from gateway.energy.dlms_frames import EncryptedSplitter
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class MeterSide:
             )
             splitter: P1Splitter | EncryptedSplitter
             if dlms is not None:
+                from gateway.energy.dlms_frames import EncryptedSplitter  # only when one is
+
                 splitter = EncryptedSplitter(
                     variant, *dlms, last_counter=recorder.last_frame_counter
                 )

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from dsmr_parser import telegram_specifications as specs
 from dsmr_parser.parsers import TelegramParser
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.energy.p1 import P1Error, P1Splitter, Rejected, Telegram, crc16, parse_telegram
 from gateway.energy.variants import VARIANTS, detect
@@ -223,3 +225,11 @@ def test_every_variant_in_one_stream_with_trailing_noise():
         "1ESY1336001560",
     ]
     assert splitter.counts["noise_bytes"] == 2 * 47
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from(["dsmr3", "q3d", "sagemcom-t210"]))
+def test_arbitrary_bytes_never_become_readings_whatever_the_variant(noise, variant):
+    splitter = P1Splitter(variant=variant)
+    out = splitter.feed(b"/ABC5x\r\n\r\n" + noise) + splitter.feed(noise + b"!\r\n")
+    assert not any(isinstance(x, Telegram) for x in out)
