@@ -138,11 +138,18 @@ def cmd_meter_list(args: argparse.Namespace) -> int:
     from gateway.energy.meter import meters
 
     with open_gateway(args) as gateway:
-        rows = [m.__dict__ for m in meters(gateway.db)]
+        rows = []
+        for m in meters(gateway.db):
+            device = gateway.registry.find(m.did)
+            variant = device.metadata.get("variant", "auto") if device is not None else "auto"
+            rows.append({**m.__dict__, "variant": variant})
     if args.json:
         print_json(rows)
     for row in [] if args.json else rows:
-        print(f"{row['did']}  household {row['household']}  port {row['port']}")
+        print(
+            f"{row['did']}  household {row['household']}  port {row['port']}  "
+            f"variant {row['variant']}"
+        )
     return 0
 
 

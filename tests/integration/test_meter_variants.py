@@ -186,6 +186,8 @@ def test_meter_keys_are_refused_when_shared_or_malformed(didgw: Run, tmp_path: P
     household = register_household(didgw, state, tmp_path, "house")
     smarty = enroll_variant(didgw, state, household, "lu", tmp_path / "tty0", variant="smarty")
     plain = enroll_variant(didgw, state, household, "nl", tmp_path / "tty1", variant="dsmr5")
+    listed = json.loads(didgw("meter", "list", "--json", "--state-dir", str(state)).stdout)
+    assert {m["did"]: m["variant"] for m in listed} == {smarty: "smarty", plain: "dsmr5"}
     shared = tmp_path / "shared.key"
     shared.write_text(KEY + "\n")
     shared.chmod(0o644)
