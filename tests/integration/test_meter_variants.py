@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from copy import deepcopy
 from decimal import ROUND_FLOOR
@@ -19,7 +21,7 @@ from anvil import free_port
 from dsmr_parser import telegram_specifications as specs
 from dsmr_parser.parsers import TelegramParser
 from gateway_process import GatewayProcess
-from meters import Meters, enroll_variant, register_household
+from meters import SIM, Meters, enroll_variant, register_household
 from support import Run, wait_until
 
 from gateway.chain.store import ChainStore
@@ -215,3 +217,28 @@ def test_meter_keys_are_refused_when_shared_or_malformed(didgw: Run, tmp_path: P
     os.chmod(kept, 0o640)
     run = didgw("run", "--state-dir", str(state), "--config", str(config))
     assert run.returncode != 0 and "group or others" in run.stdout + run.stderr
+
+
+def test_meter_read_opens_encrypted_captures_with_the_right_key_only(
+    didgw: Run, tmp_path: Path
+) -> None:
+    key = tmp_path / "meter.key"
+    key.write_text(KEY + "\n")
+    key.chmod(0o600)
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("0" * 32 + "\n")
+    wrong.chmod(0o600)
+    capture = tmp_path / "smarty.bin"
+    subprocess.run(
+        [sys.executable, str(SIM), "--variant", "smarty", "--key-file", str(key), "--count", "3",
+         "--rate", "0", "--out", str(capture)],
+        check=True,
+    )  # fmt: skip
+    base = ("meter", "read", "--file", str(capture), "--variant", "smarty", "--key-file")
+    ok = didgw(*base, str(key))
+    assert ok.returncode == 0 and ok.stdout.count("ok  smarty  ") == 3, ok.stdout + ok.stderr
+    refused = didgw(*base, str(wrong))
+    assert refused.returncode == 1 and refused.stdout.count("REJECTED (decrypt)") == 3
+    assert KEY not in ok.stdout + ok.stderr + refused.stdout + refused.stderr
+    plain = didgw("meter", "read", "--file", str(capture))  # taken for plain telegrams: none
+    assert plain.returncode == 1 and "ok " not in plain.stdout
