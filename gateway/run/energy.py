@@ -155,10 +155,18 @@ def _feed(recorder: MeterRecorder, splitter: P1Splitter | EncryptedSplitter, chu
             except Exception as exc:  # the record is unavailable: the next telegram tries again
                 log.error("%s", exc)
         elif isinstance(item, Rejected):
-            # A wrong key or a replay is the operator's business (or an attack); the rest is
-            # line noise, counted in the status.
-            level = logging.WARNING if item.reason in ("decrypt", "replay") else logging.DEBUG
-            log.log(level, "telegram rejected (%s): %s", item.reason, item.detail)
+            # A wrong key or a replay is the operator's business (or an attack): a warning
+            # the 1st, 10th, 100th … time, so a meter refused every second does not flood
+            # the journal; the rest is line noise. All of it is counted in the status.
+            n = splitter.counts.get(item.reason, 0)
+            loud = item.reason in ("decrypt", "replay") and str(n).strip("0") == "1"
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
+                "telegram rejected (%s, %d so far): %s",
+                item.reason,
+                n,
+                item.detail,
+            )
 
 
 class MarketSide:
