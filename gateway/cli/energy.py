@@ -108,7 +108,9 @@ def cmd_meter_enroll(args: argparse.Namespace) -> int:
         )
     print(f"enrolled meter {meter.did} (vouched by this gateway) on {meter.port}")
     print(f"its key: {meter.key_file}")
-    if VARIANTS[args.variant].encrypted:
+    spec = VARIANTS[args.variant]
+    print(f"variant {spec.name}: {spec.title}; its port speaks {spec.serial} (see [meter])")
+    if spec.encrypted:
         print(f"its telegrams are encrypted: give it its key with didgw meter key {meter.did}")
     return 0
 
