@@ -33,12 +33,12 @@ KEY = "000102030405060708090A0B0C0D0E0F"
 AUTH = "101112131415161718191A1B1C1D1E1F"
 VARIANTS = [
     "dsmr2.2", "dsmr3", "dsmr4", "dsmr5", "fluvius", "eon-hu", "iskra-ie", "sagemcom-t210",
-    "q3d", "smarty-plain", "smarty", "sagemcom-t210-encrypted",
+    "q3d", "sweden", "smarty-plain", "smarty", "sagemcom-t210-encrypted",
 ]  # fmt: skip
 SPECS = {
     "dsmr2.2": "V2_2", "dsmr3": "V3", "dsmr4": "V4", "dsmr5": "V5", "fluvius": "BELGIUM_FLUVIUS",
     "eon-hu": "EON_HUNGARY", "iskra-ie": "ISKRA_IE", "sagemcom-t210": "SAGEMCOM_T210_D_R",
-    "q3d": "Q3D", "smarty-plain": "LUXEMBOURG_SMARTY",
+    "q3d": "Q3D", "sweden": "SWEDEN", "smarty-plain": "LUXEMBOURG_SMARTY",
 }  # fmt: skip
 
 

@@ -15,9 +15,9 @@ Examples:
   python firmware-sim/p1meter.py --variant smarty --key-file smarty.key --pty /tmp/meter1
 
 --variant NAME writes that variant's telegrams (DSMR 2.2, 3, 4, 5, Fluvius, E.ON Hungary,
-Iskra IE, Sagemcom T210-D-R, EasyMeter Q3D, Luxembourg Smarty …: its own writer for each,
-from the published examples); the encrypted ones (smarty, sagemcom-t210-encrypted) are
-sealed with AES-GCM (pycryptodome) under the key in --key-file.
+Iskra IE, Sagemcom T210-D-R, EasyMeter Q3D, Sweden's H1 port, Luxembourg Smarty …: its own
+writer for each, from the published examples); the encrypted ones (smarty,
+sagemcom-t210-encrypted) are sealed with AES-GCM (pycryptodome) under the key in --key-file.
 
 --pty LINK makes a pseudo-terminal pair, points LINK at its slave side (open LINK as the
 serial port) and writes to its master side. --corrupt F damages a fraction F of the
@@ -282,6 +282,28 @@ def _q3d(r: Reading) -> tuple[str, list[str], bool, bytes]:
     return "ESY5Q3DB1024 V3.04", lines, False, b"  25803103\r\n" + b"\xff" * 33 + b"\r\n"
 
 
+def _sweden(r: Reading) -> tuple[str, list[str], bool, bytes]:
+    def kw4(w: int) -> str:  # the H1 port: 4 digits of kW, 8 of kWh
+        return f"{w // 1000:04d}.{w % 1000:03d}*kW"
+
+    def kwh8(wh: int) -> str:
+        return f"{wh // 1000:08d}.{wh % 1000:03d}*kWh"
+
+    lines = [
+        f"0-0:1.0.0({r.stamp})",
+        f"1-0:1.8.0({kwh8(r.registers[0] + r.registers[1])})",
+        f"1-0:2.8.0({kwh8(r.registers[2] + r.registers[3])})",
+        "1-0:3.8.0(00003137.803*kVArh)",
+        f"1-0:1.7.0({kw4(r.imp)})",
+        f"1-0:2.7.0({kw4(r.exp)})",
+        "1-0:4.7.0(0000.132*kVAr)",
+        *(f"1-0:{code}.7.0({kw4(r.imp // 3)})" for code in (21, 41, 61)),
+        *(f"1-0:{code}.7.0({v:05.1f}*V)" for code, v in zip((32, 52, 72), r.volts, strict=True)),
+        *(f"1-0:{code}.7.0({max(r.imp, r.exp) / 690:05.1f}*A)" for code in (31, 51, 71)),
+    ]
+    return "ADN9 6534", lines, True, b""
+
+
 def _smarty(r: Reading) -> tuple[str, list[str], bool, bytes]:
     lines = [
         "1-3:0.2.8(42)",
@@ -311,6 +333,7 @@ WRITERS = {
     "iskra-ie": _iskra_ie,
     "sagemcom-t210": _t210,
     "q3d": _q3d,
+    "sweden": _sweden,
     "smarty-plain": _smarty,
 }
 # Encrypted variants: the plain telegram inside, sealed by Sealer.

@@ -5,7 +5,8 @@ CRC and no clock; DSMR 4.2 meters may send an equipment id that is not text; Bel
 Fluvius (e-MUCS) names its version on 0-0:96.1.4; E.ON Hungary and Luxembourg's Smarty
 put the equipment id on 0-0:42.0.0; Sagemcom's T210-D-R (Austria) counts in Wh and W;
 EasyMeter's Q3D adds '*255' to its OBIS codes, counts to a tenth of a mWh and sends no
-CRC; Iskra's meters in Ireland send neither version nor clock. Smarty and the T210-D-R
+CRC; Iskra's meters in Ireland send neither version nor clock; Swedish meters (the H1 port)
+send totals without tariffs and no equipment id. Smarty and the T210-D-R
 encrypt their telegrams (:mod:`gateway.energy.dlms_frames`).
 
 A meter's variant is set at enrolment (``didgw meter enroll --variant``); ``auto`` (the
@@ -46,6 +47,7 @@ _FLUVIUS = ("0-0:96.1.4", "0-0:1.0.0", *_DSMR3)
 _EON_HU = ("0-0:1.0.0", "0-0:42.0.0", *_TOTALS, *_TARIFFS, *_POWER)
 _T210 = ("1-3:0.2.8", "0-0:1.0.0", *_TOTALS, *_POWER)
 _Q3D = ("0-0:96.1.255", "1-0:1.8.0", "1-0:1.7.0")
+_SWEDEN = ("0-0:1.0.0", *_TOTALS, *_POWER)
 _SMARTY = ("1-3:0.2.8", "0-0:1.0.0", "0-0:42.0.0", *_TOTALS, *_POWER)
 _FAST, _SLOW = "115200 8N1", "9600 7E1"
 
@@ -64,6 +66,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("fluvius", "Belgium: Fluvius e-MUCS", True, _FLUVIUS, _FAST),
         Variant("eon-hu", "Hungary: E.ON", True, _EON_HU, _FAST),
         Variant("iskra-ie", "Ireland: Iskra", True, (*_TARIFFS, *_POWER), _FAST),
+        Variant("sweden", "Sweden: the H1 port (Aidon, Kaifa …)", True, _SWEDEN, _FAST),
         Variant(
             "sagemcom-t210",
             "Austria: Sagemcom T210-D-R (Wh, W)",
@@ -101,11 +104,12 @@ VARIANTS: dict[str, Variant] = {
 PLAIN_OF = {"smarty": "smarty-plain", "sagemcom-t210-encrypted": "sagemcom-t210"}
 
 
-def detect(ident: str, cosem: dict[str, str]) -> str:
+def detect(ident: str, cosem: dict[str, str]) -> str:  # noqa: PLR0911 - one rule a line
     """The variant of a telegram from its identification and lines (the first rule that
     holds): Fluvius's version line; EasyMeter's identification; Wh units; an equipment
     id on 0-0:42.0.0 (with tariffs: E.ON Hungary, without: Smarty); the version line (4x:
-    DSMR 4, else DSMR 5); none of these: Iskra IE with a CRC (DSMR 2.2-3 need enrolling)."""
+    DSMR 4, else DSMR 5); a total without tariffs: Sweden; none of these: Iskra IE (DSMR
+    2.2-3, which have no CRC, are never detected: they need enrolling as such)."""
     if "0-0:96.1.4" in cosem:
         return "fluvius"
     if ident.startswith("/ESY") or "0-0:96.1.255" in cosem:
@@ -117,4 +121,6 @@ def detect(ident: str, cosem: dict[str, str]) -> str:
     version = cosem.get("1-3:0.2.8")
     if version is not None:
         return "dsmr4" if version.startswith("4") else "dsmr5"
+    if "1-0:1.8.0" in cosem and "1-0:1.8.1" not in cosem:
+        return "sweden"
     return "iskra-ie"

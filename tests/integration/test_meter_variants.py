@@ -41,6 +41,7 @@ VARIANTS = {
     "iskra-ie": "ISKRA_IE",
     "sagemcom-t210": "SAGEMCOM_T210_D_R",
     "q3d": "Q3D",
+    "sweden": "SWEDEN",
     "smarty-plain": "LUXEMBOURG_SMARTY",
     "smarty": "LUXEMBOURG_SMARTY",
     "sagemcom-t210-encrypted": "SAGEMCOM_T210_D_R",

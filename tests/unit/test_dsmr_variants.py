@@ -59,6 +59,8 @@ CASES = [
      (), 52185782, (), 19949322, 2124, 0, "1ESY1313002565", None),
     ("q3d-a1004.txt", "q3d", None, "Q3D",
      (), 32549506, (), 0, 1688, 0, "1ESY1336001560", None),
+    ("sweden-aidon.txt", "sweden", "sweden", "SWEDEN",
+     (), 6619795, (), 0, 345, 0, "", 1667335520000),
     ("smarty-plain.txt", "smarty-plain", "smarty-plain", "LUXEMBOURG_SMARTY",
      (), 273764, (), 112743030, 0, 897, "SAG1030700012701", 1775231671000),
 ]  # fmt: skip
@@ -209,6 +211,7 @@ def test_detection_rules():
     assert detect("/X", {"0-0:42.0.0": ""}) == "smarty-plain"
     assert detect("/X", {"1-3:0.2.8": "42"}) == "dsmr4"
     assert detect("/X", {"1-3:0.2.8": "50"}) == "dsmr5"
+    assert detect("/ADN9 6534", {"1-0:1.8.0": "00006619.795*kWh"}) == "sweden"
     assert detect("/X", {}) == "iskra-ie"
     assert {v.name for v in VARIANTS.values() if not v.crc} == {"dsmr2.2", "dsmr3", "q3d"}
 
