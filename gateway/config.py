@@ -536,7 +536,7 @@ class MetricsSection(_Section):
 
 @dataclass(frozen=True)
 class MeterSection(_Section):
-    """Smart meters on a serial line (DSMR 5.0 P1), read by the gateway and vouched for."""
+    """Smart meters on a serial line (DSMR P1, every variant), read and vouched for."""
 
     enabled: bool = _setting(
         False,
@@ -544,12 +544,16 @@ class MeterSection(_Section):
         "readings on the record signed by the meter key the gateway holds.",
     )
     baudrate: int = _setting(
-        115200, "Serial speed; DSMR 5.0 says 115200.", _between(300, 4_000_000)
+        115200,
+        "Serial speed; DSMR 4 and 5 say 115200, DSMR 2.2, 3 and EasyMeter's Q3D 9600.",
+        _between(300, 4_000_000),
     )
-    bytesize: int = _setting(8, "Data bits per character; DSMR 5.0 says 8.", _between(5, 8))
+    bytesize: int = _setting(
+        8, "Data bits per character; DSMR 4 and 5 say 8, DSMR 2.2 and 3 say 7.", _between(5, 8)
+    )
     parity: str = _setting(
         "N",
-        "Parity: N (none, DSMR 5.0), E (even, DSMR 2.2-4 meters at 9600 7E1) or O (odd).",
+        "Parity: N (none, DSMR 4 and 5), E (even, DSMR 2.2, 3 and the Q3D at 9600 7E1) or O.",
         lambda v: None if v in ("N", "E", "O") else "must be N, E or O",
     )
     stopbits: int = _setting(1, "Stop bits; DSMR 5.0 says 1.", _between(1, 2))

@@ -11,12 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli._base import CommandTree, actor, change_options, open_gateway, print_json, when
+from gateway.energy.variants import VARIANTS
 
 
 def cmd_meter_read(args: argparse.Namespace) -> int:
+    from gateway.energy.dlms_frames import EncryptedSplitter
+    from gateway.energy.meter import MeterError, parse_dlms_keys
     from gateway.energy.p1 import P1Splitter, Telegram
+    from gateway.energy.variants import VARIANTS
+    from gateway.files import read_secret
 
-    splitter = P1Splitter()
+    splitter: P1Splitter | EncryptedSplitter
+    if VARIANTS[args.variant].encrypted:
+        if not args.key_file:
+            raise MeterError(f"a {args.variant} meter's telegrams need --key-file")
+        data = read_secret(args.key_file, "meter key file", MeterError, max_bytes=1024)
+        splitter = EncryptedSplitter(args.variant, *parse_dlms_keys(data, args.variant))
+    else:
+        splitter = P1Splitter(variant=args.variant)
     shown = 0
 
     def show(chunk: bytes) -> None:
@@ -27,8 +39,9 @@ def cmd_meter_read(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(item.as_json()), flush=True)
                 else:
+                    clock = "-" if item.meter_time_ms is None else when(item.meter_time_ms / 1000)
                     print(
-                        f"ok  {item.equipment_id}  {when(item.meter_time_ms / 1000)}  "
+                        f"ok  {item.variant}  {item.equipment_id or '-'}  {clock}  "
                         f"import {item.total_import_wh} Wh  export {item.total_export_wh} Wh  "
                         f"power +{item.power_import_w} W / -{item.power_export_w} W",
                         flush=True,
@@ -91,9 +104,35 @@ def cmd_meter_enroll(args: argparse.Namespace) -> int:
             actor=actor(args),
             now=time.time(),
             passphrase=passphrase,
+            variant=args.variant,
         )
     print(f"enrolled meter {meter.did} (vouched by this gateway) on {meter.port}")
     print(f"its key: {meter.key_file}")
+    spec = VARIANTS[args.variant]
+    print(f"variant {spec.name}: {spec.title}; its port speaks {spec.serial} (see [meter])")
+    if spec.encrypted:
+        print(f"its telegrams are encrypted: give it its key with didgw meter key {meter.did}")
+    return 0
+
+
+def cmd_meter_key(args: argparse.Namespace) -> int:
+    from gateway.energy.meter import MeterError, set_dlms_keys
+    from gateway.files import read_secret
+
+    if args.file:  # refused when group or others may read it, as any secret
+        data = read_secret(args.file, "meter key file", MeterError, max_bytes=1024)
+    else:
+        data = sys.stdin.buffer.read(1025)
+        if len(data) > 1024:
+            raise MeterError("a meter key is 32 hex digits; standard input holds far more")
+    with open_gateway(args) as gateway:
+        device = gateway.registry.find(args.meter)
+        if device is None or device.kind != "meter":
+            raise MeterError(f"{args.meter} is not an enrolled meter")
+        variant = str(device.metadata.get("variant", "auto"))
+        path = set_dlms_keys(gateway.state_dir, args.meter, variant, data)
+    print(f"kept the key of {variant} meter {args.meter} in {path} (0600)")
+    print("restart the gateway to read the meter with it")
     return 0
 
 
@@ -101,11 +140,18 @@ def cmd_meter_list(args: argparse.Namespace) -> int:
     from gateway.energy.meter import meters
 
     with open_gateway(args) as gateway:
-        rows = [m.__dict__ for m in meters(gateway.db)]
+        rows = []
+        for m in meters(gateway.db):
+            device = gateway.registry.find(m.did)
+            variant = device.metadata.get("variant", "auto") if device is not None else "auto"
+            rows.append({**m.__dict__, "variant": variant})
     if args.json:
         print_json(rows)
     for row in [] if args.json else rows:
-        print(f"{row['did']}  household {row['household']}  port {row['port']}")
+        print(
+            f"{row['did']}  household {row['household']}  port {row['port']}  "
+            f"variant {row['variant']}"
+        )
     return 0
 
 
@@ -233,7 +279,9 @@ def cmd_market_statement(args: argparse.Namespace) -> int:
 
 
 def register(tree: CommandTree) -> None:
-    meter = tree.group("meter", "smart meters on a serial line (DSMR 5.0 P1), vouched for")
+    meter = tree.group(
+        "meter", "smart meters on a serial line (DSMR P1, every variant), vouched for"
+    )
     p = tree.command(
         "read",
         cmd_meter_read,
@@ -247,6 +295,10 @@ def register(tree: CommandTree) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per telegram")
     p.add_argument("--count", type=int, default=0, help="stop after N telegrams (port)")
     p.add_argument("--seconds", type=float, default=10.0, help="stop after S seconds (port)")
+    p.add_argument(
+        "--variant", default="auto", choices=list(VARIANTS), help="the meter's DSMR variant"
+    )
+    p.add_argument("--key-file", help="an encrypted meter's key file (0600; see meter key)")
     p = tree.command(
         "enroll",
         cmd_meter_enroll,
@@ -257,7 +309,22 @@ def register(tree: CommandTree) -> None:
     p.add_argument("--household", required=True, metavar="DID")
     p.add_argument("--name", required=True)
     p.add_argument("--port", required=True, help="serial device the meter is on")
+    p.add_argument(
+        "--variant",
+        default="auto",
+        choices=list(VARIANTS),
+        help="the meter's DSMR variant (docs/market.md); auto: from its telegrams, CRC required",
+    )
     change_options(p, reason_required=False)
+    p = tree.command(
+        "key",
+        cmd_meter_key,
+        "keep an encrypted meter's key (Smarty, T210-D-R), read from a 0600 file or stdin",
+        "didgw meter key did:key:z6Mk... --file smarty.key",
+        group=meter,
+    )
+    p.add_argument("meter", metavar="DID", help="the enrolled meter")
+    p.add_argument("--file", help="file with the key (32 hex digits; never on the command line)")
     p = tree.command("list", cmd_meter_list, "enrolled meters", "didgw meter list", group=meter)
     p.add_argument("--json", action="store_true")
 

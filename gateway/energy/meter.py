@@ -21,7 +21,10 @@ silently continued.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -32,7 +35,9 @@ from sqlite_utils import Database
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.db import write_transaction
 from gateway.energy.p1 import Telegram
+from gateway.energy.variants import AUTO, VARIANTS
 from gateway.errors import DidgwError, RegistryError
+from gateway.files import read_secret, write_private
 from gateway.identity import keystore
 from gateway.identity.did_key import did_from_public_key
 from gateway.identity.signing import Signer, sign_jws
@@ -69,8 +74,12 @@ def enroll(
     actor: str,
     now: float,
     passphrase: bytes | None = None,
+    variant: str = AUTO,
 ) -> Meter:
-    """Make the meter's key, register its DID as a vouched meter of ``household``."""
+    """Make the meter's key, register its DID as a vouched meter of ``household`` whose
+    telegrams are read as ``variant`` (:mod:`gateway.energy.variants`)."""
+    if variant not in VARIANTS:
+        raise MeterError(f"unknown meter variant {variant!r}; one of: {', '.join(VARIANTS)}")
     owner = registry.find(household)
     if owner is None or owner.kind != "household":
         raise MeterError(
@@ -90,7 +99,12 @@ def enroll(
             kind="meter",
             owner=household,
             capabilities=["reading"],
-            metadata={"identity": "vouched", "vouched_by": gateway_did, "port": port},
+            metadata={
+                "identity": "vouched",
+                "vouched_by": gateway_did,
+                "port": port,
+                "variant": variant,
+            },
             actor=actor,
             now=now,
             reason="vouched meter enrolled",
@@ -105,6 +119,49 @@ def enroll(
             [did, household, port, str(path), int(now * 1000)],
         )
     return Meter(did, household, port, str(path), None, 0)
+
+
+def dlms_key_path(state_dir: Path, did: str) -> Path:
+    """Where an encrypted meter's keys are kept (beside its signing key, 0600)."""
+    return state_dir / METER_KEYS / f"{did.removeprefix('did:key:')[-16:]}.dlms"
+
+
+_KEY_LINE = re.compile(rb"[0-9A-Fa-f]{32}")
+
+
+def parse_dlms_keys(data: bytes, variant: str) -> tuple[bytes, bytes | None]:
+    """The encryption key and, for a variant without a fixed one, the authentication key:
+    one 32-digit hex key per line (encryption first). Never echoes what it read."""
+    lines = [line.strip() for line in data.strip().splitlines()]
+    if not lines or len(lines) > 2 or not all(_KEY_LINE.fullmatch(line) for line in lines):
+        raise MeterError(
+            "a meter key is 32 hex digits (16 bytes) on one line: the encryption key, then "
+            "on a second line the authentication key where the meter has its own"
+        )
+    needs_auth = VARIANTS[variant].authentication_key is None
+    if needs_auth != (len(lines) == 2):
+        wanted = "an encryption and an authentication key" if needs_auth else "one key"
+        raise MeterError(f"a {variant} meter takes {wanted}")
+    keys = [binascii.unhexlify(line) for line in lines]
+    return keys[0], keys[1] if needs_auth else None
+
+
+def set_dlms_keys(state_dir: Path, did: str, variant: str, data: bytes) -> Path:
+    """Check and keep an encrypted meter's keys (0600; replaces earlier ones)."""
+    if not VARIANTS[variant].encrypted:
+        raise MeterError(f"{did} is a {variant} meter: its telegrams are not encrypted")
+    parse_dlms_keys(data, variant)
+    path = dlms_key_path(state_dir, did)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(path, data.strip() + b"\n", replace=True, error=MeterError)
+    return path
+
+
+def load_dlms_keys(state_dir: Path, did: str, variant: str) -> tuple[bytes, bytes | None]:
+    """An encrypted meter's keys; refused when missing or readable by group or others."""
+    path = dlms_key_path(state_dir, did)
+    data = read_secret(path, f"the key file of meter {did}", MeterError, max_bytes=1024)
+    return parse_dlms_keys(data, variant)
 
 
 def meters(db: Database, household: str | None = None) -> list[Meter]:
@@ -143,9 +200,25 @@ class MeterRecorder:
         self._equipment = meter.equipment_id
         self._peak = meter.peak_export_w
         self._seq = self._store.last_key(meter.did, VOUCHED_READING) or 0
+        self.last_frame_counter = self._recorded_counter()
         self._last_ms: int | None = None
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {"recorded": 0, "skipped": 0, "wrong_meter": 0}
+
+    def _recorded_counter(self) -> int:
+        """The frame counter of the last reading on the record (encrypted meters), so a
+        frame recorded before a restart is not taken again after it; -1 when none."""
+        entry = (
+            self._store.find_key(self.meter.did, VOUCHED_READING, self._seq) if self._seq else None
+        )
+        if entry is None or entry.payload is None:
+            return -1
+        try:
+            payload = entry.payload.split(b".")[1]
+            body = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+            return int(body.get("frame_counter", -1))
+        except (IndexError, ValueError, TypeError, AttributeError):
+            return -1
 
     def record(self, telegram: Telegram, now_ms: int) -> int | None:
         """Record the telegram (the entry's seq), or None when skipped or refused."""
@@ -165,7 +238,10 @@ class MeterRecorder:
                 "values": telegram.values(),
                 "equipment_id": telegram.equipment_id,
                 "vouched_by": self._gateway,
+                "variant": telegram.variant,
             }
+            if telegram.frame_counter is not None:
+                body["frame_counter"] = telegram.frame_counter
             token = sign_jws(
                 json.dumps(body, separators=(",", ":")).encode(),
                 self._signer,

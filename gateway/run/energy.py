@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth.broker import market_topic
 from gateway.config import Config
 from gateway.db import DB_NAME, connect
-from gateway.energy.meter import MeterRecorder, meters
-from gateway.energy.p1 import P1Splitter, Telegram
+from gateway.energy.meter import MeterError, MeterRecorder, load_dlms_keys, meters
+from gateway.energy.p1 import P1Splitter, Rejected, Telegram
+from gateway.energy.variants import AUTO, VARIANTS
 from gateway.identity import keystore
 from gateway.identity.signing import Signer
 from gateway.market.service import Market, Message
@@ -33,6 +34,9 @@ from gateway.ops.health import Health
 from gateway.registry import Registry, Status
 from gateway.service import Gateway, build_resolver, market_settings
 from gateway.transports.serial import SerialReader, SerialSettings
+
+if TYPE_CHECKING:
+    from gateway.energy.dlms_frames import EncryptedSplitter
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class MeterSide:
     ) -> None:
         self._readers: list[SerialReader] = []
         self.recorders: list[MeterRecorder] = []
-        self.splitters: list[P1Splitter] = []
+        self.splitters: list[P1Splitter | EncryptedSplitter] = []
         settings = config.meter
         serial_settings = SerialSettings(
             settings.baudrate,
@@ -61,6 +65,16 @@ class MeterSide:
             device = gateway.registry.find(meter.did)
             if device is None or device.status is not Status.ACTIVE:
                 continue
+            variant = str(device.metadata.get("variant", AUTO))
+            if variant not in VARIANTS:
+                raise MeterError(f"meter {meter.did}: unknown variant {variant!r}")
+            # An encrypted meter without its key (or with a key others may read) stops the
+            # start, with the file and the fix named: nothing could be read from it anyway.
+            dlms = (
+                load_dlms_keys(state_dir, meter.did, variant)
+                if VARIANTS[variant].encrypted
+                else None
+            )
             key = keystore.load_private_key(Path(meter.key_file), passphrase)
             recorder = MeterRecorder(
                 meter,
@@ -69,7 +83,15 @@ class MeterSide:
                 gateway.did,
                 every_ms=int(settings.record_every_seconds * 1000),
             )
-            splitter = P1Splitter()
+            splitter: P1Splitter | EncryptedSplitter
+            if dlms is not None:
+                from gateway.energy.dlms_frames import EncryptedSplitter  # only when one is
+
+                splitter = EncryptedSplitter(
+                    variant, *dlms, last_counter=recorder.last_frame_counter
+                )
+            else:
+                splitter = P1Splitter(variant=variant)
             self.recorders.append(recorder)
             self.splitters.append(splitter)
             self._readers.append(
@@ -125,15 +147,26 @@ class MeterSide:
             recorder.close()
 
 
-def _feed(recorder: MeterRecorder, splitter: P1Splitter, chunk: bytes) -> None:
+def _feed(recorder: MeterRecorder, splitter: P1Splitter | EncryptedSplitter, chunk: bytes) -> None:
     for item in splitter.feed(chunk):
         if isinstance(item, Telegram):
             try:
                 recorder.record(item, _now_ms())
             except Exception as exc:  # the record is unavailable: the next telegram tries again
                 log.error("%s", exc)
-        else:
-            log.debug("telegram rejected (%s): %s", item.reason, item.detail)
+        elif isinstance(item, Rejected):
+            # A wrong key or a replay is the operator's business (or an attack): a warning
+            # the 1st, 10th, 100th … time, so a meter refused every second does not flood
+            # the journal; the rest is line noise. All of it is counted in the status.
+            n = splitter.counts.get(item.reason, 0)
+            loud = item.reason in ("decrypt", "replay") and str(n).strip("0") == "1"
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
+                "telegram rejected (%s, %d so far): %s",
+                item.reason,
+                n,
+                item.detail,
+            )
 
 
 class MarketSide:

@@ -24,7 +24,8 @@ DIDGW = str(Path(sys.executable).with_name("didgw"))
 
 @pytest.fixture
 def didgw(tmp_path: Path) -> Run:
-    """``didgw(*args, env=…, cwd=…)``: run the installed command with HOME and state in tmp_path."""
+    """``didgw(*args, env=…, cwd=…, input=…)``: run the installed command with HOME and state
+    in tmp_path (``input``: its standard input)."""
     base_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path / "home"),
@@ -32,10 +33,14 @@ def didgw(tmp_path: Path) -> Run:
     }
 
     def run(
-        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [DIDGW, *args],
+            input=input,
             capture_output=True,
             text=True,
             env={**base_env, **(env or {})},

@@ -67,3 +67,37 @@ def enroll(didgw: Run, state: Path, tmp_path: Path, name: str, port: Path) -> st
     )
     assert out.returncode == 0, out.stderr
     return re.search(r"enrolled meter (\S+)", out.stdout)[1]
+
+
+def register_household(didgw: Run, state: Path, tmp_path: Path, name: str) -> str:
+    """A household registered by the real CLI; its DID."""
+    key = keystore.generate_key()
+    keystore.write_private_key(tmp_path / f"{name}.pem", key, None)
+    did = Signer.for_did_key(key).did
+    out = didgw(
+        "device", "register", did, "--name", name, "--kind", "household", "--state-dir", str(state)
+    )
+    assert out.returncode == 0, out.stderr
+    return did
+
+
+def enroll_variant(
+    didgw: Run, state: Path, household: str, name: str, port: Path, *, variant: str
+) -> str:
+    """A meter of ``variant`` enrolled by the real CLI on ``port``; its DID."""
+    out = didgw(
+        "meter",
+        "enroll",
+        "--household",
+        household,
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--variant",
+        variant,
+        "--state-dir",
+        str(state),
+    )
+    assert out.returncode == 0, out.stderr
+    return re.search(r"enrolled meter (\S+)", out.stdout)[1]

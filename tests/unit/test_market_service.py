@@ -191,3 +191,43 @@ def test_a_silent_meter_holds_up_its_own_households_statement_only(world):
     assert market.unsettled(end + INTERVAL + 1) == [] and market.overdue(end + INTERVAL + 1) == []
     assert [s["household"] for s in market.statements(a.did, start)] == [a.did]
     assert len(market.statements(c.did, start)) == 1
+
+
+def test_an_encrypted_meters_frame_counter_survives_a_restart(world, db):
+    """The last recorded frame counter is read back from the record: after a restart a
+    frame recorded before it is a replay."""
+    import dataclasses
+
+    gateway, _, meters, _, _ = world
+    assert meters[0].last_frame_counter == -1
+    sealed = dataclasses.replace(telegram(1000, 0, 0), frame_counter=41, variant="smarty")
+    meters[0].record(sealed, T0)
+    signer = meters[0]._signer
+    again = MeterRecorder(meters[0].meter, db, signer, gateway.did)
+    assert again.last_frame_counter == 41
+    assert (
+        MeterRecorder(meters[1].meter, db, meters[1]._signer, gateway.did).last_frame_counter == -1
+    )
+
+
+def test_meter_keys_are_checked_kept_0600_and_refused_when_shared(tmp_path):
+    from gateway.energy.meter import MeterError, load_dlms_keys, parse_dlms_keys, set_dlms_keys
+
+    key = "000102030405060708090a0b0c0d0e0f"
+    assert parse_dlms_keys(key.encode() + b"\n", "smarty") == (bytes.fromhex(key), None)
+    both = f"{key}\n{'11' * 16}".encode()
+    assert parse_dlms_keys(both, "sagemcom-t210-encrypted")[1] == b"\x11" * 16
+    for bad, variant in ((b"", "smarty"), (key[:-1].encode(), "smarty"), (both, "smarty")):
+        with pytest.raises(MeterError) as caught:
+            parse_dlms_keys(bad, variant)
+        assert key not in str(caught.value)
+    with pytest.raises(MeterError, match="takes an encryption and an authentication key"):
+        parse_dlms_keys(key.encode(), "sagemcom-t210-encrypted")
+    with pytest.raises(MeterError, match="not encrypted"):
+        set_dlms_keys(tmp_path, "did:key:z6MkMeter", "dsmr5", key.encode())
+    path = set_dlms_keys(tmp_path, "did:key:z6MkMeter", "smarty", key.encode())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_dlms_keys(tmp_path, "did:key:z6MkMeter", "smarty")[0] == bytes.fromhex(key)
+    path.chmod(0o644)
+    with pytest.raises(MeterError, match="group or others"):
+        load_dlms_keys(tmp_path, "did:key:z6MkMeter", "smarty")
