@@ -15,7 +15,11 @@
   main process and the workers together, what the gateway really costs the machine.
 * ``targets_met``: each target, met or not.
 
-    python bench/cli_startup.py [--quick]
+    python bench/cli_startup.py [--quick] [--details DIR]
+
+``--details DIR`` keeps what the figures come from: the last ``-X importtime`` output
+(``importtime.txt``) and the gateway's memory map when its RSS was read (``smaps.txt``, from
+``/proc/<pid>/smaps``), to see which import or which mapping a change moves.
 
 Needs ``scripts/setup.sh --dev`` (mosquitto, anvil). The last line is one JSON object.
 
@@ -121,6 +125,10 @@ def _workers(pid: int) -> list[int]:
     return workers
 
 
+#: --details: where the last run's import times and memory map are kept (None: nowhere).
+DETAILS: Path | None = None
+
+
 def run_once(
     tmp: Path, url: str, config: Path, state: Path, importtime: bool, *, workers: int = 0
 ) -> dict[str, float]:
@@ -152,6 +160,8 @@ def run_once(
             raise SystemExit(f"didgw run did not get ready:\n{err.read()[-3000:]}")
         time.sleep(2.0)
         rss_kb = _kib(f"/proc/{proc.pid}/status", "VmRSS")
+        if DETAILS is not None:
+            (DETAILS / "smaps.txt").write_text(Path(f"/proc/{proc.pid}/smaps").read_text())
         extra: dict[str, float] = {}
         if workers:
             deadline = time.monotonic() + 30
@@ -171,7 +181,10 @@ def run_once(
     err.seek(0)
     out = {"ready_s": ready, "rss_mb": rss_kb / 1024, **extra}
     if importtime:
-        out["import_ms"] = _top_level_import_ms(err.read())
+        text = err.read()
+        out["import_ms"] = _top_level_import_ms(text)
+        if DETAILS is not None:
+            (DETAILS / "importtime.txt").write_text(text)
     err.close()
     return out
 
@@ -248,7 +261,13 @@ def _said(met: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (under a minute)")
-    quick = parser.parse_args().quick
+    parser.add_argument("--details", type=Path, help="keep importtime.txt and smaps.txt here")
+    args = parser.parse_args()
+    quick = args.quick
+    global DETAILS  # noqa: PLW0603 - one setting for the whole run
+    DETAILS = args.details
+    if DETAILS is not None:
+        DETAILS.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "gateway")], check=True)
     runs = 10 if quick else 40
     timed([DIDGW, "--help"], 2)  # warm the page cache
