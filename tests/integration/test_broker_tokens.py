@@ -304,30 +304,29 @@ def test_without_a_good_token_key_every_did_is_refused_until_the_key_comes(
         broker.stop()
 
 
+def login_code(tokens: TokenBroker, did: str) -> str:
+    """What the broker answers ``did`` logging in with a fresh token now."""
+    peer, code = tokens.connect(did, tokens.token(did))
+    peer.close()
+    return code
+
+
 def test_a_token_key_that_others_can_read_refuses_every_did(tokens: TokenBroker) -> None:
     """Anyone on the machine who can read the key can make tokens: the plugin will not use a
     key file that others may read, and it sees a chmod (not only a new file)."""
     did = new_did()
-    peer, code = tokens.connect(did, tokens.token(did))
-    peer.close()
-    assert code == "Success"
+    assert login_code(tokens, did) == "Success"
     key_file = tokens.deny_file.with_name("token.key")
     key_file.chmod(0o644)
-
-    def refused() -> bool:
-        peer, code = tokens.connect(did, tokens.token(did))
-        peer.close()
-        return code == "Not authorized"
-
-    wait_until(refused, "a DID refused once the key file is readable by others")
+    wait_until(
+        lambda: login_code(tokens, did) == "Not authorized",
+        "a DID refused once the key file is readable by others",
+    )
     key_file.chmod(0o640)
-
-    def accepted() -> bool:
-        peer, code = tokens.connect(did, tokens.token(did))
-        peer.close()
-        return code == "Success"
-
-    wait_until(accepted, "a DID accepted again once the key file is private")
+    wait_until(
+        lambda: login_code(tokens, did) == "Success",
+        "a DID accepted again once the key file is private",
+    )
 
 
 def test_a_configuration_reload_keeps_connected_devices_and_their_topics(
