@@ -82,7 +82,7 @@ build_one() {
     fi
     command -v "$cc" >/dev/null || die "$cc is missing (apt-get install gcc-$triplet; the
 arm64 headers and libraries: dpkg --add-architecture arm64; apt-get install
-libsodium-dev:arm64 libssl-dev:arm64; scripts/setup.sh --dev does both)"
+libc6-dev:arm64 libsodium-dev:arm64; scripts/setup.sh --dev does both)"
     local out=$WORK/$arch pkg=$WORK/$arch/pkg
     local venv=$pkg/opt/didgw/.venv
     local site=$venv/lib/python$PYVER/site-packages

@@ -38,12 +38,11 @@ command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
 # libcoap's CoAP client: the tests' peer that nobody here wrote (coap-client-notls).
 command -v coap-client-notls >/dev/null || apt_missing+=(libcoap3-bin)
 # The broker's didgw plugin (broker-plugin/) is compiled here against mosquitto's plugin
-# headers, OpenSSL (reads the key) and libsodium (checks Ed25519 signatures):
-# scripts/build-broker-plugin.sh, run below.
+# headers and libsodium (checks the session tokens' HMAC): scripts/build-broker-plugin.sh,
+# run below.
 command -v cc >/dev/null || apt_missing+=(gcc libc6-dev)
 [[ -f /usr/include/mosquitto_plugin.h ]] || apt_missing+=(mosquitto-dev)
 [[ -f /usr/include/mosquitto.h ]] || apt_missing+=(libmosquitto-dev)
-[[ -f /usr/include/openssl/evp.h ]] || apt_missing+=(libssl-dev)
 [[ -f /usr/include/sodium.h ]] || apt_missing+=(libsodium-dev)
 # node and npm install anvil, the local ledger of the demo and the tests (and the tests' own
 # npm packages); a gateway that anchors to a real ledger needs neither.
@@ -67,10 +66,12 @@ if [[ $DEV -eq 1 ]]; then
     # tests' Modbus peer that nobody here wrote.
     command -v mbpoll >/dev/null || apt_missing+=(mbpoll)
 fi
-# The arm64 package (scripts/build-deb.sh arm64): the cross compiler and the plugin's arm64
-# libraries; its test runs that package's didgw under qemu-user on an arm64 python3.11,
-# whose standard library comes from the arm64 multiarch packages (beside the amd64 ones).
-arm64_libs=(libsodium-dev:arm64 libssl-dev:arm64 libpython3.11-stdlib:arm64 zlib1g:arm64 libexpat1:arm64)
+# The arm64 package (scripts/build-deb.sh arm64): the cross compiler, the C library's arm64
+# headers (the compiler only recommends them, and apt here installs no recommendations) and
+# the plugin's arm64 libraries; its test runs that package's didgw under qemu-user on an
+# arm64 python3.11, whose standard library comes from the arm64 multiarch packages (beside
+# the amd64 ones).
+arm64_libs=(libc6-dev:arm64 libsodium-dev:arm64 libpython3.11-stdlib:arm64 zlib1g:arm64 libexpat1:arm64)
 if [[ $DEV -eq 1 && $(dpkg --print-architecture 2>/dev/null) == amd64 ]]; then
     if ! dpkg --print-foreign-architectures | grep -qx arm64; then
         as_root dpkg --add-architecture arm64
