@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gateway.errors import DidgwError
-from gateway.ops.broker import PrivateBroker, free_port
+from gateway.ops.broker import PrivateBroker, free_port, free_ports
 from gateway.ops.status import live_health
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +63,9 @@ class Demo:
         self.state = state_dir or self.tmp / "state"
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.logs: list[IO[bytes]] = []
-        self.ports = {
-            "mqtt": free_port(),
-            "mqtt_accounts": free_port(),
-            "coap": free_port(socket.SOCK_DGRAM),
-            "anvil": free_port(),
-            "metrics": free_port(),
-            "http": free_port(),
-        }
+        tcp = ("mqtt", "mqtt_accounts", "anvil", "metrics", "http")
+        self.ports = dict(zip(tcp, free_ports(len(tcp)), strict=True))
+        self.ports["coap"] = free_port(socket.SOCK_DGRAM)
         self.env = {**os.environ, "DIDGW_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
         self.broker = PrivateBroker(
             self.tmp / "mosquitto",

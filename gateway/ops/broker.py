@@ -82,9 +82,23 @@ def missing_tools() -> str:
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port nobody listens on right now, on loopback (TCP by default)."""
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1, kind)[0]
+
+
+def free_ports(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """``count`` different ports nobody listens on right now, on loopback. Each probe stays
+    bound until all are picked: ports asked for one at a time can come back twice (the
+    demo once gave its web server the broker's port)."""
+    probes: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, kind)
+            probes.append(probe)
+            probe.bind((HOST, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 class PrivateBroker:
@@ -113,8 +127,9 @@ class PrivateBroker:
             self.token_dir / "deny",
         )
         self.host = HOST
-        self.port = port if port is not None else free_port()
-        self.accounts_port = accounts_port if accounts_port is not None else free_port()
+        picked = free_ports(2)
+        self.port = port if port is not None else picked[0]
+        self.accounts_port = accounts_port if accounts_port is not None else picked[1]
         #: (certfile, keyfile) of a third listener, MQTT over TLS, as devices on a LAN use it
         #: (configs/mosquitto/mosquitto.conf; here one TLS listener serves both authentication
         #: and accounts); None: the plain loopback listeners only.

@@ -156,6 +156,7 @@ def test_the_demo_prints_console_links_that_sign_a_browser_in_once(
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.communicate()
+        demo.stdout.close()  # already closed, unless the demo ended before it was told to
     assert demo.returncode == 130, output + rest
     assert _processes_mentioning(str(tmp_path)) == []
 

@@ -244,3 +244,13 @@ def test_a_large_dynamic_security_batch_goes_out_in_parts_in_order() -> None:
         assert len(json.dumps({"commands": numbered})) <= dynsec.MAX_REQUEST_BYTES
     assert dynsec._parts([], 100) == []
     assert dynsec.MAX_REQUEST_BYTES < policy.MAX_PACKET_BYTES
+
+
+def test_ports_picked_together_are_all_different() -> None:
+    """Ports asked for one at a time may repeat; asked for together they cannot (each probe
+    stays bound until all are picked)."""
+    from gateway.ops.broker import free_ports
+
+    for _ in range(20):
+        ports = free_ports(64)
+        assert len(set(ports)) == 64 and all(1024 <= p <= 65535 for p in ports)
