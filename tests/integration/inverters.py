@@ -11,9 +11,6 @@ from pathlib import Path
 
 from support import Run, wait_until
 
-from gateway.identity import keystore
-from gateway.identity.signing import Signer
-
 SIM = Path(__file__).parents[2] / "firmware-sim" / "sunspec_inverter.py"
 
 
@@ -55,17 +52,6 @@ class Inverters:
                 p.wait(10)
             if p.stdout is not None:
                 p.stdout.close()
-
-
-def household(didgw: Run, state: Path, tmp_path: Path, name: str) -> str:
-    key = keystore.generate_key()
-    keystore.write_private_key(tmp_path / f"{name}.pem", key, None)
-    did = Signer.for_did_key(key).did
-    out = didgw(
-        "device", "register", did, "--name", name, "--kind", "household", "--state-dir", str(state)
-    )
-    assert out.returncode == 0, out.stderr
-    return did
 
 
 def enroll(didgw: Run, state: Path, house: str, name: str, link: str, *extra: str) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, free_port
 from gateway_process import GatewayProcess, gateway_did, make_device
-from inverters import Inverters, enroll, household
+from inverters import Inverters, enroll
 from meters import Meters
+from meters import register_household as household
 from support import Run, wait_until
 
 from gateway.auth.broker import orders_topic
