@@ -40,8 +40,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
+import array
 import contextlib
 import functools
+import gc
 import json
 import multiprocessing
 import secrets
@@ -121,7 +123,11 @@ def read_packet(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def open_client(host: str, port: int, username: str, password: str) -> socket.socket:
+    """A connection for the probe stream. TCP_NODELAY, as the gateway and the broker set it:
+    without it Nagle's algorithm holds each small message until the broker's delayed ACK
+    of the one before (up to 40 ms), and the probe would measure its own socket."""
     sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(connect_packet(f"didgw-bench-{secrets.token_hex(8)}", username, password))
     kind, body = read_packet(sock)
     assert kind == 0x20 and body[1] == 0, f"refused: {body!r}"
@@ -162,9 +168,17 @@ class Stream:
         kind, _ = read_packet(self.sub)
         assert kind == 0x90
         self.pub = open_client(host, port, username, password)
-        self.latencies: list[tuple[int, float]] = []  # (sent ns, latency ms)
+        # Send and delivery times in flat arrays: no object per message, nothing for the
+        # garbage collector to walk (a full collection over a list of tuples held the
+        # receiving thread, and the GIL, for 5 ms at a time: the probe measured itself).
+        self._sent, self._delivered = array.array("q"), array.array("q")
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._recv)]
+
+    @property
+    def latencies(self) -> list[tuple[int, float]]:
+        """(sent ns, latency ms) of every message delivered."""
+        return [(t, (d - t) / 1e6) for t, d in zip(self._sent, self._delivered, strict=True)]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -195,14 +209,17 @@ class Stream:
                 kind, body = read_packet(self.sub)
                 if kind >> 4 == 3:
                     (sent,) = struct.unpack("!q", body[-8:])
-                    self.latencies.append((sent, (time.monotonic_ns() - sent) / 1e6))
+                    self._delivered.append(time.monotonic_ns())
+                    self._sent.append(sent)
         except (ConnectionError, OSError):
             return
 
 
 def run_stream(host: str, port: int, username: str, password: str, conn: Connection) -> None:
     """The stream in a process of its own (the load generator's GIL must not be measured):
-    runs until told to stop, then sends back every (sent ns, latency ms)."""
+    runs until told to stop, then sends back every (sent ns, latency ms). The collector is
+    off meanwhile: the probe allocates nothing that lives, and a collection would stop it."""
+    gc.disable()
     stream = Stream(host, port, username, password)
     stream.start()
     conn.send("ready")

@@ -45,7 +45,7 @@ from gateway.identity.resolver import (
 )
 from gateway.identity.signing import Signer, sign_jws, verify_jws
 from gateway.service import build_resolver
-from gateway.transports.http import make_fetch
+from gateway.transports.http import make_fetch, tls_context
 
 pytestmark = pytest.mark.integration
 
@@ -612,6 +612,33 @@ def test_error_answer_does_not_hold_the_connection_open(
         del info
         gc.collect()
     assert held == set(), "a socket is still open after the 404 was handled"
+
+
+def test_the_trust_store_is_loaded_for_https_only_once_and_a_bad_one_fails_closed(
+    start_site: Callable[..., Site], https_site: Site, pki: Pki, tmp_path: Path
+) -> None:
+    """No fetcher loads a trust store until it fetches over HTTPS; then every fetcher of
+    the process shares one per ca_file. A ca_file that cannot be loaded refuses each HTTPS
+    fetch, saying which file and why, and plain HTTP to loopback is unaffected."""
+    https_site.routes["/did.json"] = Reply(200, b"{}")
+    first = make_fetch(timeout=TIMEOUT, max_bytes=MAX_BYTES, ca_file=str(pki.ca_file))
+    second = make_fetch(timeout=TIMEOUT, max_bytes=MAX_BYTES, ca_file=str(pki.ca_file))
+    assert first(f"https://localhost:{https_site.port}/did.json") == b"{}"
+    assert second(f"https://localhost:{https_site.port}/did.json") == b"{}"
+    assert tls_context(str(pki.ca_file)) is tls_context(str(pki.ca_file))
+
+    garbage = tmp_path / "not-a-ca.pem"
+    garbage.write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
+    fetch = make_fetch(timeout=TIMEOUT, max_bytes=MAX_BYTES, ca_file=str(garbage))  # lazily
+    kind, message = failure(lambda: fetch(f"https://localhost:{https_site.port}/did.json"))
+    assert kind is ResolutionError  # a refusal, not an outage: no cached copy is served
+    assert f"[resolver] ca_file {garbage}: cannot load it" in message
+    assert len(https_site.seen()) == 2  # the refused fetch asked for nothing
+    plain = start_site(None)
+    plain.routes["/did.json"] = Reply(200, b"[]")
+    assert fetch(f"http://127.0.0.1:{plain.port}/did.json") == b"[]"
 
 
 def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(pki: Pki) -> None:

@@ -75,6 +75,33 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "Bogus" in _verify(units / "mosquitto.service", env)  # the drop-in is read
 
 
+def _scheduling(pid: int) -> set[tuple[int, int]]:
+    """(policy, real-time priority) of every thread of ``pid`` (proc(5): stat fields 41, 40)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        out.add((int(fields[38]), int(fields[37])))  # fields from the 3rd on
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real-time policy takes root, as systemd has")
+def test_the_broker_drop_in_puts_routing_first(mosquitto: Mosquitto) -> None:
+    """The drop-in's ExecStartPost, run as systemd runs it (as root, $MAINPID the broker's),
+    puts every thread of a real mosquitto under SCHED_RR 10, and the broker routes on."""
+    dropin = (ROOT / "systemd" / "mosquitto.service.d" / "didgw.conf").read_text()
+    (line,) = re.findall(r"^ExecStartPost=-(.+)$", dropin, re.M)
+    assert _scheduling(mosquitto.pid) == {(os.SCHED_OTHER, 0)}
+    command = line.replace("$MAINPID", str(mosquitto.pid)).split()
+    subprocess.run(command, check=True, timeout=10)
+    assert _scheduling(mosquitto.pid) == {(os.SCHED_RR, 10)}
+    topic = f"{mosquitto.prefix}/bench/stream"
+    with mosquitto.gateway() as sub, mosquitto.gateway() as pub:
+        assert not sub.connect().is_failure and not pub.connect().is_failure
+        assert not sub.subscribe(topic).is_failure
+        assert not pub.publish(topic, b"first").is_failure
+        assert sub.next_message() == (topic, b"first")
+
+
 def test_sysusers_declares_the_user_and_the_serial_group() -> None:
     lines = [
         line.split()
