@@ -28,7 +28,7 @@ from sqlite_utils import Database
 
 from gateway.chain.store import ChainStore, NewEntry
 from gateway.db import write_transaction
-from gateway.energy.meter import VOUCHED_READING, VOUCHED_TYP
+from gateway.energy.meter import VOUCHED_READING, VOUCHED_TYP, append_vouched
 from gateway.energy.modbus_link import LinkSpec
 from gateway.energy.sunspec import InverterValues, Nameplate, SunSpecRefused, check_reading
 from gateway.errors import DidgwError, RegistryError
@@ -274,28 +274,29 @@ class InverterRecorder:
         self, nameplate: Nameplate, values: InverterValues, token: bytes, seq: int, now_ms: int
     ) -> int:
         conn = self._db.conn
-        try:
-            with write_transaction(conn):
-                [entry] = self._store.append_within(
-                    [NewEntry(VOUCHED_READING, self.inverter.did, token, seq)], now_ms=now_ms
-                )
+
+        def rows(entry: int) -> None:
+            conn.execute(
+                "INSERT INTO inverter_readings (inverter, seq, ts, power_w, energy_wh, "
+                "entry) VALUES (?, ?, ?, ?, ?, ?)",
+                [self.inverter.did, seq, now_ms, values.power_w, values.energy_wh, entry],
+            )
+            if self._serial is None:
                 conn.execute(
-                    "INSERT INTO inverter_readings (inverter, seq, ts, power_w, energy_wh, "
-                    "entry) VALUES (?, ?, ?, ?, ?, ?)",
-                    [self.inverter.did, seq, now_ms, values.power_w, values.energy_wh, entry.seq],
+                    "UPDATE inverters SET serial = ? WHERE did = ?",
+                    [nameplate.serial, self.inverter.did],
                 )
-                if self._serial is None:
-                    conn.execute(
-                        "UPDATE inverters SET serial = ? WHERE did = ?",
-                        [nameplate.serial, self.inverter.did],
-                    )
+
+        try:
+            return append_vouched(
+                self._store,
+                conn,
+                NewEntry(VOUCHED_READING, self.inverter.did, token, seq),
+                now_ms=now_ms,
+                rows=rows,
+            )
         except sqlite3.Error as exc:
-            self._store.resync()
             raise InverterError(f"cannot record a reading of {self.inverter.did}: {exc}") from None
-        except BaseException:
-            self._store.resync()
-            raise
-        return entry.seq
 
     def close(self) -> None:
         self._db.close()

@@ -27,6 +27,7 @@ import json
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,30 @@ from gateway.registry import Registry
 
 VOUCHED_READING = "vouched_reading"
 VOUCHED_TYP = "didgw-vouched-reading+jws"
+
+
+def append_vouched(
+    store: ChainStore,
+    conn: sqlite3.Connection,
+    entry: NewEntry,
+    *,
+    now_ms: int,
+    rows: Callable[[int], None],
+) -> int:
+    """Append a vouched reading (a meter's or an inverter's) and, in the same
+    transaction, the device's own rows (``rows(entry seq)``), so that the record and the
+    device's table never disagree; the entry's seq. On any failure nothing is kept and the
+    store reads its head again; a database error reaches the caller to name the device."""
+    try:
+        with write_transaction(conn):
+            [appended] = store.append_within([entry], now_ms=now_ms)
+            rows(appended.seq)
+    except BaseException:
+        store.resync()
+        raise
+    return appended.seq
+
+
 METER_KEYS = Path("keys") / "meters"
 
 
@@ -254,39 +279,41 @@ class MeterRecorder:
 
     def _append(self, telegram: Telegram, token: bytes, seq: int, now_ms: int) -> int:
         conn = self._db.conn
-        try:
-            with write_transaction(conn):
-                [entry] = self._store.append_within(
-                    [NewEntry(VOUCHED_READING, self.meter.did, token, seq)], now_ms=now_ms
-                )
+
+        def rows(entry: int) -> None:
+            conn.execute(
+                "INSERT INTO meter_readings (meter, seq, ts, import_wh, export_wh, "
+                "power_export_w, entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    self.meter.did,
+                    seq,
+                    now_ms,
+                    telegram.total_import_wh,
+                    telegram.total_export_wh,
+                    telegram.power_export_w,
+                    entry,
+                ],
+            )
+            if self._equipment is None or telegram.power_export_w > self._peak:
                 conn.execute(
-                    "INSERT INTO meter_readings (meter, seq, ts, import_wh, export_wh, "
-                    "power_export_w, entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        self.meter.did,
-                        seq,
-                        now_ms,
-                        telegram.total_import_wh,
-                        telegram.total_export_wh,
-                        telegram.power_export_w,
-                        entry.seq,
-                    ],
+                    "UPDATE meters SET equipment_id = ?, peak_export_w = max(peak_export_w, ?) "
+                    "WHERE did = ?",
+                    [telegram.equipment_id, telegram.power_export_w, self.meter.did],
                 )
-                if self._equipment is None or telegram.power_export_w > self._peak:
-                    conn.execute(
-                        "UPDATE meters SET equipment_id = ?, peak_export_w = max(peak_export_w, ?) "
-                        "WHERE did = ?",
-                        [telegram.equipment_id, telegram.power_export_w, self.meter.did],
-                    )
+
+        try:
+            entry = append_vouched(
+                self._store,
+                conn,
+                NewEntry(VOUCHED_READING, self.meter.did, token, seq),
+                now_ms=now_ms,
+                rows=rows,
+            )
         except sqlite3.Error as exc:
-            self._store.resync()
             raise MeterError(f"cannot record a reading of {self.meter.did}: {exc}") from None
-        except BaseException:
-            self._store.resync()
-            raise
         self._equipment = telegram.equipment_id
         self._peak = max(self._peak, telegram.power_export_w)
-        return entry.seq
+        return entry
 
     def close(self) -> None:
         self._db.close()

@@ -21,6 +21,7 @@ from gateway_process import GatewayProcess, gateway_did, make_device, records, r
 from support import Run, wait_until
 
 from gateway.identity import offline_resolver, verify_jws
+from gateway.run.workers import WORKER_NICE
 
 pytestmark = pytest.mark.integration
 
@@ -250,6 +251,12 @@ def test_several_writers_keep_one_chain_and_a_killed_worker_is_replaced(
         for device in devices:
             device.start(timeout=15)
         workers = [p for p in _children(gateway.process.pid) if p != gateway.process.pid]
+        # the readings wait for a core when the handshakes need it: the workers are nicer
+        main_nice = os.getpriority(os.PRIO_PROCESS, gateway.process.pid)
+        spawned = [p for p in workers if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(spawned) == 3
+        nice = {os.getpriority(os.PRIO_PROCESS, p) for p in spawned}
+        assert nice == {main_nice + WORKER_NICE} and min(nice) > main_nice
         for i in range(40):
             for device in devices:
                 device.publish_reading("energy", {"import_kwh": {"value": i, "unit": "kWh"}})
