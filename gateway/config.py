@@ -58,6 +58,22 @@ def _existing_file(value: str) -> str | None:
     return None if not value or Path(value).is_file() else "file not found"
 
 
+def _ca_file(value: str) -> str | None:
+    """A PEM file of certificate authorities: it exists and OpenSSL loads it (a bare context,
+    so only this file is read, not the system's trust store)."""
+    if not value:
+        return None
+    if not Path(value).is_file():
+        return "file not found"
+    import ssl  # here: every command reads the configuration, few need ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
+    except (OSError, ssl.SSLError) as exc:
+        return f"not a PEM file of CA certificates ({exc})"
+    return None
+
+
 def _secret_file(value: str) -> str | None:
     """A file holding a password or passphrase: it exists and only its owner may read it."""
     return secret_file_problem(value) if value else None
@@ -188,7 +204,7 @@ class ResolverSection(_Section):
         "",
         "Extra PEM file of certificate authorities trusted for did:web and the resolver "
         "(a building's private PKI). Empty: the system's trust store only.",
-        _existing_file,
+        _ca_file,
     )
     allow_http_localhost: bool = _setting(
         False,

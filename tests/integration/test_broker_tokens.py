@@ -4,14 +4,17 @@ devices and people in with the topics of their claims; the deny file cuts them o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import resource
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import fleet
 import pytest
 from broker import Mosquitto, Peer, missing_tools
 from support import wait_until
@@ -253,6 +256,88 @@ def test_the_deny_list_survives_a_restart(tokens: TokenBroker) -> None:
     peer, code = tokens.connect(did, tokens.token(did))
     peer.close()
     assert code == "Not authorized"
+
+
+FLEET = 10_000
+
+
+async def _each_publishes_once(
+    broker: Mosquitto, creds: list[tuple[str, str]], links: dict[str, fleet.Connection]
+) -> set[str]:
+    """Connect every (did, token) not connected yet, 200 CONNECTs in flight, each publishes a
+    reading (QoS 1, acknowledged); the DIDs whose reading the gateway's account received."""
+    received: set[str] = set()
+
+    def delivered(topic: str, _payload: bytes) -> None:
+        received.add(topic.split("/")[2])
+
+    gateway = await fleet.Connection.open(
+        broker.host,
+        broker.port,
+        client_id=f"didgw-test-{secrets.token_hex(8)}",
+        username=broker.gateway_username,
+        password=broker.gateway_password.encode(),
+        on_message=delivered,
+    )
+    await gateway.subscribe(f"{PREFIX}/d/+/readings")
+    window = asyncio.Semaphore(200)
+
+    async def one(did: str, token: str) -> None:
+        async with window:
+            if did not in links or links[did].closed.is_set():
+                links[did] = await fleet.Connection.open(
+                    broker.host,
+                    broker.accounts_port,
+                    client_id=f"didgw-{secrets.token_hex(8)}",  # the broker makes it the DID
+                    username=did,
+                    password=token.encode(),
+                    timeout=30,
+                )
+            await links[did].publish(f"{PREFIX}/d/{did}/readings", b"{}")
+
+    await asyncio.gather(*(one(did, token) for did, token in creds))
+    async with asyncio.timeout(30):
+        while len(received) < len(creds):
+            await asyncio.sleep(0.05)
+    await gateway.close()
+    return received
+
+
+def test_the_broker_restarts_with_10_000_devices_and_they_all_come_back(
+    tmp_path: Path,
+) -> None:
+    """10,000 devices connected with their tokens; mosquitto restarts (every connection
+    drops); each connects again with the token it has, no new handshake, and its reading
+    gets through: sessions are tokens, and the broker keeps nothing of them to lose."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = FLEET + 1000  # this process's sockets; mosquitto inherits the same limit
+    assert hard >= needed, f"raise the open-files limit (ulimit -Hn) to {needed}: it is {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    key = secrets.token_bytes(bt.KEY_BYTES)
+    broker, deny = start(tmp_path / "b", key)
+    tokens = TokenBroker(broker, key, deny)
+    creds = [(did, tokens.token(did)) for did in (new_did() for _ in range(FLEET))]
+    links: dict[str, fleet.Connection] = {}
+
+    async def run() -> tuple[set[str], set[str], int]:
+        before = await _each_publishes_once(broker, creds, links)
+        broker.restart()
+        async with asyncio.timeout(30):  # every connection is dropped with the broker
+            await asyncio.gather(*(link.closed.wait() for link in links.values()))
+        after = await _each_publishes_once(broker, creds, links)
+        still = sum(not link.closed.is_set() for link in links.values())
+        await asyncio.gather(*(link.close() for link in links.values()))
+        return before, after, still
+
+    try:
+        before, after, still = asyncio.run(run())
+    finally:
+        broker.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    dids = {did for did, _ in creds}
+    assert before == dids
+    assert after == dids  # all 10,000 back, each with the token it had
+    assert still == FLEET
 
 
 def test_an_unreadable_deny_file_refuses_every_did(tokens: TokenBroker) -> None:

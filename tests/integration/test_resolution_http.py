@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pki import Pki, Tarpit, make_pki, server_context
 from sqlite_utils import Database
 
-from gateway.config import Config, ResolverSection
+from gateway.config import Config, ResolverSection, parse_config
 from gateway.db import connect, migrate
-from gateway.errors import ResolutionError, SignatureError
+from gateway.errors import ConfigError, ResolutionError, SignatureError
 from gateway.identity.cache import SqliteResolutionCache
 from gateway.identity.did_key import ed25519_multikey
 from gateway.identity.did_web import document_url
@@ -639,6 +639,19 @@ def test_the_trust_store_is_loaded_for_https_only_once_and_a_bad_one_fails_close
     plain = start_site(None)
     plain.routes["/did.json"] = Reply(200, b"[]")
     assert fetch(f"http://127.0.0.1:{plain.port}/did.json") == b"[]"
+
+
+def test_a_ca_file_that_does_not_load_is_refused_with_the_configuration(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """The configuration loads ``[resolver] ca_file`` alone when it is read (at start and at
+    each SIGHUP), so a file that is not PEM certificates stops ``didgw run`` with its name
+    before anything runs, rather than refusing every did:web fetch later."""
+    assert parse_config({"resolver": {"ca_file": str(pki.ca_file)}}, source="t").resolver.ca_file
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"\[resolver\] ca_file: not a PEM file of CA certif"):
+        parse_config({"resolver": {"ca_file": str(garbage)}}, source="t")
 
 
 def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(pki: Pki) -> None:
