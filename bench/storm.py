@@ -60,7 +60,8 @@ The CPU used by the gateway, mosquitto, the storm's load generator and the strea
 of one core)
 is reported per phase, and on a virtual machine the time its host took from it
 (``steal_ms_storm``, ``steal_ms_churn``: a host that pauses the machine stalls the broker
-whatever its priority). The last line is one JSON object. Temporary files go to
+whatever its priority). ``broker_stalls_storm`` lists each hold over 5 ms in the storm: when
+(seconds after its start) and how long. The last line is one JSON object. Temporary files go to
 ``$DIDGW_BENCH_DIR`` if set.
 """
 
@@ -390,6 +391,23 @@ def register(state: Path, config: Path, tmp: Path, identities: list) -> float:
     return time.perf_counter() - begin
 
 
+def stalls(probed: list[tuple[int, float]], begin: float, end: float) -> list[list[float]]:
+    """Each time the probe was held over 5 ms between ``begin`` and ``end``: [seconds after
+    ``begin`` the first held message was sent, the longest hold in ms]. Messages held by one
+    pause come in a run (each sent 1 ms after the last, held 1 ms less): one entry a run."""
+    out: list[list[float]] = []
+    last = -1.0
+    for sent_ns, latency in probed:
+        at = sent_ns / 1e9
+        if begin <= at <= end and latency > 5.0:
+            if out and at - last < 0.02:
+                out[-1][1] = max(out[-1][1], round(latency, 1))
+            else:
+                out.append([round(at - begin, 3), round(latency, 1)])
+            last = at
+    return out
+
+
 def steal_ms() -> int:
     """CPU time the hypervisor took from this virtual machine so far, all cores (ms): a
     host that stops the machine for 100 ms stops the broker too, whatever its priority."""
@@ -569,6 +587,7 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         "idle_stall_ms_max": worst(idle_from, start),
         "churn_stall_ms_max": worst(churn_start, churn_end),
         "probe_messages": len(probed),
+        "broker_stalls_storm": stalls(probed, start, storm_end),
         "stream_gap_ms_max": longest_gap(arrivals, start, storm_end),
         "stream_gap_ms_idle": longest_gap(arrivals, idle_from, start),
         "stream_gap_ms_churn": longest_gap(arrivals, churn_start, churn_end),

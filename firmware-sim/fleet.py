@@ -606,6 +606,8 @@ class FleetDevice:
             except TimeoutError:
                 if not self.connected and not await self.bring_up(until=until):
                     return None
+                if acked.done():  # the ack came while the device connected again
+                    return acked.result()
                 self.resend(seq)
         return None
 
