@@ -476,12 +476,9 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         if s["nice_load"]:  # the devices' CPU is not the gateway's: theirs yields first
             for p in (stream, storm):
                 os.setpriority(os.PRIO_PROCESS, p.pid, 10)
+        broker_rt = s["broker_priority"] == "shipped" and realtime(broker.pid, prober.pid)
         if s["broker_priority"] == "shipped":
-            s["broker_priority"] = (
-                "SCHED_RR 10"
-                if realtime(broker.pid, prober.pid)
-                else ("normal (SCHED_RR not permitted here)")
-            )
+            s["broker_priority"] = "SCHED_RR 10" if broker_rt else "normal (SCHED_RR not permitted)"
         if not probe_conn.poll(60) or probe_conn.recv() != "ready":
             raise RuntimeError("the probe did not start")
         expect(stream_out, "ready", 180, stream.is_alive)
@@ -547,7 +544,7 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         # The broker restarts with every device connected: they all come back.
         survivors = expect(storm_out, "restart ready", 120, storm.is_alive)
         broker.restart()
-        if s["broker_priority"] == "SCHED_RR 10":
+        if broker_rt:
             realtime(broker.pid)  # as the unit's ExecStartPost does at every start
         restarted_at = time.monotonic()
         storm_ctl.put(("restart", restarted_at))

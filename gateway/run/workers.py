@@ -12,8 +12,8 @@ devices and administers the broker.
 The workers run at a lower priority than the main process (:data:`WORKER_NICE`). When
 the cores are all busy (a building reconnecting at once) the handshakes, the acks' way
 out and the pages go first, and the readings wait in the broker, which holds them (QoS 1)
-until a worker has a core: with the workers at the main process's priority a 10,000-device
-storm authenticated 241-295 devices/s here, with them below it 388/s
+until a worker has a core: with the workers at the main process's priority 10,000-device
+storms authenticated 241-295 devices/s here, with them below it 273-449/s in six runs
 (docs/development.md, "The reconnect storm"). With cores to spare, as in a steady stream,
 the priority changes nothing.
 
