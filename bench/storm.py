@@ -60,8 +60,13 @@ The CPU used by the gateway, mosquitto, the storm's load generator and the strea
 of one core)
 is reported per phase, and on a virtual machine the time its host took from it
 (``steal_ms_storm``, ``steal_ms_churn``: a host that pauses the machine stalls the broker
-whatever its priority). ``broker_stalls_storm`` lists each hold over 5 ms in the storm: when
-(seconds after its start) and how long. The last line is one JSON object. Temporary files go to
+whatever its priority). ``broker_stalls_storm`` and ``broker_stalls_churn`` list each hold
+over 5 ms in those phases: when (``at_s``, seconds after the phase's start), how long
+(``ms``), and what a trace sampled every 10 ms saw meanwhile: the most time the host took
+from one core (``steal_ms``) and how long mosquitto waited for a core (``broker_wait_ms``;
+over the whole storm: ``broker_wait_ms_storm``). A hold with neither is the broker's own
+work. ``trace_gap_ms_max``: the trace's own longest gap (a pause of the whole machine
+holds it too). The last line is one JSON object. Temporary files go to
 ``$DIDGW_BENCH_DIR`` if set.
 """
 
@@ -77,6 +82,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import importlib.util
 import itertools
@@ -391,21 +397,83 @@ def register(state: Path, config: Path, tmp: Path, identities: list) -> float:
     return time.perf_counter() - begin
 
 
-def stalls(probed: list[tuple[int, float]], begin: float, end: float) -> list[list[float]]:
-    """Each time the probe was held over 5 ms between ``begin`` and ``end``: [seconds after
-    ``begin`` the first held message was sent, the longest hold in ms]. Messages held by one
-    pause come in a run (each sent 1 ms after the last, held 1 ms less): one entry a run."""
-    out: list[list[float]] = []
+class SchedTrace:
+    """Every 10 ms, what could hold the broker besides its own work: the time the host took
+    from each core (``steal`` in ``/proc/stat``) and how long mosquitto waited for a core
+    (its run-queue wait in ``/proc/<pid>/schedstat``). Each hold of the probe is then
+    put down to the host, to the broker waiting for a core, or to neither: the broker's
+    own work. A thread of the bench's own process; if it is held too, ``gap_ms_max`` says."""
+
+    def __init__(self, broker_pid: int, interval: float = 0.01) -> None:
+        self._schedstat = f"/proc/{broker_pid}/schedstat"
+        self._interval = interval
+        self._tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        #: (time.monotonic(), steal per core in clock ticks, the broker's run-queue wait in ns)
+        self.samples: list[tuple[float, list[int], int]] = []
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> tuple[float, list[int], int]:
+        lines = Path("/proc/stat").read_text().splitlines()
+        steal = [int(line.split()[8]) for line in lines if line[:3] == "cpu" and line[3].isdigit()]
+        try:
+            wait_ns = int(Path(self._schedstat).read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # the broker has gone (its restart)
+            wait_ns = self.samples[-1][2] if self.samples else 0
+        return time.monotonic(), steal, wait_ns
+
+    def _run(self) -> None:
+        while not self._halt.wait(self._interval):
+            self.samples.append(self._sample())
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join()
+
+    def during(self, begin: float, end: float) -> dict[str, float]:
+        """Between the samples just before ``begin`` and just after ``end``: the most time
+        the host took from one core (``steal_ms``), and the broker's run-queue wait
+        (``broker_wait_ms``)."""
+        times = [t for t, _, _ in self.samples]
+        i = max(0, bisect.bisect_right(times, begin) - 1)
+        j = min(len(times) - 1, bisect.bisect_left(times, end))
+        if j <= i:
+            return {"steal_ms": 0.0, "broker_wait_ms": 0.0}
+        (_, steal_a, wait_a), (_, steal_b, wait_b) = self.samples[i], self.samples[j]
+        stolen = max(b - a for a, b in zip(steal_a, steal_b, strict=True))
+        return {
+            "steal_ms": round(stolen * self._tick_ms, 1),
+            "broker_wait_ms": round((wait_b - wait_a) / 1e6, 1),
+        }
+
+    def gap_ms_max(self, begin: float, end: float) -> float:
+        """The longest time between two samples in the window: the sampler's own holds."""
+        times = [t for t, _, _ in self.samples if begin <= t <= end]
+        return round(1000 * max((b - a for a, b in itertools.pairwise(times)), default=0.0), 1)
+
+
+def stalls(
+    probed: list[tuple[int, float]], begin: float, end: float, trace: SchedTrace
+) -> list[dict[str, float]]:
+    """Each time the probe was held over 5 ms between ``begin`` and ``end``: when (seconds
+    after ``begin`` the first held message was sent), the longest hold (ms), and what the
+    trace saw meanwhile (:meth:`SchedTrace.during`). Messages held by one pause come in a
+    run (each sent 1 ms after the last, held 1 ms less): one entry a run."""
+    runs: list[list[float]] = []
     last = -1.0
     for sent_ns, latency in probed:
         at = sent_ns / 1e9
         if begin <= at <= end and latency > 5.0:
-            if out and at - last < 0.02:
-                out[-1][1] = max(out[-1][1], round(latency, 1))
+            if runs and at - last < 0.02:
+                runs[-1][1] = max(runs[-1][1], latency)
             else:
-                out.append([round(at - begin, 3), round(latency, 1)])
+                runs.append([at, latency])
             last = at
-    return out
+    return [
+        {"at_s": round(at - begin, 3), "ms": round(ms, 1), **trace.during(at, at + ms / 1000)}
+        for at, ms in runs
+    ]
 
 
 def steal_ms() -> int:
@@ -494,6 +562,7 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
             "probe": [prober.pid],
         }
         cpu = ingest.CpuMeter(roots, detail=gateway.pid)
+        trace = SchedTrace(broker.pid)
         stolen = steal_ms()
         start = time.monotonic() + 0.2
         storm_ctl.put(("go", start))
@@ -541,6 +610,7 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         streamed = expect(stream_out, "done", 120, stream.is_alive)
         probe_conn.send("stop")
         probed = probe_conn.recv() if probe_conn.poll(60) else []
+        trace.stop()
         # The broker restarts with every device connected: they all come back.
         survivors = expect(storm_out, "restart ready", 120, storm.is_alive)
         broker.restart()
@@ -584,7 +654,10 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         "idle_stall_ms_max": worst(idle_from, start),
         "churn_stall_ms_max": worst(churn_start, churn_end),
         "probe_messages": len(probed),
-        "broker_stalls_storm": stalls(probed, start, storm_end),
+        "broker_stalls_storm": stalls(probed, start, storm_end, trace),
+        "broker_stalls_churn": stalls(probed, churn_start, churn_end, trace),
+        "broker_wait_ms_storm": trace.during(start, storm_end)["broker_wait_ms"],
+        "trace_gap_ms_max": trace.gap_ms_max(start, churn_end),
         "stream_gap_ms_max": longest_gap(arrivals, start, storm_end),
         "stream_gap_ms_idle": longest_gap(arrivals, idle_from, start),
         "stream_gap_ms_churn": longest_gap(arrivals, churn_start, churn_end),
