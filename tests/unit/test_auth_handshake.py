@@ -452,8 +452,9 @@ def retry_after(out: Outgoing | None) -> int | None:
 
 def test_a_rate_limited_refusal_says_when_to_come_back() -> None:
     """A DID with all its challenges out waits their lifetime; a full pool gives places in a
-    line, one grant's time apart (at the last second's rate, never slower than the assumed
-    one), 250 ms to 30 s away."""
+    line, one grant's time apart (at the rate the gateway granted over the last second,
+    measured from the first of those grants; the assumed rate before it can be measured),
+    250 ms to 30 s away."""
     world = make_world(max_pending=4, max_pending_strangers=1)
     devices = [Device() for _ in range(8)]
     for d in devices:
@@ -468,6 +469,13 @@ def test_a_rate_limited_refusal_says_when_to_come_back() -> None:
             world.registry[d.did] = Status.ACTIVE
         return world, [world.challenge(d) for d in devices[:4]]
 
+    def grant(world: World, out: list[Challenge], times: range) -> None:
+        """Four grants at each of ``times`` (ms after NOW), the pool full again after each."""
+        for t in times:
+            for d, challenge in zip(devices[:4], out, strict=True):
+                assert world.auth.on_response(d.respond(challenge), NOW + t)[1] is not None
+            out[:] = [world.challenge(d, now=NOW + t) for d in devices[:4]]
+
     # no grant yet: each refusal (the same device may ask again) gets the next place, 1,000 /
     # ASSUMED_RATE ms after the one before; none nearer than 250 ms, none beyond 30 s
     world, _ = full_world()
@@ -481,19 +489,32 @@ def test_a_rate_limited_refusal_says_when_to_come_back() -> None:
     world.challenge(Device())
     assert retry_after(world.auth.on_hello(Device().hello(), NOW)) == MIN_RETRY_MS
 
-    # grants faster than assumed (800 in the last second): places follow that rate
+    # grants faster than assumed (800 over the last second): places follow that rate
     world, out = full_world()
-    for k in range(200):
-        at = NOW + k
-        for d, challenge in zip(devices[:4], out, strict=True):
-            assert world.auth.on_response(d.respond(challenge), at)[1] is not None
-        out = [world.challenge(d, now=at) for d in devices[:4]]
-    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 500)) for _ in range(800)]
+    grant(world, out, range(0, 1000, 5))
+    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 1000)) for _ in range(800)]
     assert waits[-1] == 1000  # 800 places at 800 grants/s
-    # 1.5 s later those grants are history, and the line's end (NOW + 1,500) is past: the
+    # 1.5 s later those grants are history, and the line's end (NOW + 2,000) is past: the
     # line starts from now again, at the assumed rate
-    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 2000)) for _ in range(800)]
+    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 2500)) for _ in range(800)]
     assert waits[-1] == int(800 * step)
+
+    # slower than assumed (a Pi: 100 over the last second): places follow that rate too, so
+    # that refused devices do not come back before a place is free
+    world, out = full_world()
+    grant(world, out, range(0, 1000, 40))
+    waits = [retry_after(world.auth.on_hello(devices[4].hello(), NOW + 1000)) for _ in range(100)]
+    assert waits[-1] == 1000 and waits[:25] == [max(MIN_RETRY_MS, 10 * k) for k in range(1, 26)]
+
+    # a storm's first grants are counted over the moments they took: 40 in the first 100 ms
+    # are 400 a second, not 40
+    world, out = full_world()
+    grant(world, out, range(0, 100, 10))
+    assert world.auth.core.grant_rate(NOW + 100) == 400
+    # and fewer than RATE_MIN_SAMPLES tell no rate
+    world, out = full_world()
+    grant(world, out, range(0, 12, 4))
+    assert world.auth.core.grant_rate(NOW + 12) == ASSUMED_RATE
 
 
 def test_a_refusal_with_and_without_retry_after_decodes_strictly() -> None:
