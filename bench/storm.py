@@ -57,16 +57,17 @@ The stream's publish -> ack p99 is reported per phase (``stream_p99_ack_ms_idle`
 take the cores from the gateway and the broker at the moments measured. The idle figures
 are the 5 s before the storm, with nothing else going on (the floor this machine gives).
 The CPU used by the gateway, mosquitto, the storm's load generator and the stream (percent
-of one core)
-is reported per phase, and on a virtual machine the time its host took from it
-(``steal_ms_storm``, ``steal_ms_churn``: a host that pauses the machine stalls the broker
-whatever its priority). ``broker_stalls_storm`` and ``broker_stalls_churn`` list each hold
-over 5 ms in those phases: when (``at_s``, seconds after the phase's start), how long
-(``ms``), and what a trace sampled every 10 ms saw meanwhile: the most time the host took
-from one core (``steal_ms``) and how long mosquitto waited for a core (``broker_wait_ms``;
-over the whole storm: ``broker_wait_ms_storm``). A hold with neither is the broker's own
-work. ``trace_gap_ms_max``: the trace's own longest gap (a pause of the whole machine
-holds it too). The last line is one JSON object. Temporary files go to
+of one core) is reported per phase, and on a virtual machine the time its host took from
+it (``steal_ms_storm``, ``steal_ms_churn``: a host that pauses the machine stalls the broker
+whatever its priority). ``verify_us_before`` and ``verify_us_after``: one bare libsodium
+Ed25519 verification before and after the run, in µs: the machine's speed, which on this
+virtual machine halves for periods. ``broker_stalls_storm`` and ``broker_stalls_churn``
+list each hold over 5 ms in those phases: when (``at_s``, seconds after the phase's start),
+how long (``ms``), and what a trace sampled every 10 ms saw meanwhile: the most time the
+host took from one core (``steal_ms``) and how long mosquitto waited for a core
+(``broker_wait_ms``; over the whole storm: ``broker_wait_ms_storm``). A hold with neither
+is the broker's own work. ``trace_gap_ms_max``: the trace's own longest gap (a pause of the
+whole machine holds it too). The last line is one JSON object. Temporary files go to
 ``$DIDGW_BENCH_DIR`` if set.
 """
 
@@ -402,7 +403,8 @@ class SchedTrace:
     from each core (``steal`` in ``/proc/stat``) and how long mosquitto waited for a core
     (its run-queue wait in ``/proc/<pid>/schedstat``). Each hold of the probe is then
     put down to the host, to the broker waiting for a core, or to neither: the broker's
-    own work. A thread of the bench's own process; if it is held too, ``gap_ms_max`` says."""
+    own work. A thread of the bench's own process, under SCHED_RR just below the broker
+    (where permitted: it never delays the broker); if it is held too, ``gap_ms_max`` says."""
 
     def __init__(self, broker_pid: int, interval: float = 0.01) -> None:
         self._schedstat = f"/proc/{broker_pid}/schedstat"
@@ -424,6 +426,8 @@ class SchedTrace:
         return time.monotonic(), steal, wait_ns
 
     def _run(self) -> None:
+        with contextlib.suppress(PermissionError):  # before everything but the broker
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(5))
         while not self._halt.wait(self._interval):
             self.samples.append(self._sample())
 
@@ -474,6 +478,22 @@ def stalls(
         {"at_s": round(at - begin, 3), "ms": round(ms, 1), **trace.during(at, at + ms / 1000)}
         for at, ms in runs
     ]
+
+
+def verify_us(seconds: float = 0.3) -> float:
+    """One bare libsodium Ed25519 verification, in microseconds (``bench/jws_verify.py``'s
+    ``bare_libsodium_us``): how fast the machine is at the moment. This virtual machine runs
+    at half its usual speed for periods, and every figure here moves with it."""
+    from nacl.bindings import crypto_sign, crypto_sign_keypair, crypto_sign_open
+
+    public, secret = crypto_sign_keypair()
+    signed = crypto_sign(b"x" * 200, secret)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(100):
+            crypto_sign_open(signed, public)
+        count += 100
+    return round(1e6 * (time.perf_counter() - start) / count, 1)
 
 
 def steal_ms() -> int:
@@ -721,9 +741,11 @@ def main() -> None:
         if s[name] is None:
             s[name] = value
     load = os.getloadavg()
+    speed = verify_us()
     with tempfile.TemporaryDirectory(dir=os.environ.get("DIDGW_BENCH_DIR")) as tmp:
         summary = run(s, Path(tmp))
     summary["load_before"] = [round(x, 2) for x in load]
+    summary["verify_us_before"], summary["verify_us_after"] = speed, verify_us()
     print(
         f"storm of {summary['devices']:,}: {summary['done']:,} done, "
         f"reconnect_all_s {summary['reconnect_all_s']}, {summary['auth_per_s']} auth/s; "
