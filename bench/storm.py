@@ -21,11 +21,13 @@ load generator of firmware-sim/fleet.py (all devices in one event loop, in one p
    sent as the block began for X ms. The probe measures the broker, not itself: its sockets
    have TCP_NODELAY (else Nagle's algorithm holds each message behind the broker's delayed
    ACK of the one before, up to 40 ms), it keeps its times in flat arrays with the garbage
-   collector off (a collection over a list of tuples held it for 5 ms), and it runs at the
-   broker's priority (below).
+   collector off (a collection over a list of tuples held it for 5 ms), and it runs just
+   below the broker's priority (below).
    **The broker's priority** (``--broker-priority``): by default mosquitto runs as the shipped
    drop-in (systemd/mosquitto.service.d/didgw.conf) puts it, every thread under SCHED_RR 10,
-   and the probe with it; ``normal`` leaves both at the normal priority, where the broker
+   and the probe under SCHED_RR 9 (before every ordinary process, never before the broker:
+   at the same priority its two threads could hold both cores while the broker waited);
+   ``normal`` leaves both at the normal priority, where the broker
    waits for a core behind the gateway's checks and the devices' load (what it measured
    before the drop-in did this). Setting SCHED_RR takes root; without it the run says so in
    ``broker_priority`` and goes on at the normal priority.
@@ -503,13 +505,12 @@ def steal_ms() -> int:
     return int(fields[8]) * 1000 // os.sysconf("SC_CLK_TCK")
 
 
-def realtime(*pids: int) -> bool:
-    """Every thread of ``pids`` under SCHED_RR at priority 10, as the shipped mosquitto
+def realtime(pid: int, priority: int = 10) -> bool:
+    """Every thread of ``pid`` under SCHED_RR at ``priority``: 10 as the shipped mosquitto
     drop-in's ``ExecStartPost`` (``chrt``) puts the broker. False where not permitted."""
     try:
-        for pid in pids:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(10))
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(priority))
     except PermissionError:
         return False
     return True
@@ -564,7 +565,13 @@ def run(s: dict, tmp: Path) -> dict:  # noqa: PLR0915 - one timeline, read top t
         if s["nice_load"]:  # the devices' CPU is not the gateway's: theirs yields first
             for p in (stream, storm):
                 os.setpriority(os.PRIO_PROCESS, p.pid, 10)
-        broker_rt = s["broker_priority"] == "shipped" and realtime(broker.pid, prober.pid)
+        # The probe just below the broker: before every ordinary process, and its two threads
+        # (which could hold both cores at once) never keep the broker waiting.
+        broker_rt = (
+            s["broker_priority"] == "shipped"
+            and realtime(broker.pid)
+            and realtime(prober.pid, priority=9)
+        )
         if s["broker_priority"] == "shipped":
             s["broker_priority"] = "SCHED_RR 10" if broker_rt else "normal (SCHED_RR not permitted)"
         if not probe_conn.poll(60) or probe_conn.recv() != "ready":
