@@ -405,8 +405,8 @@ class SchedTrace:
     from each core (``steal`` in ``/proc/stat``) and how long mosquitto waited for a core
     (its run-queue wait in ``/proc/<pid>/schedstat``). Each hold of the probe is then
     put down to the host, to the broker waiting for a core, or to neither: the broker's
-    own work. A thread of the bench's own process, under SCHED_RR just below the broker
-    (where permitted: it never delays the broker); if it is held too, ``gap_ms_max`` says."""
+    own work. A thread of the bench's own process, under SCHED_RR below the broker and the
+    probe (where permitted: it delays neither); if it is held too, ``gap_ms_max`` says."""
 
     def __init__(self, broker_pid: int, interval: float = 0.01) -> None:
         self._schedstat = f"/proc/{broker_pid}/schedstat"
@@ -428,7 +428,7 @@ class SchedTrace:
         return time.monotonic(), steal, wait_ns
 
     def _run(self) -> None:
-        with contextlib.suppress(PermissionError):  # before everything but the broker
+        with contextlib.suppress(PermissionError):  # before every ordinary process
             os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(5))
         while not self._halt.wait(self._interval):
             self.samples.append(self._sample())
