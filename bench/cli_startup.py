@@ -13,6 +13,8 @@
   one process per core, started with ``spawn``): how many, each one's VmRSS, and the
   proportional set size (PSS, shared pages divided among the processes sharing them) of the
   main process and the workers together, what the gateway really costs the machine.
+* ``http_off_import_ms``, ``http_off_rss_mb``: the same two figures with the people's front
+  door off (no ``[http]``): what aiohttp and the HTTP edge cost ``didgw run``.
 * ``targets_met``: each target, met or not.
 
     python bench/cli_startup.py [--quick] [--details DIR]
@@ -237,6 +239,13 @@ def bench_run(runs: int) -> dict[str, float]:
                 run_once(tmp, url, with_workers, state, False, workers=cores if cores > 1 else 0)
                 for _ in range(max(1, runs // 2))
             ]
+            # The same without the people's front door: what aiohttp and the edge cost.
+            no_http = config.with_name("gateway-no-http.toml")
+            no_http.write_text(config.read_text().replace("[http]\n", "[http]\nenabled = false\n"))
+            bare_imports = [
+                run_once(tmp, url, no_http, state, True)["import_ms"] for _ in range(runs)
+            ]
+            bare = [run_once(tmp, url, no_http, state, False) for _ in range(runs)]
         finally:
             broker.stop()
             anvil.terminate()
@@ -251,6 +260,8 @@ def bench_run(runs: int) -> dict[str, float]:
         "workers_total_pss_mb": round(
             statistics.median(p.get("total_pss_mb", 0) for p in pooled), 1
         ),
+        "http_off_import_ms": round(statistics.median(bare_imports), 1),
+        "http_off_rss_mb": round(statistics.median(p["rss_mb"] for p in bare), 1),
     }
 
 
@@ -306,6 +317,10 @@ def main() -> None:
         f"didgw run RSS       median {run['run_rss_mb']:.1f} MiB, ready in {run['run_ready_s']} s; "
         f"target ≤ 60 MiB: {_said(met['run_rss_mib'])}, "
         f"≤ 60 MB (57.2 MiB): {_said(met['run_rss_mb_decimal'])}"
+    )
+    print(
+        f"without the front door ([http] off): imports {run['http_off_import_ms']:.0f} ms, "
+        f"RSS {run['http_off_rss_mb']:.1f} MiB"
     )
     print(
         f"with {run['workers']} reading workers: main {run['workers_main_rss_mb']:.1f} MiB, "
