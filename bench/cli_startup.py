@@ -14,7 +14,7 @@
   proportional set size (PSS, shared pages divided among the processes sharing them) of the
   main process and the workers together, what the gateway really costs the machine.
 * ``http_off_import_ms``, ``http_off_rss_mb``: the same two figures with the people's front
-  door off (no ``[http]``): what aiohttp and the HTTP edge cost ``didgw run``.
+  door off (``[http] enabled = false``): what aiohttp and the HTTP edge cost ``didgw run``.
 * ``targets_met``: each target, met or not.
 
     python bench/cli_startup.py [--quick] [--details DIR]
