@@ -154,7 +154,7 @@ def test_a_storm_the_pool_holds_is_refused_nothing() -> None:
 
 def test_below_a_pool_s_worth_in_a_nonce_s_lifetime_some_nonces_expire() -> None:
     """At 100 grants/s the 4,096 challenges of the first second take 41 s to answer, longer
-    than a nonce lives (30 s): the last thousand or so expire in the gateway's line and their
+    than a nonce lives (30 s): about 3,400 of them expire in the gateway's line and their
     devices start again. Refused before anything is verified, they cost the gateway little,
     and the fleet is let in all the same (in about the ideal time: the test above)."""
     storm = play(10_000, 100)
