@@ -177,7 +177,7 @@ def test_packaged_code_runs_on_debians_python(tree: Path, tmp_path: Path) -> Non
     python = tree / "opt/didgw/.venv/bin/python3"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     where = subprocess.run(
-        [python, "-c", "import nacl, cryptography, coincurve, aiohttp, gateway; "
+        [python, "-c", "import nacl, cryptography, coincurve, h11, gateway; "
          "print(gateway.__file__); print(nacl.__file__)"],
         capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
     )  # fmt: skip

@@ -20,8 +20,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth.api_access import Caller, market_scope, may, sees
 from gateway.chain.store import ChainError
 from gateway.errors import CredentialError, DidError, DidgwError, RegistryError
@@ -29,6 +27,7 @@ from gateway.registry import KINDS, Status
 from gateway.registry.table import MAX_QUERY, SORTS, Cursor, DeviceFilter, metadata_filter
 from gateway.run.http.api_desk import ApiDesk, iso
 from gateway.run.http.server import HttpEdge, Principal
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from aiohttp import web
-
 from gateway.errors import DidgwError
 from gateway.registry import KINDS, Status
 from gateway.registry.table import SORTS
@@ -26,6 +24,7 @@ from gateway.run.http.api import DEVICE_ACTIONS, MAX_TEXT, ApiError, device_quer
 from gateway.run.http.api_desk import ApiDesk, iso
 from gateway.run.http.pages import render
 from gateway.run.http.server import HttpEdge, Principal
+from gateway.transports import web
 
 PAGE_ROWS = 50
 #: What each refusal a device can earn (``auth/refusals.py`` ``EARNED``) means, in plain

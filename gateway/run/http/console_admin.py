@@ -27,8 +27,6 @@ import secrets
 import time
 from typing import Any
 
-from aiohttp import web
-
 from gateway.credentials import oid4vci
 from gateway.credentials.kinds import KINDS
 from gateway.credentials.offers import CredentialOffers, NewOffer
@@ -39,6 +37,7 @@ from gateway.run.http.console import _manager, _short
 from gateway.run.http.pages import render
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.run.http.sse import Stream, StreamBook
+from gateway.transports import web
 
 PAGE_ENTRIES = 50
 RECENT_ANCHORS = 10  # the anchors the Record page lists

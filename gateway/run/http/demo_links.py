@@ -15,12 +15,11 @@ from __future__ import annotations
 import functools
 import secrets
 
-from aiohttp import web
-
 from gateway.auth.handoffs import LINK_LIFETIME_MS, Handoffs, TooManyLinks
 from gateway.credentials.permissions import Permissions
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import SESSION_COOKIE, HttpEdge
+from gateway.transports import web
 
 
 def landing(permissions: Permissions) -> str:

@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth.api_access import Caller, may
 from gateway.auth.web_sessions import WebSession
 from gateway.chain.store import ChainStore, NewEntry
@@ -37,6 +35,7 @@ from gateway.run.http.api_desk import person_action
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.service import build_resolver
+from gateway.transports import web
 
 PAGE = "/console/devices/import"
 CONFIRM = PAGE + "/register"

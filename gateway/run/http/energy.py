@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from aiohttp import web
 from sqlite_utils import Database
 
 from gateway.auth.api_access import Caller, market_scope, may, sees
@@ -43,6 +42,7 @@ from gateway.run.http.energy_chart import chart
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.run.http.sse import Stream, StreamBook
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 

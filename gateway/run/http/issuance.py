@@ -14,12 +14,11 @@ import json
 import secrets
 from typing import Any
 
-from aiohttp import web
-
 from gateway.credentials import oid4vci
 from gateway.identity.signing import Signer
 from gateway.run.http.server import HttpEdge
 from gateway.service import build_issuer
+from gateway.transports import web
 
 MAX_FORM_FIELD_CHARS = 1024
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 import secrets
 
-from aiohttp import web
-
 from gateway.credentials import oid4vp
 from gateway.credentials.oid4vp import LoginRequest, PendingLogins, PoolFull, VpGrant, VpRefused
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge
 from gateway.run.people import PeopleDesk
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,6 @@ from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth import person_requests as requests
 from gateway.auth.passkey_store import Passkey, PasskeyStore
 from gateway.auth.passkeys import (
@@ -52,6 +50,7 @@ from gateway.run.http.energy import eur, local_zone
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
 from gateway.service import market_settings
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 

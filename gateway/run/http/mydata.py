@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import web
 from sqlite_utils import Database
 
 from gateway.anchor.queue import AnchorQueue
@@ -32,6 +31,7 @@ from gateway.market.household_view import concerns
 from gateway.run.http.api import error_response
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge, Principal
+from gateway.transports import web
 
 MAX_SEQ = 2**62
 

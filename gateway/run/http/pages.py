@@ -17,10 +17,9 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from gateway.run.http import i18n
 from gateway.run.http.server import CSRF_FIELD, HttpEdge, language, words
+from gateway.transports import web
 
 __all__ = ["language", "local_path", "render", "words"]
 

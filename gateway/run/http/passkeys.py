@@ -26,13 +26,12 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth.passkey_store import Passkey, PasskeyStore
 from gateway.auth.passkeys import Ceremonies, PasskeyRefused, RelyingParty
 from gateway.auth.web_sessions import WebSession
 from gateway.run.http.pages import render, words
 from gateway.run.http.server import HttpEdge
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The HTTP edge: one aiohttp server inside ``didgw run``, and what every request passes.
+"""The HTTP edge: one HTTP server inside ``didgw run`` (:mod:`gateway.transports.web`), and
+what every request passes.
 
 Every request, in this order (the middlewares):
 
@@ -40,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from gateway.auth.limits import PeerLimiter
 from gateway.auth.refusals import RefusalBook
 from gateway.auth.web_sessions import WebSession, WebSessions
@@ -51,6 +50,7 @@ from gateway.db import DB_NAME, connect
 from gateway.ops.logs import LogBudget
 from gateway.run.http import i18n
 from gateway.service import Gateway
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,11 @@ class HttpEdge:
         #: what strangers get refused is logged within a budget (a flood is counted, not
         #: written line by line): ask ``refusals.take(now_ms, reason)`` before logging one.
         self.refusals = LogBudget("front door refusals", logger=log)
-        self.app = web.Application(
+        self.app = web.Server(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._headers, self._who, self._limit, self._csrf],
         )
-        self.app.router.add_static("/static/", STATIC_DIR, append_version=True)
-        self._runner: web.AppRunner | None = None
+        self.app.router.add_static("/static/", STATIC_DIR)
         self._sweeper: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
 
@@ -297,11 +296,8 @@ class HttpEdge:
     # -- running ----------------------------------------------------------------------
 
     async def start(self, ssl_context: ssl.SSLContext | None) -> None:
-        runner = self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await runner.setup()
         http = self.config.http
-        site = web.TCPSite(runner, http.host, http.port, ssl_context=ssl_context, backlog=512)
-        await site.start()
+        await self.app.start(http.host, http.port, ssl_context=ssl_context)
         self._sweeper = asyncio.ensure_future(self._sweep())
         log.info(
             "people's front door on %s (listening on %s port %d)",
@@ -330,8 +326,7 @@ class HttpEdge:
         self.stopping.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.app.stop()
         self._pool.shutdown(wait=True)
         self.db.close()
 

@@ -19,10 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from gateway.auth.web_sessions import WebSessions
 from gateway.run.http.server import SESSION_COOKIE, HttpEdge, words
+from gateway.transports import web
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,843 @@
+"""The front door's HTTP/1.1 server: h11 parses the bytes, this module bounds, routes and
+answers.
+
+It replaced aiohttp, whose import alone cost ``didgw run`` about 12 MiB of a 60 MB budget
+and about 110 ms on this machine, for a server that needs little of it: no client, no
+websockets, no compression. The names (``Request``, ``Response``, ``HTTPSeeOther``,
+``get``, ``post``) follow aiohttp's, so a handler reads as it did.
+
+What a stranger on the LAN can send is bounded here, before any handler runs:
+
+* **connections**: :data:`MAX_CONNECTIONS` in all and :data:`MAX_PER_SOURCE` from one
+  address; one more is closed at once;
+* **a request's head** (request line and headers): :data:`MAX_HEAD_BYTES` and
+  :data:`MAX_HEADERS` fields (431), and it
+  must arrive whole within :data:`HEAD_SECONDS` of the connection's being ready for it
+  (an idle keep-alive connection is closed after the same time);
+* **a body**: the route's cap (413, refused unread when ``Content-Length`` says so) and
+  :data:`BODY_SECONDS` to arrive; one that a handler did not read closes the connection;
+* **an answer**: a reader that takes more than :data:`WRITE_SECONDS` to drain it is cut.
+
+Handlers and middlewares are aiohttp's new style: ``async def mw(request, handler)``.
+A refusal is raised as an :class:`HTTPException`, which is itself the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import re
+import ssl
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import h11
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 512
+MAX_PER_SOURCE = 64
+MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADERS = 100
+HEAD_SECONDS = 15.0
+BODY_SECONDS = 30.0
+WRITE_SECONDS = 30.0
+READ_CHUNK = 64 * 1024
+MAX_FORM_FIELDS = 1000
+
+REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 303: "See Other",
+    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+    410: "Gone", 413: "Payload Too Large", 415: "Unsupported Media Type",
+    422: "Unprocessable Content", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}  # fmt: skip
+
+
+class Headers:
+    """Header fields, looked up without regard to case, a name allowed more than once."""
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._items: list[tuple[str, str]] = [(str(k), str(v)) for k, v in pairs]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        low = name.lower()
+        return next((v for k, v in self._items if k.lower() == low), default)
+
+    def getall(self, name: str) -> list[str]:
+        low = name.lower()
+        return [v for k, v in self._items if k.lower() == low]
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return str(value)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.pop(name, None)
+        self._items.append((name, str(value)))
+
+    def __delitem__(self, name: str) -> None:
+        if self.pop(name, None) is None:
+            raise KeyError(name)
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        found = self.get(name)
+        low = name.lower()
+        self._items = [(k, v) for k, v in self._items if k.lower() != low]
+        return default if found is None else found
+
+    def setdefault(self, name: str, value: str) -> str:
+        found = self.get(name)
+        if found is None:
+            self._items.append((name, str(value)))
+            return str(value)
+        return str(found)
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name, str(value)))
+
+    def update(self, other: Mapping[str, str]) -> None:
+        for k, v in other.items():
+            self[k] = v
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class MultiDict(Mapping[str, Any]):
+    """A query string's or form's fields: ``get`` gives the first of a name."""
+
+    def __init__(self, pairs: Iterable[tuple[str, Any]] = ()) -> None:
+        self._pairs = list(pairs)
+
+    def __getitem__(self, name: str) -> Any:
+        for k, v in self._pairs:
+            if k == name:
+                return v
+        raise KeyError(name)
+
+    def getall(self, name: str) -> list[Any]:
+        return [v for k, v in self._pairs if k == name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k for k, _ in self._pairs))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(k for k, _ in self._pairs))
+
+
+@dataclass(frozen=True)
+class FileField:
+    """A file sent in a ``multipart/form-data`` form."""
+
+    name: str
+    filename: str
+    file: BinaryIO
+    content_type: str
+
+
+# -- answers -------------------------------------------------------------------------
+
+
+class StreamResponse:
+    """An answer; this base class is also one written piece by piece (:meth:`prepare`,
+    :meth:`write`), such as an event stream."""
+
+    def __init__(
+        self,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = Headers(headers or {})
+        if content_type is not None:
+            self.headers["Content-Type"] = content_type
+        self._cookies: list[str] = []
+        self._exchange: _Exchange | None = None
+
+    def set_cookie(
+        self,
+        name: str,
+        value: str,
+        *,
+        max_age: int | None = None,
+        path: str = "/",
+        secure: bool = False,
+        httponly: bool = False,
+        samesite: str | None = None,
+    ) -> None:
+        parts = [f"{name}={value}", f"Path={path}"]
+        if max_age is not None:
+            parts.append(f"Max-Age={int(max_age)}")
+        if secure:
+            parts.append("Secure")
+        if httponly:
+            parts.append("HttpOnly")
+        if samesite:
+            parts.append(f"SameSite={samesite}")
+        self._cookies = [c for c in self._cookies if not c.startswith(name + "=")]
+        self._cookies.append("; ".join(parts))
+
+    def del_cookie(self, name: str, **options: Any) -> None:
+        self.set_cookie(name, '""', max_age=0, **options)
+        self._cookies[-1] += "; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+
+    @property
+    def prepared(self) -> bool:
+        return self._exchange is not None
+
+    async def prepare(self, request: Request) -> None:
+        """Send the status and headers now; the body follows by :meth:`write`."""
+        if self._exchange is None:
+            self._exchange = request._exchange
+            await self._exchange.start(self, length=None)
+
+    async def write(self, data: bytes) -> None:
+        if self._exchange is None:
+            raise RuntimeError("write before prepare")
+        await self._exchange.send_data(data)
+
+    def _fields(self, length: int | None) -> list[tuple[str, str]]:
+        fields = [(k, v) for k, v in self.headers.items() if k.lower() != "content-length"]
+        fields += [("Set-Cookie", c) for c in self._cookies]
+        if length is not None:
+            fields.append(("Content-Length", str(length)))
+        return fields
+
+
+class Response(StreamResponse):
+    """A whole answer: ``text`` (UTF-8) or ``body`` bytes."""
+
+    def __init__(
+        self,
+        *,
+        text: str | None = None,
+        body: bytes | str | None = None,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+        charset: str | None = None,
+    ) -> None:
+        super().__init__(status=status, headers=headers)
+        given = self.headers.get("Content-Type")
+        if text is not None:
+            body = text.encode()
+            kind = content_type or (given or "text/plain").split(";")[0]
+            self.headers["Content-Type"] = f"{kind}; charset={charset or 'utf-8'}"
+        elif content_type is not None:
+            self.headers["Content-Type"] = (
+                f"{content_type}; charset={charset}" if charset else content_type
+            )
+        self.body = body.encode() if isinstance(body, str) else (body or b"")
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def json_response(
+    data: Any,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    dumps: Callable[[Any], str] = json.dumps,
+) -> Response:
+    return Response(
+        text=dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+class HTTPException(Response, Exception):
+    """A refusal or redirect, raised; it is its own answer."""
+
+    status_code = 500
+
+    def __init__(
+        self,
+        *,
+        text: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        if text is None and self.status_code >= 400:
+            text = f"{self.status_code}: {REASONS.get(self.status_code, '')}"
+        Response.__init__(
+            self, text=text, status=self.status_code, headers=headers, content_type=content_type
+        )
+        Exception.__init__(self, text)
+
+    @classmethod
+    def of(cls, status: int) -> HTTPException:
+        """A refusal of a status that has no class of its own here."""
+        refusal = cls(text=f"{status}: {REASONS.get(status, '')}\n")
+        refusal.status = status
+        return refusal
+
+
+class HTTPSeeOther(HTTPException):
+    status_code = 303
+
+    def __init__(self, location: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.headers["Location"] = location
+
+
+class HTTPBadRequest(HTTPException):
+    status_code = 400
+
+
+class HTTPUnauthorized(HTTPException):
+    status_code = 401
+
+
+class HTTPForbidden(HTTPException):
+    status_code = 403
+
+
+class HTTPNotFound(HTTPException):
+    status_code = 404
+
+
+class HTTPMethodNotAllowed(HTTPException):
+    status_code = 405
+
+
+class HTTPRequestTimeout(HTTPException):
+    status_code = 408
+
+
+class HTTPRequestEntityTooLarge(HTTPException):
+    status_code = 413
+
+    def __init__(self, max_size: int, actual_size: int, **kw: Any) -> None:
+        kw.setdefault(
+            "text",
+            f"request body too large: {actual_size} bytes, at most {max_size} here\n",
+        )
+        super().__init__(**kw)
+
+
+class HTTPTooManyRequests(HTTPException):
+    status_code = 429
+
+
+class HTTPServiceUnavailable(HTTPException):
+    status_code = 503
+
+
+# -- requests ------------------------------------------------------------------------
+
+
+class Request:
+    """One request: its head, parsed; its body read only when a handler asks."""
+
+    def __init__(
+        self,
+        exchange: _Exchange,
+        head: h11.Request,
+        remote: str,
+        client_max_size: int,
+    ) -> None:
+        self._exchange = exchange
+        self.method = head.method.decode("ascii")
+        target = head.target.decode("ascii", "replace")
+        raw_path, _, self.query_string = target.partition("?")
+        self.raw_path = raw_path
+        self.path = urllib.parse.unquote(raw_path)
+        self.headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers)
+        self.remote = remote
+        self.client_max_size = client_max_size
+        self.match_info: dict[str, str] = {}
+        self._state: dict[str, Any] = {}
+        self._query: MultiDict | None = None
+        self._cookies: dict[str, str] | None = None
+        self._form: MultiDict | None = None
+
+    # the request's own storage, as aiohttp's: request["principal"]
+    def __getitem__(self, key: str) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._state[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+    def clone(self, *, client_max_size: int) -> Request:
+        """The same request with another body cap (shares its body and storage)."""
+        twin = object.__new__(Request)
+        twin.__dict__.update(self.__dict__)
+        twin.client_max_size = client_max_size
+        return twin
+
+    @property
+    def query(self) -> MultiDict:
+        if self._query is None:
+            self._query = MultiDict(
+                urllib.parse.parse_qsl(
+                    self.query_string, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
+                )
+            )
+        return self._query
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            found: dict[str, str] = {}
+            for header in self.headers.getall("Cookie"):
+                for part in header.split(";"):
+                    name, eq, value = part.strip().partition("=")
+                    if eq and name and name not in found:
+                        found[name] = value.strip().strip('"')
+            self._cookies = found
+        return self._cookies
+
+    @property
+    def content_type(self) -> str:
+        value = self.headers.get("Content-Type") or "application/octet-stream"
+        return str(value).split(";")[0].strip().lower()
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and str(value).isdigit() else None
+
+    async def read(self) -> bytes:
+        """The whole body, at most :attr:`client_max_size` bytes (413 beyond)."""
+        return await self._exchange.body(self.client_max_size)
+
+    async def json(self) -> Any:
+        return json.loads(await self.read())
+
+    async def post(self) -> MultiDict:
+        """The form's fields: URL-encoded, or multipart with files as :class:`FileField`."""
+        if self._form is not None:
+            return self._form
+        kind = self.content_type
+        if kind == "application/x-www-form-urlencoded":
+            body = await self.read()
+            try:
+                pairs: list[tuple[str, Any]] = list(
+                    urllib.parse.parse_qsl(
+                        body.decode("utf-8"),
+                        keep_blank_values=True,
+                        max_num_fields=MAX_FORM_FIELDS,
+                        strict_parsing=False,
+                    )
+                )
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise HTTPBadRequest(text=f"malformed form: {exc}\n") from exc
+        elif kind == "multipart/form-data":
+            body = await self.read()
+            pairs = _multipart(self.headers.get("Content-Type", ""), body)
+        else:
+            pairs = []
+        self._form = MultiDict(pairs)
+        return self._form
+
+
+def _multipart(content_type: str, body: bytes) -> list[tuple[str, Any]]:
+    """A ``multipart/form-data`` body's fields, by the standard library's MIME parser."""
+    import email.parser
+    import email.policy
+    import io
+
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise HTTPBadRequest(text="malformed multipart form\n")
+    fields: list[tuple[str, Any]] = []
+    for part in message.iter_parts():
+        if len(fields) >= MAX_FORM_FIELDS:
+            raise HTTPBadRequest(text="too many form fields\n")
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            kind = part.get_content_type()
+            fields.append((name, FileField(name, filename, io.BytesIO(data), kind)))
+        else:
+            fields.append((name, data.decode(part.get_content_charset() or "utf-8", "replace")))
+    return fields
+
+
+# -- routes --------------------------------------------------------------------------
+
+Handler = Callable[[Request], Awaitable[StreamResponse]]
+Middleware = Callable[[Request, Handler], Awaitable[StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RouteDef:
+    method: str
+    path: str
+    handler: Handler
+
+
+def get(path: str, handler: Handler) -> RouteDef:
+    return RouteDef("GET", path, handler)
+
+
+def post(path: str, handler: Handler) -> RouteDef:
+    return RouteDef("POST", path, handler)
+
+
+def middleware(fn: Any) -> Any:
+    """Marks a middleware (kept so one reads as in aiohttp; nothing else is needed)."""
+    return fn
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_STATIC_NAME = re.compile(
+    r"([A-Za-z0-9_-][A-Za-z0-9_.-]*/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*\.[a-z0-9]+"
+)
+
+
+class Router:
+    """Routes by method and path; ``{name}`` matches one path segment. A GET route also
+    answers HEAD. ``/static/`` serves the files of one folder."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._patterns: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        self._static: tuple[str, Path] | None = None
+
+    def add(self, route: RouteDef) -> None:
+        methods = {route.method: route.handler}
+        if route.method == "GET":
+            methods["HEAD"] = route.handler
+        if "{" not in route.path:
+            self._exact.setdefault(route.path, {}).update(methods)
+            return
+        regex = re.compile(
+            "^" + _PLACEHOLDER.sub(r"(?P<\1>[^/]+)", re.escape(route.path).replace(r"\{", "{")
+                                   .replace(r"\}", "}")) + "$"
+        )  # fmt: skip
+        for known, table in self._patterns:
+            if known.pattern == regex.pattern:
+                table.update(methods)
+                return
+        self._patterns.append((regex, methods))
+
+    def add_static(self, prefix: str, folder: Path) -> None:
+        self._static = (prefix, folder.resolve())
+
+    def resolve(self, request: Request) -> Handler:
+        table = self._exact.get(request.raw_path)
+        if table is None:
+            segments = request.raw_path
+            for regex, methods in self._patterns:
+                found = regex.match(segments)
+                if found:
+                    request.match_info = {
+                        k: urllib.parse.unquote(v) for k, v in found.groupdict().items()
+                    }
+                    table = methods
+                    break
+        if table is None:
+            if self._static and request.raw_path.startswith(self._static[0]):
+                return self._serve_static
+            return _not_found
+        handler = table.get(request.method)
+        if handler is None:
+            allow = ", ".join(sorted(table))
+            return _refuse(HTTPMethodNotAllowed, {"Allow": allow})
+        return handler
+
+    async def _serve_static(self, request: Request) -> StreamResponse:
+        if self._static is None:
+            raise HTTPNotFound()
+        prefix, folder = self._static
+        if request.method not in ("GET", "HEAD"):
+            raise HTTPMethodNotAllowed(headers={"Allow": "GET, HEAD"})
+        name = request.path[len(prefix) :]
+        if not _STATIC_NAME.fullmatch(name):  # no "..", no hidden file, no backslash
+            raise HTTPNotFound()
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise HTTPNotFound()
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        charset = "utf-8" if kind.startswith("text/") or kind.endswith("javascript") else None
+        return Response(body=path.read_bytes(), content_type=kind, charset=charset)
+
+
+async def _not_found(request: Request) -> StreamResponse:
+    raise HTTPNotFound()
+
+
+def _refuse(kind: type[HTTPException], headers: Mapping[str, str]) -> Handler:
+    async def refuse(request: Request) -> StreamResponse:
+        raise kind(headers=headers)
+
+    return refuse
+
+
+# -- the server ----------------------------------------------------------------------
+
+
+class _Closed(Exception):
+    """The peer went away, broke the protocol, or was too slow: close the connection."""
+
+
+class _Exchange:
+    """One connection's h11 state, and the reads and writes of the request in hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.body_read: bytes | None = None
+        self.head_request: h11.Request | None = None
+        self.sent_head = False
+        self.keep_alive = True
+
+    async def event(self, deadline: float) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), left)
+            self.conn.receive_data(data)
+
+    async def body(self, limit: int) -> bytes:
+        head = self.head_request
+        declared = dict(head.headers).get(b"content-length", b"") if head else b""
+        if declared.isdigit() and int(declared) > limit:  # refused unread
+            self.keep_alive = False
+            raise HTTPRequestEntityTooLarge(limit, int(declared))
+        if self.body_read is not None:
+            if len(self.body_read) > limit:
+                raise HTTPRequestEntityTooLarge(limit, len(self.body_read))
+            return self.body_read
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        deadline = asyncio.get_running_loop().time() + BODY_SECONDS
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                event = await self.event(deadline)
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        self.keep_alive = False
+                        raise HTTPRequestEntityTooLarge(limit, size)
+                    parts.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # ConnectionClosed
+                    raise _Closed
+        except TimeoutError:
+            self.keep_alive = False
+            raise HTTPRequestTimeout(text="the request's body came too slowly\n") from None
+        except h11.RemoteProtocolError as exc:
+            self.keep_alive = False
+            raise HTTPBadRequest(text=f"malformed body: {exc}\n") from None
+        self.body_read = b"".join(parts)
+        return self.body_read
+
+    async def start(self, response: StreamResponse, *, length: int | None) -> None:
+        fields = response._fields(length)
+        if self.conn.their_state is h11.SEND_BODY:  # a body of 0 bytes is already whole
+            with contextlib.suppress(h11.RemoteProtocolError):
+                self.conn.next_event()
+        if self.conn.their_state is not h11.DONE:
+            self.keep_alive = False  # an unread body: never parse it as the next request
+        if not self.keep_alive:
+            fields.append(("Connection", "close"))
+        await self._send(
+            h11.Response(
+                status_code=response.status,
+                headers=fields,
+                reason=REASONS.get(response.status, "").encode(),
+            )
+        )
+        self.sent_head = True
+
+    async def send_data(self, data: bytes) -> None:
+        if data and not self._head_only:
+            await self._send(h11.Data(data=data))
+
+    async def finish(self) -> None:
+        await self._send(h11.EndOfMessage())
+
+    @property
+    def _head_only(self) -> bool:
+        return self.head_request is not None and self.head_request.method == b"HEAD"
+
+    async def _send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            if self.writer.is_closing():
+                raise ConnectionResetError("the peer closed the connection")
+            self.writer.write(data)
+            try:
+                await asyncio.wait_for(self.writer.drain(), WRITE_SECONDS)
+            except TimeoutError:
+                raise ConnectionResetError("the peer did not read the answer") from None
+
+
+class Server:
+    """Routes, middlewares, and the listening socket."""
+
+    def __init__(self, *, client_max_size: int, middlewares: Iterable[Middleware]) -> None:
+        self.client_max_size = client_max_size
+        self.middlewares = list(middlewares)
+        self.router = Router()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._per_source: dict[str, int] = {}
+
+    def add_routes(self, routes: Iterable[RouteDef]) -> None:
+        for route in routes:
+            self.router.add(route)
+
+    async def start(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self._server = await asyncio.start_server(
+            self._connection,
+            host,
+            port,
+            ssl=ssl_context,
+            backlog=512,
+            ssl_handshake_timeout=HEAD_SECONDS if ssl_context else None,
+            limit=READ_CHUNK,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        task = asyncio.current_task()
+        if (
+            len(self._tasks) >= MAX_CONNECTIONS
+            or self._per_source.get(source, 0) >= MAX_PER_SOURCE
+            or task is None
+        ):
+            writer.close()
+            return
+        self._tasks.add(task)
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        try:
+            await self._exchanges(reader, writer, source)
+        except (_Closed, ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            left = self._per_source.pop(source, 1) - 1
+            if left:
+                self._per_source[source] = left
+            writer.close()
+
+    async def _exchanges(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
+    ) -> None:
+        exchange = _Exchange(reader, writer)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                head = await exchange.event(loop.time() + HEAD_SECONDS)
+            except h11.RemoteProtocolError as exc:
+                await self._refuse_head(exchange, exc)
+                return
+            if not isinstance(head, h11.Request):
+                return  # closed, or timed out waiting (raised)
+            exchange.head_request = head
+            request = Request(exchange, head, source, self.client_max_size)
+            if _head_size(head) > MAX_HEAD_BYTES or len(head.headers) > MAX_HEADERS:
+                exchange.keep_alive = False  # h11 bounds a head only while it is incomplete
+                response: StreamResponse = HTTPException.of(431)
+            else:
+                response = await self._answer(request)
+            if isinstance(response, Response) or not exchange.sent_head:
+                body = response.body if isinstance(response, Response) else b""
+                await exchange.start(response, length=len(body))
+                await exchange.send_data(body)
+            await exchange.finish()
+            if not exchange.keep_alive or exchange.conn.our_state is not h11.DONE:
+                return
+            try:
+                exchange.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+            exchange.body_read, exchange.head_request, exchange.sent_head = None, None, False
+
+    async def _answer(self, request: Request) -> StreamResponse:
+        handler = self.router.resolve(request)
+        for mw in reversed(self.middlewares):
+            handler = _bind(mw, handler)
+        try:
+            return await handler(request)
+        except HTTPException as exc:
+            return exc
+        except (_Closed, ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("front door: %s %s failed", request.method, request.path)
+            if request._exchange.sent_head:
+                raise _Closed from None
+            return Response(status=500, text="internal error\n")
+
+    async def _refuse_head(self, exchange: _Exchange, exc: h11.RemoteProtocolError) -> None:
+        """A malformed or oversized head: say so, if the protocol still lets us, and close."""
+        status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
+        if exchange.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        text = f"{status}: {REASONS[status]}\n".encode()
+        data = (
+            f"HTTP/1.1 {status} {REASONS[status]}\r\nServer: didgw\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(text)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + text
+        exchange.writer.write(data)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(exchange.writer.drain(), WRITE_SECONDS)
+
+
+def _head_size(head: h11.Request) -> int:
+    return len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+
+
+def _bind(mw: Middleware, handler: Handler) -> Handler:
+    async def bound(request: Request) -> StreamResponse:
+        return await mw(request, handler)
+
+    return bound
