@@ -14,7 +14,7 @@
   proportional set size (PSS, shared pages divided among the processes sharing them) of the
   main process and the workers together, what the gateway really costs the machine.
 * ``http_off_import_ms``, ``http_off_rss_mb``: the same two figures with the people's front
-  door off (``[http] enabled = false``): what aiohttp and the HTTP edge cost ``didgw run``.
+  door off (``[http] enabled = false``): what the HTTP edge costs ``didgw run``.
 * ``targets_met``: each target, met or not.
 
     python bench/cli_startup.py [--quick] [--details DIR]
@@ -239,7 +239,7 @@ def bench_run(runs: int) -> dict[str, float]:
                 run_once(tmp, url, with_workers, state, False, workers=cores if cores > 1 else 0)
                 for _ in range(max(1, runs // 2))
             ]
-            # The same without the people's front door: what aiohttp and the edge cost.
+            # The same without the people's front door: what the edge costs.
             no_http = config.with_name("gateway-no-http.toml")
             no_http.write_text(config.read_text().replace("[http]\n", "[http]\nenabled = false\n"))
             bare_imports = [

@@ -16,7 +16,7 @@ off), pinned to one core (``taskset``), the load generator in this process on th
   an API token in the ``Authorization`` header, pages spread over the whole table, one
   request in flight;
 * ``rss_mb_http``: the gateway's resident memory after that load, less the same gateway's
-  with ``[http] enabled = false`` (the edge's own cost: aiohttp, Jinja2, its thread, sessions).
+  with ``[http] enabled = false`` (the edge's own cost: its server, Jinja2, its thread, sessions).
 
 The last line is one JSON object with the figures. ``--quick`` takes under a minute.
 """

@@ -758,8 +758,8 @@ class Server:
         self._per_source[source] = self._per_source.get(source, 0) + 1
         try:
             await self._exchanges(reader, writer, source)
-        except (_Closed, ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
+        except (_Closed, ConnectionError, TimeoutError, ssl.SSLError, h11.ProtocolError):
+            pass  # the peer went away, was too slow, or broke the protocol mid-answer
         finally:
             self._tasks.discard(task)
             left = self._per_source.pop(source, 1) - 1
