@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import mimetypes
@@ -526,6 +527,7 @@ class Router:
         self._exact: dict[str, dict[str, Handler]] = {}
         self._patterns: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
         self._static: tuple[str, Path] | None = None
+        self._files: dict[str, tuple[bytes, str]] = {}  # the static files read, by name
 
     def add(self, route: RouteDef) -> None:
         methods = {route.method: route.handler}
@@ -545,6 +547,8 @@ class Router:
         self._patterns.append((regex, methods))
 
     def add_static(self, prefix: str, folder: Path) -> None:
+        """Serve the files under ``folder`` (read once, kept: they do not change while the
+        gateway runs) with an ETag, so a browser asks again but gets 304 without a body."""
         self._static = (prefix, folder.resolve())
 
     def resolve(self, request: Request) -> Handler:
@@ -581,9 +585,18 @@ class Router:
         path = (folder / name).resolve()
         if not path.is_relative_to(folder) or not path.is_file():
             raise HTTPNotFound()
+        found = self._files.get(name)
+        if found is None:
+            body = path.read_bytes()
+            tag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+            found = self._files[name] = (body, tag)
+        body, tag = found
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}  # kept, asked again each time
+        if tag in request.headers.get("If-None-Match", ""):
+            return Response(status=304, headers=headers)
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         charset = "utf-8" if kind.startswith("text/") or kind.endswith("javascript") else None
-        return Response(body=path.read_bytes(), content_type=kind, charset=charset)
+        return Response(body=body, content_type=kind, charset=charset, headers=headers)
 
 
 async def _not_found(request: Request) -> StreamResponse:
@@ -789,8 +802,10 @@ class Server:
                 response = await self._answer(request)
             if isinstance(response, Response) or not exchange.sent_head:
                 body = response.body if isinstance(response, Response) else b""
-                await exchange.start(response, length=len(body))
-                await exchange.send_data(body)
+                bodiless = response.status in (204, 304)
+                await exchange.start(response, length=None if bodiless else len(body))
+                if not bodiless:
+                    await exchange.send_data(body)
             await exchange.finish()
             if not exchange.keep_alive or exchange.conn.our_state is not h11.DONE:
                 return

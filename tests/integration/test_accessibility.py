@@ -21,10 +21,6 @@ def test_the_pages_have_no_serious_accessibility_violations(
 ) -> None:
     with front_door.config.open("a") as config:
         config.write("demo_links = true\n")  # for the page of a spent one-time link
-        # Signed out, page after page faster than anyone reads, then a wallet's sign-in from
-        # the same address: on a fast machine more than the limit on strangers allows (a
-        # burst of 30, then 5 a second; test_front_door.py tests that limit).
-        config.write("source_burst = 1000\n")
     front_door.start()
     problems: dict[str, list[str]] = {}
     for name, viewport in (("phone", PHONE), ("desktop", DESKTOP)):

@@ -54,6 +54,32 @@ def test_a_stranger_is_rate_limited_and_told_when_to_come_back(
     assert 1 <= int(refused.headers["Retry-After"]) <= 2
 
 
+def test_static_files_are_revalidated_and_do_not_spend_a_strangers_limit(
+    front_door: GatewayProcess,
+) -> None:
+    """A signed-out page view costs one request of the limit, not one per stylesheet and
+    script: the static files are not counted, and a browser revalidates them (304) instead
+    of fetching them again. Pages stay limited however many files are fetched first, and a
+    path that only looks static is counted."""
+    with front_door.config.open("a") as f:
+        f.write("source_rate = 0.5\nsource_burst = 3\n")
+    front_door.start()
+    first = requests.get(front_door.url + "/static/didgw.css", timeout=10)
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-cache"
+    tag = first.headers["ETag"]
+    for _ in range(30):
+        again = requests.get(
+            front_door.url + "/static/didgw.css", headers={"If-None-Match": tag}, timeout=10
+        )
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["X-Content-Type-Options"] == "nosniff"
+    assert requests.get(front_door.url + "/static/login.js", timeout=10).status_code == 200
+    codes = [requests.get(front_door.url + "/", timeout=10).status_code for _ in range(5)]
+    assert codes[:3] == [200] * 3 and codes[3:] == [429, 429], codes
+    looks_static = requests.post(front_door.url + "/static/didgw.css", timeout=10)
+    assert looks_static.status_code == 429
+
+
 def _https_get(port: int, name: str, ca: Path, path: str = "/") -> tuple[int, str]:
     """GET over TLS to 127.0.0.1:port, checking the certificate against ``ca`` for ``name``."""
     context = ssl.create_default_context(cafile=str(ca))

@@ -51,11 +51,6 @@ def test_bind_a_passkey_sign_in_with_it_alone_and_lose_it_with_the_credential(
     browser: Browser,
     didgw: Run,
 ) -> None:
-    with front_door.config.open("a") as config:
-        # Signed out, sign-in after sign-in and page after page faster than a person: on a
-        # fast machine more than the limit on strangers allows (a burst of 30, then 5 a
-        # second; test_front_door.py tests that limit), and a passkey sign-in answered 429.
-        config.write("source_burst = 1000\n")
     front_door.start()
     page = browser.page(PHONE)
     cdp, authenticator = add_authenticator(page)

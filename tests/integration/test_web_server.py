@@ -279,7 +279,15 @@ def test_connections_are_capped_per_address_and_in_all(served: Served) -> None:
 
 
 def test_static_files_stay_in_their_folder(served: Served) -> None:
-    assert requests.get(served.url + "/static/site.css", timeout=5).text.startswith("body")
+    first = requests.get(served.url + "/static/site.css", timeout=5)
+    assert first.text.startswith("body") and first.headers["Cache-Control"] == "no-cache"
+    same = requests.get(
+        served.url + "/static/site.css",
+        headers={"If-None-Match": first.headers["ETag"]},
+        timeout=5,
+    )
+    assert same.status_code == 304 and same.content == b""
+    assert "Content-Length" not in same.headers
     vendored = requests.get(served.url + "/static/vendor/lib-2.0.js", timeout=5)
     assert vendored.text == "// a library\n"
     assert vendored.headers["Content-Type"] == "text/javascript; charset=utf-8"

@@ -5,12 +5,15 @@ Every request, in this order (the middlewares):
 
 1. **Security headers** on every answer, errors included: a CSP with no inline script
    (``script-src 'self'``), ``frame-ancestors 'none'``, ``Referrer-Policy: no-referrer``,
-   ``nosniff``, HSTS over HTTPS, and ``Cache-Control: no-store``.
+   ``nosniff``, HSTS over HTTPS, and ``Cache-Control: no-store`` (the static files:
+   ``no-cache`` with an ETag).
 2. **Who is asking**: the session cookie (a :class:`~gateway.auth.web_sessions.WebSession`)
    or an ``Authorization: Bearer`` API token (``token_auth``, set by the API module),
    looked up on the desk thread. The answer is ``request["principal"]`` or None.
 3. **A rate limit per source address** on everything asked without a valid session or
-   token: 429 with ``Retry-After``.
+   token: 429 with ``Retry-After``. The static files (stylesheets, scripts) are neither
+   looked up (2.) nor counted: a signed-out page view costs one request of the limit, not
+   one per file, and each file is sent from memory, or 304 when the browser has it.
 4. **CSRF**: a change (POST, PUT, PATCH, DELETE) made with the session cookie needs the
    session's anti-CSRF token (``X-CSRF-Token`` header or ``csrf_token`` form field) and,
    when the browser sends one (other than ``null``), an ``Origin`` equal to
@@ -67,6 +70,7 @@ CSP = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 STATIC_DIR = Path(__file__).parent / "static"
+STATIC_PREFIX = "/static/"
 #: Under this path every refusal is JSON ``{"error": code, "detail": text}`` (the API's).
 API_PREFIX = "/api/"
 _ERROR_CODES = {
@@ -154,7 +158,7 @@ class HttpEdge:
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._headers, self._who, self._limit, self._csrf],
         )
-        self.app.router.add_static("/static/", STATIC_DIR)
+        self.app.router.add_static(STATIC_PREFIX, STATIC_DIR)
         self._sweeper: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
 
@@ -233,6 +237,8 @@ class HttpEdge:
     @web.middleware
     async def _who(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request["principal"] = principal = None
+        if _static(request):  # nobody's business who fetches a stylesheet: no lookup
+            return await handler(request)
         large = self.body_limits.get(request.path)
         if (request.content_length or 0) > max(large or 0, MAX_BODY_BYTES):
             raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
@@ -254,7 +260,7 @@ class HttpEdge:
 
     @web.middleware
     async def _limit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request["principal"] is None:
+        if request["principal"] is None and not _static(request):
             source = request.remote or "?"
             if not self.limiter.allow(source, time.monotonic()):
                 wait = max(1, round(self.limiter.retry_after(source) + 0.5))
@@ -349,6 +355,12 @@ def _json_refusal(exc: web.HTTPException) -> web.Response:
     headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type",
                "content-length")}  # fmt: skip
     return web.json_response(body, status=exc.status, headers=headers)
+
+
+def _static(request: web.Request) -> bool:
+    """A fetch of the front door's own static files: the same few files for everyone, kept
+    in memory and revalidated by ETag, so each costs no more than a refusal would."""
+    return request.method in ("GET", "HEAD") and request.raw_path.startswith(STATIC_PREFIX)
 
 
 def _origin_of(url: str) -> str:
