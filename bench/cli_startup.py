@@ -19,9 +19,11 @@
 
     python bench/cli_startup.py [--quick] [--details DIR]
 
-``--details DIR`` keeps what the figures come from: the last ``-X importtime`` output
-(``importtime.txt``) and the gateway's memory map when its RSS was read (``smaps.txt``, from
-``/proc/<pid>/smaps``), to see which import or which mapping a change moves.
+``--details DIR`` keeps what the figures come from: the last ``-X importtime`` output of
+each configuration (``importtime-gateway.txt`` with everything on, ``-gateway-no-http``
+without the front door, ``-gateway-workers``) and the gateway's memory map when its RSS was
+read (``smaps-<the same>.txt``, from ``/proc/<pid>/smaps``), to see which import or which
+mapping a change moves.
 
 Needs ``scripts/setup.sh --dev`` (mosquitto, anvil). The last line is one JSON object.
 
@@ -127,6 +129,10 @@ def _workers(pid: int) -> list[int]:
     return workers
 
 
+def _smaps(pid: int) -> str:
+    return Path(f"/proc/{pid}/smaps").read_text()
+
+
 #: --details: where the last run's import times and memory map are kept (None: nowhere).
 DETAILS: Path | None = None
 
@@ -163,7 +169,7 @@ def run_once(
         time.sleep(2.0)
         rss_kb = _kib(f"/proc/{proc.pid}/status", "VmRSS")
         if DETAILS is not None:
-            (DETAILS / "smaps.txt").write_text(Path(f"/proc/{proc.pid}/smaps").read_text())
+            (DETAILS / f"smaps-{config.stem}.txt").write_text(_smaps(proc.pid))
         extra: dict[str, float] = {}
         if workers:
             deadline = time.monotonic() + 30
@@ -186,7 +192,7 @@ def run_once(
         text = err.read()
         out["import_ms"] = _top_level_import_ms(text)
         if DETAILS is not None:
-            (DETAILS / "importtime.txt").write_text(text)
+            (DETAILS / f"importtime-{config.stem}.txt").write_text(text)
     err.close()
     return out
 
@@ -272,7 +278,7 @@ def _said(met: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (under a minute)")
-    parser.add_argument("--details", type=Path, help="keep importtime.txt and smaps.txt here")
+    parser.add_argument("--details", type=Path, help="keep importtime-*.txt and smaps-*.txt here")
     args = parser.parse_args()
     quick = args.quick
     global DETAILS  # noqa: PLW0603 - one setting for the whole run
