@@ -1,4 +1,4 @@
-"""The front door's HTTP server (gateway/transports/web.py) on a real loopback socket,
+"""The front door's HTTP server (gateway/transports/web_server.py) on a real loopback socket,
 against what a stranger on the LAN can send it: heads too large or too slow, bodies too
 large or too slow, too many connections, a body that hides a second request, a path out
 of the static folder. Clients are the standard library's and ``requests``, not ours.
@@ -21,15 +21,15 @@ import pytest
 import requests
 from anvil import free_port
 
-from gateway.transports import web
+from gateway.transports import web, web_server
 
 pytestmark = pytest.mark.integration
 
 
 class Served:
-    """A :class:`web.Server` on a loopback port, run by its own event loop in a thread."""
+    """A :class:`web_server.Server` on a loopback port, run by its own event loop in a thread."""
 
-    def __init__(self, server: web.Server, port: int) -> None:
+    def __init__(self, server: web_server.Server, port: int) -> None:
         self.server, self.port = server, port
         self.url = f"http://127.0.0.1:{port}"
         self.seen: list[str] = []  # the paths handlers were called for
@@ -52,10 +52,10 @@ def _read_all(sock: socket.socket, wait: float = 5.0) -> bytes:
 
 @pytest.fixture
 def limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(web, "HEAD_SECONDS", 0.6)
-    monkeypatch.setattr(web, "BODY_SECONDS", 0.6)
-    monkeypatch.setattr(web, "MAX_PER_SOURCE", 4)
-    monkeypatch.setattr(web, "MAX_CONNECTIONS", 6)
+    monkeypatch.setattr(web_server, "HEAD_SECONDS", 0.6)
+    monkeypatch.setattr(web_server, "BODY_SECONDS", 0.6)
+    monkeypatch.setattr(web_server, "MAX_PER_SOURCE", 4)
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS", 6)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def served(limits: None, tmp_path: Path) -> Iterator[Served]:
     (static / "vendor").mkdir()
     (static / "vendor" / "lib-2.0.js").write_text("// a library\n")
     (tmp_path / "secret.txt").write_text("not for the web\n")
-    server = web.Server(client_max_size=1024, middlewares=[])
+    server = web_server.Server(client_max_size=1024, middlewares=[])
     port = free_port()
     box = Served(server, port)
 
@@ -156,7 +156,7 @@ def test_forms_url_encoded_and_multipart_as_the_client_encoded_them(served: Serv
 
 def test_a_head_over_the_cap_is_refused_431_however_it_is_made_up(served: Served) -> None:
     many_small = "".join(f"X-{i}: y\r\n" for i in range(4000))
-    one_large = f"X-Big: {'y' * (web.MAX_HEAD_BYTES + 10)}\r\n"
+    one_large = f"X-Big: {'y' * (web_server.MAX_HEAD_BYTES + 10)}\r\n"
     for extra in (many_small, one_large):
         with served.connect() as sock:
             sock.sendall(f"GET /hello HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
@@ -265,7 +265,7 @@ def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
 
 
 def test_connections_are_capped_per_address_and_in_all(served: Served) -> None:
-    held = [served.connect() for _ in range(web.MAX_PER_SOURCE)]
+    held = [served.connect() for _ in range(web_server.MAX_PER_SOURCE)]
     time.sleep(0.1)
     extra = served.connect()
     assert _read_all(extra, wait=2) == b""  # closed at once, nothing said

@@ -1,4 +1,4 @@
-"""The HTTP edge: one HTTP server inside ``didgw run`` (:mod:`gateway.transports.web`), and
+"""The HTTP edge: one HTTP server inside ``didgw run`` (:mod:`gateway.transports.web_server`), and
 what every request passes.
 
 Every request, in this order (the middlewares):
@@ -53,7 +53,7 @@ from gateway.db import DB_NAME, connect
 from gateway.ops.logs import LogBudget
 from gateway.run.http import i18n
 from gateway.service import Gateway
-from gateway.transports import web
+from gateway.transports import web, web_server
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class HttpEdge:
         #: what strangers get refused is logged within a budget (a flood is counted, not
         #: written line by line): ask ``refusals.take(now_ms, reason)`` before logging one.
         self.refusals = LogBudget("front door refusals", logger=log)
-        self.app = web.Server(
+        self.app = web_server.Server(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._headers, self._who, self._limit, self._csrf],
         )
