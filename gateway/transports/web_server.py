@@ -248,9 +248,13 @@ class Server:
                 remote=source,
                 client_max_size=self.client_max_size,
             )
+            names = {name for name, _ in head.headers}
             if _head_size(head) > MAX_HEAD_BYTES or len(head.headers) > MAX_HEADERS:
                 exchange.keep_alive = False  # h11 bounds a head only while it is incomplete
                 response: StreamResponse = HTTPException.of(431)
+            elif b"content-length" in names and b"transfer-encoding" in names:
+                exchange.keep_alive = False  # two framings: RFC 9112 lets a server refuse
+                response = HTTPException.of(400)
             else:
                 response = await self._answer(request)
             if isinstance(response, Response) or not exchange.sent_head:

@@ -254,6 +254,18 @@ def test_a_body_left_unread_cannot_smuggle_a_second_request(served: Served) -> N
     assert b"smuggled" not in answer and served.seen == ["/ignore"]
 
 
+def test_a_request_framed_two_ways_is_refused(served: Served) -> None:
+    """Content-Length beside Transfer-Encoding: the framing a request smuggler relies on."""
+    with served.connect() as sock:
+        sock.sendall(
+            b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1
+    assert served.seen == []
+
+
 def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     with served.connect() as sock:
         sock.sendall(
