@@ -89,13 +89,6 @@ class Headers:
             return str(value)
         return str(found)
 
-    def add(self, name: str, value: str) -> None:
-        self._items.append((name, str(value)))
-
-    def update(self, other: Mapping[str, str]) -> None:
-        for k, v in other.items():
-            self[k] = v
-
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
 
@@ -117,9 +110,6 @@ class MultiDict(Mapping[str, Any]):
             if k == name:
                 return v
         raise KeyError(name)
-
-    def getall(self, name: str) -> list[Any]:
-        return [v for k, v in self._pairs if k == name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys(k for k, _ in self._pairs))
@@ -185,10 +175,6 @@ class StreamResponse:
     def del_cookie(self, name: str, **options: Any) -> None:
         self.set_cookie(name, '""', max_age=0, **options)
         self._cookies[-1] += "; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
-
-    @property
-    def prepared(self) -> bool:
-        return self._exchange is not None
 
     async def prepare(self, request: Request) -> None:
         """Send the status and headers now; the body follows by :meth:`write`."""
