@@ -9,6 +9,7 @@ the answer.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import mimetypes
@@ -357,8 +358,7 @@ class Request:
 
     def clone(self, *, client_max_size: int) -> Request:
         """The same request with another body cap (shares its body and storage)."""
-        twin = object.__new__(Request)
-        twin.__dict__.update(self.__dict__)
+        twin = copy.copy(self)
         twin.client_max_size = client_max_size
         return twin
 
@@ -505,10 +505,10 @@ class Router:
         if "{" not in route.path:
             self._exact.setdefault(route.path, {}).update(methods)
             return
+        parts = _PLACEHOLDER.split(route.path)  # literal, name, literal, name, ..., literal
         regex = re.compile(
-            "^" + _PLACEHOLDER.sub(r"(?P<\1>[^/]+)", re.escape(route.path).replace(r"\{", "{")
-                                   .replace(r"\}", "}")) + "$"
-        )  # fmt: skip
+            "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+        )
         for known, table in self._patterns:
             if known.pattern == regex.pattern:
                 table.update(methods)
@@ -523,9 +523,8 @@ class Router:
     def resolve(self, request: Request) -> Handler:
         table = self._exact.get(request.raw_path)
         if table is None:
-            segments = request.raw_path
             for regex, methods in self._patterns:
-                found = regex.match(segments)
+                found = regex.fullmatch(request.raw_path)
                 if found:
                     request.match_info = {
                         k: urllib.parse.unquote(v) for k, v in found.groupdict().items()

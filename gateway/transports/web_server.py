@@ -139,12 +139,19 @@ class _Exchange:
         )
         self.sent_head = True
 
+    async def reply(self, response: StreamResponse) -> None:
+        """Send ``response`` whole, or end it if a handler already streamed its start."""
+        if isinstance(response, Response) or not self.sent_head:
+            body = response.body if isinstance(response, Response) else b""
+            bodiless = response.status in (204, 304)
+            await self.start(response, length=None if bodiless else len(body))
+            if not bodiless:
+                await self.send_data(body)
+        await self._send(h11.EndOfMessage())
+
     async def send_data(self, data: bytes) -> None:
         if data and not self._head_only:
             await self._send(h11.Data(data=data))
-
-    async def finish(self) -> None:
-        await self._send(h11.EndOfMessage())
 
     @property
     def _head_only(self) -> bool:
@@ -257,13 +264,7 @@ class Server:
                 response = HTTPException.of(400)
             else:
                 response = await self._answer(request)
-            if isinstance(response, Response) or not exchange.sent_head:
-                body = response.body if isinstance(response, Response) else b""
-                bodiless = response.status in (204, 304)
-                await exchange.start(response, length=None if bodiless else len(body))
-                if not bodiless:
-                    await exchange.send_data(body)
-            await exchange.finish()
+            await exchange.reply(response)
             if not exchange.keep_alive or exchange.conn.our_state is not h11.DONE:
                 return
             try:
@@ -289,19 +290,11 @@ class Server:
             return Response(status=500, text="internal error\n")
 
     async def _refuse_head(self, exchange: _Exchange, exc: h11.RemoteProtocolError) -> None:
-        """A malformed or oversized head: say so, if the protocol still lets us, and close."""
+        """A malformed or oversized head: say so (h11 still lets a server answer), and close."""
         status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
-        if exchange.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        text = f"{status}: {REASONS[status]}\n".encode()
-        data = (
-            f"HTTP/1.1 {status} {REASONS[status]}\r\nServer: didgw\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(text)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode() + text
-        exchange.writer.write(data)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(exchange.writer.drain(), WRITE_SECONDS)
+        if exchange.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            exchange.keep_alive = False
+            await exchange.reply(HTTPException.of(status))
 
 
 def _head_size(head: h11.Request) -> int:
